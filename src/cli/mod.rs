@@ -1,0 +1,82 @@
+//! Command-line surface: one module per subcommand, each owning its clap
+//! arguments (doc comments are the help text) and a `run` that returns the
+//! process exit code. Human output goes to stderr, `--json` to stdout.
+
+use clap::{Parser, Subcommand};
+
+use gapferry::error::{Classify, ExitKind};
+
+mod output;
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success, including \"already imported, nothing to do\"
+  1  operational failure (I/O, disk full, lock held, network)
+  2  usage error
+  3  bundle rejected (signature, integrity, unsafe or malformed content)
+  4  refused by policy (older than served, expired, wrong channel, threshold not met)";
+
+/// Carry Microsoft Defender for Endpoint offline definition updates across an
+/// air gap in signed bundles.
+#[derive(Debug, Parser)]
+#[command(name = "gapferry", version, after_help = EXIT_CODES, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+impl Cli {
+    /// Runs the chosen subcommand and returns its exit code.
+    pub fn run(self) -> anyhow::Result<i32> {
+        match self.command {}
+    }
+}
+
+/// A problem with the command line found after parsing (conflicting or
+/// impossible options): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl Classify for UsageError {
+    fn exit_kind(&self) -> ExitKind {
+        ExitKind::Usage
+    }
+}
+
+/// The exit kind of the first error in the chain that knows its own.
+pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
+    for cause in err.chain() {
+        macro_rules! try_types {
+            ($($t:ty),* $(,)?) => {
+                $(if let Some(e) = cause.downcast_ref::<$t>() {
+                    return e.exit_kind();
+                })*
+            };
+        }
+        try_types!(UsageError);
+    }
+    ExitKind::Operational
+}
+
+/// True when the error is only a closed stdout (`gapferry ... | head`).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_debug_assert() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,60 @@
+//! Shared output helpers: progress bars on a terminal only, JSON on stdout.
+
+use std::io::{IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use gapferry::progress::Observer;
+
+/// Prints `value` as one JSON document on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// An indicatif bar when stderr is a terminal and output is not quiet/JSON.
+#[derive(Debug)]
+pub struct Bar {
+    bar: Option<ProgressBar>,
+}
+
+impl Bar {
+    pub fn new(quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let pb = ProgressBar::new(0);
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            pb
+        });
+        Bar { bar }
+    }
+}
+
+impl Observer for Bar {
+    fn start(&self, label: &str, total: u64) {
+        if let Some(b) = &self.bar {
+            b.reset();
+            b.set_length(total);
+            b.set_position(0);
+            b.set_message(label.to_string());
+        }
+    }
+    fn advance(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

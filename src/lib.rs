@@ -1,0 +1,21 @@
+//! gapferry carries Microsoft Defender for Endpoint offline definition updates
+//! across an air gap in signed, portable bundles.
+//!
+//! The library owns everything that can be tested without a terminal: key and
+//! signature formats, the manifest, the bundle writer and reader, the mirror,
+//! and the Defender-specific layout. It never prints, never prompts and never
+//! draws progress bars; callers pass an [`progress::Observer`] instead.
+
+#![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod error;
+pub mod keys;
+pub mod manifest;
+pub mod mde;
+pub mod mirror;
+pub mod progress;
+pub mod safepath;
+pub mod sign;
+
+pub use error::ExitKind;

@@ -1,0 +1,1 @@
+//! The mirror: layout, staging, atomic publish, lock, state, ledger.
