@@ -16,6 +16,7 @@ pub mod mde;
 pub mod mirror;
 pub mod progress;
 pub mod safepath;
+pub mod sequence;
 pub mod sign;
 
 pub use error::ExitKind;

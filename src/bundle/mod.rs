@@ -1,1 +1,71 @@
-//! Bundle writer and reader.
+//! The bundle container (format v1): a zstd-compressed tar holding
+//! `gapferry/manifest.json`, then `gapferry/signatures/<KEYID>.minisig`, then
+//! `payload/<path>` in manifest order, and nothing else.
+//!
+//! [`writer`] hashes the payload first so the manifest can lead the archive;
+//! [`reader`] walks the tar headers itself (never `Archive::unpack`) so that
+//! nothing but listed regular files, in order, with their listed sizes and
+//! hashes, ever reaches a caller. [`trust`] applies the trust set and the
+//! threshold to a bundle's signatures.
+
+pub mod hashing;
+pub mod reader;
+pub mod trust;
+pub mod writer;
+
+use std::path::PathBuf;
+
+use crate::error::{Classify, ExitKind};
+
+/// Tar path of the manifest.
+pub const MANIFEST_PATH: &str = "gapferry/manifest.json";
+/// Tar folder of the signatures.
+pub const SIGNATURES_DIR: &str = "gapferry/signatures/";
+/// Tar folder of the payload.
+pub const PAYLOAD_DIR: &str = "payload/";
+/// Most signatures one bundle may carry.
+pub const MAX_SIGNATURES: usize = 16;
+/// Most zero bytes accepted after the end-of-archive marker (tar pads to a
+/// record size; 1 MiB is far more than any tar writer adds).
+pub const MAX_TRAILING_ZEROS: u64 = 1024 * 1024;
+/// Largest zstd window accepted when decoding (log2): 16 MiB bounds memory
+/// whatever the bundle claims. gapferry writes windows well below this.
+pub const MAX_WINDOW_LOG: u32 = 24;
+
+/// Errors reading, verifying or writing a bundle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// Reading or writing a file failed (exit 1).
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The bundle is malformed, tampered or unsafe (exit 3).
+    #[error("{path}: bundle rejected: {reason}")]
+    Rejected { path: PathBuf, reason: String },
+    /// The bundle is refused by policy (exit 4).
+    #[error("{path}: refused by policy: {reason}")]
+    Policy { path: PathBuf, reason: String },
+    /// Making a bundle failed because of its inputs (exit 1).
+    #[error("{path}: {reason}")]
+    Input { path: PathBuf, reason: String },
+}
+
+impl Classify for BundleError {
+    fn exit_kind(&self) -> ExitKind {
+        match self {
+            BundleError::Io { .. } | BundleError::Input { .. } => ExitKind::Operational,
+            BundleError::Rejected { .. } => ExitKind::Rejected,
+            BundleError::Policy { .. } => ExitKind::Policy,
+        }
+    }
+}
+
+impl BundleError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BundleError {
+        let path = path.into();
+        move |source| BundleError::Io { path, source }
+    }
+}

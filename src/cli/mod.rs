@@ -6,7 +6,12 @@ use clap::{Parser, Subcommand};
 
 use gapferry::error::{Classify, ExitKind};
 
+mod export;
+mod inspect;
+mod keygen;
 mod output;
+mod password;
+mod verify;
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
@@ -26,12 +31,22 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    Keygen(keygen::KeygenArgs),
+    Export(export::ExportArgs),
+    Inspect(inspect::InspectArgs),
+    Verify(verify::VerifyArgs),
+}
 
 impl Cli {
     /// Runs the chosen subcommand and returns its exit code.
     pub fn run(self) -> anyhow::Result<i32> {
-        match self.command {}
+        match self.command {
+            Command::Keygen(a) => a.run(),
+            Command::Export(a) => a.run(),
+            Command::Inspect(a) => a.run(),
+            Command::Verify(a) => a.run(),
+        }
     }
 }
 
@@ -57,7 +72,13 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
                 })*
             };
         }
-        try_types!(UsageError);
+        try_types!(
+            UsageError,
+            gapferry::bundle::BundleError,
+            gapferry::keys::KeyError,
+            gapferry::mde::collect::CollectError,
+            gapferry::sequence::SequenceError,
+        );
     }
     ExitKind::Operational
 }

@@ -17,3 +17,6 @@ pub const PROFILE: &str = "mde";
 pub const UPDATES_ZIP: &str = "updates.zip";
 /// Microsoft's version file in every arch folder.
 pub const MANIFEST_JSON: &str = "manifest.json";
+pub mod check;
+pub mod collect;
+pub mod zipcheck;

@@ -1,0 +1,203 @@
+//! `gapferry export`: pack a download folder into a signed bundle.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Serialize;
+
+use gapferry::bundle::writer::{self, BundleSpec, WriteOptions};
+use gapferry::keys::SecretKey;
+use gapferry::manifest::{self, Item};
+use gapferry::mde::{self, Platform, Ring};
+use gapferry::sequence;
+
+use super::output::{print_json, Bar};
+use super::{password, UsageError};
+
+/// Pack a download folder into a signed .tar.zst bundle.
+///
+/// Carries the current <platform>/<ring>/arch_<arch>/{updates.zip,manifest.json}
+/// folders (never *_back), signs the manifest with every --secret-key, and
+/// writes the bundle atomically (a temporary name in the same directory,
+/// fsync, rename).
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The download folder (Microsoft's downloadFolder, or gapferry fetch's).
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// Secret key to sign with; repeat for several signers.
+    #[arg(long = "secret-key", value_name = "FILE", required = true)]
+    pub secret_keys: Vec<PathBuf>,
+    /// Where to write the bundle (conventionally NAME.tar.zst).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Password of encrypted secret keys, first line of FILE (else prompted).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Channel: the air-gapped network or feed this bundle is for.
+    #[arg(long, default_value = "default")]
+    pub channel: String,
+    /// How long the bundle stays importable (e.g. 30d, 12h).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub expires_in: Duration,
+    /// Only carry this platform (linux, mac); repeatable.
+    #[arg(long = "platform", value_name = "P", value_parser = clap::value_parser!(Platform))]
+    pub platforms: Vec<Platform>,
+    /// Only carry this ring (production, preview); repeatable.
+    #[arg(long = "ring", value_name = "R", value_parser = clap::value_parser!(Ring))]
+    pub rings: Vec<Ring>,
+    /// Where the per-channel sequence counter lives [default: $GAPFERRY_STATE_DIR,
+    /// /var/lib/gapferry as root, else ~/.local/state/gapferry].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Use this sequence number instead of the next one (must be above the last).
+    #[arg(long, value_name = "N")]
+    pub sequence: Option<u64>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// zstd compression level (low levels suit already-compressed zips).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19))]
+    pub zstd_level: i32,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar, no summary on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The `--json` summary of an export.
+#[derive(Debug, Serialize)]
+pub struct ExportSummary {
+    pub bundle: PathBuf,
+    pub bundle_id: String,
+    pub channel: String,
+    pub sequence: u64,
+    pub created: String,
+    pub expires: String,
+    pub manifest_sha256: String,
+    pub bundle_size: u64,
+    pub payload_size: u64,
+    pub signers: Vec<String>,
+    pub items: Vec<Item>,
+}
+
+/// Loads a secret key, asking for its password when it is encrypted.
+pub fn load_secret_key(path: &Path, password_file: Option<&Path>) -> anyhow::Result<SecretKey> {
+    let text = SecretKey::read_text(path)?;
+    let pw = if SecretKey::is_encrypted(&text, path)? {
+        Some(match password_file {
+            Some(f) => password::from_file(f)?,
+            None => password::prompt(&format!("secret key {}", path.display()), false)?,
+        })
+    } else {
+        None
+    };
+    Ok(SecretKey::parse(&text, path, pw.as_deref())?)
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).expect("the operating system's random source failed");
+    hex::encode(b)
+}
+
+impl ExportArgs {
+    pub fn run(self) -> anyhow::Result<i32> {
+        manifest::check_channel(&self.channel)
+            .map_err(|e| UsageError(format!("--channel: {}", e.0)))?;
+        if self.expires_in < Duration::from_secs(60) {
+            bail!(UsageError("--expires-in must be at least 1m".into()));
+        }
+        let mut keys = Vec::new();
+        for p in &self.secret_keys {
+            let k = load_secret_key(p, self.password_file.as_deref())?;
+            if keys.iter().any(|x: &SecretKey| x.key_id == k.key_id) {
+                bail!(UsageError(format!(
+                    "{} is the same key ({}) as another --secret-key",
+                    p.display(),
+                    k.key_id
+                )));
+            }
+            keys.push(k);
+        }
+        let collected = mde::collect::collect(&self.from, &self.platforms, &self.rings)?;
+        let (items, files) = mde::collect::to_bundle_parts(&collected);
+        let now = SystemTime::now();
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(sequence::default_state_dir);
+        let seq = sequence::allocate(&state_dir, &self.channel, now, self.sequence)?;
+        let spec = BundleSpec {
+            bundle_id: random_id(),
+            channel: self.channel.clone(),
+            sequence: seq,
+            created: now,
+            expires: now + self.expires_in,
+            producer: format!("gapferry {}", env!("CARGO_PKG_VERSION")),
+            profile: mde::PROFILE.to_string(),
+            items,
+            files,
+        };
+        let bar = Bar::new(self.quiet || self.json);
+        let opts = WriteOptions {
+            level: self.zstd_level,
+            overwrite: self.force,
+            ..WriteOptions::default()
+        };
+        let written =
+            writer::write_bundle(&spec, &keys, &self.out, &opts, &bar).with_context(|| {
+                format!(
+                    "export to {} failed; nothing was written there",
+                    self.out.display()
+                )
+            })?;
+        let m = &written.manifest;
+        if !self.quiet && !self.json {
+            eprintln!(
+                "gapferry: wrote {} ({} bytes): bundle {} channel {} sequence {}, expires {}",
+                self.out.display(),
+                written.bundle_size,
+                m.bundle_id,
+                m.channel,
+                m.sequence,
+                m.expires
+            );
+            for c in &collected {
+                eprintln!(
+                    "  {:<28} engine {:<14} definitions {}",
+                    c.slot.rel(),
+                    c.versions.engine_version,
+                    c.versions.definition_version
+                );
+            }
+            eprintln!(
+                "  signed by {}",
+                keys.iter()
+                    .map(|k| k.key_id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if self.json {
+            print_json(&ExportSummary {
+                bundle: self.out.clone(),
+                bundle_id: m.bundle_id.clone(),
+                channel: m.channel.clone(),
+                sequence: m.sequence,
+                created: m.created.clone(),
+                expires: m.expires.clone(),
+                manifest_sha256: written.manifest_sha256.clone(),
+                bundle_size: written.bundle_size,
+                payload_size: m.total_size(),
+                signers: keys.iter().map(|k| k.key_id.to_string()).collect(),
+                items: m.items.clone(),
+            })?;
+        }
+        Ok(0)
+    }
+}

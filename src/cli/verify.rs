@@ -1,0 +1,143 @@
+//! `gapferry verify`: the full check of a bundle, writing nothing.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use clap::Args;
+use serde::Serialize;
+
+use gapferry::bundle::reader::BundleReader;
+use gapferry::bundle::{trust, BundleError};
+use gapferry::keys::TrustSet;
+use gapferry::mde;
+
+use super::output::{print_json, Bar};
+use super::UsageError;
+
+/// Check a bundle completely without writing anything.
+///
+/// Checks the signatures (distinct trusted keys, --threshold), the archive
+/// structure (order, listed regular files only, no trailing data, path rules,
+/// size caps) and every file's size and SHA-256. An expired bundle is refused
+/// (exit 4) unless --allow-expired.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The bundle file.
+    bundle: PathBuf,
+    /// Public key file or directory of *.pub files; repeatable.
+    #[arg(long = "trust", value_name = "K", required = true)]
+    trust: Vec<PathBuf>,
+    /// Distinct trusted keys that must have signed.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    threshold: usize,
+    /// Also require this channel.
+    #[arg(long, value_name = "C")]
+    channel: Option<String>,
+    /// Accept a bundle past its expiry time (auditing old bundles).
+    #[arg(long)]
+    allow_expired: bool,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar, no summary on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The `--json` output of verify.
+#[derive(Debug, Serialize)]
+pub struct VerifyOutput {
+    pub bundle: PathBuf,
+    pub ok: bool,
+    pub bundle_id: String,
+    pub channel: String,
+    pub sequence: u64,
+    pub expires: String,
+    pub expired: bool,
+    pub manifest_sha256: String,
+    pub signers: Vec<String>,
+    pub files_checked: usize,
+    pub bytes_checked: u64,
+}
+
+impl VerifyArgs {
+    pub fn run(self) -> anyhow::Result<i32> {
+        if self.threshold == 0 {
+            return Err(UsageError("--threshold must be at least 1".into()).into());
+        }
+        let trust_set = TrustSet::load(&self.trust)?;
+        if self.threshold > trust_set.len() {
+            return Err(UsageError(format!(
+                "--threshold {} is more than the {} trusted key(s) given",
+                self.threshold,
+                trust_set.len()
+            ))
+            .into());
+        }
+        let mut reader = BundleReader::open(&self.bundle)?;
+        let head = reader.read_head()?;
+        let m = head.manifest.clone();
+        let signers = trust::require(&head, &trust_set, self.threshold, &self.bundle)?;
+        mde::check::slots(&m).map_err(|e| BundleError::Rejected {
+            path: self.bundle.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Some(c) = &self.channel {
+            if *c != m.channel {
+                return Err(BundleError::Policy {
+                    path: self.bundle.clone(),
+                    reason: format!("bundle is for channel {:?}, not {c:?}", m.channel),
+                }
+                .into());
+            }
+        }
+        let expired = m.is_expired(SystemTime::now());
+        if expired && !self.allow_expired {
+            return Err(BundleError::Policy {
+                path: self.bundle.clone(),
+                reason: format!(
+                    "expired at {}; add --allow-expired to check it anyway",
+                    m.expires
+                ),
+            }
+            .into());
+        }
+        let bar = Bar::new(self.quiet || self.json);
+        bar_start(&bar, m.total_size());
+        reader.verify_payload(&bar)?;
+        gapferry::progress::Observer::finish(&bar);
+        let out = VerifyOutput {
+            bundle: self.bundle.clone(),
+            ok: true,
+            bundle_id: m.bundle_id.clone(),
+            channel: m.channel.clone(),
+            sequence: m.sequence,
+            expires: m.expires.clone(),
+            expired,
+            manifest_sha256: head.manifest_sha256.clone(),
+            signers: signers.iter().map(|k| k.to_string()).collect(),
+            files_checked: m.files.len(),
+            bytes_checked: m.total_size(),
+        };
+        if self.json {
+            print_json(&out)?;
+        } else if !self.quiet {
+            eprintln!(
+                "gapferry: {} is valid: bundle {} channel {} sequence {}, {} files ({} bytes) match, signed by {}{}",
+                self.bundle.display(),
+                out.bundle_id,
+                out.channel,
+                out.sequence,
+                out.files_checked,
+                out.bytes_checked,
+                out.signers.join(", "),
+                if expired { " (EXPIRED)" } else { "" }
+            );
+        }
+        Ok(0)
+    }
+}
+
+fn bar_start(bar: &Bar, total: u64) {
+    gapferry::progress::Observer::start(bar, "verifying", total);
+}

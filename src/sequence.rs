@@ -1,0 +1,138 @@
+//! The exporting machine's per-channel sequence counter.
+//!
+//! A new bundle's sequence is `max(now in Unix seconds, last + 1)`: it tracks
+//! the clock when the clock is sane (so a rebuilt exporter without its state
+//! still starts above anything it made before), and it keeps increasing when
+//! the clock steps back, because the last value is persisted in
+//! `<state dir>/export-sequences.json` (updated under a lock, atomically).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// A sequence file that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("export sequence state {path}: {reason}")]
+pub struct SequenceError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl crate::error::Classify for SequenceError {
+    fn exit_kind(&self) -> crate::error::ExitKind {
+        crate::error::ExitKind::Operational
+    }
+}
+
+/// File name of the counter inside the state directory.
+pub const FILE_NAME: &str = "export-sequences.json";
+
+/// The default state directory of the exporting side: `$GAPFERRY_STATE_DIR`,
+/// else `/var/lib/gapferry` for root, else `$XDG_STATE_HOME/gapferry`, else
+/// `~/.local/state/gapferry`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("GAPFERRY_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/gapferry");
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("gapferry");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/gapferry")
+}
+
+/// Allocates the next sequence for `channel`. With `requested`, that value
+/// is used if it is above the last one (else refused).
+pub fn allocate(
+    state_dir: &Path,
+    channel: &str,
+    now: SystemTime,
+    requested: Option<u64>,
+) -> Result<u64, SequenceError> {
+    let path = state_dir.join(FILE_NAME);
+    let err = |reason: String| SequenceError {
+        path: path.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| err(format!("cannot create the directory: {e}")))?;
+    let lock_path = state_dir.join("export-sequences.lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| err(format!("cannot open lock {}: {e}", lock_path.display())))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| err(format!("cannot lock {}: {e}", lock_path.display())))?;
+    let mut map: BTreeMap<String, u64> = match File::open(&path) {
+        Ok(mut f) => {
+            let mut s = String::new();
+            f.read_to_string(&mut s).map_err(|e| err(e.to_string()))?;
+            serde_json::from_str(&s).map_err(|e| {
+                err(format!(
+                    "is damaged ({e}); fix or remove it (sequences then restart from the clock)"
+                ))
+            })?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let last = map.get(channel).copied().unwrap_or(0);
+    let seq = match requested {
+        Some(r) if r <= last => return Err(err(format!(
+            "--sequence {r} is not above {last}, the last sequence exported on channel {channel:?}"
+        ))),
+        Some(r) => r,
+        None => {
+            let clock = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            clock.max(
+                last.checked_add(1)
+                    .ok_or_else(|| err("sequence space exhausted".into()))?,
+            )
+        }
+    };
+    map.insert(channel.to_string(), seq);
+    let mut tmp = tempfile::NamedTempFile::new_in(state_dir).map_err(|e| err(e.to_string()))?;
+    tmp.write_all(
+        serde_json::to_string_pretty(&map)
+            .expect("map serializes")
+            .as_bytes(),
+    )
+    .and_then(|_| tmp.as_file().sync_all())
+    .map_err(|e| err(e.to_string()))?;
+    tmp.persist(&path).map_err(|e| err(e.error.to_string()))?;
+    crate::bundle::writer::sync_dir(state_dir).map_err(|e| err(e.to_string()))?;
+    Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn increases_even_when_clock_steps_back() {
+        let d = tempfile::tempdir().unwrap();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let a = allocate(d.path(), "c", t, None).unwrap();
+        assert_eq!(a, 1_800_000_000);
+        let b = allocate(d.path(), "c", t - Duration::from_secs(86400), None).unwrap();
+        assert_eq!(b, a + 1);
+        let c = allocate(d.path(), "c", t, None).unwrap();
+        assert_eq!(c, a + 2);
+        assert_eq!(allocate(d.path(), "other", t, None).unwrap(), a);
+        assert!(allocate(d.path(), "c", t, Some(5)).is_err());
+        assert_eq!(allocate(d.path(), "c", t, Some(a + 100)).unwrap(), a + 100);
+    }
+}
