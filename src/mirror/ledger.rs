@@ -1,0 +1,1 @@
+//! The import ledger (in progress).
