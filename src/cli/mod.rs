@@ -6,6 +6,9 @@ use clap::{Parser, Subcommand};
 
 use gapferry::error::{Classify, ExitKind};
 
+mod ledger;
+// Bar is for the import/export progress, which is not wired on this branch.
+#[allow(dead_code)]
 mod output;
 
 pub const EXIT_CODES: &str = "\
@@ -26,12 +29,17 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Check or print a mirror's import ledger.
+    Ledger(ledger::LedgerArgs),
+}
 
 impl Cli {
     /// Runs the chosen subcommand and returns its exit code.
     pub fn run(self) -> anyhow::Result<i32> {
-        match self.command {}
+        match self.command {
+            Command::Ledger(a) => a.run(),
+        }
     }
 }
 
@@ -57,7 +65,14 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
                 })*
             };
         }
-        try_types!(UsageError);
+        try_types!(
+            UsageError,
+            gapferry::mirror::ledger::LedgerError,
+            gapferry::mirror::lock::LockError,
+            gapferry::mirror::publish::PublishError,
+            gapferry::mirror::state::StateError,
+            gapferry::mirror::state::PolicyError,
+        );
     }
     ExitKind::Operational
 }
