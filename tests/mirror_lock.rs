@@ -30,7 +30,7 @@ fn child_entry() {
 }
 
 fn spawn_holder(dir: &Path) -> (Child, u32) {
-    let child = Command::new(std::env::current_exe().unwrap())
+    let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_entry", "--test-threads=1", "--quiet"])
         .env(CHILD, dir)
         .stdout(Stdio::null())
