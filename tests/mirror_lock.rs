@@ -22,13 +22,16 @@ fn child_entry() {
     let dir = PathBuf::from(dir);
     let sd = StateDir::open(&dir.join("state")).unwrap();
     let _lock = sd.lock(Duration::from_secs(5)).unwrap();
-    fs::write(dir.join("ready"), std::process::id().to_string()).unwrap();
+    fs::write(dir.join("ready.tmp"), std::process::id().to_string()).unwrap();
+    fs::rename(dir.join("ready.tmp"), dir.join("ready")).unwrap();
     let start = Instant::now();
     while !dir.join("release").exists() && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
+// The callers wait for the returned child.
+#[allow(clippy::zombie_processes)]
 fn spawn_holder(dir: &Path) -> (Child, u32) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_entry", "--test-threads=1", "--quiet"])
@@ -43,10 +46,11 @@ fn spawn_holder(dir: &Path) -> (Child, u32) {
                 return (child, pid.parse().unwrap());
             }
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "child never locked"
-        );
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child never took the lock");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
