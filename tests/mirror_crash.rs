@@ -257,3 +257,57 @@ fn crash_in_the_middle_of_a_file() {
         }
     }
 }
+
+/// Kills the child at pseudo-random times (seeded from the clock, printed
+/// so a failure can be replayed by hand) and checks the invariant after
+/// every kill.
+#[test]
+fn random_timed_kills() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    eprintln!("random_timed_kills seed {seed}");
+    let mut x = seed | 1;
+    let mut next = move || {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("mirror");
+    let state = t.path().join("state");
+    assert!(child(&root, &state, "1", &[]));
+    assert!(child(&root, &state, "2", &[]));
+    for round in 3..23 {
+        let v = round.to_string();
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "child_entry", "--test-threads=1", "--quiet"])
+            .env(
+                CHILD,
+                format!("{}|{}|{}", root.display(), state.display(), v),
+            )
+            .env_remove(ENV_CRASH_AT)
+            .env_remove(ENV_CRASH_AFTER_BYTES)
+            .env_remove(ENV_FORCE_FALLBACK)
+            .stdout(std::process::Stdio::null());
+        let mut c = cmd.spawn().unwrap();
+        std::thread::sleep(Duration::from_micros(next() % 40_000));
+        let _ = c.kill();
+        c.wait().unwrap();
+        for (cur, back) in snapshot(&root) {
+            assert!(cur.is_some() && back.is_some(), "seed {seed} round {round}");
+        }
+        assert!(child(&root, &state, "", &[]));
+        for (cur, back) in snapshot(&root) {
+            let (c, b): (u32, u32) = (
+                cur.unwrap().parse().unwrap(),
+                back.unwrap().parse().unwrap(),
+            );
+            assert!(c > b, "seed {seed} round {round}: current {c}, back {b}");
+        }
+        assert!(area_names(&root).len() == 2, "seed {seed} round {round}");
+    }
+}
