@@ -810,10 +810,9 @@ impl StagedSlot {
     /// Stages a small file from memory (e.g. `manifest.json`).
     pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<u64, PublishError> {
         let mut f = self.create_file(name)?;
-        f.write_all(bytes).map_err(|source| PublishError::Write {
-            path: f.path.clone(),
-            source,
-        })?;
+        if let Err(e) = f.write_all(bytes) {
+            return Err(f.error(e));
+        }
         f.finish()
     }
 }
@@ -831,6 +830,15 @@ impl StagedFile {
     /// The file's path (for error messages).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Wraps an I/O error from writing this file (e.g. ENOSPC from
+    /// `io::copy`) so that it names the file and the fix.
+    pub fn error(&self, source: io::Error) -> PublishError {
+        PublishError::Write {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Bytes written so far.
@@ -1248,6 +1256,24 @@ mod tests {
         assert_eq!(rec[0].action, RecoveryAction::Discarded);
         assert_eq!(only_served(dest.area()), ["production"]);
         assert!(!dest.current().exists());
+    }
+
+    #[test]
+    fn disk_full_message_names_file_and_fix() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = Destination::in_mirror(t.path(), &slot()).unwrap();
+        let mut st = Staging::new(PublishOptions::default());
+        let s = st.stage(&dest).unwrap();
+        let f = s.create_file("updates.zip").unwrap();
+        let msg = f
+            .error(io::Error::from_raw_os_error(
+                rustix::io::Errno::NOSPC.raw_os_error(),
+            ))
+            .to_string();
+        assert!(
+            msg.contains("updates.zip") && msg.contains("free space"),
+            "{msg}"
+        );
     }
 
     #[test]
