@@ -9,6 +9,7 @@ use gapferry::error::{Classify, ExitKind};
 mod export;
 mod inspect;
 mod keygen;
+mod ledger;
 mod output;
 mod password;
 mod verify;
@@ -36,6 +37,8 @@ enum Command {
     Export(export::ExportArgs),
     Inspect(inspect::InspectArgs),
     Verify(verify::VerifyArgs),
+    /// Check or print a mirror's import ledger.
+    Ledger(ledger::LedgerArgs),
 }
 
 impl Cli {
@@ -46,6 +49,7 @@ impl Cli {
             Command::Export(a) => a.run(),
             Command::Inspect(a) => a.run(),
             Command::Verify(a) => a.run(),
+            Command::Ledger(a) => a.run(),
         }
     }
 }
@@ -78,6 +82,11 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
             gapferry::keys::KeyError,
             gapferry::mde::collect::CollectError,
             gapferry::sequence::SequenceError,
+            gapferry::mirror::ledger::LedgerError,
+            gapferry::mirror::lock::LockError,
+            gapferry::mirror::publish::PublishError,
+            gapferry::mirror::state::StateError,
+            gapferry::mirror::state::PolicyError,
         );
     }
     ExitKind::Operational

@@ -1,0 +1,848 @@
+//! Persisted import state and the rollback policy. This module owns the
+//! state directory's layout and `state.json`: which versions each slot
+//! serves (and from which bundle), and which sequence numbers each channel
+//! has accepted with which manifest. It decides "newer / same bundle / older
+//! / conflicting sequence" but never prints, never touches the served tree,
+//! and never writes `state.json` other than atomically (temp file, fsync,
+//! rename, fsync of the folder).
+//!
+//! # Where the state lives
+//!
+//! `--state-dir` wins. The default is outside the served tree, one folder
+//! per mirror, named after the mirror's canonical path so two mirrors on one
+//! host never share state: `<base>/<last-path-component>-<16 hex of
+//! sha256(canonical path)>`, where `<base>` is
+//!
+//! - root: `/var/lib/gapferry` (macOS: `/Library/Application Support/gapferry`);
+//! - others: `$XDG_STATE_HOME/gapferry`, else `~/.local/state/gapferry`
+//!   (macOS: `~/Library/Application Support/gapferry`).
+//!
+//! A default that would fall inside the served tree is refused (pass
+//! `--state-dir`). The folder holds `state.json`, `ledger.jsonl` and `lock`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::fsx::{self, fix};
+use super::lock::{ImportLock, LockError, LOCK_FILE};
+use crate::error::{Classify, ExitKind};
+use crate::mde::{Slot, Version};
+
+/// The state file inside the state directory.
+pub const STATE_FILE: &str = "state.json";
+/// The ledger file inside the state directory.
+pub const LEDGER_FILE: &str = "ledger.jsonl";
+/// The state format this build reads and writes.
+pub const STATE_FORMAT: u32 = 1;
+/// A state file larger than this is refused as corrupt.
+pub const MAX_STATE_SIZE: u64 = 16 * 1024 * 1024;
+
+/// The state directory or file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    #[error("cannot create the state directory {path}: {source}{}; pass --state-dir to use another", fix(.source))]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}{}", fix(.source))]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}{}", fix(.source))]
+    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is not a gapferry state file ({reason}); restore it from a backup, \
+         or move it away to start over (rollback protection then restarts from nothing)"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path} was written by a newer gapferry (state format {format}); upgrade gapferry")]
+    TooNew { path: PathBuf, format: u32 },
+    #[error("cannot choose a default state directory: {reason}; pass --state-dir DIR")]
+    NoDefault { reason: String },
+}
+
+impl Classify for StateError {
+    fn exit_kind(&self) -> ExitKind {
+        ExitKind::Operational
+    }
+}
+
+/// One file served in a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What one slot serves and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedSlot {
+    pub engine_version: String,
+    pub definition_version: String,
+    pub bundle_id: String,
+    pub channel: String,
+    pub sequence: u64,
+    pub manifest_sha256: String,
+    pub files: Vec<ServedFile>,
+    /// RFC 3339 UTC.
+    pub imported_at: String,
+}
+
+/// A bundle a channel has accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedBundle {
+    pub manifest_sha256: String,
+    pub bundle_id: String,
+    /// RFC 3339 UTC.
+    pub accepted_at: String,
+}
+
+/// Accepted sequences of one channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelState {
+    pub accepted: BTreeMap<u64, AcceptedBundle>,
+}
+
+/// The whole persisted state (`state.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub format: u32,
+    /// Keyed by the slot's layout path, `linux/production/arch_x86_64`.
+    #[serde(default)]
+    pub served: BTreeMap<String, ServedSlot>,
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelState>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            format: STATE_FORMAT,
+            served: BTreeMap::new(),
+            channels: BTreeMap::new(),
+        }
+    }
+}
+
+impl State {
+    /// What `slot` serves, if gapferry published it.
+    pub fn served(&self, slot: &Slot) -> Option<&ServedSlot> {
+        self.served.get(&slot.rel())
+    }
+
+    /// Records what `slot` now serves.
+    pub fn record_served(&mut self, slot: &Slot, served: ServedSlot) {
+        self.served.insert(slot.rel(), served);
+    }
+
+    /// The bundle `channel` accepted with `sequence`, if any.
+    pub fn accepted(&self, channel: &str, sequence: u64) -> Option<&AcceptedBundle> {
+        self.channels.get(channel)?.accepted.get(&sequence)
+    }
+
+    /// The highest sequence `channel` has accepted.
+    pub fn highest_sequence(&self, channel: &str) -> Option<u64> {
+        self.channels
+            .get(channel)?
+            .accepted
+            .keys()
+            .next_back()
+            .copied()
+    }
+
+    /// Records that `channel` accepted `sequence`.
+    pub fn record_accepted(&mut self, channel: &str, sequence: u64, bundle: AcceptedBundle) {
+        self.channels
+            .entry(channel.to_string())
+            .or_default()
+            .accepted
+            .insert(sequence, bundle);
+    }
+
+    /// Parses `state.json` bytes; `path` names the file in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, StateError> {
+        #[derive(Deserialize)]
+        struct Probe {
+            format: u32,
+        }
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let probe: Probe = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        if probe.format > STATE_FORMAT {
+            return Err(StateError::TooNew {
+                path: path.to_path_buf(),
+                format: probe.format,
+            });
+        }
+        let state: State = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        for (key, s) in &state.served {
+            for (what, v) in [
+                ("engine_version", &s.engine_version),
+                ("definition_version", &s.definition_version),
+            ] {
+                v.parse::<Version>()
+                    .map_err(|e| corrupt(format!("served.{key}.{what}: {e}")))?;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Decides what an incoming bundle is relative to this state (see
+    /// [`Decision`]). `incoming.items` are the slots the import would
+    /// publish (after `--platform`/`--ring` filters).
+    pub fn check_rollback(&self, incoming: &Incoming<'_>) -> Decision {
+        check_rollback(self, incoming)
+    }
+}
+
+/// The incoming bundle, as far as the rollback policy cares.
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    pub channel: &'a str,
+    pub sequence: u64,
+    pub bundle_id: &'a str,
+    pub manifest_sha256: &'a str,
+    pub items: &'a [IncomingItem],
+}
+
+/// One slot an incoming bundle would publish.
+#[derive(Debug, Clone)]
+pub struct IncomingItem {
+    pub slot: Slot,
+    pub engine_version: Version,
+    pub definition_version: Version,
+}
+
+/// Why a bundle counts as older than what is served or accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Downgrade {
+    /// A lower sequence than the channel has already accepted.
+    Sequence {
+        channel: String,
+        incoming: u64,
+        highest: u64,
+    },
+    /// Older definitions than the slot serves.
+    Definitions {
+        slot: String,
+        incoming: String,
+        served: String,
+    },
+    /// Same definitions, older engine than the slot serves.
+    Engine {
+        slot: String,
+        incoming: String,
+        served: String,
+    },
+}
+
+impl fmt::Display for Downgrade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Downgrade::Sequence {
+                channel,
+                incoming,
+                highest,
+            } => write!(
+                f,
+                "sequence {incoming} is below {highest}, already accepted on channel {channel:?}"
+            ),
+            Downgrade::Definitions {
+                slot,
+                incoming,
+                served,
+            } => write!(
+                f,
+                "{slot}: definitions {incoming} are older than the served {served}"
+            ),
+            Downgrade::Engine {
+                slot,
+                incoming,
+                served,
+            } => write!(
+                f,
+                "{slot}: engine {incoming} is older than the served {served} (same definitions)"
+            ),
+        }
+    }
+}
+
+/// The rollback policy's verdict on an incoming bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// Nothing served or accepted is newer: import.
+    Newer,
+    /// This exact bundle (channel, sequence and manifest) was imported and
+    /// every slot it would publish still serves it: nothing to do, exit 0.
+    SameBundle,
+    /// Older than what is served or accepted: refuse (exit 4) unless
+    /// `--allow-downgrade`.
+    Older(Vec<Downgrade>),
+    /// The channel accepted this sequence with a different manifest: reject
+    /// (exit 3), even with `--allow-downgrade`.
+    SequenceConflict {
+        channel: String,
+        sequence: u64,
+        accepted_bundle_id: String,
+        accepted_manifest_sha256: String,
+        incoming_manifest_sha256: String,
+    },
+}
+
+/// What the import should do once the policy allows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Go {
+    /// Exit 0 "already imported", change nothing (record it in the ledger).
+    AlreadyImported,
+    /// Publish; `downgrades` is non-empty only with `--allow-downgrade`
+    /// (record that in the ledger).
+    Import { downgrades: Vec<Downgrade> },
+}
+
+/// The rollback policy refused the bundle.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    #[error(
+        "refused: the bundle is older than what this mirror serves or has accepted ({}); \
+         a replayed or out-of-order bundle? To roll back on purpose, add --allow-downgrade",
+        join(.0)
+    )]
+    Older(Vec<Downgrade>),
+    #[error(
+        "rejected: channel {channel:?} already accepted sequence {sequence} as bundle \
+         {accepted_bundle_id} (manifest sha256 {accepted_manifest_sha256}), but this bundle's \
+         manifest is {incoming_manifest_sha256}: two different bundles carry one sequence \
+         number; have the producer export again with a new sequence"
+    )]
+    SequenceConflict {
+        channel: String,
+        sequence: u64,
+        accepted_bundle_id: String,
+        accepted_manifest_sha256: String,
+        incoming_manifest_sha256: String,
+    },
+}
+
+fn join(d: &[Downgrade]) -> String {
+    d.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Classify for PolicyError {
+    fn exit_kind(&self) -> ExitKind {
+        match self {
+            PolicyError::Older(_) => ExitKind::Policy,
+            PolicyError::SequenceConflict { .. } => ExitKind::Rejected,
+        }
+    }
+}
+
+impl Decision {
+    /// Applies `--allow-downgrade` and turns refusals into errors.
+    pub fn enforce(self, allow_downgrade: bool) -> Result<Go, PolicyError> {
+        match self {
+            Decision::Newer => Ok(Go::Import {
+                downgrades: Vec::new(),
+            }),
+            Decision::SameBundle => Ok(Go::AlreadyImported),
+            Decision::Older(downgrades) if allow_downgrade => Ok(Go::Import { downgrades }),
+            Decision::Older(d) => Err(PolicyError::Older(d)),
+            Decision::SequenceConflict {
+                channel,
+                sequence,
+                accepted_bundle_id,
+                accepted_manifest_sha256,
+                incoming_manifest_sha256,
+            } => Err(PolicyError::SequenceConflict {
+                channel,
+                sequence,
+                accepted_bundle_id,
+                accepted_manifest_sha256,
+                incoming_manifest_sha256,
+            }),
+        }
+    }
+}
+
+/// The rollback policy: sequence per channel first (a conflict beats
+/// everything), then the served versions of every slot the bundle would
+/// publish, definitions first, then engine, as dotted numbers. Equal
+/// versions are not a downgrade (a re-export of the same definitions).
+pub fn check_rollback(state: &State, incoming: &Incoming<'_>) -> Decision {
+    let mut downgrades = Vec::new();
+    match state.accepted(incoming.channel, incoming.sequence) {
+        Some(acc) if acc.manifest_sha256 != incoming.manifest_sha256 => {
+            return Decision::SequenceConflict {
+                channel: incoming.channel.to_string(),
+                sequence: incoming.sequence,
+                accepted_bundle_id: acc.bundle_id.clone(),
+                accepted_manifest_sha256: acc.manifest_sha256.clone(),
+                incoming_manifest_sha256: incoming.manifest_sha256.to_string(),
+            };
+        }
+        Some(_) => {
+            let all_served = incoming.items.iter().all(|it| {
+                state
+                    .served(&it.slot)
+                    .is_some_and(|s| s.manifest_sha256 == incoming.manifest_sha256)
+            });
+            if all_served {
+                return Decision::SameBundle;
+            }
+            // Accepted before, but some slot (filtered out then, or replaced
+            // since) does not serve it: the version check decides.
+        }
+        None => {
+            if let Some(highest) = state.highest_sequence(incoming.channel) {
+                if incoming.sequence < highest {
+                    downgrades.push(Downgrade::Sequence {
+                        channel: incoming.channel.to_string(),
+                        incoming: incoming.sequence,
+                        highest,
+                    });
+                }
+            }
+        }
+    }
+    for it in incoming.items {
+        let Some(served) = state.served(&it.slot) else {
+            continue;
+        };
+        // from_bytes checked these; a state built in memory may not have.
+        let (Ok(s_def), Ok(s_eng)) = (
+            served.definition_version.parse::<Version>(),
+            served.engine_version.parse::<Version>(),
+        ) else {
+            continue;
+        };
+        if it.definition_version < s_def {
+            downgrades.push(Downgrade::Definitions {
+                slot: it.slot.rel(),
+                incoming: it.definition_version.to_string(),
+                served: served.definition_version.clone(),
+            });
+        } else if it.definition_version == s_def && it.engine_version < s_eng {
+            downgrades.push(Downgrade::Engine {
+                slot: it.slot.rel(),
+                incoming: it.engine_version.to_string(),
+                served: served.engine_version.clone(),
+            });
+        }
+    }
+    if downgrades.is_empty() {
+        Decision::Newer
+    } else {
+        Decision::Older(downgrades)
+    }
+}
+
+/// The state directory of one mirror.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating it, mode 0755, if missing) the state directory.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        fsx::ensure_dir_all(path).map_err(|source| StateError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(StateDir {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Names an existing state directory without creating anything (for
+    /// read-only commands such as `ledger verify`).
+    pub fn existing(path: &Path) -> Result<Self, StateError> {
+        if !path.is_dir() {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::NotFound, "no such state directory"),
+            });
+        }
+        Ok(StateDir {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join(STATE_FILE)
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        self.path.join(LEDGER_FILE)
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.join(LOCK_FILE)
+    }
+
+    /// Takes this mirror's import lock, waiting at most `wait`.
+    pub fn lock(&self, wait: Duration) -> Result<ImportLock, LockError> {
+        ImportLock::acquire(&self.lock_path(), wait)
+    }
+
+    /// Reads `state.json`; a missing file is the empty state.
+    pub fn load(&self) -> Result<State, StateError> {
+        let path = self.state_path();
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_STATE_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| StateError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        if bytes.len() as u64 > MAX_STATE_SIZE {
+            return Err(StateError::Corrupt {
+                path,
+                reason: format!("larger than {MAX_STATE_SIZE} bytes"),
+            });
+        }
+        State::from_bytes(&bytes, &path)
+    }
+
+    /// Writes `state.json` atomically (call it under the import lock).
+    pub fn save(&self, state: &State) -> Result<(), StateError> {
+        let path = self.state_path();
+        let mut bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+        bytes.push(b'\n');
+        fsx::write_atomic(&path, &bytes, fsx::FILE_MODE)
+            .map_err(|source| StateError::Write { path, source })
+    }
+}
+
+/// The default state directory for the served folder `served` (the mirror
+/// root, or `--target`); see the module docs.
+pub fn default_state_dir(served: &Path) -> Result<PathBuf, StateError> {
+    let base = default_base()?;
+    let canonical = canonical_lenient(served).map_err(|e| StateError::NoDefault {
+        reason: format!("cannot resolve {}: {e}", served.display()),
+    })?;
+    let dir = base.join(state_dir_name(&canonical));
+    if is_inside(&dir, &canonical) {
+        return Err(StateError::NoDefault {
+            reason: format!(
+                "{} would be inside the served tree {}",
+                dir.display(),
+                canonical.display()
+            ),
+        });
+    }
+    Ok(dir)
+}
+
+/// `<last component>-<16 hex of sha256(path bytes)>`, safe as a file name.
+pub fn state_dir_name(canonical: &Path) -> String {
+    let digest = Sha256::digest(canonical.as_os_str().as_bytes());
+    let last: String = canonical
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let last = last.trim_start_matches('.');
+    let last = if last.is_empty() { "mirror" } else { last };
+    format!("{last}-{}", &hex::encode(digest)[..16])
+}
+
+/// True when `inner` is `outer` or below it (lexically; both absolute).
+pub fn is_inside(inner: &Path, outer: &Path) -> bool {
+    fn norm(p: &Path) -> Vec<Component<'_>> {
+        p.components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .collect()
+    }
+    let (i, o) = (norm(inner), norm(outer));
+    i.len() >= o.len() && i[..o.len()] == o[..]
+}
+
+fn canonical_lenient(p: &Path) -> io::Result<PathBuf> {
+    let abs = std::path::absolute(p)?;
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match existing.canonicalize() {
+            Ok(mut c) => {
+                for part in rest.iter().rev() {
+                    c.push(part);
+                }
+                return Ok(c);
+            }
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    existing = parent;
+                }
+                _ => return Ok(abs),
+            },
+        }
+    }
+}
+
+fn default_base() -> Result<PathBuf, StateError> {
+    let root = rustix::process::geteuid().is_root();
+    let home = || {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|h| h.is_absolute())
+            .ok_or_else(|| StateError::NoDefault {
+                reason: "HOME is not set".into(),
+            })
+    };
+    if cfg!(target_vendor = "apple") {
+        return Ok(if root {
+            PathBuf::from("/Library/Application Support/gapferry")
+        } else {
+            home()?.join("Library/Application Support/gapferry")
+        });
+    }
+    if root {
+        return Ok(PathBuf::from("/var/lib/gapferry"));
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from) {
+        if x.is_absolute() {
+            return Ok(x.join("gapferry"));
+        }
+    }
+    Ok(home()?.join(".local/state/gapferry"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mde::{Arch, Platform, Ring};
+
+    fn slot(arch: Arch) -> Slot {
+        Slot {
+            platform: Platform::Linux,
+            ring: Ring::Production,
+            arch,
+        }
+    }
+
+    fn item(arch: Arch, eng: &str, def: &str) -> IncomingItem {
+        IncomingItem {
+            slot: slot(arch),
+            engine_version: eng.parse().unwrap(),
+            definition_version: def.parse().unwrap(),
+        }
+    }
+
+    fn served(eng: &str, def: &str, sha: &str, seq: u64) -> ServedSlot {
+        ServedSlot {
+            engine_version: eng.into(),
+            definition_version: def.into(),
+            bundle_id: format!("b{seq}"),
+            channel: "default".into(),
+            sequence: seq,
+            manifest_sha256: sha.into(),
+            files: vec![ServedFile {
+                name: "updates.zip".into(),
+                size: 3,
+                sha256: "00".repeat(32),
+            }],
+            imported_at: "2024-05-01T00:00:00Z".into(),
+        }
+    }
+
+    /// A state that accepted sequence 5 (manifest "m5") serving x86_64 at
+    /// engine 1.1.100.0, definitions 1.400.10.0.
+    fn base() -> State {
+        let mut st = State::default();
+        st.record_accepted(
+            "default",
+            5,
+            AcceptedBundle {
+                manifest_sha256: "m5".into(),
+                bundle_id: "b5".into(),
+                accepted_at: "2024-05-01T00:00:00Z".into(),
+            },
+        );
+        st.record_served(
+            &slot(Arch::X86_64),
+            served("1.1.100.0", "1.400.10.0", "m5", 5),
+        );
+        st
+    }
+
+    fn decide(st: &State, seq: u64, sha: &str, items: &[IncomingItem]) -> Decision {
+        st.check_rollback(&Incoming {
+            channel: "default",
+            sequence: seq,
+            bundle_id: "x",
+            manifest_sha256: sha,
+            items,
+        })
+    }
+
+    #[test]
+    fn rollback_decisions() {
+        let st = base();
+        let x = |e, d| vec![item(Arch::X86_64, e, d)];
+        assert_eq!(
+            decide(&st, 6, "m6", &x("1.1.100.0", "1.400.11.0")),
+            Decision::Newer
+        );
+        // Numeric, not lexical: .9 < .10.
+        assert!(matches!(
+            decide(&st, 6, "m6", &x("1.1.100.0", "1.400.9.0")),
+            Decision::Older(d) if matches!(d[..], [Downgrade::Definitions { .. }])
+        ));
+        // Newer definitions win over an older engine.
+        assert_eq!(
+            decide(&st, 6, "m6", &x("1.1.99.0", "1.400.11.0")),
+            Decision::Newer
+        );
+        assert!(matches!(
+            decide(&st, 6, "m6", &x("1.1.99.0", "1.400.10.0")),
+            Decision::Older(d) if matches!(d[..], [Downgrade::Engine { .. }])
+        ));
+        // Same versions under a new sequence: a re-export, fine.
+        assert_eq!(
+            decide(&st, 6, "m6", &x("1.1.100.0", "1.400.10.0")),
+            Decision::Newer
+        );
+        assert!(matches!(
+            decide(&st, 4, "m4", &x("1.1.100.0", "1.400.11.0")),
+            Decision::Older(d) if matches!(d[..], [Downgrade::Sequence { incoming: 4, highest: 5, .. }])
+        ));
+        assert_eq!(
+            decide(&st, 5, "m5", &x("1.1.100.0", "1.400.10.0")),
+            Decision::SameBundle
+        );
+        let conflict = decide(&st, 5, "other", &x("1.1.100.0", "1.400.11.0"));
+        assert!(matches!(
+            conflict,
+            Decision::SequenceConflict { sequence: 5, .. }
+        ));
+        // Other channels have their own sequences.
+        let d = st.check_rollback(&Incoming {
+            channel: "lab",
+            sequence: 1,
+            bundle_id: "x",
+            manifest_sha256: "l1",
+            items: &x("1.1.100.0", "1.400.11.0"),
+        });
+        assert_eq!(d, Decision::Newer);
+        // Same bundle, but a slot it carries was filtered out last time.
+        let both = vec![
+            item(Arch::X86_64, "1.1.100.0", "1.400.10.0"),
+            item(Arch::Arm64, "1.1.100.0", "1.400.10.0"),
+        ];
+        assert_eq!(decide(&st, 5, "m5", &both), Decision::Newer);
+    }
+
+    #[test]
+    fn enforce_maps_to_exit_kinds() {
+        let st = base();
+        let old = decide(&st, 4, "m4", &[item(Arch::X86_64, "1.1.1.0", "1.1.1.0")]);
+        let err = old.clone().enforce(false).unwrap_err();
+        assert_eq!(err.exit_kind(), ExitKind::Policy);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("--allow-downgrade") && msg.contains("sequence 4"),
+            "{msg}"
+        );
+        assert!(msg.contains("linux/production/arch_x86_64"), "{msg}");
+        match old.enforce(true).unwrap() {
+            Go::Import { downgrades } => assert_eq!(downgrades.len(), 2),
+            g => panic!("{g:?}"),
+        }
+        let conflict = decide(&st, 5, "zz", &[]);
+        let err = conflict.enforce(true).unwrap_err();
+        assert_eq!(err.exit_kind(), ExitKind::Rejected);
+        assert!(err.to_string().contains("b5"));
+        assert_eq!(
+            decide(&st, 5, "m5", &[]).enforce(false).unwrap(),
+            Go::AlreadyImported
+        );
+    }
+
+    #[test]
+    fn state_round_trip_and_corruption() {
+        let t = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(&t.path().join("s")).unwrap();
+        assert_eq!(sd.load().unwrap(), State::default());
+        let st = base();
+        sd.save(&st).unwrap();
+        assert_eq!(sd.load().unwrap(), st);
+        assert_eq!(sd.load().unwrap().highest_sequence("default"), Some(5));
+        let names: Vec<_> = std::fs::read_dir(sd.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [STATE_FILE], "no temp files left");
+
+        std::fs::write(sd.state_path(), b"{\"format\": 1, \"served\": [").unwrap();
+        let e = sd.load().unwrap_err().to_string();
+        assert!(
+            e.contains(&sd.state_path().display().to_string()) && e.contains("backup"),
+            "{e}"
+        );
+        std::fs::write(sd.state_path(), b"{\"format\": 9}").unwrap();
+        assert!(matches!(
+            sd.load(),
+            Err(StateError::TooNew { format: 9, .. })
+        ));
+        let mut bad = base();
+        bad.served
+            .get_mut("linux/production/arch_x86_64")
+            .unwrap()
+            .engine_version = "x".into();
+        std::fs::write(sd.state_path(), serde_json::to_vec(&bad).unwrap()).unwrap();
+        assert!(matches!(sd.load(), Err(StateError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn default_dir_naming() {
+        let a = state_dir_name(Path::new("/srv/mde mirror"));
+        assert!(
+            a.starts_with("mde_mirror-") && a.len() == "mde_mirror-".len() + 16,
+            "{a}"
+        );
+        assert_ne!(a, state_dir_name(Path::new("/srv2/mde mirror")));
+        assert!(state_dir_name(Path::new("/")).starts_with("root-"));
+        assert!(state_dir_name(Path::new("/x/.hidden")).starts_with("hidden-"));
+        assert!(is_inside(Path::new("/a/b/c"), Path::new("/a/b")));
+        assert!(is_inside(Path::new("/a/b"), Path::new("/a/b")));
+        assert!(!is_inside(Path::new("/a/bc"), Path::new("/a/b")));
+        let t = tempfile::tempdir().unwrap();
+        let d = default_state_dir(&t.path().join("not/yet")).unwrap();
+        assert!(!is_inside(&d, t.path()));
+        assert!(d.file_name().unwrap().to_string_lossy().starts_with("yet-"));
+    }
+}
