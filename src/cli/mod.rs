@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use gapferry::error::{Classify, ExitKind};
 
+pub mod fetch;
 mod output;
 
 pub const EXIT_CODES: &str = "\
@@ -26,12 +27,16 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    Fetch(fetch::FetchArgs),
+}
 
 impl Cli {
     /// Runs the chosen subcommand and returns its exit code.
     pub fn run(self) -> anyhow::Result<i32> {
-        match self.command {}
+        match self.command {
+            Command::Fetch(args) => args.run(),
+        }
     }
 }
 
@@ -57,7 +62,7 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
                 })*
             };
         }
-        try_types!(UsageError);
+        try_types!(UsageError, gapferry::mde::fetch::FetchError);
     }
     ExitKind::Operational
 }
