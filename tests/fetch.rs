@@ -756,3 +756,19 @@ fn the_library_reports_the_same_outcomes() {
         SlotOutcome::Unchanged { .. }
     ));
 }
+
+#[test]
+fn an_html_page_left_by_microsofts_script_is_replaced() {
+    let (mock, dir, _) = fetched_once(Release::new("1.1.24080.9", "1.419.100.0"));
+    // Same release upstream, but the script once saved an error page.
+    fs::write(
+        dir.path().join(X64).join("updates.zip"),
+        "<html><body>502 Bad Gateway</body></html>",
+    )
+    .unwrap();
+    let r = run(fetch(&mock, dir.path()).args(["--platform", "linux", "--arch", "x86_64"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("is not a valid zip"), "{}", r.stderr);
+    assert!(zip_text(dir.path(), X64).contains("definitions 1.419.100.0"));
+    assert!(!dir.path().join("linux/production_back").exists());
+}

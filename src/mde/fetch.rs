@@ -679,12 +679,31 @@ fn local_set(dir: &Path, slot: Slot, observer: &dyn FetchObserver) -> Option<Fol
             return None;
         }
     };
-    if !dir.join(UPDATES_ZIP).is_file() {
+    let zip = dir.join(UPDATES_ZIP);
+    if !zip.is_file() {
         observer.log(
             Level::Warn,
             &format!(
                 "{slot}: {} has no {UPDATES_ZIP}; downloading a fresh set",
                 dir.display()
+            ),
+        );
+        return None;
+    }
+    // Microsoft's script can leave an HTML error page here; a set whose zip
+    // is not one is not worth keeping, so it is neither "up to date" nor n-1.
+    let checked = File::open(&zip)
+        .and_then(|mut f| {
+            let len = f.metadata()?.len();
+            Ok(check_zip(&mut f, len))
+        })
+        .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(reason) = checked {
+        observer.log(
+            Level::Warn,
+            &format!(
+                "{slot}: {} is not a valid zip ({reason}); downloading a fresh set",
+                zip.display()
             ),
         );
         return None;

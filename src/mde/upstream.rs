@@ -376,7 +376,11 @@ impl Upstream {
         on_retry: &dyn Fn(&UpstreamError, Duration),
     ) -> Result<Download, UpstreamError> {
         let url = package_url(&self.base, slot);
-        let label = slot.to_string();
+        // Short enough for a progress bar on an 80-column terminal.
+        let label = match slot.ring {
+            Ring::Production => format!("{} {}", slot.platform, slot.arch),
+            Ring::Preview => format!("{} {} preview", slot.platform, slot.arch),
+        };
         let (mut d, attempts) = self.with_retries(on_retry, |_| {
             let write_err = |source| UpstreamError::Write {
                 url: url.clone(),
