@@ -138,6 +138,7 @@ struct JsonItem {
     previous: Option<JsonVersions>,
     backed_up: bool,
     bytes: u64,
+    sha256: Option<String>,
     error: Option<String>,
 }
 
@@ -207,6 +208,18 @@ fn first_fetch_lays_out_the_folder() {
     assert_eq!(first.definition_version.as_deref(), Some("1.419.184.0"));
     assert!(first.previous.is_none() && !first.backed_up && first.error.is_none());
     assert!(first.bytes > 4096);
+    let zip = fs::read(dir.path().join(X64).join("updates.zip")).unwrap();
+    assert_eq!(first.bytes, zip.len() as u64);
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&zip))
+    };
+    assert_eq!(first.sha256.as_deref(), Some(digest.as_str()));
+    assert!(
+        r.stderr.contains(&format!("sha256 {digest}")),
+        "{}",
+        r.stderr
+    );
     assert!(
         r.stderr.contains("4 updated, 0 up to date, 0 failed"),
         "{}",

@@ -353,6 +353,8 @@ pub mod json {
         pub backed_up: bool,
         /// Size of the new updates.zip (0 unless updated).
         pub bytes: u64,
+        /// SHA-256 of the new updates.zip, lower-case hex (null unless updated).
+        pub sha256: Option<String>,
         /// The failure, naming the URL or file and the fix.
         pub error: Option<String>,
     }
@@ -387,6 +389,7 @@ pub mod json {
                             previous: None,
                             backed_up: false,
                             bytes: 0,
+                            sha256: None,
                             error: None,
                         };
                         match &i.outcome {
@@ -395,6 +398,7 @@ pub mod json {
                                 previous,
                                 backed_up,
                                 bytes,
+                                sha256,
                                 ..
                             } => {
                                 item.outcome = "updated";
@@ -406,6 +410,7 @@ pub mod json {
                                 });
                                 item.backed_up = *backed_up;
                                 item.bytes = *bytes;
+                                item.sha256 = Some(sha256.clone());
                             }
                             SlotOutcome::Unchanged { current } => {
                                 item.outcome = "unchanged";

@@ -448,6 +448,8 @@ pub enum SlotOutcome {
         /// The replaced set now sits in `<ring>_back/arch_<arch>`.
         backed_up: bool,
         bytes: u64,
+        /// SHA-256 of the new `updates.zip`, lower-case hex.
+        sha256: String,
         /// Package downloads made (more than one when upstream changed).
         downloads: u32,
     },
@@ -581,6 +583,8 @@ fn log_outcome(slot: Slot, outcome: &SlotOutcome, observer: &dyn FetchObserver) 
             current,
             previous,
             backed_up,
+            bytes,
+            sha256,
             ..
         } => {
             let was = match previous {
@@ -598,7 +602,7 @@ fn log_outcome(slot: Slot, outcome: &SlotOutcome, observer: &dyn FetchObserver) 
             observer.log(
                 Level::Info,
                 &format!(
-                    "{slot}: updated to engine {}, definitions {} ({was}){kept}",
+                    "{slot}: updated to engine {}, definitions {} ({was}); updates.zip {bytes} bytes, sha256 {sha256}{kept}",
                     current.engine_version, current.definition_version
                 ),
             );
@@ -766,7 +770,7 @@ fn fetch_slot(
     let url = upstream::package_url(upstream.base(), slot);
     let mut downloads = 0;
     let mut changes = 0;
-    let bytes = loop {
+    let (bytes, sha256) = loop {
         observer.log(Level::Info, &format!("{slot}: downloading {url}"));
         let d = upstream.download(
             slot,
@@ -783,7 +787,7 @@ fn fetch_slot(
         })?;
         let again = upstream.info(slot, &on_retry)?;
         if again.same_release(&info) {
-            break d.bytes;
+            break (d.bytes, d.sha256);
         }
         changes += 1;
         if changes > plan.max_info_changes {
@@ -823,6 +827,7 @@ fn fetch_slot(
         previous: local,
         backed_up,
         bytes,
+        sha256,
         downloads,
     })
 }

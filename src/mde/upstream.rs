@@ -16,6 +16,7 @@ use quick_xml::events::Event;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
 
 use super::layout::{Arch, FolderManifest, Platform, Ring, Slot};
 use super::version::Version;
@@ -309,6 +310,9 @@ impl UpstreamError {
 pub struct Download {
     /// Bytes written.
     pub bytes: u64,
+    /// SHA-256 of those bytes, lower-case hex (upstream publishes none to
+    /// check against; it goes in the log and the report for auditors).
+    pub sha256: String,
     /// The URL the redirects ended at.
     pub final_url: String,
     /// How many attempts it took.
@@ -415,9 +419,10 @@ impl Upstream {
             };
             let result = sink.stream(resp, out, observer);
             observer.finish();
-            let bytes = result?;
+            let (bytes, sha256) = result?;
             Ok(Download {
                 bytes,
+                sha256,
                 final_url,
                 attempts: 0,
             })
@@ -593,7 +598,7 @@ impl Sink<'_> {
         mut resp: Response,
         out: &mut std::fs::File,
         observer: &dyn Observer,
-    ) -> Result<u64, UpstreamError> {
+    ) -> Result<(u64, String), UpstreamError> {
         let Sink {
             url,
             path,
@@ -605,6 +610,7 @@ impl Sink<'_> {
         let mut buf = vec![0u8; 256 * 1024];
         let mut head: Vec<u8> = Vec::with_capacity(64);
         let mut total: u64 = 0;
+        let mut hasher = Sha256::new();
         loop {
             let n = match resp.read(&mut buf) {
                 Ok(0) => break,
@@ -631,6 +637,7 @@ impl Sink<'_> {
                     path: path.to_path_buf(),
                     source,
                 })?;
+            hasher.update(&buf[..n]);
             observer.advance(n as u64);
         }
         if let Some(n) = expected.filter(|&n| n != total) {
@@ -644,7 +651,7 @@ impl Sink<'_> {
         if head.len() < ZIP_LOCAL_HEADER.len() {
             return Err(not_zip(url, content_type, &head));
         }
-        Ok(total)
+        Ok((total, hex::encode(hasher.finalize())))
     }
 }
 
