@@ -456,10 +456,18 @@ impl Upstream {
                 timeout: self.config.read_timeout,
             }
         } else {
+            // reqwest's own message repeats the URL; its causes say what failed.
+            let mut reason = match std::error::Error::source(e) {
+                Some(cause) => error_chain(cause),
+                None => e.to_string(),
+            };
+            if let Some(var) = proxy_var_for(url) {
+                reason.push_str(&format!(" (through the proxy named by {var})"));
+            }
             UpstreamError::Connect {
                 url: url.to_string(),
                 attempts: 1,
-                reason: error_chain(e),
+                reason,
             }
         }
     }
@@ -666,6 +674,19 @@ fn not_zip(url: &str, content_type: &str, head: &[u8]) -> UpstreamError {
         content_type: content_type.to_string(),
         start,
     }
+}
+
+/// The proxy variable reqwest would use for `url`, if one is set (by name
+/// only: its value may hold credentials). NO_PROXY is not evaluated here.
+fn proxy_var_for(url: &str) -> Option<&'static str> {
+    let vars: &[&'static str] = if url.starts_with("https:") {
+        &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+    };
+    vars.iter()
+        .copied()
+        .find(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
