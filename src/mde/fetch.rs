@@ -549,7 +549,10 @@ pub fn fetch(plan: &FetchPlan, observer: &dyn FetchObserver) -> Result<FetchRepo
     for note in &plan.notes {
         observer.log(Level::Warn, note);
     }
-    remove_stale_stages(plan, observer);
+    if lock.is_some() {
+        // Without the lock a staging folder may belong to a live run.
+        remove_stale_stages(plan, observer);
+    }
     observer.log(
         Level::Info,
         &format!(
