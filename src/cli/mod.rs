@@ -9,6 +9,7 @@ use gapferry::error::{Classify, ExitKind};
 mod export;
 mod inspect;
 mod keygen;
+mod fetch;
 mod ledger;
 mod output;
 mod password;
@@ -39,6 +40,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Check or print a mirror's import ledger.
     Ledger(ledger::LedgerArgs),
+    Fetch(fetch::FetchArgs),
 }
 
 impl Cli {
@@ -50,6 +52,7 @@ impl Cli {
             Command::Inspect(a) => a.run(),
             Command::Verify(a) => a.run(),
             Command::Ledger(a) => a.run(),
+            Command::Fetch(args) => args.run(),
         }
     }
 }
@@ -87,6 +90,7 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
             gapferry::mirror::publish::PublishError,
             gapferry::mirror::state::StateError,
             gapferry::mirror::state::PolicyError,
+            gapferry::mde::fetch::FetchError,
         );
     }
     ExitKind::Operational

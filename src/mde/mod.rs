@@ -5,7 +5,9 @@
 //! The bundle core knows nothing of Defender; everything MDE-specific lives
 //! here so that other profiles can come later.
 
+pub mod fetch;
 pub mod layout;
+pub mod upstream;
 pub mod version;
 
 pub use layout::{Arch, FolderManifest, FolderManifestError, Platform, Ring, Slot};

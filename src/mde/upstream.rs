@@ -1,0 +1,818 @@
+//! Microsoft's update endpoints as `fetch` sees them: the fwlink query strings
+//! (built exactly as `xplat_offline_updates_download.sh` builds them), the
+//! `&action=info` XML, and a blocking HTTP client with timeouts, bounded
+//! retries and a streaming, size-capped package download.
+//!
+//! This module only talks HTTP and parses what comes back; it never decides
+//! where files go on disk and never replaces anything (that is
+//! [`super::fetch`]'s job), and it never prints.
+
+use std::fmt;
+use std::io::{Read, Seek, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use quick_xml::events::Event;
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
+
+use super::layout::{Arch, FolderManifest, Platform, Ring, Slot};
+use super::version::Version;
+use crate::progress::Observer;
+
+/// Microsoft's redirector, the base every query string is appended to.
+pub const DEFAULT_UPSTREAM: &str = "https://go.microsoft.com/fwlink/";
+/// Largest `&action=info` document accepted; Microsoft's is about 200 bytes.
+pub const MAX_INFO_SIZE: u64 = 64 * 1024;
+/// The four bytes every zip file (with at least one entry) starts with.
+pub const ZIP_LOCAL_HEADER: &[u8; 4] = b"PK\x03\x04";
+
+/// The fwlink id of a platform's definition package.
+pub fn link_id(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Linux => "2144709",
+        Platform::Mac => "2120136",
+    }
+}
+
+/// The package URL of `slot` under `base`, with the query string built as
+/// Microsoft's script builds it: `?linkid=..`, then `&arch=arm64` for ARM,
+/// then `&engRing=3&sigRing=1` for preview.
+pub fn package_url(base: &str, slot: Slot) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let mut url = format!("{base}{sep}linkid={}", link_id(slot.platform));
+    if slot.arch == Arch::Arm64 {
+        url.push_str("&arch=arm64");
+    }
+    if slot.ring == Ring::Preview {
+        url.push_str("&engRing=3&sigRing=1");
+    }
+    url
+}
+
+/// The version-info URL of `slot`: the package URL plus `&action=info`.
+pub fn info_url(base: &str, slot: Slot) -> String {
+    package_url(base, slot) + "&action=info"
+}
+
+/// What the `&action=info` document says is the current release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamInfo {
+    /// `<engine>`: the antimalware engine version.
+    pub engine: Version,
+    /// `<signatures>`: the definition (security intelligence) version.
+    pub definitions: Version,
+    /// `<platform>`, when present (the product version; informational).
+    pub platform: Option<String>,
+    /// The `date` attribute of `<signatures>`, when present.
+    pub signatures_date: Option<String>,
+}
+
+impl UpstreamInfo {
+    /// Parses the info XML with a real XML parser. The elements may sit
+    /// anywhere and in any order; unknown elements and attributes are
+    /// ignored. `url` only names the document in errors.
+    pub fn parse(bytes: &[u8], url: &str) -> Result<Self, UpstreamError> {
+        let bad = |reason: String| UpstreamError::BadInfo {
+            url: url.to_string(),
+            reason,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+        let text = text.trim_start_matches('\u{feff}');
+        let mut reader = quick_xml::Reader::from_str(text);
+        let mut open: Vec<Vec<u8>> = Vec::new();
+        let (mut engine, mut signatures, mut platform, mut date) = (None, None, None, None);
+        let mut saw_element = false;
+        loop {
+            let event = reader
+                .read_event()
+                .map_err(|e| bad(format!("not well-formed XML: {e}")))?;
+            match event {
+                Event::Start(e) => {
+                    saw_element = true;
+                    if e.local_name().as_ref() == b"signatures" {
+                        if let Some(a) = e
+                            .try_get_attribute("date")
+                            .map_err(|e| bad(format!("bad attribute on <signatures>: {e}")))?
+                        {
+                            let v = a
+                                .unescape_value()
+                                .map_err(|e| bad(format!("bad date on <signatures>: {e}")))?;
+                            date = Some(v.into_owned());
+                        }
+                    }
+                    open.push(e.local_name().as_ref().to_vec());
+                    if open.len() > 32 {
+                        return Err(bad("nested more than 32 elements deep".into()));
+                    }
+                }
+                Event::Empty(_) => saw_element = true,
+                Event::End(_) => {
+                    open.pop();
+                }
+                Event::Text(t) => {
+                    let value = t
+                        .unescape()
+                        .map_err(|e| bad(format!("bad text: {e}")))?
+                        .trim()
+                        .to_string();
+                    if value.is_empty() {
+                        continue;
+                    }
+                    let slot = match open.last().map(Vec::as_slice) {
+                        Some(b"engine") => &mut engine,
+                        Some(b"signatures") => &mut signatures,
+                        Some(b"platform") => &mut platform,
+                        _ => continue,
+                    };
+                    if slot.is_some() {
+                        return Err(bad(format!(
+                            "<{}> appears twice",
+                            String::from_utf8_lossy(open.last().expect("matched above"))
+                        )));
+                    }
+                    *slot = Some(value);
+                }
+                Event::Eof => break,
+                _ => {}
+            }
+        }
+        if !saw_element {
+            return Err(bad("empty document".into()));
+        }
+        let engine = engine.ok_or_else(|| bad("no <engine> element".into()))?;
+        let signatures = signatures.ok_or_else(|| bad("no <signatures> element".into()))?;
+        Ok(UpstreamInfo {
+            engine: engine.parse().map_err(|e| bad(format!("<engine>: {e}")))?,
+            definitions: signatures
+                .parse()
+                .map_err(|e| bad(format!("<signatures>: {e}")))?,
+            platform,
+            signatures_date: date,
+        })
+    }
+
+    /// True when `other` names the same engine and definition versions.
+    pub fn same_release(&self, other: &UpstreamInfo) -> bool {
+        self.engine == other.engine && self.definitions == other.definitions
+    }
+
+    /// True when a local `manifest.json` already describes this release.
+    pub fn matches(&self, local: &FolderManifest) -> bool {
+        local.engine().is_ok_and(|e| e == self.engine)
+            && local.definitions().is_ok_and(|d| d == self.definitions)
+    }
+
+    /// The `manifest.json` describing this release, with Microsoft's keys.
+    pub fn to_manifest(&self) -> FolderManifest {
+        FolderManifest {
+            engine_version: self.engine.to_string(),
+            definition_version: self.definitions.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for UpstreamInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "engine {}, definitions {}",
+            self.engine, self.definitions
+        )
+    }
+}
+
+/// Timeouts and retries of the HTTP client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Time allowed to open a TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for any single wait: the response headers, or each read
+    /// of the body. A slow but moving download never hits it.
+    pub read_timeout: Duration,
+    /// Extra attempts after the first, on 5xx, 408, 429, timeouts, dropped
+    /// connections and truncated bodies. Other failures are not retried.
+    pub retries: u32,
+    /// Wait before the first retry; doubled for each further one (capped at
+    /// one minute).
+    pub retry_delay: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            retries: 3,
+            retry_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A failure talking to upstream. Every variant names the URL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    #[error("{url} is not a usable upstream URL: {reason}; pass an http:// or https:// URL such as {DEFAULT_UPSTREAM}")]
+    BadBase { url: String, reason: String },
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(String),
+    #[error("cannot reach {url} ({attempts} attempt{s}): {reason}; check the network, DNS and HTTPS_PROXY/NO_PROXY", s = plural(*attempts))]
+    Connect {
+        url: String,
+        attempts: u32,
+        reason: String,
+    },
+    #[error("no answer from {url} within {timeout} ({attempts} attempt{s}); check the network and proxy, or raise --timeout", timeout = humantime::format_duration(*timeout), s = plural(*attempts))]
+    Timeout {
+        url: String,
+        attempts: u32,
+        timeout: Duration,
+    },
+    #[error("{url} answered HTTP {status} ({attempts} attempt{s}); {hint}", s = plural(*attempts), hint = status_hint(*status))]
+    Status {
+        url: String,
+        status: u16,
+        attempts: u32,
+    },
+    #[error("download from {url} broke off after {received} of {expected} bytes ({attempts} attempt{s}); the connection or a proxy dropped it, try again later", expected = expected.map_or("?".to_string(), |n| n.to_string()), s = plural(*attempts))]
+    Truncated {
+        url: String,
+        received: u64,
+        expected: Option<u64>,
+        attempts: u32,
+    },
+    #[error("{url} did not send a zip package (content-type {content_type}, starts with {start:?}); a proxy, captive portal or wrong --upstream may be answering instead of Microsoft")]
+    NotZip {
+        url: String,
+        content_type: String,
+        start: String,
+    },
+    #[error("{url}: {what}; raise --max-package-size if the package really is this large")]
+    TooLarge { url: String, what: String },
+    #[error("{url} did not return Defender version info: {reason}; check --upstream and any proxy in between")]
+    BadInfo { url: String, reason: String },
+    #[error("cannot write the download from {url} to {path}: {source}; check free space and permissions")]
+    Write {
+        url: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn status_hint(status: u16) -> &'static str {
+    match status {
+        407 => "the proxy wants credentials: put them in HTTPS_PROXY (https://user:pass@proxy:port)",
+        401 | 403 => "access was refused: check the proxy's allow list for go.microsoft.com and download.microsoft.com",
+        404 => "check --upstream",
+        500..=599 => "the server or a proxy failed; try again later",
+        _ => "check --upstream and any proxy in between",
+    }
+}
+
+impl UpstreamError {
+    /// Whether another attempt could succeed.
+    fn retryable(&self) -> bool {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Truncated { .. } => true,
+            UpstreamError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            _ => false,
+        }
+    }
+
+    fn set_attempts(&mut self, n: u32) {
+        match self {
+            UpstreamError::Connect { attempts, .. }
+            | UpstreamError::Timeout { attempts, .. }
+            | UpstreamError::Status { attempts, .. }
+            | UpstreamError::Truncated { attempts, .. } => *attempts = n,
+            _ => {}
+        }
+    }
+}
+
+/// A finished package download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Download {
+    /// Bytes written.
+    pub bytes: u64,
+    /// SHA-256 of those bytes, lower-case hex (upstream publishes none to
+    /// check against; it goes in the log and the report for auditors).
+    pub sha256: String,
+    /// The URL the redirects ended at.
+    pub final_url: String,
+    /// How many attempts it took.
+    pub attempts: u32,
+}
+
+/// A client for one upstream base URL.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client,
+    base: String,
+    config: HttpConfig,
+}
+
+impl Upstream {
+    /// Checks `base` and builds the client. Redirects are followed (up to
+    /// 10); HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY are honoured.
+    pub fn new(base: &str, config: HttpConfig) -> Result<Self, UpstreamError> {
+        check_base(base)?;
+        let client = Client::builder()
+            .user_agent(concat!("gapferry/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.read_timeout)
+            .build()
+            .map_err(|e| UpstreamError::Client(error_chain(&e)))?;
+        Ok(Upstream {
+            client,
+            base: base.to_string(),
+            config,
+        })
+    }
+
+    /// The base URL query strings are appended to.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Reads the `&action=info` document of `slot`. `on_retry` hears about
+    /// each failed attempt that will be retried.
+    pub fn info(
+        &self,
+        slot: Slot,
+        on_retry: &dyn Fn(&UpstreamError, Duration),
+    ) -> Result<UpstreamInfo, UpstreamError> {
+        let url = info_url(&self.base, slot);
+        self.with_retries(on_retry, |_| {
+            let resp = self.get(&url)?;
+            let body = read_small(resp, &url, MAX_INFO_SIZE, self.config.read_timeout)?;
+            UpstreamInfo::parse(&body, &url)
+        })
+        .map(|(info, _)| info)
+    }
+
+    /// Streams the package of `slot` into `out` (truncated first, and again
+    /// before each retry), at most `cap` bytes. Fails early when the body
+    /// does not start like a zip or is announced larger than `cap`, and
+    /// when fewer bytes arrive than announced. `path` names `out` in errors.
+    pub fn download(
+        &self,
+        slot: Slot,
+        out: &mut std::fs::File,
+        path: &std::path::Path,
+        cap: u64,
+        observer: &dyn Observer,
+        on_retry: &dyn Fn(&UpstreamError, Duration),
+    ) -> Result<Download, UpstreamError> {
+        let url = package_url(&self.base, slot);
+        // Short enough for a progress bar on an 80-column terminal.
+        let label = match slot.ring {
+            Ring::Production => format!("{} {}", slot.platform, slot.arch),
+            Ring::Preview => format!("{} {} preview", slot.platform, slot.arch),
+        };
+        let (mut d, attempts) = self.with_retries(on_retry, |_| {
+            let write_err = |source| UpstreamError::Write {
+                url: url.clone(),
+                path: path.to_path_buf(),
+                source,
+            };
+            out.set_len(0).map_err(write_err)?;
+            out.rewind().map_err(write_err)?;
+            let resp = self.get(&url)?;
+            let final_url = resp.url().to_string();
+            let expected = header_len(&resp);
+            if let Some(n) = expected.filter(|&n| n > cap) {
+                return Err(UpstreamError::TooLarge {
+                    url: url.clone(),
+                    what: format!("the package is announced as {n} bytes, over the cap of {cap}"),
+                });
+            }
+            let content_type = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("unknown")
+                .to_string();
+            observer.start(&label, expected.unwrap_or(0));
+            let sink = Sink {
+                url: &url,
+                path,
+                cap,
+                expected,
+                content_type: &content_type,
+                timeout: self.config.read_timeout,
+            };
+            let result = sink.stream(resp, out, observer);
+            observer.finish();
+            let (bytes, sha256) = result?;
+            Ok(Download {
+                bytes,
+                sha256,
+                final_url,
+                attempts: 0,
+            })
+        })?;
+        d.attempts = attempts;
+        Ok(d)
+    }
+
+    fn get(&self, url: &str) -> Result<Response, UpstreamError> {
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .map_err(|e| self.classify(url, &e))?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            return Err(UpstreamError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+                attempts: 1,
+            });
+        }
+        Ok(resp)
+    }
+
+    fn classify(&self, url: &str, e: &reqwest::Error) -> UpstreamError {
+        if e.is_timeout() || chain_has_timeout(e) {
+            UpstreamError::Timeout {
+                url: url.to_string(),
+                attempts: 1,
+                timeout: self.config.read_timeout,
+            }
+        } else {
+            // reqwest's own message repeats the URL; its causes say what failed.
+            let mut reason = match std::error::Error::source(e) {
+                Some(cause) => error_chain(cause),
+                None => e.to_string(),
+            };
+            if let Some(var) = proxy_var_for(url) {
+                reason.push_str(&format!(" (through the proxy named by {var})"));
+            }
+            UpstreamError::Connect {
+                url: url.to_string(),
+                attempts: 1,
+                reason,
+            }
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the retries run out;
+    /// returns its value and the number of attempts made.
+    fn with_retries<T>(
+        &self,
+        on_retry: &dyn Fn(&UpstreamError, Duration),
+        mut op: impl FnMut(u32) -> Result<T, UpstreamError>,
+    ) -> Result<(T, u32), UpstreamError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match op(attempt) {
+                Ok(v) => return Ok((v, attempt)),
+                Err(mut e) => {
+                    e.set_attempts(attempt);
+                    if !e.retryable() || attempt > self.config.retries {
+                        return Err(e);
+                    }
+                    let factor = 1u32 << (attempt - 1).min(10);
+                    let delay = self
+                        .config
+                        .retry_delay
+                        .saturating_mul(factor)
+                        .min(Duration::from_secs(60));
+                    on_retry(&e, delay);
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+    }
+}
+
+fn check_base(base: &str) -> Result<(), UpstreamError> {
+    let bad = |reason: String| UpstreamError::BadBase {
+        url: base.to_string(),
+        reason,
+    };
+    let url = reqwest::Url::parse(base).map_err(|e| bad(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!(
+            "scheme {:?} is not http or https",
+            url.scheme()
+        )));
+    }
+    if url.fragment().is_some() {
+        return Err(bad("it has a #fragment".into()));
+    }
+    Ok(())
+}
+
+fn header_len(resp: &Response) -> Option<u64> {
+    resp.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn read_small(
+    resp: Response,
+    url: &str,
+    cap: u64,
+    timeout: Duration,
+) -> Result<Vec<u8>, UpstreamError> {
+    let expected = header_len(&resp);
+    if expected.is_some_and(|n| n > cap) {
+        return Err(UpstreamError::BadInfo {
+            url: url.to_string(),
+            reason: format!(
+                "announced as {} bytes, more than {cap}",
+                expected.unwrap_or(0)
+            ),
+        });
+    }
+    let mut body = Vec::new();
+    let mut limited = resp.take(cap + 1);
+    if let Err(e) = limited.read_to_end(&mut body) {
+        return Err(body_error(url, e, body.len() as u64, expected, timeout));
+    }
+    if body.len() as u64 > cap {
+        return Err(UpstreamError::BadInfo {
+            url: url.to_string(),
+            reason: format!("more than {cap} bytes"),
+        });
+    }
+    if let Some(n) = expected.filter(|&n| n != body.len() as u64) {
+        return Err(UpstreamError::Truncated {
+            url: url.to_string(),
+            received: body.len() as u64,
+            expected: Some(n),
+            attempts: 1,
+        });
+    }
+    Ok(body)
+}
+
+/// A failed body read: a timeout, or the connection dropping mid-body.
+fn body_error(
+    url: &str,
+    e: std::io::Error,
+    received: u64,
+    expected: Option<u64>,
+    timeout: Duration,
+) -> UpstreamError {
+    if e.kind() == std::io::ErrorKind::TimedOut || io_chain_has_timeout(&e) {
+        UpstreamError::Timeout {
+            url: url.to_string(),
+            attempts: 1,
+            timeout,
+        }
+    } else {
+        UpstreamError::Truncated {
+            url: url.to_string(),
+            received,
+            expected,
+            attempts: 1,
+        }
+    }
+}
+
+/// Where and how one response body is streamed.
+struct Sink<'a> {
+    url: &'a str,
+    path: &'a std::path::Path,
+    cap: u64,
+    expected: Option<u64>,
+    content_type: &'a str,
+    timeout: Duration,
+}
+
+impl Sink<'_> {
+    fn stream(
+        &self,
+        mut resp: Response,
+        out: &mut std::fs::File,
+        observer: &dyn Observer,
+    ) -> Result<(u64, String), UpstreamError> {
+        let Sink {
+            url,
+            path,
+            cap,
+            expected,
+            content_type,
+            timeout,
+        } = *self;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut head: Vec<u8> = Vec::with_capacity(64);
+        let mut total: u64 = 0;
+        let mut hasher = Sha256::new();
+        loop {
+            let n = match resp.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => return Err(body_error(url, e, total, expected, timeout)),
+            };
+            if head.len() < 64 {
+                let take = (64 - head.len()).min(n);
+                head.extend_from_slice(&buf[..take]);
+                if head.len() >= ZIP_LOCAL_HEADER.len() && !head.starts_with(ZIP_LOCAL_HEADER) {
+                    return Err(not_zip(url, content_type, &head));
+                }
+            }
+            total += n as u64;
+            if total > cap {
+                return Err(UpstreamError::TooLarge {
+                    url: url.to_string(),
+                    what: format!("the package is larger than the cap of {cap} bytes"),
+                });
+            }
+            out.write_all(&buf[..n])
+                .map_err(|source| UpstreamError::Write {
+                    url: url.to_string(),
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            hasher.update(&buf[..n]);
+            observer.advance(n as u64);
+        }
+        if let Some(n) = expected.filter(|&n| n != total) {
+            return Err(UpstreamError::Truncated {
+                url: url.to_string(),
+                received: total,
+                expected: Some(n),
+                attempts: 1,
+            });
+        }
+        if head.len() < ZIP_LOCAL_HEADER.len() {
+            return Err(not_zip(url, content_type, &head));
+        }
+        Ok((total, hex::encode(hasher.finalize())))
+    }
+}
+
+fn not_zip(url: &str, content_type: &str, head: &[u8]) -> UpstreamError {
+    let start: String = String::from_utf8_lossy(head)
+        .chars()
+        .take(40)
+        .map(|c| if c.is_control() { '.' } else { c })
+        .collect();
+    UpstreamError::NotZip {
+        url: url.to_string(),
+        content_type: content_type.to_string(),
+        start,
+    }
+}
+
+/// The proxy variable reqwest would use for `url`, if one is set (by name
+/// only: its value may hold credentials). NO_PROXY is not evaluated here.
+fn proxy_var_for(url: &str) -> Option<&'static str> {
+    let vars: &[&'static str] = if url.starts_with("https:") {
+        &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+    };
+    vars.iter()
+        .copied()
+        .find(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        if c.to_string().contains("timed out") {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+fn io_chain_has_timeout(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| chain_has_timeout(inner as &(dyn std::error::Error + 'static)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(platform: Platform, ring: Ring, arch: Arch) -> Slot {
+        Slot {
+            platform,
+            ring,
+            arch,
+        }
+    }
+
+    #[test]
+    fn query_strings_match_microsofts_script() {
+        let b = DEFAULT_UPSTREAM;
+        assert_eq!(
+            package_url(b, slot(Platform::Linux, Ring::Production, Arch::X86_64)),
+            "https://go.microsoft.com/fwlink/?linkid=2144709"
+        );
+        assert_eq!(
+            info_url(b, slot(Platform::Mac, Ring::Preview, Arch::Arm64)),
+            "https://go.microsoft.com/fwlink/?linkid=2120136&arch=arm64&engRing=3&sigRing=1&action=info"
+        );
+        assert_eq!(
+            info_url(b, slot(Platform::Linux, Ring::Production, Arch::Arm64)),
+            "https://go.microsoft.com/fwlink/?linkid=2144709&arch=arm64&action=info"
+        );
+        assert_eq!(
+            package_url(
+                "http://relay:8080/fwlink?token=1",
+                slot(Platform::Linux, Ring::Preview, Arch::X86_64)
+            ),
+            "http://relay:8080/fwlink?token=1&linkid=2144709&engRing=3&sigRing=1"
+        );
+    }
+
+    #[test]
+    fn parses_info_with_extra_elements() {
+        let xml = br#"<?xml version="1.0" encoding="utf-8"?>
+<!-- a comment -->
+<versions xmlns:x="urn:x" kind="full">
+  <product name="mdatp"><channel>stable</channel></product>
+  <platform>101.24082.0004</platform>
+  <engine> 1.1.24080.9 </engine>
+  <signatures date="2024-10-08 05:22:52Z" extra="1">1.419.184.0</signatures>
+  <delta/>
+</versions>"#;
+        let info = UpstreamInfo::parse(xml, "u").unwrap();
+        assert_eq!(info.engine.as_str(), "1.1.24080.9");
+        assert_eq!(info.definitions.as_str(), "1.419.184.0");
+        assert_eq!(info.platform.as_deref(), Some("101.24082.0004"));
+        assert_eq!(
+            info.signatures_date.as_deref(),
+            Some("2024-10-08 05:22:52Z")
+        );
+        let m = info.to_manifest();
+        assert!(info.matches(&m));
+        assert_eq!(m.engine_version, "1.1.24080.9");
+    }
+
+    #[test]
+    fn rejects_bad_info() {
+        for (bad, why) in [
+            (&b"<html><body>Sign in to the proxy</body></html>"[..], "no <engine>"),
+            (b"<versions><engine>1.1.1.1</engine></versions>", "no <signatures>"),
+            (
+                b"<versions><engine>x</engine><signatures>1.2</signatures></versions>",
+                "<engine>",
+            ),
+            (
+                b"<versions><engine>1.1</engine><engine>1.2</engine><signatures>1</signatures></versions>",
+                "twice",
+            ),
+            (b"<versions><engine>1.1</engine", "well-formed"),
+            (b"", "empty"),
+            (b"\xff\xfe", "UTF-8"),
+        ] {
+            let err = UpstreamInfo::parse(bad, "http://x/info").unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+            assert!(err.contains("http://x/info"), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_bases_are_refused() {
+        for bad in ["ftp://x/", "not a url", "http://x/#frag"] {
+            let err = Upstream::new(bad, HttpConfig::default()).unwrap_err();
+            assert!(matches!(err, UpstreamError::BadBase { .. }), "{bad}");
+        }
+        assert!(Upstream::new("http://127.0.0.1:1/fwlink/", HttpConfig::default()).is_ok());
+    }
+}
