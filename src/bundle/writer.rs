@@ -135,6 +135,9 @@ fn hash_file(path: &Path, observer: &dyn Observer) -> Result<(u64, String, Stamp
     Ok((n_total, to_hex(&h.finalize().into()), before))
 }
 
+/// A hashed file: size, SHA-256 hex, identity.
+type Hashed = (u64, String, Stamp);
+
 /// Hashes all files on up to `threads` threads, in input order.
 fn hash_all(
     files: &[SourceFile],
@@ -142,7 +145,7 @@ fn hash_all(
     observer: &dyn Observer,
 ) -> Result<Vec<(u64, String, Stamp)>, BundleError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<(u64, String, Stamp), BundleError>>> =
+    let mut results: Vec<Option<Result<Hashed, BundleError>>> =
         (0..files.len()).map(|_| None).collect();
     let slots: Vec<std::sync::Mutex<Option<_>>> = (0..files.len())
         .map(|_| std::sync::Mutex::new(None))

@@ -7,9 +7,10 @@ use clap::{Parser, Subcommand};
 use gapferry::error::{Classify, ExitKind};
 
 mod export;
+mod fetch;
+mod import;
 mod inspect;
 mod keygen;
-mod fetch;
 mod ledger;
 mod output;
 mod password;
@@ -38,6 +39,7 @@ enum Command {
     Export(export::ExportArgs),
     Inspect(inspect::InspectArgs),
     Verify(verify::VerifyArgs),
+    Import(import::ImportArgs),
     /// Check or print a mirror's import ledger.
     Ledger(ledger::LedgerArgs),
     Fetch(fetch::FetchArgs),
@@ -51,6 +53,7 @@ impl Cli {
             Command::Export(a) => a.run(),
             Command::Inspect(a) => a.run(),
             Command::Verify(a) => a.run(),
+            Command::Import(a) => a.run(),
             Command::Ledger(a) => a.run(),
             Command::Fetch(args) => args.run(),
         }
@@ -91,9 +94,24 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
             gapferry::mirror::state::StateError,
             gapferry::mirror::state::PolicyError,
             gapferry::mde::fetch::FetchError,
+            gapferry::mirror::import::ImportError,
         );
     }
     ExitKind::Operational
+}
+
+/// The error and its causes on one line, skipping a cause whose text the
+/// message already contains (error types that print their source inline).
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut msg = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 /// True when the error is only a closed stdout (`gapferry ... | head`).

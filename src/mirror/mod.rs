@@ -6,6 +6,7 @@
 //! first and then calls them.
 
 mod fsx;
+pub mod import;
 pub mod ledger;
 pub mod lock;
 pub mod publish;

@@ -117,6 +117,27 @@ pub struct State {
     pub served: BTreeMap<String, ServedSlot>,
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelState>,
+    /// An import that was publishing when it was interrupted; the next run
+    /// reconciles it against what the mirror serves (see `mirror::import`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingImport>,
+}
+
+/// What an import is about to publish, saved before the first folder moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingImport {
+    pub channel: String,
+    pub sequence: u64,
+    pub accepted: AcceptedBundle,
+    /// Slot key -> (arch folder path, what it will serve).
+    pub slots: BTreeMap<String, PendingSlot>,
+}
+
+/// One folder of a pending import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSlot {
+    pub dir: std::path::PathBuf,
+    pub served: ServedSlot,
 }
 
 impl Default for State {
@@ -125,6 +146,7 @@ impl Default for State {
             format: STATE_FORMAT,
             served: BTreeMap::new(),
             channels: BTreeMap::new(),
+            pending: None,
         }
     }
 }
@@ -404,18 +426,18 @@ pub fn check_rollback(state: &State, incoming: &Incoming<'_>) -> Decision {
                 return Decision::SameBundle;
             }
             // Accepted before, but some slot (filtered out then, or replaced
-            // since) does not serve it: the version check decides.
+            // since) does not serve it: a replay unless nothing newer was
+            // accepted since; the sequence and version checks decide.
         }
-        None => {
-            if let Some(highest) = state.highest_sequence(incoming.channel) {
-                if incoming.sequence < highest {
-                    downgrades.push(Downgrade::Sequence {
-                        channel: incoming.channel.to_string(),
-                        incoming: incoming.sequence,
-                        highest,
-                    });
-                }
-            }
+        None => {}
+    }
+    if let Some(highest) = state.highest_sequence(incoming.channel) {
+        if incoming.sequence < highest {
+            downgrades.push(Downgrade::Sequence {
+                channel: incoming.channel.to_string(),
+                incoming: incoming.sequence,
+                highest,
+            });
         }
     }
     for it in incoming.items {
