@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use gapferry::error::{Classify, ExitKind};
 
+mod demo;
 mod export;
 mod fetch;
 mod import;
@@ -40,6 +41,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     Verify(verify::VerifyArgs),
     Import(import::ImportArgs),
+    Demo(demo::DemoArgs),
     /// Check or print a mirror's import ledger.
     Ledger(ledger::LedgerArgs),
     Fetch(fetch::FetchArgs),
@@ -54,6 +56,7 @@ impl Cli {
             Command::Inspect(a) => a.run(),
             Command::Verify(a) => a.run(),
             Command::Import(a) => a.run(),
+            Command::Demo(a) => a.run(),
             Command::Ledger(a) => a.run(),
             Command::Fetch(args) => args.run(),
         }
