@@ -15,6 +15,8 @@ mod keygen;
 mod ledger;
 mod output;
 mod password;
+mod rollback;
+mod status;
 mod verify;
 
 pub const EXIT_CODES: &str = "\
@@ -41,6 +43,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     Verify(verify::VerifyArgs),
     Import(import::ImportArgs),
+    Status(status::StatusArgs),
+    Rollback(rollback::RollbackArgs),
     Demo(demo::DemoArgs),
     /// Check or print a mirror's import ledger.
     Ledger(ledger::LedgerArgs),
@@ -56,6 +60,8 @@ impl Cli {
             Command::Inspect(a) => a.run(),
             Command::Verify(a) => a.run(),
             Command::Import(a) => a.run(),
+            Command::Status(a) => a.run(),
+            Command::Rollback(a) => a.run(),
             Command::Demo(a) => a.run(),
             Command::Ledger(a) => a.run(),
             Command::Fetch(args) => args.run(),
@@ -98,6 +104,7 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
             gapferry::mirror::state::PolicyError,
             gapferry::mde::fetch::FetchError,
             gapferry::mirror::import::ImportError,
+            gapferry::mirror::rollback::RollbackError,
         );
     }
     ExitKind::Operational

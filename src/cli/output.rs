@@ -15,6 +15,14 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints text for people or scripts on stdout; a closed pipe is an error
+/// the caller can ignore (never a panic).
+pub fn print_text(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
 /// An indicatif bar when stderr is a terminal and output is not quiet/JSON.
 #[derive(Debug)]
 pub struct Bar {

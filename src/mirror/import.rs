@@ -368,6 +368,7 @@ fn run(
                             manifest_sha256: String::new(),
                             files: Vec::new(),
                             imported_at: String::new(),
+                            expires: None,
                         },
                     );
                 }
@@ -411,6 +412,12 @@ fn run(
             bundle: bundle.to_path_buf(),
             policy: Box::new(policy),
         })?;
+    if state.withdrawn.contains(&head.manifest_sha256) && !opts.allow_downgrade {
+        return Err(refused(
+            bundle,
+            "this bundle was withdrawn by `gapferry rollback`; run `gapferry rollback` again to roll forward, import a newer bundle, or add --allow-downgrade to publish it anyway".into(),
+        ));
+    }
     match go {
         Go::AlreadyImported => return Ok(Outcome::AlreadyImported),
         Go::Import { downgrades } => {
@@ -616,12 +623,23 @@ fn stage_and_publish(
     state_dir.save(state)?;
     for (i, c) in selected.iter().enumerate() {
         if let Some(s) = staged[i].take() {
-            staging.publish(s, &m.bundle_id)?;
+            let published = staging.publish(s, &m.bundle_id)?;
             attempt.slots[i].published = true;
+            if published.back.is_some() {
+                match state.served(&c.slot).cloned() {
+                    Some(old) => {
+                        state.back.insert(c.slot.rel(), old);
+                    }
+                    None => {
+                        state.back.remove(&c.slot.rel());
+                    }
+                }
+            }
         }
         state.record_served(&c.slot, served_slot(c, head, &served_files[i], &now));
     }
     state.record_accepted(&m.channel, m.sequence, accepted);
+    state.withdrawn.remove(&head.manifest_sha256);
     state.pending = None;
     state_dir.save(state)?;
     Ok(Outcome::Imported)
@@ -637,6 +655,7 @@ fn served_slot(c: &CarriedSlot, head: &Head, files: &[ServedFile], now: &str) ->
         manifest_sha256: head.manifest_sha256.clone(),
         files: files.to_vec(),
         imported_at: now.to_string(),
+        expires: Some(head.manifest.expires.clone()),
     }
 }
 

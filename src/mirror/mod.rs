@@ -10,4 +10,6 @@ pub mod import;
 pub mod ledger;
 pub mod lock;
 pub mod publish;
+pub mod rollback;
 pub mod state;
+pub mod status;

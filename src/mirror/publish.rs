@@ -378,6 +378,19 @@ fn remove_any(path: &Path) -> Result<(), PublishError> {
     })
 }
 
+/// Swaps two existing folders in one step and makes it durable (used by
+/// `gapferry rollback`). `Ok(false)` when the filesystem cannot exchange;
+/// nothing moved then.
+pub fn swap_folders(a: &Path, b: &Path) -> Result<bool, PublishError> {
+    if !exchange(a, b)? {
+        return Ok(false);
+    }
+    for dir in [a.parent(), b.parent()].into_iter().flatten() {
+        sync_dir(dir)?;
+    }
+    Ok(true)
+}
+
 /// Swaps two existing folders in one step. `Ok(false)` when the filesystem
 /// or OS cannot exchange (the caller falls back).
 fn exchange(a: &Path, b: &Path) -> Result<bool, PublishError> {

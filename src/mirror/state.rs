@@ -91,6 +91,9 @@ pub struct ServedSlot {
     pub files: Vec<ServedFile>,
     /// RFC 3339 UTC.
     pub imported_at: String,
+    /// The bundle's expiry (RFC 3339 UTC), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 /// A bundle a channel has accepted.
@@ -121,6 +124,15 @@ pub struct State {
     /// reconciles it against what the mirror serves (see `mirror::import`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingImport>,
+    /// What each `<ring>_back/arch_<arch>` folder holds, when gapferry put it
+    /// there; keyed like `served`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub back: BTreeMap<String, ServedSlot>,
+    /// Manifests (sha256) withdrawn by `gapferry rollback`: importing them
+    /// again needs `--allow-downgrade`, so a re-delivered bad release does
+    /// not silently roll forward.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub withdrawn: std::collections::BTreeSet<String>,
 }
 
 /// What an import is about to publish, saved before the first folder moves.
@@ -147,6 +159,8 @@ impl Default for State {
             served: BTreeMap::new(),
             channels: BTreeMap::new(),
             pending: None,
+            back: BTreeMap::new(),
+            withdrawn: Default::default(),
         }
     }
 }
@@ -698,6 +712,7 @@ mod tests {
                 sha256: "00".repeat(32),
             }],
             imported_at: "2024-05-01T00:00:00Z".into(),
+            expires: None,
         }
     }
 
