@@ -44,8 +44,9 @@ pub struct ImportArgs {
     /// platform and ring): publishes DIR/arch_<arch>/, n-1 in DIR_back/.
     #[arg(long, value_name = "DIR")]
     target: Option<PathBuf>,
-    /// State and ledger directory [default: /var/lib/gapferry/<mirror>-<hash>
-    /// as root, else ~/.local/state/gapferry/<mirror>-<hash>; never inside
+    /// State and ledger directory [default: <base>/<mirror>-<hash>, where
+    /// <base> is $GAPFERRY_STATE_DIR if set, else /var/lib/gapferry as root,
+    /// else $XDG_STATE_HOME/gapferry or ~/.local/state/gapferry; never inside
     /// the served tree].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
