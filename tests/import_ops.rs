@@ -514,6 +514,20 @@ fn json_report_for_every_outcome() {
     );
     assert!(rep.error.unwrap().contains("no carried folder matches"));
 
+    // Errors found before the import starts still give one report.
+    let missing = fx.root.join("keys/missing.pub");
+    let r = fx.import(&b2, &[&missing], &json);
+    let rep = report(&r, 1);
+    assert_eq!(rep.outcome, "failed");
+    assert_eq!(rep.bundle, b2);
+    assert!(rep.error.unwrap().contains("missing.pub"));
+    assert!(r.stderr.contains("missing.pub"), "{}", r.stderr);
+    let rep = report(
+        &fx.import(&b2, &[&k.public], &["--json", "--threshold", "2"]),
+        2,
+    );
+    assert!(rep.error.unwrap().contains("--threshold 2"));
+
     let sd = StateDir::open(&fx.state).unwrap();
     let lock = sd.lock(Duration::from_secs(5)).unwrap();
     let rep = report(

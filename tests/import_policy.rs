@@ -442,3 +442,34 @@ fn carried_manifest_json_must_match_the_signed_item() {
     fx.assert_unchanged(&before);
     assert_same_files(&fx.mirror.join(LX), &v.join(LX));
 }
+
+#[test]
+fn same_bundle_again_restores_a_folder_that_no_longer_serves_it() {
+    // "Already imported" must mean the mirror still serves it: a folder
+    // removed or damaged by hand since is published again.
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let v1 = fx.download(
+        "v1",
+        &[(LX, "1.1.1.0", "1.400.1.0"), (LA, "1.1.1.0", "1.400.1.0")],
+    );
+    let b1 = fx.export(&v1, "b1", &[&k], &[]);
+    fx.import(&b1, &[&k.public], &[]).ok();
+
+    fs::remove_dir_all(fx.mirror.join(LX)).unwrap();
+    fx.import(&b1, &[&k.public], &[])
+        .expect(0, &["imported bundle", "(none) -> 1.1.1.0 / 1.400.1.0"]);
+    assert_same_files(&fx.mirror.join(LX), &v1.join(LX));
+
+    fs::write(fx.mirror.join(LA).join("updates.zip"), b"<html>404</html>").unwrap();
+    fx.import(&b1, &[&k.public], &[])
+        .expect(0, &["imported bundle"]);
+    assert_same_files(&fx.mirror.join(LA), &v1.join(LA));
+    assert_same_files(&fx.mirror.join(LX), &v1.join(LX));
+
+    // Now it really is served: nothing to do.
+    let before = fx.snapshot();
+    fx.import(&b1, &[&k.public], &[])
+        .expect(0, &["already imported"]);
+    fx.assert_unchanged(&before);
+}

@@ -82,6 +82,54 @@ pub struct ImportArgs {
 
 impl ImportArgs {
     pub fn run(self) -> anyhow::Result<i32> {
+        let opts = match self.plan() {
+            Ok(opts) => opts,
+            // --json promises one report on stdout, even when the command
+            // line or a key file is wrong.
+            Err(e) if self.json => {
+                let code = super::exit_kind(&e).code();
+                let msg = super::describe(&e);
+                print_json(&ImportReport {
+                    outcome: Outcome::Failed,
+                    bundle: self.bundle.clone(),
+                    bundle_id: None,
+                    channel: None,
+                    sequence: None,
+                    manifest_sha256: None,
+                    signers: Vec::new(),
+                    slots: Vec::new(),
+                    bytes_written: 0,
+                    downgrades: Vec::new(),
+                    recovered: Vec::new(),
+                    error: Some(msg.clone()),
+                    exit_code: code,
+                })?;
+                eprintln!("gapferry: {msg}");
+                return Ok(code);
+            }
+            Err(e) => return Err(e),
+        };
+        let bar = Bar::new(self.quiet || self.json);
+        let (report, err) = import::import(&opts, &bar);
+        if self.json {
+            print_json(&report)?;
+        } else if !self.quiet {
+            summary(&report);
+        }
+        match err {
+            None => Ok(0),
+            Some(e) if self.json => {
+                let code = e.exit_kind().code();
+                eprintln!("gapferry: {}", super::describe(&anyhow::Error::from(e)));
+                Ok(code)
+            }
+            Some(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks the arguments and loads the trust set: everything before I/O
+    /// on the mirror.
+    fn plan(&self) -> anyhow::Result<ImportOptions> {
         if self.threshold == 0 {
             return Err(UsageError("--threshold must be at least 1".into()).into());
         }
@@ -109,7 +157,7 @@ impl ImportArgs {
             Some(d) => d.clone(),
             None => state::default_state_dir(target.served_root())?,
         };
-        let opts = ImportOptions {
+        Ok(ImportOptions {
             bundle: self.bundle.clone(),
             trust,
             threshold: self.threshold,
@@ -122,23 +170,7 @@ impl ImportArgs {
             allow_expired: self.allow_expired,
             lock_wait: self.lock_wait,
             publish: PublishOptions::from_env(),
-        };
-        let bar = Bar::new(self.quiet || self.json);
-        let (report, err) = import::import(&opts, &bar);
-        if self.json {
-            print_json(&report)?;
-        } else if !self.quiet {
-            summary(&report);
-        }
-        match err {
-            None => Ok(0),
-            Some(e) if self.json => {
-                let code = e.exit_kind().code();
-                eprintln!("gapferry: {}", super::describe(&anyhow::Error::from(e)));
-                Ok(code)
-            }
-            Some(e) => Err(e.into()),
-        }
+        })
     }
 }
 
