@@ -308,3 +308,22 @@ fn target_needs_one_platform_and_ring() {
         "only the mac folder"
     );
 }
+
+#[test]
+fn target_must_name_a_folder() {
+    let fx = Fx::new();
+    let key = fx.key("k");
+    let dl = fx.download("l", &[(LX, "1.1.1.0", "1.400.1.0")]);
+    let b = fx.export(&dl, "l", &[&key], &[]);
+    let before = fx.snapshot();
+    for t in ["srv/x/..", "/"] {
+        let mut c = fx.import_cmd(&b, &[&key.public], &["--target", t]);
+        c.arg("--state-dir").arg(&fx.state);
+        fx.run(c).expect(2, &[t, "cannot be published to"]);
+        fx.assert_unchanged(&before);
+        assert!(
+            !fx.state.exists(),
+            "nothing before the arguments are checked"
+        );
+    }
+}

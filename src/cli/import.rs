@@ -8,10 +8,10 @@ use clap::Args;
 use gapferry::error::Classify;
 use gapferry::keys::TrustSet;
 use gapferry::manifest;
-use gapferry::mde::{Platform, Ring};
+use gapferry::mde::{Arch, Platform, Ring};
 use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target};
 use gapferry::mirror::ledger::Outcome;
-use gapferry::mirror::publish::PublishOptions;
+use gapferry::mirror::publish::{Destination, PublishOptions};
 use gapferry::mirror::state;
 
 use super::output::{print_json, Bar};
@@ -137,7 +137,12 @@ impl ImportArgs {
             .map_err(|e| UsageError(format!("--channel: {}", e.0)))?;
         let target = match (&self.mirror, &self.target) {
             (Some(m), None) => Target::Mirror(m.clone()),
-            (None, Some(t)) => Target::Ring(t.clone()),
+            (None, Some(t)) => {
+                // A path naming no folder (`..`, `/`) fails here, before
+                // the lock or the ledger.
+                Destination::in_target(t, Arch::X86_64)?;
+                Target::Ring(t.clone())
+            }
             _ => {
                 return Err(
                     UsageError("give exactly one of --mirror DIR or --target DIR".into()).into(),
