@@ -8,10 +8,10 @@ use clap::Args;
 use gapferry::error::Classify;
 use gapferry::keys::TrustSet;
 use gapferry::manifest;
-use gapferry::mde::{Platform, Ring};
+use gapferry::mde::{Arch, Platform, Ring};
 use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target};
 use gapferry::mirror::ledger::Outcome;
-use gapferry::mirror::publish::PublishOptions;
+use gapferry::mirror::publish::{Destination, PublishOptions};
 use gapferry::mirror::state;
 
 use super::output::{print_json, Bar};
@@ -44,8 +44,9 @@ pub struct ImportArgs {
     /// platform and ring): publishes DIR/arch_<arch>/, n-1 in DIR_back/.
     #[arg(long, value_name = "DIR")]
     target: Option<PathBuf>,
-    /// State and ledger directory [default: /var/lib/gapferry/<mirror>-<hash>
-    /// as root, else ~/.local/state/gapferry/<mirror>-<hash>; never inside
+    /// State and ledger directory [default: <base>/<mirror>-<hash>, where
+    /// <base> is $GAPFERRY_STATE_DIR if set, else /var/lib/gapferry as root,
+    /// else $XDG_STATE_HOME/gapferry or ~/.local/state/gapferry; never inside
     /// the served tree].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -81,6 +82,54 @@ pub struct ImportArgs {
 
 impl ImportArgs {
     pub fn run(self) -> anyhow::Result<i32> {
+        let opts = match self.plan() {
+            Ok(opts) => opts,
+            // --json promises one report on stdout, even when the command
+            // line or a key file is wrong.
+            Err(e) if self.json => {
+                let code = super::exit_kind(&e).code();
+                let msg = super::describe(&e);
+                print_json(&ImportReport {
+                    outcome: Outcome::Failed,
+                    bundle: self.bundle.clone(),
+                    bundle_id: None,
+                    channel: None,
+                    sequence: None,
+                    manifest_sha256: None,
+                    signers: Vec::new(),
+                    slots: Vec::new(),
+                    bytes_written: 0,
+                    downgrades: Vec::new(),
+                    recovered: Vec::new(),
+                    error: Some(msg.clone()),
+                    exit_code: code,
+                })?;
+                eprintln!("gapferry: {msg}");
+                return Ok(code);
+            }
+            Err(e) => return Err(e),
+        };
+        let bar = Bar::new(self.quiet || self.json);
+        let (report, err) = import::import(&opts, &bar);
+        if self.json {
+            print_json(&report)?;
+        } else if !self.quiet {
+            summary(&report);
+        }
+        match err {
+            None => Ok(0),
+            Some(e) if self.json => {
+                let code = e.exit_kind().code();
+                eprintln!("gapferry: {}", super::describe(&anyhow::Error::from(e)));
+                Ok(code)
+            }
+            Some(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks the arguments and loads the trust set: everything before I/O
+    /// on the mirror.
+    fn plan(&self) -> anyhow::Result<ImportOptions> {
         if self.threshold == 0 {
             return Err(UsageError("--threshold must be at least 1".into()).into());
         }
@@ -88,7 +137,12 @@ impl ImportArgs {
             .map_err(|e| UsageError(format!("--channel: {}", e.0)))?;
         let target = match (&self.mirror, &self.target) {
             (Some(m), None) => Target::Mirror(m.clone()),
-            (None, Some(t)) => Target::Ring(t.clone()),
+            (None, Some(t)) => {
+                // A path naming no folder (`..`, `/`) fails here, before
+                // the lock or the ledger.
+                Destination::in_target(t, Arch::X86_64)?;
+                Target::Ring(t.clone())
+            }
             _ => {
                 return Err(
                     UsageError("give exactly one of --mirror DIR or --target DIR".into()).into(),
@@ -108,7 +162,7 @@ impl ImportArgs {
             Some(d) => d.clone(),
             None => state::default_state_dir(target.served_root())?,
         };
-        let opts = ImportOptions {
+        Ok(ImportOptions {
             bundle: self.bundle.clone(),
             trust,
             threshold: self.threshold,
@@ -121,23 +175,7 @@ impl ImportArgs {
             allow_expired: self.allow_expired,
             lock_wait: self.lock_wait,
             publish: PublishOptions::from_env(),
-        };
-        let bar = Bar::new(self.quiet || self.json);
-        let (report, err) = import::import(&opts, &bar);
-        if self.json {
-            print_json(&report)?;
-        } else if !self.quiet {
-            summary(&report);
-        }
-        match err {
-            None => Ok(0),
-            Some(e) if self.json => {
-                let code = e.exit_kind().code();
-                eprintln!("gapferry: {}", super::describe(&anyhow::Error::from(e)));
-                Ok(code)
-            }
-            Some(e) => Err(e.into()),
-        }
+        })
     }
 }
 

@@ -353,6 +353,16 @@ fn run(
     let mut dests = Vec::new();
     for c in &selected {
         let dest = destination(&opts.target, &c.slot)?;
+        // What the state says a folder serves only counts while the folder
+        // still holds it: one removed or damaged by hand since is judged by
+        // what is on disk, so importing the bundle again restores it rather
+        // than answering "already imported".
+        if effective
+            .served(&c.slot)
+            .is_some_and(|s| !folder_present(&dest.current(), &s.files))
+        {
+            effective.served.remove(&c.slot.rel());
+        }
         let on_disk = versions_on_disk(&dest.current());
         if effective.served(&c.slot).is_none() {
             if let Some(fm) = &on_disk {
@@ -430,7 +440,7 @@ fn run(
     let publish_mask: Vec<bool> = selected
         .iter()
         .map(|c| {
-            state
+            effective
                 .served(&c.slot)
                 .is_none_or(|s| s.manifest_sha256 != head.manifest_sha256)
         })
@@ -679,6 +689,15 @@ fn reconcile(state: &mut State) -> Result<(), ImportError> {
         state.record_accepted(&p.channel, p.sequence, p.accepted);
     }
     Ok(())
+}
+
+/// Whether `dir` still holds `files` as regular files of the recorded
+/// sizes. Deliberately no hashing: it runs on every repeat of a bundle, and
+/// catches folders removed, emptied or overwritten with an error page.
+fn folder_present(dir: &Path, files: &[ServedFile]) -> bool {
+    files.iter().all(|f| {
+        std::fs::symlink_metadata(dir.join(&f.name)).is_ok_and(|m| m.is_file() && m.len() == f.size)
+    })
 }
 
 /// Whether `dir` holds exactly `files` (sizes and SHA-256).

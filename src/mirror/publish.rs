@@ -167,7 +167,11 @@ pub enum PublishError {
 
 impl Classify for PublishError {
     fn exit_kind(&self) -> ExitKind {
-        ExitKind::Operational
+        match self {
+            // Only `--target` paths that name no folder get here.
+            PublishError::BadDestination { .. } => ExitKind::Usage,
+            _ => ExitKind::Operational,
+        }
     }
 }
 

@@ -13,6 +13,8 @@
 //! host never share state: `<base>/<last-path-component>-<16 hex of
 //! sha256(canonical path)>`, where `<base>` is
 //!
+//! - `$GAPFERRY_STATE_DIR` when set (an absolute path; the exporting side's
+//!   sequence counter honours the same variable);
 //! - root: `/var/lib/gapferry` (macOS: `/Library/Application Support/gapferry`);
 //! - others: `$XDG_STATE_HOME/gapferry`, else `~/.local/state/gapferry`
 //!   (macOS: `~/Library/Application Support/gapferry`).
@@ -649,7 +651,19 @@ fn canonical_lenient(p: &Path) -> io::Result<PathBuf> {
     }
 }
 
+/// Environment variable naming the base of default state directories.
+pub const ENV_STATE_DIR: &str = "GAPFERRY_STATE_DIR";
+
 fn default_base() -> Result<PathBuf, StateError> {
+    if let Some(base) = std::env::var_os(ENV_STATE_DIR).filter(|v| !v.is_empty()) {
+        let base = PathBuf::from(base);
+        if !base.is_absolute() {
+            return Err(StateError::NoDefault {
+                reason: format!("{ENV_STATE_DIR}={} is not an absolute path", base.display()),
+            });
+        }
+        return Ok(base);
+    }
     let root = rustix::process::geteuid().is_root();
     let home = || {
         std::env::var_os("HOME")
