@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use gapferry::error::{Classify, ExitKind};
 
+mod endpoint_config;
 mod export;
 mod fetch;
 mod inspect;
@@ -41,6 +42,7 @@ enum Command {
     /// Check or print a mirror's import ledger.
     Ledger(ledger::LedgerArgs),
     Fetch(fetch::FetchArgs),
+    EndpointConfig(endpoint_config::EndpointConfigArgs),
 }
 
 impl Cli {
@@ -53,6 +55,7 @@ impl Cli {
             Command::Verify(a) => a.run(),
             Command::Ledger(a) => a.run(),
             Command::Fetch(args) => args.run(),
+            Command::EndpointConfig(a) => a.run(),
         }
     }
 }
@@ -91,6 +94,7 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
             gapferry::mirror::state::StateError,
             gapferry::mirror::state::PolicyError,
             gapferry::mde::fetch::FetchError,
+            gapferry::mde::endpoint::EndpointError,
         );
     }
     ExitKind::Operational
