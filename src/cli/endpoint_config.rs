@@ -7,7 +7,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
@@ -17,7 +16,7 @@ use gapferry::mde::endpoint::{
 };
 use gapferry::mde::{Platform, Ring};
 
-use super::output::print_json;
+use super::output::{print_json, write_atomically};
 use super::UsageError;
 
 const AFTER_HELP: &str = "\
@@ -229,36 +228,6 @@ impl EndpointConfigArgs {
         }
         Ok(if report.is_ok() { 0 } else { 1 })
     }
-}
-
-/// A temp file beside `path`, fsync, rename: never a half-written profile.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let fail = || {
-        format!(
-            "cannot write {}; check that {} exists and is writable",
-            path.display(),
-            dir.display()
-        )
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".gapferry-endpoint-config-")
-        .tempfile_in(dir)
-        .with_context(fail)?;
-    tmp.write_all(bytes).with_context(fail)?;
-    tmp.as_file().sync_all().with_context(fail)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .with_context(fail)?;
-    }
-    tmp.persist(path).map_err(|e| e.error).with_context(fail)?;
-    Ok(())
 }
 
 #[cfg(test)]

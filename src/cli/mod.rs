@@ -9,6 +9,7 @@ use gapferry::error::{Classify, ExitKind};
 mod endpoint_config;
 mod export;
 mod fetch;
+mod generate;
 mod inspect;
 mod keygen;
 mod ledger;
@@ -27,7 +28,7 @@ Exit codes:
 /// Carry Microsoft Defender for Endpoint offline definition updates across an
 /// air gap in signed bundles.
 #[derive(Debug, Parser)]
-#[command(name = "gapferry", version, after_help = EXIT_CODES, propagate_version = true)]
+#[command(name = "gapferry", version, long_version = generate::LONG_VERSION, after_help = EXIT_CODES, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,6 +44,8 @@ enum Command {
     Ledger(ledger::LedgerArgs),
     Fetch(fetch::FetchArgs),
     EndpointConfig(endpoint_config::EndpointConfigArgs),
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 impl Cli {
@@ -56,6 +59,7 @@ impl Cli {
             Command::Ledger(a) => a.run(),
             Command::Fetch(args) => args.run(),
             Command::EndpointConfig(a) => a.run(),
+            Command::Generate(a) => a.run(),
         }
     }
 }
