@@ -7,8 +7,10 @@ use clap::{Parser, Subcommand};
 use gapferry::error::{Classify, ExitKind};
 
 mod demo;
+mod endpoint_config;
 mod export;
 mod fetch;
+mod generate;
 mod import;
 mod inspect;
 mod keygen;
@@ -30,7 +32,7 @@ Exit codes:
 /// Carry Microsoft Defender for Endpoint offline definition updates across an
 /// air gap in signed bundles.
 #[derive(Debug, Parser)]
-#[command(name = "gapferry", version, after_help = EXIT_CODES, propagate_version = true)]
+#[command(name = "gapferry", version, long_version = generate::LONG_VERSION, after_help = EXIT_CODES, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,16 +41,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Keygen(keygen::KeygenArgs),
+    Fetch(fetch::FetchArgs),
     Export(export::ExportArgs),
     Inspect(inspect::InspectArgs),
     Verify(verify::VerifyArgs),
     Import(import::ImportArgs),
     Status(status::StatusArgs),
     Rollback(rollback::RollbackArgs),
-    Demo(demo::DemoArgs),
     /// Check or print a mirror's import ledger.
     Ledger(ledger::LedgerArgs),
-    Fetch(fetch::FetchArgs),
+    EndpointConfig(endpoint_config::EndpointConfigArgs),
+    Demo(demo::DemoArgs),
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 impl Cli {
@@ -65,6 +70,8 @@ impl Cli {
             Command::Demo(a) => a.run(),
             Command::Ledger(a) => a.run(),
             Command::Fetch(args) => args.run(),
+            Command::EndpointConfig(a) => a.run(),
+            Command::Generate(a) => a.run(),
         }
     }
 }
@@ -105,6 +112,7 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
             gapferry::mde::fetch::FetchError,
             gapferry::mirror::import::ImportError,
             gapferry::mirror::rollback::RollbackError,
+            gapferry::mde::endpoint::EndpointError,
         );
     }
     ExitKind::Operational
