@@ -227,10 +227,7 @@ impl<R: Read> BundleReader<R> {
         let manifest_bytes = self.read_small(first.size, MANIFEST_PATH)?;
         let manifest = Manifest::parse(&manifest_bytes).map_err(|e| self.reject(e.to_string()))?;
         let mut signatures: Vec<Signature> = Vec::new();
-        loop {
-            let Some(h) = self.next_header()? else {
-                break;
-            };
+        while let Some(h) = self.next_header()? {
             let Some(name) = h.path.strip_prefix(SIGNATURES_DIR.as_bytes()) else {
                 self.pending = Some(h);
                 break;

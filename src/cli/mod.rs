@@ -7,9 +7,9 @@ use clap::{Parser, Subcommand};
 use gapferry::error::{Classify, ExitKind};
 
 mod export;
+mod fetch;
 mod inspect;
 mod keygen;
-mod fetch;
 mod ledger;
 mod output;
 mod password;
