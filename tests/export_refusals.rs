@@ -89,10 +89,8 @@ fn missing_updates_zip() {
 fn empty_updates_zip() {
     let c = Case::new();
     fs::write(c.slot().join("updates.zip"), b"").unwrap();
-    c.refused(&[]).fails(
-        1,
-        &["linux/production/arch_x86_64", "updates.zip is empty"],
-    );
+    c.refused(&[])
+        .fails(1, &["linux/production/arch_x86_64", "updates.zip is empty"]);
 }
 
 #[test]

@@ -236,6 +236,38 @@ pub fn zstd_zero_frame(len: u64) -> Vec<u8> {
     out
 }
 
+/// One zstd frame built by hand: `data` in raw (stored) blocks, then
+/// `zeros` zero bytes in RLE blocks. Lets a test put a multi-gigabyte run of
+/// zeros inside the same frame as a real tar, cheaply.
+pub fn zstd_raw_frame(data: &[u8], zeros: u64) -> Vec<u8> {
+    const BLOCK: usize = 128 * 1024;
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    out.push(0x00);
+    out.push(7 << 3);
+    let mut blocks: Vec<(u32, &[u8], u32)> = data
+        .chunks(BLOCK)
+        .map(|c| (0u32, c, c.len() as u32))
+        .collect();
+    let mut left = zeros;
+    while left > 0 {
+        let n = left.min(BLOCK as u64);
+        left -= n;
+        blocks.push((1, &[0u8][..], n as u32));
+    }
+    if blocks.is_empty() {
+        blocks.push((0, &[][..], 0));
+    }
+    let count = blocks.len();
+    for (i, (kind, body, size)) in blocks.into_iter().enumerate() {
+        let last = u32::from(i + 1 == count);
+        let h = last | (kind << 1) | (size << 3);
+        out.extend_from_slice(&h.to_le_bytes()[..3]);
+        out.extend_from_slice(body);
+    }
+    out
+}
+
 /// A valid `mde` manifest for `releases` (channel `default`, sequence 1000,
 /// created an hour ago, expiring in 30 days) and its payload `(path, bytes)`.
 pub fn mde_manifest(releases: &[FakeRelease]) -> (Manifest, Vec<(String, Vec<u8>)>) {
