@@ -428,3 +428,124 @@ fn platform_and_ring_filters() {
     util::run(cmd).fails(2, &["windows"]);
     assert_eq!(tree_digest(sb.path()), before);
 }
+
+/// Deterministic incompressible bytes (xorshift), so a bundle has a
+/// payload of many zstd blocks without a random-number crate.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+#[test]
+fn inspect_reads_only_the_head() {
+    let sb = Sandbox::new();
+    let key = sb.keygen("k");
+    let rel = FakeRelease::new("linux", "production", "x86_64");
+    let from = sb.download_folder("dl", &[rel.clone()]);
+    let zip = gapferry::mde::zipcheck::tiny_zip("mpavdlta.vdm", &noise(3 << 20, 7));
+    fs::write(from.join(rel.rel()).join("updates.zip"), &zip).unwrap();
+    let bundle = sb.join("big.tar.zst");
+    sb.export(&from, &[&key], &bundle, &[]);
+    let full = fs::read(&bundle).unwrap();
+    assert!(full.len() > 3 << 20, "the payload is incompressible");
+
+    // Cut the bundle at 512 KiB: the head is intact, the payload is not.
+    let cut = sb.join("cut.tar.zst");
+    fs::write(&cut, &full[..512 * 1024]).unwrap();
+    let before = tree_digest(sb.path());
+    let r = sb
+        .run([
+            "inspect".as_ref(),
+            cut.as_os_str(),
+            "--trust".as_ref(),
+            key.public.as_os_str(),
+        ])
+        .ok();
+    assert!(r.stdout.contains("trusted, valid"), "{r:#?}");
+    assert!(r.stdout.contains(&util::sha256_hex(&zip)), "{r:#?}");
+    sb.verify(&cut, &[&key.public], &[])
+        .fails(3, &["cut.tar.zst", "truncated"]);
+    assert_eq!(tree_digest(sb.path()), before);
+
+    // A crafted bundle whose zstd frame is broken (a reserved block type)
+    // well after the head: inspect never decodes that far, verify does.
+    let (mut m, mut payload) = util::craft::mde_manifest(&[rel]);
+    payload[0].1 = zip.clone();
+    m.files = util::craft::files_for(&payload);
+    let tar = util::craft::Parts::signed(&m, &payload, &[&key.secret_key()]).tar_bytes();
+    let mut frame = util::craft::zstd_raw_frame(&tar, 0);
+    // Raw blocks of 128 KiB: the block header of block 6 is at
+    // 6 (frame header) + 6 * (3 + 128 KiB).
+    let at = 6 + 6 * (3 + 128 * 1024);
+    assert!(at + 3 < frame.len());
+    frame[at] |= 0b110; // block type 3: reserved, a decoding error
+    let broken = sb.join("broken.tar.zst");
+    fs::write(&broken, &frame).unwrap();
+    let info = inspect_json(&sb, &broken);
+    assert_eq!(info.files[0].sha256, util::sha256_hex(&zip));
+    sb.verify(&broken, &[&key.public], &[])
+        .fails(3, &["broken.tar.zst", "damaged compressed data"]);
+}
+
+#[test]
+fn inspect_with_trust_shows_each_signers_status() {
+    let sb = Sandbox::new();
+    let a = sb.keygen("a");
+    let b = sb.keygen("b");
+    let c = sb.keygen("c");
+    let from = sb.download_folder("dl", &[FakeRelease::new("mac", "preview", "arm64")]);
+    let bundle = sb.join("ab.tar.zst");
+    sb.export(&from, &[&a, &b], &bundle, &[]);
+    let (ia, ib) = (a.id().to_string(), b.id().to_string());
+
+    let r = sb
+        .run([
+            "inspect".as_ref(),
+            bundle.as_os_str(),
+            "--trust".as_ref(),
+            a.public.as_os_str(),
+            "--trust".as_ref(),
+            c.public.as_os_str(),
+        ])
+        .ok();
+    assert!(
+        r.stdout.contains(&format!("key {ia}  trusted, valid")),
+        "{r:#?}"
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("key {ib}  not in the trust set")),
+        "{r:#?}"
+    );
+
+    // A trusted key id whose signature does not verify is shown as such
+    // (inspect reports; verify refuses).
+    let mut p = util::craft::Parts::mde(
+        &[FakeRelease::new("mac", "preview", "arm64")],
+        &[&a.secret_key()],
+    );
+    p.manifest_bytes.insert(1, b' ');
+    let bad = sb.join("bad.tar.zst");
+    p.write(&bad);
+    let r = sb
+        .run([
+            "inspect".as_ref(),
+            bad.as_os_str(),
+            "--trust".as_ref(),
+            a.public.as_os_str(),
+        ])
+        .ok();
+    assert!(
+        r.stdout.contains(&format!(
+            "key {ia}  INVALID: signature by key {ia} does not match"
+        )),
+        "{r:#?}"
+    );
+}
