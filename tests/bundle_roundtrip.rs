@@ -448,7 +448,7 @@ fn inspect_reads_only_the_head() {
     let sb = Sandbox::new();
     let key = sb.keygen("k");
     let rel = FakeRelease::new("linux", "production", "x86_64");
-    let from = sb.download_folder("dl", &[rel.clone()]);
+    let from = sb.download_folder("dl", std::slice::from_ref(&rel));
     let zip = gapferry::mde::zipcheck::tiny_zip("mpavdlta.vdm", &noise(3 << 20, 7));
     fs::write(from.join(rel.rel()).join("updates.zip"), &zip).unwrap();
     let bundle = sb.join("big.tar.zst");
