@@ -230,6 +230,17 @@ fn sequence_strictly_increases_per_channel() {
         );
         json::parse(&r.stdout)
     };
+    // --quiet: nothing on stderr, nothing on stdout.
+    let quiet = sb.export(
+        &from,
+        &[&k],
+        &sb.join("quiet.tar.zst"),
+        &["--quiet", "--state-dir", state.to_str().unwrap()],
+    );
+    assert!(
+        quiet.stderr.is_empty() && quiet.stdout.is_empty(),
+        "{quiet:#?}"
+    );
     let s1 = export("1.tar.zst", "site-a");
     let s2 = export("2.tar.zst", "site-a");
     let s3 = export("3.tar.zst", "site-a");

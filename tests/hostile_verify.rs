@@ -367,7 +367,7 @@ fn bad_public_key_files() {
         (
             "short",
             format!("untrusted comment: x\n{}\n", &line1[..40]),
-            "",
+            "decoded to 30 bytes, expected 42",
         ),
         (
             "long",
