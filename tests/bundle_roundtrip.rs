@@ -180,6 +180,7 @@ fn two_signers_and_a_threshold_of_two() {
     sb.verify(&both, &[&trust], &["--threshold", "2"]).ok();
     sb.verify(&both, &[&a.public, &b.public], &["--threshold", "2"])
         .ok();
+    let before = tree_digest(sb.path());
     // Two of three trusted keys signed; three are required.
     sb.verify(&both, &[&trust], &["--threshold", "3"])
         .fails(4, &["threshold not met", "2 distinct", "3 required"]);
@@ -205,7 +206,7 @@ fn two_signers_and_a_threshold_of_two() {
         .arg("--secret-key")
         .arg(&a.secret);
     util::run(cmd).fails(2, &["same key"]);
-    assert!(!twice.exists());
+    assert_eq!(tree_digest(sb.path()), before, "refusals change nothing");
 }
 
 #[test]
@@ -278,6 +279,7 @@ fn sequence_strictly_increases_per_channel() {
 
     // --sequence not above the last one is refused, no bundle written.
     let out = sb.join("7.tar.zst");
+    let before = tree_digest(sb.path());
     let mut cmd = sb.cmd();
     cmd.arg("export")
         .arg("--from")
@@ -290,7 +292,7 @@ fn sequence_strictly_increases_per_channel() {
         .arg(&state)
         .args(["--sequence", &want_s]);
     util::run(cmd).fails(1, &["not above", "site-a"]);
-    assert!(!out.exists());
+    assert_eq!(tree_digest(sb.path()), before, "no bundle, state unchanged");
 
     // GAPFERRY_STATE_DIR is honoured when --state-dir is absent.
     let a = sb.join("env1.tar.zst");
@@ -499,10 +501,12 @@ fn inspect_reads_only_the_head() {
     frame[at] |= 0b110; // block type 3: reserved, a decoding error
     let broken = sb.join("broken.tar.zst");
     fs::write(&broken, &frame).unwrap();
+    let before = tree_digest(sb.path());
     let info = inspect_json(&sb, &broken);
     assert_eq!(info.files[0].sha256, util::sha256_hex(&zip));
     sb.verify(&broken, &[&key.public], &[])
         .fails(3, &["broken.tar.zst", "damaged compressed data"]);
+    assert_eq!(tree_digest(sb.path()), before);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::time::{Duration, SystemTime};
 
 use util::craft::{self, Parts};
-use util::{json, FakeRelease, Sandbox};
+use util::{json, tree_digest, FakeRelease, Sandbox};
 
 /// The manifest bytes inside a bundle, read with the `tar` crate (an
 /// independent reader).
@@ -197,10 +197,12 @@ fn json_for_invalid_and_expired_signatures() {
         "{i:?}"
     );
     // verify --json on a rejected bundle: exit 3, nothing on stdout.
+    let before = tree_digest(sb.path());
     let r = sb
         .verify(&bad, &[&a.public], &["--json"])
         .fails(3, &["bad.tar.zst"]);
     assert!(r.stdout.is_empty(), "no JSON document on failure: {r:#?}");
+    assert_eq!(tree_digest(sb.path()), before);
 
     // An expired bundle: inspect says so; verify --allow-expired too.
     let (mut m, payload) = craft::mde_manifest(&rel);
@@ -214,10 +216,12 @@ fn json_for_invalid_and_expired_signatures() {
         .ok();
     let i: json::Inspect = json::parse(&r.stdout);
     assert!(i.expired);
+    let before = tree_digest(sb.path());
     let r = sb
         .verify(&old, &[&a.public], &["--json"])
         .fails(4, &["expired"]);
     assert!(r.stdout.is_empty(), "{r:#?}");
+    assert_eq!(tree_digest(sb.path()), before);
     let r = sb
         .verify(&old, &[&a.public], &["--json", "--allow-expired"])
         .ok();
@@ -239,6 +243,8 @@ fn export_json_failure_prints_nothing_on_stdout() {
         .arg("--out")
         .arg(sb.join("x.tar.zst"))
         .arg("--json");
+    let before = tree_digest(sb.path());
     let r = util::run(cmd).fails(1, &["nothing to carry"]);
     assert!(r.stdout.is_empty(), "{r:#?}");
+    assert_eq!(tree_digest(sb.path()), before);
 }

@@ -303,8 +303,10 @@ fn manifest_signed_by_stock_minisign_verifies_in_gapferry() {
     minisign_ok(os!["-S", "-s", k.secret, "-m", manifest, "-x", sig2], b"");
     p.signatures[0].1 = fs::read(&sig2).unwrap();
     p.write(&bundle);
+    let before = util::tree_digest(sb.path());
     sb.verify(&bundle, &[&k.public], &[])
         .fails(3, &["trusted comment", "does not describe this manifest"]);
+    assert_eq!(util::tree_digest(sb.path()), before);
 }
 
 #[test]
