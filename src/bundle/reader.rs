@@ -9,7 +9,8 @@
 //!    next header is that regular file with that size, streams exactly that
 //!    many bytes to a writer and checks the SHA-256.
 //! 3. [`BundleReader::finish`]: the end-of-archive marker, then only zero
-//!    padding (bounded), then the end of the zstd stream.
+//!    padding (bounded), then the end of the one zstd frame, with nothing
+//!    after it.
 //!
 //! The reader never creates files and never trusts a header field it has not
 //! checked against the manifest; links, devices, FIFOs, PAX and GNU
@@ -81,9 +82,13 @@ fn describe(path: &[u8]) -> String {
 impl<R: Read> BundleReader<R> {
     /// Wraps a byte stream; `path` names it in errors.
     pub fn new(input: R, path: &Path) -> Result<Self, BundleError> {
+        // One frame only: a decoder reading on after the first frame would
+        // silently skip skippable frames, so data could hide after the
+        // archive. finish() checks that nothing follows the frame.
         let mut dec =
             zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, input))
-                .map_err(BundleError::io(path))?;
+                .map_err(BundleError::io(path))?
+                .single_frame();
         dec.window_log_max(MAX_WINDOW_LOG)
             .map_err(BundleError::io(path))?;
         Ok(BundleReader {
@@ -380,6 +385,15 @@ impl<R: Read> BundleReader<R> {
             if seen > MAX_TRAILING_ZEROS {
                 return Err(self.reject("more than 1 MiB of padding after the end of the archive"));
             }
+        }
+        let path = self.path.clone();
+        let mut rest = self.input.finish();
+        let after = io::BufRead::fill_buf(&mut rest).map_err(BundleError::io(&path))?;
+        if !after.is_empty() {
+            return Err(BundleError::Rejected {
+                path,
+                reason: "data after the end of the zstd frame (a bundle is one zstd frame; skippable or further frames are not allowed)".into(),
+            });
         }
         Ok(())
     }

@@ -317,9 +317,13 @@ pub fn write_bundle(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "bundle".into());
+    // Bundles are not secret: like any ordinary output file they get 0644
+    // minus the umask (a temp file would otherwise stay 0600, unreadable by
+    // an import job running as another user on a transfer share).
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".partial")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(&dir)
         .map_err(BundleError::io(&dir))?;
     let tmp_path = tmp.path().to_path_buf();
