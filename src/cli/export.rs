@@ -233,6 +233,13 @@ impl ExportArgs {
     ) -> anyhow::Result<ExportSummary> {
         let collected = mde::collect::collect(&self.from, platforms, rings)?;
         let (items, files) = mde::collect::to_bundle_parts(&collected);
+        // Refuse an existing --out before a sequence number is spent on it.
+        if !self.force && self.out.exists() {
+            anyhow::bail!(
+                "{} already exists; choose another --out or add --force to replace it",
+                self.out.display()
+            );
+        }
         let now = SystemTime::now();
         let state_dir = self
             .state_dir
