@@ -299,7 +299,11 @@ fn run(
     };
     for area in &areas {
         for r in publish::recover(area, &opts.publish)? {
-            attempt.recovered.push(r.current);
+            // Staging that never reached its journal published nothing:
+            // removing it is not completing an interrupted publish.
+            if r.action == publish::RecoveryAction::Completed {
+                attempt.recovered.push(r.current);
+            }
         }
     }
     let mut state = state_dir.load()?;
