@@ -50,6 +50,23 @@ pub fn filler(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// A zip of one stored member of `size` filler bytes, for
+/// [`World::make_version_with`].
+pub fn big_zip(seed: u64, size: usize) -> Vec<u8> {
+    tiny_zip("mpam-fe.exe", &filler(seed, size))
+}
+
+/// `zip` (as [`tiny_zip`] makes it: no comment) with `comment` set as its
+/// zip file comment (the end record's last field).
+pub fn with_comment(zip: &[u8], comment: &str) -> Vec<u8> {
+    let mut z = zip.to_vec();
+    let len = z.len();
+    assert_eq!(&z[len - 22..len - 18], b"PK\x05\x06", "no bare end record");
+    z[len - 2..].copy_from_slice(&(comment.len() as u16).to_le_bytes());
+    z.extend_from_slice(comment.as_bytes());
+    z
+}
+
 /// One exported version: its download folder, its bundle and the exact
 /// bytes of every arch folder's files.
 #[derive(Debug, Clone)]
@@ -117,12 +134,14 @@ impl World {
 
     /// Writes a download folder for version `n` (every slot's updates.zip a
     /// valid zip of about `zip_size` bytes, distinct per version and slot)
-    /// and exports it; `common` (if given) is shared filler placed after a
-    /// distinct header, so that big versions are cheap to make.
+    /// and exports it.
     pub fn make_version(&self, n: u32, zip_size: usize) -> Version {
         self.make_version_with(n, zip_size, None)
     }
 
+    /// Same, but every updates.zip is `common` (a zip made once with
+    /// [`big_zip`]) with a zip comment naming the version and slot, so
+    /// that big versions are cheap to make and still differ in their bytes.
     pub fn make_version_with(&self, n: u32, zip_size: usize, common: Option<&[u8]>) -> Version {
         let download = self.tmp.path().join(format!("download-v{n}"));
         let mut files = Vec::new();
@@ -130,16 +149,10 @@ impl World {
             let dir = download.join(slot);
             fs::create_dir_all(&dir).unwrap();
             let seed = u64::from(n) * 16 + i as u64;
-            let data = match common {
-                Some(c) => {
-                    let mut d = format!("gapferry test v{n} {slot}\n").into_bytes();
-                    d.extend_from_slice(&filler(seed, 4096));
-                    d.extend_from_slice(&c[..zip_size.min(c.len())]);
-                    d
-                }
-                None => filler(seed, zip_size),
+            let zip = match common {
+                Some(c) => with_comment(c, &format!("gapferry test v{n} {slot}")),
+                None => tiny_zip("mpam-fe.exe", &filler(seed, zip_size)),
             };
-            let zip = tiny_zip("mpam-fe.exe", &data);
             let manifest = format!(
                 "{{\"EngineVersion\": \"1.1.24080.9\", \"DefinitionVersion\": \"1.417.{n}.0\"}}"
             )
