@@ -116,11 +116,12 @@ impl Fixture {
         !self.world.state_json()["pending"].is_null()
     }
 
-    fn ledger_lines(&self) -> usize {
+    fn ledger(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.world.state.join("ledger.jsonl"))
             .unwrap()
             .lines()
-            .count()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
 
@@ -276,10 +277,31 @@ fn kill_then_check(f: &mut Fixture, site: &str, hook: (&str, &str), at: At, fall
     assert_eq!(f.snapshot(), vec![(Some(3), Some(2)); 4], "{ctx}: after v1");
     assert_clean(&f.world.mirror, &ctx);
     f.world.ledger_verify();
-    // v0, v1, the rerun (or, when not reached, the hooked run and the
-    // rerun), v3, the refusal: a killed run leaves no ledger line.
-    let want_lines = if at == At::NotReached { 6 } else { 5 };
-    assert_eq!(f.ledger_lines(), want_lines, "{ctx}: ledger lines");
+    // v0, v1, [the hooked run when not killed], [the interrupted import,
+    // written by the rerun that settled it], the rerun, v3, the refusal.
+    let ledger = f.ledger();
+    let want_lines = match at {
+        At::Staging => 5,
+        At::Publish { .. } | At::NotReached => 6,
+    };
+    assert_eq!(ledger.len(), want_lines, "{ctx}: ledger lines");
+    if let At::Publish { slot, .. } = at {
+        // The killed run's line, as the rerun recorded it: every slot it
+        // published (or journaled), v1 -> v2, with its signers.
+        let (settled, rerun) = (&ledger[2], &ledger[3]);
+        assert_eq!(settled["outcome"], "imported", "{ctx}: {settled}");
+        assert_eq!(settled["bundle_id"], rerun["bundle_id"], "{ctx}");
+        assert_eq!(
+            settled["signer_key_ids"], ledger[1]["signer_key_ids"],
+            "{ctx}"
+        );
+        let slots = settled["slots"].as_array().unwrap();
+        assert_eq!(slots.len(), slot + 1, "{ctx}: {settled}");
+        for s in slots {
+            assert_eq!(s["before"]["definition_version"], "1.417.1.0", "{ctx}");
+            assert_eq!(s["after"]["definition_version"], "1.417.2.0", "{ctx}");
+        }
+    }
 }
 
 fn crash_matrix(fallback: bool) {
@@ -566,4 +588,50 @@ fn kill_at_random_instants() {
     eprintln!(
         "kill_at_random_instants: killed before publishing {before}, while publishing {during}, completed {after}"
     );
+}
+
+/// After a kill, the next import may well be a newer bundle rather than the
+/// same one again: it must finish the interrupted publish first (those
+/// slots then hold v2 in their n-1), then publish v3 everywhere; and v2,
+/// now older than what is served, is refused.
+#[test]
+fn kill_then_import_a_newer_bundle() {
+    let mut f = Fixture::new();
+    let points = [
+        ("file-written#5", false, None),
+        ("current-swapped#1", false, Some(0)),
+        ("cleaned#2", false, Some(1)),
+        ("fallback-aside#3", true, Some(2)),
+        ("back-aside#4", true, Some(3)),
+    ];
+    for (point, fallback, last_published) in points {
+        let ctx = format!("{point} then v3 (fallback {fallback})");
+        let env = mode_env(fallback);
+        f.world.reset_site(&format!("newer-{point}"));
+        f.world.import_ok(&f.versions[0], &env);
+        f.world.import_ok(&f.versions[1], &env);
+        let mut hooked = env.clone();
+        hooked.push((CRASH_AT, point));
+        let out = f.world.import(&f.versions[2].bundle, &hooked);
+        assert!(killed(&out), "{ctx}: {}", describe(&out));
+        f.world.import_ok(&f.versions[3], &env);
+        let want: Vec<_> = (0..SLOTS.len())
+            .map(|i| match last_published {
+                Some(k) if i <= k => (Some(3), Some(2)),
+                _ => (Some(3), Some(1)),
+            })
+            .collect();
+        assert_eq!(f.snapshot(), want, "{ctx}");
+        assert_clean(&f.world.mirror, &ctx);
+        assert!(!f.pending(), "{ctx}");
+        let out = f.world.import(&f.versions[2].bundle, &env);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{ctx}: v2 after v3: {}",
+            describe(&out)
+        );
+        assert_eq!(f.snapshot(), want, "{ctx}: after refusing v2");
+        f.world.ledger_verify();
+    }
 }
