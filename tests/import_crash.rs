@@ -635,3 +635,109 @@ fn kill_then_import_a_newer_bundle() {
         f.world.ledger_verify();
     }
 }
+
+/// The very first import into an empty mirror, killed: a folder is either
+/// absent (never served yet) or complete, no n-1 appears from nowhere, and
+/// the next run serves everything.
+#[test]
+fn kill_the_first_import() {
+    let mut f = Fixture::new();
+    // (kill point, how many slots serve v0 right after the kill)
+    let points = [
+        ("staging-created#1", 0),
+        ("file-written#8", 0),
+        // The second slot is journaled but not renamed yet.
+        ("journal-written#2", 1),
+        ("current-swapped#3", 3),
+        ("cleaned#4", 4),
+    ];
+    for (i, (point, served)) in points.into_iter().enumerate() {
+        let fallback = i % 2 == 1;
+        let ctx = format!("first import killed at {point} (fallback {fallback})");
+        let env = mode_env(fallback);
+        f.world.reset_site(&format!("first-{point}"));
+        let mut hooked = env.clone();
+        hooked.push((CRASH_AT, point));
+        let out = f.world.import(&f.versions[0].bundle, &hooked);
+        assert!(killed(&out), "{ctx}: {}", describe(&out));
+        let want: Vec<_> = (0..SLOTS.len())
+            .map(|s| {
+                if s < served {
+                    (Some(0), None)
+                } else {
+                    (None, None)
+                }
+            })
+            .collect();
+        let snap = f.snapshot();
+        assert_eq!(snap, want, "{ctx}");
+        f.world.import_ok(&f.versions[0], &env);
+        assert_eq!(f.snapshot(), vec![(Some(0), None); 4], "{ctx}: rerun");
+        assert!(staging_leftovers(&f.world.mirror).is_empty(), "{ctx}");
+        for platform in ["linux", "mac"] {
+            let names: Vec<_> = std::fs::read_dir(f.world.mirror.join(platform))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["production"], "{ctx}: {platform}/");
+        }
+        f.world.import_ok(&f.versions[1], &env);
+        assert_eq!(f.snapshot(), vec![(Some(1), Some(0)); 4], "{ctx}: next");
+        assert_clean(&f.world.mirror, &ctx);
+        f.world.ledger_verify();
+    }
+}
+
+/// Renames every staging root under the mirror to claim `pid` as its owner
+/// (`.gapferry-staging-<pid>-<rest>`); returns the old names' pids.
+fn claim_staging(mirror: &Path, pid: u32) -> Vec<String> {
+    let mut old = Vec::new();
+    for p in staging_leftovers(mirror) {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let token = name.strip_prefix(".gapferry-staging-").unwrap();
+        let (owner, rest) = token.split_once('-').unwrap();
+        old.push(owner.to_string());
+        let to = p.with_file_name(format!(".gapferry-staging-{pid}-{rest}"));
+        std::fs::rename(&p, to).unwrap();
+    }
+    old
+}
+
+/// A killed import's staging is left alone while its owner's pid is alive
+/// (another import sharing the mirror under another lock). When that pid
+/// was in fact reused by an unrelated process, a newer import publishes in
+/// the meantime; the stale journal, recovered later, must not swap the
+/// older set back over it.
+#[test]
+fn stale_journal_never_rolls_back_a_newer_publish() {
+    let mut f = Fixture::new();
+    for fallback in [true, false] {
+        let env = mode_env(fallback);
+        let ctx = format!("fallback {fallback}");
+        f.world.reset_site(&format!("stale-{fallback}"));
+        f.world.import_ok(&f.versions[0], &env);
+        f.world.import_ok(&f.versions[1], &env);
+        let point = if fallback {
+            "fallback-aside#1"
+        } else {
+            "journal-written#1"
+        };
+        let mut hooked = env.clone();
+        hooked.push((CRASH_AT, point));
+        let out = f.world.import(&f.versions[2].bundle, &hooked);
+        assert!(killed(&out), "{ctx}: {}", describe(&out));
+        // The dead import's pid "reused" by a live process (this one).
+        let dead = claim_staging(&f.world.mirror, std::process::id());
+        f.world.import_ok(&f.versions[3], &env);
+        // The "reused" pid ends: the leftover is the dead import's again.
+        let dead: u32 = dead[0].parse().unwrap();
+        claim_staging(&f.world.mirror, dead);
+        f.world.import_ok(&f.versions[3], &env);
+        let snap = f.snapshot();
+        for (i, (cur, _)) in snap.iter().enumerate() {
+            assert_eq!(*cur, Some(3), "{ctx}: {} rolled back: {snap:?}", SLOTS[i]);
+        }
+        assert_clean(&f.world.mirror, &ctx);
+        f.world.ledger_verify();
+    }
+}
