@@ -299,13 +299,22 @@ fn run(
     };
     for area in &areas {
         for r in publish::recover(area, &opts.publish)? {
-            attempt.recovered.push(r.current);
+            // Staging that never reached its journal published nothing:
+            // removing it is not completing an interrupted publish.
+            if r.action == publish::RecoveryAction::Completed {
+                attempt.recovered.push(r.current);
+            }
         }
     }
     let mut state = state_dir.load()?;
     if state.pending.is_some() {
-        reconcile(&mut state)?;
+        let settled = reconcile(&mut state)?;
         state_dir.save(&state)?;
+        // The interrupted run never reached its ledger line: write it now,
+        // or the ledger would never show that bundle as imported.
+        if let Some(entry) = settled {
+            Ledger::in_state_dir(state_dir).append(&entry)?;
+        }
     }
 
     // Head: manifest, signatures, profile rules, policy. Nothing written yet.
@@ -629,6 +638,7 @@ fn stage_and_publish(
         sequence: m.sequence,
         accepted: accepted.clone(),
         slots: pending_slots,
+        signers: attempt.signers.clone(),
     });
     state_dir.save(state)?;
     for (i, c) in selected.iter().enumerate() {
@@ -672,23 +682,48 @@ fn served_slot(c: &CarriedSlot, head: &Head, files: &[ServedFile], now: &str) ->
 /// Settles an import that was interrupted while publishing: every folder
 /// that now holds the pending set (recovery rolls journaled publishes
 /// forward) is recorded as served; the bundle's sequence counts as accepted.
-fn reconcile(state: &mut State) -> Result<(), ImportError> {
+/// Returns the ledger entry of the interrupted import when it published
+/// anything.
+fn reconcile(state: &mut State) -> Result<Option<LedgerEntry>, ImportError> {
     let Some(p) = state.pending.take() else {
-        return Ok(());
+        return Ok(None);
     };
-    let mut any = false;
+    let versions = |s: &ServedSlot| Versions {
+        engine_version: s.engine_version.clone(),
+        definition_version: s.definition_version.clone(),
+    };
+    let mut changes = Vec::new();
     for (key, ps) in &p.slots {
         if folder_matches(&ps.dir, &ps.served.files) {
             if let Some(slot) = Slot::all().find(|s| s.rel() == *key) {
+                changes.push(SlotChange {
+                    slot: key.clone(),
+                    before: state.served(&slot).map(versions),
+                    after: Some(versions(&ps.served)),
+                });
                 state.record_served(&slot, ps.served.clone());
-                any = true;
             }
         }
     }
-    if any {
-        state.record_accepted(&p.channel, p.sequence, p.accepted);
+    if changes.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    let entry = LedgerEntry {
+        reason: Some(
+            "published by an earlier run that was interrupted (killed or crashed) before \
+             recording it; recorded by the next import"
+                .into(),
+        ),
+        bundle_id: Some(p.accepted.bundle_id.clone()),
+        manifest_sha256: Some(p.accepted.manifest_sha256.clone()),
+        signer_key_ids: p.signers,
+        channel: Some(p.channel.clone()),
+        sequence: Some(p.sequence),
+        slots: changes,
+        ..LedgerEntry::new(Outcome::Imported)
+    };
+    state.record_accepted(&p.channel, p.sequence, p.accepted);
+    Ok(Some(entry))
 }
 
 /// Whether `dir` still holds `files` as regular files of the recorded

@@ -911,7 +911,10 @@ pub struct Recovered {
 /// every journaled publish and removes the rest. Call it under the import
 /// lock, before staging anything. Staging roots whose creating process is
 /// still alive on this host are left alone (an import sharing the mirror
-/// under another lock, i.e. a misconfiguration; never a crashed one).
+/// under another lock, i.e. a misconfiguration; never a crashed one). A
+/// journal whose arch folder was replaced since it was written (its pid
+/// had been reused, so an import ran in between) is stale: discarded, never
+/// rolled forward over the newer set.
 pub fn recover(area: &Path, opts: &PublishOptions) -> Result<Vec<Recovered>, PublishError> {
     let mut out = Vec::new();
     let rd = match fs::read_dir(area) {
@@ -956,6 +959,16 @@ pub fn recover(area: &Path, opts: &PublishOptions) -> Result<Vec<Recovered>, Pub
                     None
                 };
                 match journal {
+                    Some(j) if is_stale(&p, &j)? => {
+                        for path in [&p.staged, &p.aside, &p.older, &p.journal] {
+                            remove_any(path)?;
+                        }
+                        out.push(Recovered {
+                            current: p.current.clone(),
+                            action: RecoveryAction::Discarded,
+                            tag: Some(j.tag),
+                        });
+                    }
                     Some(j) => {
                         drive(&p, &j, opts)?;
                         out.push(Recovered {
@@ -983,6 +996,14 @@ pub fn recover(area: &Path, opts: &PublishOptions) -> Result<Vec<Recovered>, Pub
         sync_dir(area)?;
     }
     Ok(out)
+}
+
+/// Whether a journal is stale: its arch folder holds neither its old nor
+/// its new set, so a later publish replaced the folder after this journal
+/// was written (while its leftover's owner looked alive: a reused pid).
+/// Rolling it forward would put an older set back over a newer one.
+fn is_stale(p: &SlotPaths, j: &Journal) -> Result<bool, PublishError> {
+    Ok(folder_id(&p.current)?.is_some_and(|cur| cur != j.new && Some(cur) != j.old))
 }
 
 fn read_journal(path: &Path) -> Result<Option<Journal>, PublishError> {

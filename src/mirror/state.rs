@@ -145,6 +145,10 @@ pub struct PendingImport {
     pub accepted: AcceptedBundle,
     /// Slot key -> (arch folder path, what it will serve).
     pub slots: BTreeMap<String, PendingSlot>,
+    /// Key ids that signed the bundle, for the ledger entry that the run
+    /// settling an interrupted import writes on its behalf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<String>,
 }
 
 /// One folder of a pending import.
