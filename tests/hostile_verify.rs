@@ -778,16 +778,17 @@ fn truncated_archive() {
 fn trailing_garbage() {
     let h = setup();
     let good = h.valid().bundle();
-    let after_frame = "data after the end of the zstd frame";
+    let after_frame = "data after a zstd frame is not a zstd frame";
     // After the zstd frame.
     h.rejected(
         &[&good[..], b"GARBAGE AFTER THE FRAME"].concat(),
         &[after_frame],
     );
-    // A second zstd frame with data.
+    // A second zstd frame with data: decoded, and refused as data after the
+    // end of the archive.
     h.rejected(
         &[&good[..], &craft::zstd(b"more")[..]].concat(),
-        &[after_frame],
+        &["trailing data after the end of the archive"],
     );
     // A zstd skippable frame (which decoders silently skip) hiding data.
     let mut skippable = 0x184D_2A50u32.to_le_bytes().to_vec();
@@ -829,12 +830,12 @@ fn zstd_bombs_are_bounded() {
     let bomb = craft::zstd_raw_frame(&tar, 4 << 30);
     assert!(bomb.len() < 200 * 1024);
     h.rejected(&bomb, &["more than 1 MiB of padding"]);
-    // The same as a second frame: refused before a byte of it is decoded.
+    // The same as a second frame: refused after the padding allowance too.
     let good = h.valid().bundle();
     let second = craft::zstd_zero_frame(4 << 30);
     h.rejected(
         &[&good[..], &second[..]].concat(),
-        &["data after the end of the zstd frame"],
+        &["more than 1 MiB of padding"],
     );
     // An entry header claiming far more than the manifest lists (and no
     // data behind it): refused from the header alone.
