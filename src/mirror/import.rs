@@ -362,6 +362,8 @@ fn run(
     let mut dests = Vec::new();
     for c in &selected {
         let dest = destination(&opts.target, &c.slot)?;
+        // Before anything is read from or staged next to these folders.
+        dest.check_folders()?;
         // What the state says a folder serves only counts while the folder
         // still holds it: one removed or damaged by hand since is judged by
         // what is on disk, so importing the bundle again restores it rather

@@ -197,6 +197,9 @@ pub struct Destination {
     area: PathBuf,
     ring: OsString,
     arch: OsString,
+    /// Whether the area and the ring folder are gapferry's (a mirror's
+    /// `<platform>/<ring>`) rather than named by the operator (`--target`).
+    managed_ring: bool,
 }
 
 impl Destination {
@@ -207,6 +210,7 @@ impl Destination {
             area,
             ring: slot.ring.as_str().into(),
             arch: slot.arch_dir().into(),
+            managed_ring: true,
         })
     }
 
@@ -230,7 +234,32 @@ impl Destination {
             area,
             ring: name,
             arch: format!("arch_{arch}").into(),
+            managed_ring: false,
         })
+    }
+
+    /// Refuses a symbolic link (or a file) anywhere gapferry creates, swaps
+    /// or rotates folders: the mirror's `<platform>` and `<ring>` folders,
+    /// `<ring>_back`, and both arch folders. Renames follow symlinks in
+    /// every component but the last, so a link planted there (by anyone
+    /// who can write to the mirror) would make a publish write, and its n-1
+    /// clean-up delete, outside the mirror. Call it before staging: a
+    /// refusal then leaves every folder as it was. Parents are checked
+    /// before children, so no check looks through a link. The mirror root
+    /// and a `--target` folder are the operator's to place, links included.
+    pub fn check_folders(&self) -> Result<(), PublishError> {
+        let mut dirs = Vec::new();
+        if self.managed_ring {
+            dirs.push(self.area.clone());
+            dirs.push(self.area.join(&self.ring));
+        }
+        dirs.push(self.area.join(back_ring_name(&self.ring)));
+        dirs.push(self.current());
+        dirs.push(self.back());
+        for d in dirs {
+            folder_id(&d)?;
+        }
+        Ok(())
     }
 
     /// The arch folder endpoints read.

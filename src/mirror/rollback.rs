@@ -106,6 +106,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
     let mut dests = Vec::new();
     for slot in &opts.slots {
         let dest = Destination::in_mirror(&opts.mirror, slot)?;
+        dest.check_folders()?;
         if !dest.current().is_dir() {
             return Err(RollbackError::NotServed {
                 dir: dest.current(),
