@@ -469,6 +469,7 @@ fn run(
             created.note(dest);
         }
     }
+    check_free_space(bundle, &dests, &publish_mask, &selected, m)?;
     let result = stage_and_publish(
         opts,
         state_dir,
@@ -486,6 +487,50 @@ fn run(
         created.remove_empty();
     }
     result
+}
+
+/// Refuses early, before staging a byte, when the mirror's filesystem
+/// cannot hold what this import would stage (plus a margin), instead of
+/// failing half-way with ENOSPC.
+fn check_free_space(
+    bundle: &Path,
+    dests: &[Destination],
+    publish_mask: &[bool],
+    selected: &[CarriedSlot],
+    m: &crate::manifest::Manifest,
+) -> Result<(), ImportError> {
+    let need: u64 = selected
+        .iter()
+        .zip(publish_mask)
+        .filter(|(_, p)| **p)
+        .map(|(c, _)| m.files[c.updates_zip].size + m.files[c.manifest_json].size)
+        .sum();
+    let Some(probe) = dests.first().and_then(|d| {
+        d.area()
+            .ancestors()
+            .find(|a| a.exists())
+            .map(Path::to_path_buf)
+    }) else {
+        return Ok(());
+    };
+    let Ok(st) = rustix::fs::statvfs(&probe) else {
+        return Ok(());
+    };
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let margin = 1 << 20;
+    if need.saturating_add(margin) > free {
+        return Err(ImportError::Publish(publish::PublishError::Write {
+            path: probe,
+            source: std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "{}: the import needs {need} bytes of staging but the mirror's filesystem has {free} free (the filesystem is full: free space, then run the command again)",
+                    bundle.display()
+                ),
+            ),
+        }));
+    }
+    Ok(())
 }
 
 /// The carried folders this import publishes, after the filters.
