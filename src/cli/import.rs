@@ -27,7 +27,8 @@ use super::UsageError;
 /// state directory. The same bundle again exits 0 and changes nothing.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The bundle file.
+    /// The bundle file; for a split bundle its first volume, its index
+    /// (NAME.volumes.json) or its directory.
     bundle: PathBuf,
     /// Public key file or directory of *.pub files; repeatable.
     #[arg(long = "trust", value_name = "K", required = true)]

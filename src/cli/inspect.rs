@@ -7,8 +7,9 @@ use std::time::SystemTime;
 use clap::Args;
 use serde::Serialize;
 
-use gapferry::bundle::reader::{BundleReader, Head};
+use gapferry::bundle::reader::Head;
 use gapferry::bundle::trust::{check_signatures, SignatureCheck, SignatureStatus};
+use gapferry::bundle::volumes;
 use gapferry::keys::TrustSet;
 use gapferry::manifest::{FileEntry, Item};
 
@@ -20,7 +21,8 @@ use super::output::print_json;
 /// their signatures verifies. Use `gapferry verify` for the full check.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The bundle file.
+    /// The bundle file; for a split bundle its first volume, its index
+    /// (NAME.volumes.json) or its directory.
     bundle: PathBuf,
     /// Public key file or directory of *.pub files to check signatures against; repeatable.
     #[arg(long = "trust", value_name = "K")]
@@ -78,8 +80,16 @@ impl InspectArgs {
         } else {
             Some(TrustSet::load(&self.trust)?)
         };
-        let mut reader = BundleReader::open(&self.bundle)?;
-        let head = reader.read_head()?;
+        // Only sizes of a split bundle's volumes: inspect reads kilobytes.
+        let opened = volumes::open(
+            &self.bundle,
+            volumes::OpenChecks {
+                trust: trust.as_ref(),
+                hash_volumes: false,
+            },
+            &gapferry::progress::NoProgress,
+        )?;
+        let head = opened.head;
         let out = describe(self.bundle.clone(), &head, trust.as_ref());
         if self.json {
             print_json(&out)?;
