@@ -111,6 +111,9 @@ pub struct ImportReport {
     /// The error, when the outcome is not a success.
     pub error: Option<String>,
     pub exit_code: i32,
+    /// The receipt (`GF1-...`, see [`super::receipt`]) of a successful
+    /// import, filled in once it is kept in the state directory; null otherwise.
+    pub receipt: Option<String>,
 }
 
 /// Why an import did not happen.
@@ -206,6 +209,7 @@ pub fn import(
         recovered: attempt.recovered,
         error: err.as_ref().map(|e| format!("{e}")),
         exit_code: err.as_ref().map_or(0, |e| e.exit_kind().code()),
+        receipt: None,
     };
     (report, err)
 }
