@@ -236,7 +236,7 @@ impl Manifest {
 /// Walks the JSON once, refusing duplicate keys and deep nesting, before the
 /// typed parse (serde would silently keep the last of two equal keys in
 /// fields it ignores).
-fn check_structure(text: &str) -> Result<(), ManifestError> {
+pub(crate) fn check_structure(text: &str) -> Result<(), ManifestError> {
     let mut de = serde_json::Deserializer::from_str(text);
     Walk { depth: 0 }
         .deserialize(&mut de)

@@ -20,7 +20,11 @@ fn demo_runs_end_to_end_and_can_be_rerun() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "demo failed: {err}");
         assert!(err.contains("flipped byte: exit 3"), "{err}");
-        assert!(err.contains("replay of the older bundle: exit 4"), "{err}");
+        assert!(
+            err.contains("older definitions (a rollback): exit 4"),
+            "{err}"
+        );
+        assert!(err.contains("already imported, nothing changes"), "{err}");
     }
     let mirror = dir.join("mirror");
     for p in ["linux", "mac"] {

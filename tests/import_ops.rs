@@ -289,7 +289,10 @@ fn state_records_served_versions_and_sequences() {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert_eq!(names, ["ledger.jsonl", "lock", "state.json"]);
+    assert_eq!(
+        names,
+        ["ledger.jsonl", "lock", "receipts.jsonl", "state.json"]
+    );
 }
 
 // ---------------------------------------------------------------- disk full
@@ -392,6 +395,7 @@ struct Report {
     recovered: Vec<PathBuf>,
     error: Option<String>,
     exit_code: i32,
+    receipt: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -467,6 +471,20 @@ fn json_report_for_every_outcome() {
     assert_eq!(rep.manifest_sha256.as_ref().map(String::len), Some(64));
     assert!(rep.bundle_id.is_some() && rep.error.is_none());
     assert!(rep.downgrades.is_empty() && rep.recovered.is_empty());
+    let sha = rep.manifest_sha256.as_deref().unwrap();
+    assert_eq!(
+        rep.receipt.as_deref(),
+        Some(
+            format!(
+                "GF1-10-{}-{}-{}-{}-OK",
+                &sha[..4],
+                &sha[4..8],
+                &sha[8..12],
+                &sha[12..16]
+            )
+            .as_str()
+        )
+    );
     assert_eq!(
         rep.bytes_written,
         size_of(&v1.join(LX)) + size_of(&v1.join(LA))

@@ -275,3 +275,32 @@ fn rollback_by_copy_when_exchange_is_unavailable() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+#[test]
+fn redelivered_superseded_bundle_is_already_imported_and_changes_nothing() {
+    let env = Env::new();
+    env.release("1.400.1.0", 1);
+    env.release("1.400.2.0", 2);
+    let before =
+        std::fs::read(env.p("mirror/linux/production_back/arch_x86_64/manifest.json")).unwrap();
+    // A data diode delivers bundle 1 again, late: nothing to do, exit 0.
+    let out = gapferry()
+        .arg("import")
+        .arg(env.bundle(1))
+        .args(["--json", "--trust"])
+        .arg(env.p("k.pub"))
+        .arg("--mirror")
+        .arg(env.p("mirror"))
+        .arg("--state-dir")
+        .arg(env.p("state"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "already_imported");
+    assert_eq!(env.served_definitions("x86_64"), "1.400.2.0");
+    assert_eq!(
+        std::fs::read(env.p("mirror/linux/production_back/arch_x86_64/manifest.json")).unwrap(),
+        before
+    );
+}

@@ -11,6 +11,7 @@
 pub mod hashing;
 pub mod reader;
 pub mod trust;
+pub mod volumes;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -230,7 +230,21 @@ impl DemoArgs {
             }
         };
         refused(&tampered, "a newer bundle with one flipped byte")?;
-        refused(&b1, "a replay of the older bundle")?;
+        write_download_folder(&download, "1.1.24090.4", "1.419.50.0", 3)?;
+        let old = bundles.join("demo-older-definitions.tar.zst");
+        self.export(&download, &sk, &export_state, &old)?;
+        refused(
+            &old,
+            "a validly signed bundle with older definitions (a rollback)",
+        )?;
+        let (report, err) = import::import(
+            &self.import_opts(&b1, &trust_set, &mirror, &state),
+            &NoProgress,
+        );
+        if err.is_some() || report.outcome != Outcome::AlreadyImported {
+            bail!("the demo expected a re-delivered demo-1 to be 'already imported'");
+        }
+        eprintln!("    demo-1 delivered again: already imported, nothing changes (exit 0)");
 
         let exe = std::env::current_exe()
             .ok()

@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Serialize;
 
+use gapferry::bundle::volumes;
 use gapferry::bundle::writer::{self, BundleSpec, WriteOptions};
 use gapferry::keys::SecretKey;
 use gapferry::manifest::{self, Item};
@@ -69,6 +70,13 @@ pub struct ExportArgs {
     /// Replace --out if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Split the bundle into volumes of at most SIZE bytes (650M, 4G, 2GiB;
+    /// K/M/G are powers of 1000, Ki/Mi/Gi of 1024): writes OUT.001, OUT.002,
+    /// ... and last a signed index OUT.volumes.json (with
+    /// OUT.volumes.json.<KEYID>.minisig). `cat OUT.0* | zstd -d | tar -x`
+    /// still reads it. For FAT32 sticks use at most 4G.
+    #[arg(long, value_name = "SIZE", value_parser = volumes::parse_size)]
+    pub split: Option<u64>,
     /// zstd compression level (low levels suit already-compressed zips).
     #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19))]
     pub zstd_level: i32,
@@ -100,6 +108,25 @@ pub struct ExportSummary {
     pub payload_size: u64,
     pub signers: Vec<String>,
     pub items: Vec<Item>,
+    /// With --split: the index and the volumes, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitSummary>,
+}
+
+/// The volumes of a split export (`--json`).
+#[derive(Debug, Serialize)]
+pub struct SplitSummary {
+    pub index: PathBuf,
+    pub volume_size: u64,
+    pub volumes: Vec<VolumeSummary>,
+}
+
+/// One volume of a split export (`--json`).
+#[derive(Debug, Serialize)]
+pub struct VolumeSummary {
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
 }
 
 /// The `--json` document of `export --fetch`: the fetch report (the shape of
@@ -263,23 +290,52 @@ impl ExportArgs {
             overwrite: self.force,
             ..WriteOptions::default()
         };
-        let written =
-            writer::write_bundle(&spec, keys, &self.out, &opts, &bar).with_context(|| {
-                format!(
-                    "export to {} failed; nothing was written there",
-                    self.out.display()
-                )
-            })?;
+        let context = || {
+            format!(
+                "export to {} failed; nothing was written there",
+                self.out.display()
+            )
+        };
+        let (written, split) = match self.split {
+            None => (
+                writer::write_bundle(&spec, keys, &self.out, &opts, &bar).with_context(context)?,
+                None,
+            ),
+            Some(size) => {
+                let w = volumes::write_split(&spec, keys, &self.out, size, &opts, &bar)
+                    .with_context(context)?;
+                let summary = SplitSummary {
+                    index: w.index_path.clone(),
+                    volume_size: size,
+                    volumes: w
+                        .volume_paths
+                        .iter()
+                        .zip(&w.index.volumes)
+                        .map(|(p, v)| VolumeSummary {
+                            path: p.clone(),
+                            size: v.size,
+                            sha256: v.sha256.clone(),
+                        })
+                        .collect(),
+                };
+                (w.written, Some(summary))
+            }
+        };
         let m = &written.manifest;
         if !self.quiet && !self.json {
+            let what = match &split {
+                None => self.out.display().to_string(),
+                Some(sp) => format!(
+                    "{} volumes {}.001..{:03} and index {}",
+                    sp.volumes.len(),
+                    self.out.display(),
+                    sp.volumes.len(),
+                    sp.index.display()
+                ),
+            };
             eprintln!(
-                "gapferry: wrote {} ({} bytes): bundle {} channel {} sequence {}, expires {}",
-                self.out.display(),
-                written.bundle_size,
-                m.bundle_id,
-                m.channel,
-                m.sequence,
-                m.expires
+                "gapferry: wrote {what} ({} bytes): bundle {} channel {} sequence {}, expires {}",
+                written.bundle_size, m.bundle_id, m.channel, m.sequence, m.expires
             );
             for c in &collected {
                 eprintln!(
@@ -309,6 +365,7 @@ impl ExportArgs {
             payload_size: m.total_size(),
             signers: keys.iter().map(|k| k.key_id.to_string()).collect(),
             items: m.items.clone(),
+            split,
         })
     }
 }

@@ -3,6 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
 use clap::Args;
 
 use gapferry::error::Classify;
@@ -10,8 +15,10 @@ use gapferry::keys::TrustSet;
 use gapferry::manifest;
 use gapferry::mde::{Arch, Platform, Ring};
 use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target};
+use gapferry::mirror::inbox::{self, BundleResult, InboxOptions, Tracker};
 use gapferry::mirror::ledger::Outcome;
 use gapferry::mirror::publish::{Destination, PublishOptions};
+use gapferry::mirror::receipt;
 use gapferry::mirror::state;
 
 use super::output::{print_json, Bar};
@@ -27,8 +34,28 @@ use super::UsageError;
 /// state directory. The same bundle again exits 0 and changes nothing.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The bundle file.
-    bundle: PathBuf,
+    /// The bundle file; for a split bundle its first volume, its index
+    /// (NAME.volumes.json) or its directory.
+    #[arg(required_unless_present = "inbox", conflicts_with = "inbox")]
+    bundle: Option<PathBuf>,
+    /// Import every complete bundle in DIR instead (in sequence order), then
+    /// move each to DIR/processed/ (imported or already imported) or
+    /// DIR/rejected/ (with NAME.reason.json). Exit 0 when nothing was
+    /// rejected, 3 when something was, 1 when a bundle failed operationally
+    /// (it stays in DIR for the next pass).
+    #[arg(long, value_name = "DIR")]
+    inbox: Option<PathBuf>,
+    /// With --inbox: keep going, scanning DIR every --interval, until
+    /// SIGTERM or SIGINT (then exit 0 after the current bundle).
+    #[arg(long, requires = "inbox")]
+    watch: bool,
+    /// With --watch: time between scans.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = humantime::parse_duration, requires = "watch")]
+    interval: Duration,
+    /// With --inbox: a file must be unmodified this long (and, with --watch,
+    /// unchanged since the previous scan) before it is looked at.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration, requires = "inbox")]
+    settle: Duration,
     /// Public key file or directory of *.pub files; repeatable.
     #[arg(long = "trust", value_name = "K", required = true)]
     trust: Vec<PathBuf>,
@@ -91,7 +118,11 @@ impl ImportArgs {
                 let msg = super::describe(&e);
                 print_json(&ImportReport {
                     outcome: Outcome::Failed,
-                    bundle: self.bundle.clone(),
+                    bundle: self
+                        .bundle
+                        .clone()
+                        .or(self.inbox.clone())
+                        .unwrap_or_default(),
                     bundle_id: None,
                     channel: None,
                     sequence: None,
@@ -103,18 +134,26 @@ impl ImportArgs {
                     recovered: Vec::new(),
                     error: Some(msg.clone()),
                     exit_code: code,
+                    receipt: None,
                 })?;
                 eprintln!("gapferry: {msg}");
                 return Ok(code);
             }
             Err(e) => return Err(e),
         };
+        if let Some(dir) = &self.inbox {
+            return self.run_inbox(dir.clone(), opts);
+        }
         let bar = Bar::new(self.quiet || self.json);
-        let (report, err) = import::import(&opts, &bar);
+        let (mut report, err) = import::import(&opts, &bar);
+        if !self.json && !self.quiet {
+            summary(&report);
+        }
+        if err.is_none() {
+            report.receipt = keep_receipt(&report, &opts.state_dir, self.quiet || self.json)?;
+        }
         if self.json {
             print_json(&report)?;
-        } else if !self.quiet {
-            summary(&report);
         }
         match err {
             None => Ok(0),
@@ -163,7 +202,11 @@ impl ImportArgs {
             None => state::default_state_dir(target.served_root())?,
         };
         Ok(ImportOptions {
-            bundle: self.bundle.clone(),
+            bundle: self
+                .bundle
+                .clone()
+                .or(self.inbox.clone())
+                .unwrap_or_default(),
             trust,
             threshold: self.threshold,
             target,
@@ -177,6 +220,145 @@ impl ImportArgs {
             publish: PublishOptions::from_env(),
         })
     }
+}
+
+impl ImportArgs {
+    /// `--inbox`: one pass, or with `--watch` passes until SIGTERM/SIGINT.
+    fn run_inbox(&self, dir: PathBuf, import: ImportOptions) -> anyhow::Result<i32> {
+        if !dir.is_dir() {
+            return Err(UsageError(format!(
+                "--inbox {}: not a directory; give the folder bundles arrive in",
+                dir.display()
+            ))
+            .into());
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        if self.watch {
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(sig, Arc::clone(&stop))
+                    .context("cannot install the SIGTERM/SIGINT handler")?;
+            }
+        }
+        let state_dir = import.state_dir.clone();
+        let opts = InboxOptions {
+            dir,
+            settle: self.settle,
+            import,
+        };
+        let mut tracker = Tracker::new(self.watch);
+        let bar = Bar::new(true);
+        let (json, quiet) = (self.json, self.quiet);
+        let mut after = |r: &ImportReport| match keep_receipt(r, &state_dir, true) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("gapferry: {}", super::describe(&e));
+                None
+            }
+        };
+        let mut on_result = |r: &BundleResult| {
+            if json {
+                let mut out = std::io::stdout().lock();
+                let _ = serde_json::to_writer(&mut out, r);
+                let _ = writeln!(out);
+                let _ = out.flush();
+            }
+            if json || quiet {
+                if let (1.., Some(e)) = (r.exit_code, &r.error) {
+                    eprintln!("gapferry: inbox: {}: {e}", r.bundle);
+                }
+                return;
+            }
+            inbox_line(r);
+        };
+        loop {
+            match inbox::pass(&opts, &mut tracker, &stop, &bar, &mut after, &mut on_result) {
+                Ok(summary) if !self.watch => {
+                    if !quiet && !json {
+                        for w in &summary.waiting {
+                            eprintln!(
+                                "gapferry: inbox: {w}: left alone (still arriving, or waiting for the rest of a split bundle)"
+                            );
+                        }
+                    }
+                    return Ok(summary.exit_code());
+                }
+                Ok(_) => {}
+                Err(e) if !self.watch => return Err(e.into()),
+                // A watcher keeps watching: the folder may come back (a
+                // remounted share); the next pass tries again.
+                Err(e) => eprintln!("gapferry: inbox: {e}; trying again in {:?}", self.interval),
+            }
+            let until = std::time::Instant::now() + self.interval;
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(50).min(self.interval));
+            }
+            if stop.load(Ordering::Relaxed) {
+                if !quiet && !json {
+                    eprintln!("gapferry: inbox: stopping (signal received)");
+                }
+                return Ok(0);
+            }
+        }
+    }
+}
+
+fn inbox_line(r: &BundleResult) {
+    let moved = r
+        .moved_to
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    match r.outcome {
+        Outcome::Imported | Outcome::AlreadyImported => eprintln!(
+            "gapferry: inbox: {}: {} (sequence {}), receipt {}; moved to {moved}",
+            r.bundle,
+            if r.outcome == Outcome::Imported {
+                "imported"
+            } else {
+                "already imported"
+            },
+            r.sequence.map(|s| s.to_string()).unwrap_or_default(),
+            r.receipt.as_deref().unwrap_or("(not kept)")
+        ),
+        _ if r.moved_to.is_some() => eprintln!(
+            "gapferry: inbox: {}: {} (exit {}): {}; moved to {moved} (see {moved}.reason.json)",
+            r.bundle,
+            r.outcome.as_str(),
+            r.exit_code,
+            r.error.as_deref().unwrap_or("")
+        ),
+        _ => eprintln!(
+            "gapferry: inbox: {}: failed (exit {}): {}; left in place, tried again next pass",
+            r.bundle,
+            r.exit_code,
+            r.error.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+/// Prints the receipt of a successful import on stderr (unless quiet) and
+/// appends it to the state directory's receipts.jsonl.
+pub fn keep_receipt(
+    report: &ImportReport,
+    state_dir: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<Option<String>> {
+    let Some((receipt, rec)) = receipt::for_report(report, std::time::SystemTime::now()) else {
+        return Ok(None);
+    };
+    if !quiet {
+        eprintln!(
+            "gapferry: receipt {receipt}  (give it to the online side: gapferry inspect BUNDLE --receipt {receipt})"
+        );
+    }
+    let path = state_dir.join(receipt::RECEIPTS_FILE);
+    receipt::record(state_dir, &rec).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot keep the receipt {receipt}: {e}; the import itself stands, note the receipt by hand",
+            path.display()
+        )
+    })?;
+    Ok(Some(receipt.to_string()))
 }
 
 fn summary(r: &ImportReport) {

@@ -7,12 +7,16 @@ use std::time::SystemTime;
 use clap::Args;
 use serde::Serialize;
 
-use gapferry::bundle::reader::{BundleReader, Head};
+use gapferry::bundle::reader::Head;
 use gapferry::bundle::trust::{check_signatures, SignatureCheck, SignatureStatus};
+use gapferry::bundle::volumes;
 use gapferry::keys::TrustSet;
 use gapferry::manifest::{FileEntry, Item};
 
+use gapferry::mirror::receipt;
+
 use super::output::print_json;
+use super::UsageError;
 
 /// Show a bundle's manifest and signers without reading its payload.
 ///
@@ -20,7 +24,8 @@ use super::output::print_json;
 /// their signatures verifies. Use `gapferry verify` for the full check.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The bundle file.
+    /// The bundle file; for a split bundle its first volume, its index
+    /// (NAME.volumes.json) or its directory.
     bundle: PathBuf,
     /// Public key file or directory of *.pub files to check signatures against; repeatable.
     #[arg(long = "trust", value_name = "K")]
@@ -28,6 +33,27 @@ pub struct InspectArgs {
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
+    /// Check an import receipt (GF1-<sequence>-xxxx-xxxx-xxxx-xxxx-OK, as
+    /// `gapferry import` printed it on the disconnected side) against this
+    /// bundle: exit 0 when it names this bundle, 1 when it does not, 2 when
+    /// TEXT is not a receipt.
+    #[arg(long, value_name = "TEXT")]
+    receipt: Option<String>,
+}
+
+/// The `--json` output of `inspect --receipt`.
+#[derive(Debug, Serialize)]
+pub struct ReceiptCheck {
+    pub bundle: PathBuf,
+    pub receipt: String,
+    pub matches: bool,
+    /// `imported` or `already_imported`, as the receipt says.
+    pub outcome: &'static str,
+    pub bundle_id: String,
+    pub sequence: u64,
+    pub manifest_sha256: String,
+    /// The receipt this bundle would get when imported.
+    pub expected: String,
 }
 
 /// The `--json` output of inspect.
@@ -72,14 +98,74 @@ pub fn describe(bundle: PathBuf, head: &Head, trust: Option<&TrustSet>) -> Inspe
 }
 
 impl InspectArgs {
+    fn check_receipt(&self, r: &receipt::Receipt, head: &Head) -> anyhow::Result<i32> {
+        let m = &head.manifest;
+        let matches = r.matches(m.sequence, &head.manifest_sha256);
+        let expected = receipt::Receipt::new(m.sequence, &head.manifest_sha256, r.outcome);
+        let out = ReceiptCheck {
+            bundle: self.bundle.clone(),
+            receipt: r.to_string(),
+            matches,
+            outcome: match r.outcome {
+                receipt::ReceiptOutcome::Imported => "imported",
+                receipt::ReceiptOutcome::AlreadyImported => "already_imported",
+            },
+            bundle_id: m.bundle_id.clone(),
+            sequence: m.sequence,
+            manifest_sha256: head.manifest_sha256.clone(),
+            expected: expected.to_string(),
+        };
+        if self.json {
+            print_json(&out)?;
+        } else if matches {
+            eprintln!(
+                "gapferry: receipt {} matches {}: bundle {} sequence {} was {} on the disconnected side",
+                out.receipt,
+                self.bundle.display(),
+                m.bundle_id,
+                m.sequence,
+                if out.outcome == "imported" { "imported" } else { "already imported (imported earlier)" }
+            );
+        } else {
+            eprintln!(
+                "gapferry: receipt {} does NOT match {}: this bundle's receipt would be {} (sequence {}, manifest {}); the other side imported another bundle, or the receipt was misread: read it again",
+                out.receipt,
+                self.bundle.display(),
+                out.expected,
+                m.sequence,
+                head.manifest_sha256
+            );
+        }
+        Ok(if matches { 0 } else { 1 })
+    }
+
     pub fn run(self) -> anyhow::Result<i32> {
+        let wanted = match &self.receipt {
+            Some(t) => Some(receipt::Receipt::parse(t).map_err(|e| {
+                UsageError(format!(
+                    "--receipt: {e}; copy it exactly as gapferry import printed it"
+                ))
+            })?),
+            None => None,
+        };
         let trust = if self.trust.is_empty() {
             None
         } else {
             Some(TrustSet::load(&self.trust)?)
         };
-        let mut reader = BundleReader::open(&self.bundle)?;
-        let head = reader.read_head()?;
+        // Only sizes of a split bundle's volumes: inspect reads kilobytes.
+        let opened = volumes::open(
+            &self.bundle,
+            volumes::OpenChecks {
+                trust: trust.as_ref(),
+                hash_volumes: false,
+            },
+            &gapferry::progress::NoProgress,
+        )?;
+        let head = opened.head;
+        if let Some(r) = wanted {
+            return self.check_receipt(&r, &head);
+        }
         let out = describe(self.bundle.clone(), &head, trust.as_ref());
         if self.json {
             print_json(&out)?;

@@ -111,6 +111,7 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
             gapferry::mirror::state::PolicyError,
             gapferry::mde::fetch::FetchError,
             gapferry::mirror::import::ImportError,
+            gapferry::mirror::inbox::InboxError,
             gapferry::mirror::rollback::RollbackError,
             gapferry::mde::endpoint::EndpointError,
         );

@@ -6,8 +6,7 @@ use std::time::SystemTime;
 use clap::Args;
 use serde::Serialize;
 
-use gapferry::bundle::reader::BundleReader;
-use gapferry::bundle::{trust, BundleError};
+use gapferry::bundle::{trust, volumes, BundleError};
 use gapferry::keys::TrustSet;
 use gapferry::mde;
 
@@ -22,7 +21,8 @@ use super::UsageError;
 /// (exit 4) unless --allow-expired.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The bundle file.
+    /// The bundle file; for a split bundle its first volume, its index
+    /// (NAME.volumes.json) or its directory.
     bundle: PathBuf,
     /// Public key file or directory of *.pub files; repeatable.
     #[arg(long = "trust", value_name = "K", required = true)]
@@ -74,8 +74,16 @@ impl VerifyArgs {
             ))
             .into());
         }
-        let mut reader = BundleReader::open(&self.bundle)?;
-        let head = reader.read_head()?;
+        let bar = Bar::new(self.quiet || self.json);
+        let opened = volumes::open(
+            &self.bundle,
+            volumes::OpenChecks {
+                trust: Some(&trust_set),
+                hash_volumes: true,
+            },
+            &bar,
+        )?;
+        let (reader, head) = (opened.reader, opened.head);
         let m = head.manifest.clone();
         let signers = trust::require(&head, &trust_set, self.threshold, &self.bundle)?;
         mde::check::slots(&m).map_err(|e| BundleError::Rejected {
@@ -102,7 +110,6 @@ impl VerifyArgs {
             }
             .into());
         }
-        let bar = Bar::new(self.quiet || self.json);
         gapferry::progress::Observer::start(&bar, "verifying", m.total_size());
         reader.verify_payload(&bar)?;
         gapferry::progress::Observer::finish(&bar);

@@ -29,6 +29,7 @@ use super::state::{
     State, StateDir,
 };
 use crate::bundle::reader::{BundleReader, Head};
+use crate::bundle::volumes::{self, BundleInput};
 use crate::bundle::{trust, BundleError};
 use crate::error::{Classify, ExitKind};
 use crate::keys::TrustSet;
@@ -110,6 +111,9 @@ pub struct ImportReport {
     /// The error, when the outcome is not a success.
     pub error: Option<String>,
     pub exit_code: i32,
+    /// The receipt (`GF1-...`, see [`super::receipt`]) of a successful
+    /// import, filled in once it is kept in the state directory; null otherwise.
+    pub receipt: Option<String>,
 }
 
 /// Why an import did not happen.
@@ -205,6 +209,7 @@ pub fn import(
         recovered: attempt.recovered,
         error: err.as_ref().map(|e| format!("{e}")),
         exit_code: err.as_ref().map_or(0, |e| e.exit_kind().code()),
+        receipt: None,
     };
     (report, err)
 }
@@ -318,8 +323,17 @@ fn run(
     }
 
     // Head: manifest, signatures, profile rules, policy. Nothing written yet.
-    let mut reader = BundleReader::open(bundle)?;
-    let head = reader.read_head()?;
+    // A split bundle's signed index and every volume are checked here,
+    // before a byte is decompressed.
+    let opened = volumes::open(
+        bundle,
+        volumes::OpenChecks {
+            trust: Some(&opts.trust),
+            hash_volumes: true,
+        },
+        observer,
+    )?;
+    let (reader, head) = (opened.reader, opened.head);
     attempt.head = Some(head.clone());
     let m = &head.manifest;
     let signers = trust::require(&head, &opts.trust, opts.threshold, bundle)?;
@@ -582,7 +596,7 @@ fn stage_and_publish(
     state_dir: &StateDir,
     state: &mut State,
     head: &Head,
-    mut reader: BundleReader<std::fs::File>,
+    mut reader: BundleReader<BundleInput>,
     selected: &[CarriedSlot],
     dests: &[Destination],
     publish_mask: &[bool],

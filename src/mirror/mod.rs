@@ -1,15 +1,19 @@
 //! The mirror side of an import: staging and atomic publish of arch folders
 //! ([`publish`]), one import at a time ([`lock`]), persisted served versions
 //! and accepted sequences with the rollback policy ([`state`]), and the
-//! hash-chained import ledger ([`ledger`]). These are building blocks: they
+//! hash-chained import ledger ([`ledger`]); the phone-sized receipt of an
+//! import ([`receipt`]); the inbox job that imports whatever arrives in a
+//! directory ([`inbox`]). These are building blocks: they
 //! never read bundles or check signatures; the import orchestration verifies
 //! first and then calls them.
 
 mod fsx;
 pub mod import;
+pub mod inbox;
 pub mod ledger;
 pub mod lock;
 pub mod publish;
+pub mod receipt;
 pub mod rollback;
 pub mod state;
 pub mod status;

@@ -442,7 +442,13 @@ pub fn check_rollback(state: &State, incoming: &Incoming<'_>) -> Decision {
                     .served(&it.slot)
                     .is_some_and(|s| s.manifest_sha256 == incoming.manifest_sha256)
             });
-            if all_served {
+            // A re-delivery of a bundle this channel accepted and has since
+            // superseded (a data diode delivers twice, late): nothing to do,
+            // and certainly nothing to publish.
+            let superseded = state
+                .highest_sequence(incoming.channel)
+                .is_some_and(|h| h > incoming.sequence);
+            if all_served || superseded {
                 return Decision::SameBundle;
             }
             // Accepted before, but some slot (filtered out then, or replaced
