@@ -227,10 +227,7 @@ impl<R: Read> BundleReader<R> {
         let manifest_bytes = self.read_small(first.size, MANIFEST_PATH)?;
         let manifest = Manifest::parse(&manifest_bytes).map_err(|e| self.reject(e.to_string()))?;
         let mut signatures: Vec<Signature> = Vec::new();
-        loop {
-            let Some(h) = self.next_header()? else {
-                break;
-            };
+        while let Some(h) = self.next_header()? {
             let Some(name) = h.path.strip_prefix(SIGNATURES_DIR.as_bytes()) else {
                 self.pending = Some(h);
                 break;
@@ -335,9 +332,8 @@ impl<R: Read> BundleReader<R> {
         let hasher = BackgroundHasher::new();
         let mut left = entry.size;
         while left > 0 {
-            let mut buf = hasher.buffer();
             let n = (left.min(CHUNK as u64)) as usize;
-            buf.resize(n, 0);
+            let mut buf = hasher.buffer_of_len(n);
             if let Err(e) = self.input.read_exact(&mut buf) {
                 return Err(self.read_err(e, &want));
             }
