@@ -13,7 +13,7 @@ fn main() {
             if cli::is_broken_pipe(&err) {
                 0
             } else {
-                eprintln!("gapferry: {err:#}");
+                eprintln!("gapferry: {}", cli::describe(&err));
                 cli::exit_kind(&err).code()
             }
         }

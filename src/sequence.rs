@@ -87,9 +87,11 @@ pub fn allocate(
     };
     let last = map.get(channel).copied().unwrap_or(0);
     let seq = match requested {
-        Some(r) if r <= last => return Err(err(format!(
+        Some(r) if r <= last => {
+            return Err(err(format!(
             "--sequence {r} is not above {last}, the last sequence exported on channel {channel:?}"
-        ))),
+        )))
+        }
         Some(r) => r,
         None => {
             let clock = now

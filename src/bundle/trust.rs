@@ -98,12 +98,17 @@ pub fn require(
             ),
         });
     }
+    // Distinct keys, not distinct ids: a key id is an unsigned label, so one
+    // key trusted under two ids (a re-labelled copy of its .pub) would
+    // otherwise count twice with one signature re-labelled.
+    let mut counted = std::collections::HashSet::new();
     let signers: Vec<KeyId> = head
         .signatures
         .iter()
         .zip(&checks)
         .filter(|(_, c)| c.status == SignatureStatus::Valid)
         .map(|(s, _)| s.key_id)
+        .filter(|id| counted.insert(trust.get(id).map(|k| k.key.to_bytes())))
         .collect();
     if signers.is_empty() {
         let ids: Vec<String> = checks.iter().map(|c| c.key_id.clone()).collect();

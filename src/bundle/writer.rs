@@ -135,8 +135,8 @@ fn hash_file(path: &Path, observer: &dyn Observer) -> Result<(u64, String, Stamp
     Ok((n_total, to_hex(&h.finalize().into()), before))
 }
 
-/// Size, hash and stamp of one file, or why it could not be read.
-type Hashed = Result<(u64, String, Stamp), BundleError>;
+/// A hashed file: size, SHA-256 hex, identity.
+type Hashed = (u64, String, Stamp);
 
 /// Hashes all files on up to `threads` threads, in input order.
 fn hash_all(
@@ -145,7 +145,8 @@ fn hash_all(
     observer: &dyn Observer,
 ) -> Result<Vec<(u64, String, Stamp)>, BundleError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<Hashed>> = (0..files.len()).map(|_| None).collect();
+    let mut results: Vec<Option<Result<Hashed, BundleError>>> =
+        (0..files.len()).map(|_| None).collect();
     let slots: Vec<std::sync::Mutex<Option<_>>> = (0..files.len())
         .map(|_| std::sync::Mutex::new(None))
         .collect();
@@ -181,7 +182,7 @@ struct SyncingWriter {
     syncer: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
-const SYNC_EVERY: u64 = 64 << 20;
+const SYNC_EVERY: u64 = 32 << 20;
 
 impl SyncingWriter {
     fn new(file: File) -> Self {
@@ -511,9 +512,13 @@ pub fn write_bundle(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "bundle".into());
+    // Bundles are not secret: like any ordinary output file they get 0644
+    // minus the umask (a temp file would otherwise stay 0600, unreadable by
+    // an import job running as another user on a transfer share).
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".partial")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(&dir)
         .map_err(BundleError::io(&dir))?;
     let tmp_path = tmp.path().to_path_buf();

@@ -1,4 +1,8 @@
-//! `gapferry export`: pack a download folder into a signed bundle.
+//! `gapferry export`: pack a download folder into a signed bundle, and with
+//! `--fetch` first bring that folder up to date (the whole online side in one
+//! command). It owns the flags, the order of the steps (check everything,
+//! load keys, fetch, export) and the human and `--json` output; it never
+//! exports a folder that a failed fetch left behind upstream.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -10,9 +14,11 @@ use serde::Serialize;
 use gapferry::bundle::writer::{self, BundleSpec, WriteOptions};
 use gapferry::keys::SecretKey;
 use gapferry::manifest::{self, Item};
+use gapferry::mde::fetch::{FetchOptions, FetchPlan};
 use gapferry::mde::{self, Platform, Ring};
 use gapferry::sequence;
 
+use super::fetch::{self as fetch_cli, FetchSourceArgs};
 use super::output::{print_json, Bar};
 use super::{password, UsageError};
 
@@ -22,7 +28,12 @@ use super::{password, UsageError};
 /// folders (never *_back), signs the manifest with every --secret-key, and
 /// writes the bundle atomically (a temporary name in the same directory,
 /// fsync, rename).
+///
+/// With --fetch it first runs `gapferry fetch` into the --from folder (same
+/// flags as fetch, below); if any item fails it exits 1 without exporting,
+/// so one cron line or systemd timer does the whole online side.
 #[derive(Debug, Args)]
+#[command(mut_group("FetchSourceArgs", |g| g.requires("fetch")))]
 pub struct ExportArgs {
     /// The download folder (Microsoft's downloadFolder, or gapferry fetch's).
     #[arg(long, value_name = "DIR")]
@@ -67,6 +78,12 @@ pub struct ExportArgs {
     /// No progress bar, no summary on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// First fetch updates into --from as `gapferry fetch` does; export only
+    /// if every item was fetched or already up to date (else exit 1).
+    #[arg(long)]
+    pub fetch: bool,
+    #[command(flatten, next_help_heading = "Fetch options (with --fetch)")]
+    pub fetch_source: FetchSourceArgs,
 }
 
 /// The `--json` summary of an export.
@@ -83,6 +100,15 @@ pub struct ExportSummary {
     pub payload_size: u64,
     pub signers: Vec<String>,
     pub items: Vec<Item>,
+}
+
+/// The `--json` document of `export --fetch`: the fetch report (the shape of
+/// `gapferry fetch --json`) and the export summary, null when a failed fetch
+/// stopped the export.
+#[derive(Debug, Serialize)]
+pub struct FetchExportSummary {
+    pub fetch: fetch_cli::json::Report,
+    pub export: Option<ExportSummary>,
 }
 
 /// Loads a secret key, asking for its password when it is encrypted.
@@ -112,6 +138,76 @@ impl ExportArgs {
         if self.expires_in < Duration::from_secs(60) {
             bail!(UsageError("--expires-in must be at least 1m".into()));
         }
+        // The fetch plan (settings.json included) and the keys (passwords
+        // included) are settled before the first download, so a typo or a
+        // wrong password fails in a second, not after a gigabyte.
+        let fetch_plan = if self.fetch {
+            Some(self.fetch_plan()?)
+        } else {
+            None
+        };
+        let keys = self.load_keys()?;
+        let Some(plan) = fetch_plan else {
+            let summary = self.export(&keys, &self.platforms, &self.rings)?;
+            if self.json {
+                print_json(&summary)?;
+            }
+            return Ok(0);
+        };
+
+        let report = fetch_cli::execute(&plan, self.quiet, self.json)?;
+        let fetch_json = fetch_cli::json::Report::new(&report);
+        if report.failed() {
+            // Said even with --quiet or --json: cron and systemd must see
+            // why no bundle appeared.
+            eprintln!(
+                "gapferry: export --fetch: {} of {} fetch items failed, so nothing was exported and {} was not written; fix the cause above and run again",
+                report.count_failed(),
+                report.items.len(),
+                self.out.display()
+            );
+            if self.json {
+                print_json(&FetchExportSummary {
+                    fetch: fetch_json,
+                    export: None,
+                })?;
+            }
+            return Ok(1);
+        }
+        // Carry what this run fetched: the platforms and rings of the plan
+        // (settings.json may have chosen them), not stale folders of others.
+        let mut platforms: Vec<Platform> = Vec::new();
+        let mut rings: Vec<Ring> = Vec::new();
+        for slot in &plan.slots {
+            if !platforms.contains(&slot.platform) {
+                platforms.push(slot.platform);
+            }
+            if !rings.contains(&slot.ring) {
+                rings.push(slot.ring);
+            }
+        }
+        let summary = self.export(&keys, &platforms, &rings)?;
+        if self.json {
+            print_json(&FetchExportSummary {
+                fetch: fetch_json,
+                export: Some(summary),
+            })?;
+        }
+        Ok(0)
+    }
+
+    /// The fetch `--fetch` runs: into `--from`, narrowed by `--platform`
+    /// and `--ring`, with the fetch flags.
+    fn fetch_plan(&self) -> anyhow::Result<FetchPlan> {
+        Ok(FetchPlan::from_options(&FetchOptions {
+            download_folder: Some(self.from.clone()),
+            platforms: self.platforms.clone(),
+            rings: self.rings.clone(),
+            ..self.fetch_source.options()
+        })?)
+    }
+
+    fn load_keys(&self) -> anyhow::Result<Vec<SecretKey>> {
         let mut keys = Vec::new();
         for p in &self.secret_keys {
             let k = load_secret_key(p, self.password_file.as_deref())?;
@@ -124,8 +220,26 @@ impl ExportArgs {
             }
             keys.push(k);
         }
-        let collected = mde::collect::collect(&self.from, &self.platforms, &self.rings)?;
+        Ok(keys)
+    }
+
+    /// Collects `--from` (only `platforms` and `rings`, all when empty),
+    /// writes and signs the bundle, and tells people about it on stderr.
+    fn export(
+        &self,
+        keys: &[SecretKey],
+        platforms: &[Platform],
+        rings: &[Ring],
+    ) -> anyhow::Result<ExportSummary> {
+        let collected = mde::collect::collect(&self.from, platforms, rings)?;
         let (items, files) = mde::collect::to_bundle_parts(&collected);
+        // Refuse an existing --out before a sequence number is spent on it.
+        if !self.force && self.out.exists() {
+            anyhow::bail!(
+                "{} already exists; choose another --out or add --force to replace it",
+                self.out.display()
+            );
+        }
         let now = SystemTime::now();
         let state_dir = self
             .state_dir
@@ -150,7 +264,7 @@ impl ExportArgs {
             ..WriteOptions::default()
         };
         let written =
-            writer::write_bundle(&spec, &keys, &self.out, &opts, &bar).with_context(|| {
+            writer::write_bundle(&spec, keys, &self.out, &opts, &bar).with_context(|| {
                 format!(
                     "export to {} failed; nothing was written there",
                     self.out.display()
@@ -183,21 +297,18 @@ impl ExportArgs {
                     .join(", ")
             );
         }
-        if self.json {
-            print_json(&ExportSummary {
-                bundle: self.out.clone(),
-                bundle_id: m.bundle_id.clone(),
-                channel: m.channel.clone(),
-                sequence: m.sequence,
-                created: m.created.clone(),
-                expires: m.expires.clone(),
-                manifest_sha256: written.manifest_sha256.clone(),
-                bundle_size: written.bundle_size,
-                payload_size: m.total_size(),
-                signers: keys.iter().map(|k| k.key_id.to_string()).collect(),
-                items: m.items.clone(),
-            })?;
-        }
-        Ok(0)
+        Ok(ExportSummary {
+            bundle: self.out.clone(),
+            bundle_id: m.bundle_id.clone(),
+            channel: m.channel.clone(),
+            sequence: m.sequence,
+            created: m.created.clone(),
+            expires: m.expires.clone(),
+            manifest_sha256: written.manifest_sha256.clone(),
+            bundle_size: written.bundle_size,
+            payload_size: m.total_size(),
+            signers: keys.iter().map(|k| k.key_id.to_string()).collect(),
+            items: m.items.clone(),
+        })
     }
 }

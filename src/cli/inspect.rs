@@ -124,7 +124,7 @@ impl InspectArgs {
         for f in &out.files {
             let _ = writeln!(s, "  {:>12}  {}  {}", f.size, f.sha256, f.path);
         }
-        print!("{s}");
+        super::output::print_text(&s)?;
         Ok(0)
     }
 }

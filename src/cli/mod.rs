@@ -6,13 +6,19 @@ use clap::{Parser, Subcommand};
 
 use gapferry::error::{Classify, ExitKind};
 
+mod demo;
+mod endpoint_config;
 mod export;
+mod fetch;
+mod generate;
+mod import;
 mod inspect;
 mod keygen;
-mod fetch;
 mod ledger;
 mod output;
 mod password;
+mod rollback;
+mod status;
 mod verify;
 
 pub const EXIT_CODES: &str = "\
@@ -26,7 +32,7 @@ Exit codes:
 /// Carry Microsoft Defender for Endpoint offline definition updates across an
 /// air gap in signed bundles.
 #[derive(Debug, Parser)]
-#[command(name = "gapferry", version, after_help = EXIT_CODES, propagate_version = true)]
+#[command(name = "gapferry", version, long_version = generate::LONG_VERSION, after_help = EXIT_CODES, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,12 +41,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Keygen(keygen::KeygenArgs),
+    Fetch(fetch::FetchArgs),
     Export(export::ExportArgs),
     Inspect(inspect::InspectArgs),
     Verify(verify::VerifyArgs),
+    Import(import::ImportArgs),
+    Status(status::StatusArgs),
+    Rollback(rollback::RollbackArgs),
     /// Check or print a mirror's import ledger.
     Ledger(ledger::LedgerArgs),
-    Fetch(fetch::FetchArgs),
+    EndpointConfig(endpoint_config::EndpointConfigArgs),
+    Demo(demo::DemoArgs),
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 impl Cli {
@@ -51,8 +64,14 @@ impl Cli {
             Command::Export(a) => a.run(),
             Command::Inspect(a) => a.run(),
             Command::Verify(a) => a.run(),
+            Command::Import(a) => a.run(),
+            Command::Status(a) => a.run(),
+            Command::Rollback(a) => a.run(),
+            Command::Demo(a) => a.run(),
             Command::Ledger(a) => a.run(),
             Command::Fetch(args) => args.run(),
+            Command::EndpointConfig(a) => a.run(),
+            Command::Generate(a) => a.run(),
         }
     }
 }
@@ -91,9 +110,26 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
             gapferry::mirror::state::StateError,
             gapferry::mirror::state::PolicyError,
             gapferry::mde::fetch::FetchError,
+            gapferry::mirror::import::ImportError,
+            gapferry::mirror::rollback::RollbackError,
+            gapferry::mde::endpoint::EndpointError,
         );
     }
     ExitKind::Operational
+}
+
+/// The error and its causes on one line, skipping a cause whose text the
+/// message already contains (error types that print their source inline).
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut msg = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 /// True when the error is only a closed stdout (`gapferry ... | head`).

@@ -1,6 +1,9 @@
 //! Shared output helpers: progress bars on a terminal only, JSON on stdout.
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::Context;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -9,10 +12,18 @@ use gapferry::progress::Observer;
 /// Prints `value` as one JSON document on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
     out.write_all(b"\n")?;
     out.flush()?;
     Ok(())
+}
+
+/// Prints text for people or scripts on stdout; a closed pipe is an error
+/// the caller can ignore (never a panic).
+pub fn print_text(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 /// An indicatif bar when stderr is a terminal and output is not quiet/JSON.
@@ -57,4 +68,35 @@ impl Observer for Bar {
             b.finish_and_clear();
         }
     }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same folder,
+/// fsync, mode 0644, rename. A reader never sees a half-written file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let fail = || {
+        format!(
+            "cannot write {}; check that {} exists and is writable",
+            path.display(),
+            dir.display()
+        )
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".gapferry-tmp-")
+        .tempfile_in(dir)
+        .with_context(fail)?;
+    tmp.write_all(bytes).with_context(fail)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(fail)?;
+    }
+    tmp.as_file().sync_all().with_context(fail)?;
+    tmp.persist(path).map_err(|e| e.error).with_context(fail)?;
+    Ok(())
 }

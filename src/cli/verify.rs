@@ -103,7 +103,7 @@ impl VerifyArgs {
             .into());
         }
         let bar = Bar::new(self.quiet || self.json);
-        bar_start(&bar, m.total_size());
+        gapferry::progress::Observer::start(&bar, "verifying", m.total_size());
         reader.verify_payload(&bar)?;
         gapferry::progress::Observer::finish(&bar);
         let out = VerifyOutput {
@@ -136,8 +136,4 @@ impl VerifyArgs {
         }
         Ok(0)
     }
-}
-
-fn bar_start(bar: &Bar, total: u64) {
-    gapferry::progress::Observer::start(bar, "verifying", total);
 }

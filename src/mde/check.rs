@@ -9,6 +9,10 @@ use crate::manifest::{Manifest, ManifestError};
 use super::layout::{Arch, Platform, Ring, Slot};
 use super::{MANIFEST_JSON, PROFILE, UPDATES_ZIP};
 
+/// Largest `updates.zip` accepted (Microsoft's are 200-250 MB today; fetch
+/// caps downloads at 1 GiB by default).
+pub const MAX_UPDATES_ZIP: u64 = 4 << 30;
+
 /// One carried folder of an `mde` bundle, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CarriedSlot {
@@ -61,6 +65,24 @@ pub fn slots(m: &Manifest) -> Result<Vec<CarriedSlot>, ManifestError> {
         };
         let updates_zip = find(UPDATES_ZIP)?;
         let manifest_json = find(MANIFEST_JSON)?;
+        // Bounds on what one folder may claim, so that even a bundle signed
+        // by a stolen key cannot ask an import to stage a terabyte.
+        if m.files[updates_zip].size > MAX_UPDATES_ZIP {
+            return Err(bad(format!(
+                "{}/{UPDATES_ZIP} is listed as {} bytes, more than the {} gapferry accepts for a Defender package",
+                slot.rel(),
+                m.files[updates_zip].size,
+                MAX_UPDATES_ZIP
+            )));
+        }
+        if m.files[manifest_json].size > super::FolderManifest::MAX_SIZE {
+            return Err(bad(format!(
+                "{}/{MANIFEST_JSON} is listed as {} bytes, more than {}",
+                slot.rel(),
+                m.files[manifest_json].size,
+                super::FolderManifest::MAX_SIZE
+            )));
+        }
         used[updates_zip] = true;
         used[manifest_json] = true;
         out.push(CarriedSlot {

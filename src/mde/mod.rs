@@ -21,4 +21,5 @@ pub const UPDATES_ZIP: &str = "updates.zip";
 pub const MANIFEST_JSON: &str = "manifest.json";
 pub mod check;
 pub mod collect;
+pub mod endpoint;
 pub mod zipcheck;

@@ -56,6 +56,8 @@ pub enum Outcome {
     Refused,
     /// Operational failure after the attempt was identified (exit 1).
     Failed,
+    /// `gapferry rollback` swapped a served folder with its n-1 (exit 0).
+    RolledBack,
 }
 
 impl Outcome {
@@ -66,6 +68,7 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::Refused => "refused",
             Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled_back",
         }
     }
 }

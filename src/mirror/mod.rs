@@ -6,7 +6,10 @@
 //! first and then calls them.
 
 mod fsx;
+pub mod import;
 pub mod ledger;
 pub mod lock;
 pub mod publish;
+pub mod rollback;
 pub mod state;
+pub mod status;

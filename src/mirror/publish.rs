@@ -167,7 +167,11 @@ pub enum PublishError {
 
 impl Classify for PublishError {
     fn exit_kind(&self) -> ExitKind {
-        ExitKind::Operational
+        match self {
+            // Only `--target` paths that name no folder get here.
+            PublishError::BadDestination { .. } => ExitKind::Usage,
+            _ => ExitKind::Operational,
+        }
     }
 }
 
@@ -193,6 +197,9 @@ pub struct Destination {
     area: PathBuf,
     ring: OsString,
     arch: OsString,
+    /// Whether the area and the ring folder are gapferry's (a mirror's
+    /// `<platform>/<ring>`) rather than named by the operator (`--target`).
+    managed_ring: bool,
 }
 
 impl Destination {
@@ -203,6 +210,7 @@ impl Destination {
             area,
             ring: slot.ring.as_str().into(),
             arch: slot.arch_dir().into(),
+            managed_ring: true,
         })
     }
 
@@ -226,7 +234,32 @@ impl Destination {
             area,
             ring: name,
             arch: format!("arch_{arch}").into(),
+            managed_ring: false,
         })
+    }
+
+    /// Refuses a symbolic link (or a file) anywhere gapferry creates, swaps
+    /// or rotates folders: the mirror's `<platform>` and `<ring>` folders,
+    /// `<ring>_back`, and both arch folders. Renames follow symlinks in
+    /// every component but the last, so a link planted there (by anyone
+    /// who can write to the mirror) would make a publish write, and its n-1
+    /// clean-up delete, outside the mirror. Call it before staging: a
+    /// refusal then leaves every folder as it was. Parents are checked
+    /// before children, so no check looks through a link. The mirror root
+    /// and a `--target` folder are the operator's to place, links included.
+    pub fn check_folders(&self) -> Result<(), PublishError> {
+        let mut dirs = Vec::new();
+        if self.managed_ring {
+            dirs.push(self.area.clone());
+            dirs.push(self.area.join(&self.ring));
+        }
+        dirs.push(self.area.join(back_ring_name(&self.ring)));
+        dirs.push(self.current());
+        dirs.push(self.back());
+        for d in dirs {
+            folder_id(&d)?;
+        }
+        Ok(())
     }
 
     /// The arch folder endpoints read.
@@ -376,6 +409,19 @@ fn remove_any(path: &Path) -> Result<(), PublishError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Swaps two existing folders in one step and makes it durable (used by
+/// `gapferry rollback`). `Ok(false)` when the filesystem cannot exchange;
+/// nothing moved then.
+pub fn swap_folders(a: &Path, b: &Path) -> Result<bool, PublishError> {
+    if !exchange(a, b)? {
+        return Ok(false);
+    }
+    for dir in [a.parent(), b.parent()].into_iter().flatten() {
+        sync_dir(dir)?;
+    }
+    Ok(true)
 }
 
 /// Swaps two existing folders in one step. `Ok(false)` when the filesystem
@@ -894,7 +940,10 @@ pub struct Recovered {
 /// every journaled publish and removes the rest. Call it under the import
 /// lock, before staging anything. Staging roots whose creating process is
 /// still alive on this host are left alone (an import sharing the mirror
-/// under another lock, i.e. a misconfiguration; never a crashed one).
+/// under another lock, i.e. a misconfiguration; never a crashed one). A
+/// journal whose arch folder was replaced since it was written (its pid
+/// had been reused, so an import ran in between) is stale: discarded, never
+/// rolled forward over the newer set.
 pub fn recover(area: &Path, opts: &PublishOptions) -> Result<Vec<Recovered>, PublishError> {
     let mut out = Vec::new();
     let rd = match fs::read_dir(area) {
@@ -939,6 +988,16 @@ pub fn recover(area: &Path, opts: &PublishOptions) -> Result<Vec<Recovered>, Pub
                     None
                 };
                 match journal {
+                    Some(j) if is_stale(&p, &j)? => {
+                        for path in [&p.staged, &p.aside, &p.older, &p.journal] {
+                            remove_any(path)?;
+                        }
+                        out.push(Recovered {
+                            current: p.current.clone(),
+                            action: RecoveryAction::Discarded,
+                            tag: Some(j.tag),
+                        });
+                    }
                     Some(j) => {
                         drive(&p, &j, opts)?;
                         out.push(Recovered {
@@ -966,6 +1025,14 @@ pub fn recover(area: &Path, opts: &PublishOptions) -> Result<Vec<Recovered>, Pub
         sync_dir(area)?;
     }
     Ok(out)
+}
+
+/// Whether a journal is stale: its arch folder holds neither its old nor
+/// its new set, so a later publish replaced the folder after this journal
+/// was written (while its leftover's owner looked alive: a reused pid).
+/// Rolling it forward would put an older set back over a newer one.
+fn is_stale(p: &SlotPaths, j: &Journal) -> Result<bool, PublishError> {
+    Ok(folder_id(&p.current)?.is_some_and(|cur| cur != j.new && Some(cur) != j.old))
 }
 
 fn read_journal(path: &Path) -> Result<Option<Journal>, PublishError> {

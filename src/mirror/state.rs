@@ -13,6 +13,8 @@
 //! host never share state: `<base>/<last-path-component>-<16 hex of
 //! sha256(canonical path)>`, where `<base>` is
 //!
+//! - `$GAPFERRY_STATE_DIR` when set (an absolute path; the exporting side's
+//!   sequence counter honours the same variable);
 //! - root: `/var/lib/gapferry` (macOS: `/Library/Application Support/gapferry`);
 //! - others: `$XDG_STATE_HOME/gapferry`, else `~/.local/state/gapferry`
 //!   (macOS: `~/Library/Application Support/gapferry`).
@@ -91,6 +93,9 @@ pub struct ServedSlot {
     pub files: Vec<ServedFile>,
     /// RFC 3339 UTC.
     pub imported_at: String,
+    /// The bundle's expiry (RFC 3339 UTC), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 /// A bundle a channel has accepted.
@@ -117,6 +122,40 @@ pub struct State {
     pub served: BTreeMap<String, ServedSlot>,
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelState>,
+    /// An import that was publishing when it was interrupted; the next run
+    /// reconciles it against what the mirror serves (see `mirror::import`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingImport>,
+    /// What each `<ring>_back/arch_<arch>` folder holds, when gapferry put it
+    /// there; keyed like `served`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub back: BTreeMap<String, ServedSlot>,
+    /// Manifests (sha256) withdrawn by `gapferry rollback`: importing them
+    /// again needs `--allow-downgrade`, so a re-delivered bad release does
+    /// not silently roll forward.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub withdrawn: std::collections::BTreeSet<String>,
+}
+
+/// What an import is about to publish, saved before the first folder moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingImport {
+    pub channel: String,
+    pub sequence: u64,
+    pub accepted: AcceptedBundle,
+    /// Slot key -> (arch folder path, what it will serve).
+    pub slots: BTreeMap<String, PendingSlot>,
+    /// Key ids that signed the bundle, for the ledger entry that the run
+    /// settling an interrupted import writes on its behalf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<String>,
+}
+
+/// One folder of a pending import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSlot {
+    pub dir: std::path::PathBuf,
+    pub served: ServedSlot,
 }
 
 impl Default for State {
@@ -125,6 +164,9 @@ impl Default for State {
             format: STATE_FORMAT,
             served: BTreeMap::new(),
             channels: BTreeMap::new(),
+            pending: None,
+            back: BTreeMap::new(),
+            withdrawn: Default::default(),
         }
     }
 }
@@ -404,18 +446,18 @@ pub fn check_rollback(state: &State, incoming: &Incoming<'_>) -> Decision {
                 return Decision::SameBundle;
             }
             // Accepted before, but some slot (filtered out then, or replaced
-            // since) does not serve it: the version check decides.
+            // since) does not serve it: a replay unless nothing newer was
+            // accepted since; the sequence and version checks decide.
         }
-        None => {
-            if let Some(highest) = state.highest_sequence(incoming.channel) {
-                if incoming.sequence < highest {
-                    downgrades.push(Downgrade::Sequence {
-                        channel: incoming.channel.to_string(),
-                        incoming: incoming.sequence,
-                        highest,
-                    });
-                }
-            }
+        None => {}
+    }
+    if let Some(highest) = state.highest_sequence(incoming.channel) {
+        if incoming.sequence < highest {
+            downgrades.push(Downgrade::Sequence {
+                channel: incoming.channel.to_string(),
+                incoming: incoming.sequence,
+                highest,
+            });
         }
     }
     for it in incoming.items {
@@ -613,7 +655,19 @@ fn canonical_lenient(p: &Path) -> io::Result<PathBuf> {
     }
 }
 
+/// Environment variable naming the base of default state directories.
+pub const ENV_STATE_DIR: &str = "GAPFERRY_STATE_DIR";
+
 fn default_base() -> Result<PathBuf, StateError> {
+    if let Some(base) = std::env::var_os(ENV_STATE_DIR).filter(|v| !v.is_empty()) {
+        let base = PathBuf::from(base);
+        if !base.is_absolute() {
+            return Err(StateError::NoDefault {
+                reason: format!("{ENV_STATE_DIR}={} is not an absolute path", base.display()),
+            });
+        }
+        return Ok(base);
+    }
     let root = rustix::process::geteuid().is_root();
     let home = || {
         std::env::var_os("HOME")
@@ -676,6 +730,7 @@ mod tests {
                 sha256: "00".repeat(32),
             }],
             imported_at: "2024-05-01T00:00:00Z".into(),
+            expires: None,
         }
     }
 

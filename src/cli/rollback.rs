@@ -1,0 +1,92 @@
+//! `gapferry rollback`: serve the previous set again (or roll forward).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use gapferry::mde::{Arch, Platform, Ring, Slot};
+use gapferry::mirror::publish::PublishOptions;
+use gapferry::mirror::rollback::{self, RollbackOptions};
+use gapferry::mirror::state;
+
+use super::output::print_json;
+
+/// Swap the served set with its n-1 (<ring>_back), atomically.
+///
+/// For when the newest definitions misbehave. Running it again swaps back
+/// (roll forward). The set rolled away from is marked withdrawn: importing
+/// that same bundle again is refused (exit 4) unless --allow-downgrade, so a
+/// re-delivered copy does not undo the rollback; newer bundles import as
+/// usual. Recorded in the ledger.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Mirror root.
+    #[arg(long, value_name = "DIR")]
+    mirror: PathBuf,
+    /// State directory given to import [default: as import's].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Platform (linux, mac).
+    #[arg(long, value_parser = clap::value_parser!(Platform))]
+    platform: Platform,
+    /// Ring (production, preview).
+    #[arg(long, value_parser = clap::value_parser!(Ring))]
+    ring: Ring,
+    /// Only this arch (x86_64, arm64); repeatable [default: both].
+    #[arg(long = "arch", value_parser = clap::value_parser!(Arch))]
+    arches: Vec<Arch>,
+    /// How long to wait for a running import to finish.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    lock_wait: Duration,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl RollbackArgs {
+    pub fn run(self) -> anyhow::Result<i32> {
+        let arches: Vec<Arch> = if self.arches.is_empty() {
+            Arch::ALL.to_vec()
+        } else {
+            self.arches.clone()
+        };
+        let slots = arches
+            .iter()
+            .map(|&arch| Slot {
+                platform: self.platform,
+                ring: self.ring,
+                arch,
+            })
+            .collect();
+        let state_dir = match &self.state_dir {
+            Some(d) => d.clone(),
+            None => state::default_state_dir(&self.mirror)?,
+        };
+        let report = rollback::rollback(&RollbackOptions {
+            mirror: self.mirror.clone(),
+            state_dir,
+            slots,
+            lock_wait: self.lock_wait,
+            publish: PublishOptions::from_env(),
+        })?;
+        if self.json {
+            print_json(&report)?;
+        } else {
+            for s in &report.slots {
+                let v = |x: &Option<gapferry::mirror::ledger::Versions>| {
+                    x.as_ref()
+                        .map(|v| v.definition_version.clone())
+                        .unwrap_or_else(|| "?".into())
+                };
+                eprintln!(
+                    "gapferry: {} now serves definitions {} (was {}); the previous set is n-1",
+                    s.slot,
+                    v(&s.after),
+                    v(&s.before)
+                );
+            }
+        }
+        Ok(0)
+    }
+}

@@ -1,0 +1,226 @@
+//! `gapferry rollback`: swap a served arch folder with its n-1
+//! (`<ring>_back/arch_<arch>`), atomically, and record it. Running it again
+//! swaps back ("roll forward").
+//!
+//! Where the filesystem can exchange folders, one `renameat2(RENAME_EXCHANGE)`
+//! does it. Elsewhere the n-1 set is copied into staging and published like
+//! an import (journaled, crash-safe), which moves the served set into n-1.
+//!
+//! The set rolled away from is marked withdrawn in the state, so that a
+//! re-delivered copy of the same bundle is refused (exit 4) instead of
+//! quietly undoing the rollback; newer bundles import as usual, and a roll
+//! forward lifts the mark.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::ledger::{Ledger, LedgerEntry, Outcome, SlotChange, Versions};
+use super::publish::{self, Destination, PublishOptions, Staging};
+use super::state::{State, StateDir};
+use crate::error::{Classify, ExitKind};
+use crate::mde::{FolderManifest, Slot, MANIFEST_JSON};
+
+/// What to roll back.
+#[derive(Debug, Clone)]
+pub struct RollbackOptions {
+    pub mirror: PathBuf,
+    pub state_dir: PathBuf,
+    pub slots: Vec<Slot>,
+    pub lock_wait: Duration,
+    pub publish: PublishOptions,
+}
+
+/// One folder swapped.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolledSlot {
+    pub slot: String,
+    pub dir: PathBuf,
+    /// What it served before and serves now.
+    pub before: Option<Versions>,
+    pub after: Option<Versions>,
+    /// `exchange` or `copy`.
+    pub method: &'static str,
+}
+
+/// The `--json` output of rollback.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackReport {
+    pub slots: Vec<RolledSlot>,
+}
+
+/// Why a rollback did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RollbackError {
+    #[error("{dir}: nothing to roll back to: there is no n-1 folder {back} (it appears after the second import)")]
+    NoBack { dir: PathBuf, back: PathBuf },
+    #[error("{dir}: not served: the folder does not exist")]
+    NotServed { dir: PathBuf },
+    #[error(transparent)]
+    Publish(#[from] publish::PublishError),
+    #[error(transparent)]
+    State(#[from] super::state::StateError),
+    #[error(transparent)]
+    Lock(#[from] super::lock::LockError),
+    #[error(transparent)]
+    Ledger(#[from] super::ledger::LedgerError),
+    #[error("cannot copy {path} into staging: {source}")]
+    Copy {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Classify for RollbackError {
+    fn exit_kind(&self) -> ExitKind {
+        match self {
+            RollbackError::Publish(e) => e.exit_kind(),
+            RollbackError::State(e) => e.exit_kind(),
+            RollbackError::Lock(e) => e.exit_kind(),
+            RollbackError::Ledger(e) => e.exit_kind(),
+            _ => ExitKind::Operational,
+        }
+    }
+}
+
+fn on_disk(dir: &Path) -> Option<Versions> {
+    FolderManifest::read(&dir.join(MANIFEST_JSON))
+        .ok()
+        .map(|m| Versions {
+            engine_version: m.engine_version,
+            definition_version: m.definition_version,
+        })
+}
+
+/// Swaps every requested slot with its n-1, under the import lock.
+pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError> {
+    let state_dir = StateDir::open(&opts.state_dir)?;
+    let _lock = state_dir.lock(opts.lock_wait)?;
+    for area in publish::mirror_areas(&opts.mirror) {
+        publish::recover(&area, &opts.publish)?;
+    }
+    let mut state = state_dir.load()?;
+    // Check every slot before moving anything.
+    let mut dests = Vec::new();
+    for slot in &opts.slots {
+        let dest = Destination::in_mirror(&opts.mirror, slot)?;
+        dest.check_folders()?;
+        if !dest.current().is_dir() {
+            return Err(RollbackError::NotServed {
+                dir: dest.current(),
+            });
+        }
+        if !dest.back().is_dir() {
+            return Err(RollbackError::NoBack {
+                dir: dest.current(),
+                back: dest.back(),
+            });
+        }
+        dests.push(dest);
+    }
+    let mut report = RollbackReport { slots: Vec::new() };
+    let mut result = Ok(());
+    for (slot, dest) in opts.slots.iter().zip(&dests) {
+        let before = on_disk(&dest.current());
+        let method = match swap_one(dest, &opts.publish) {
+            Ok(m) => m,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        swap_state(&mut state, slot);
+        report.slots.push(RolledSlot {
+            slot: slot.rel(),
+            dir: dest.current(),
+            before,
+            after: on_disk(&dest.current()),
+            method,
+        });
+    }
+    state_dir.save(&state)?;
+    let entry = LedgerEntry {
+        reason: Some(match &result {
+            Ok(()) => "gapferry rollback: served set swapped with n-1".to_string(),
+            Err(e) => format!("gapferry rollback failed: {e}"),
+        }),
+        slots: report
+            .slots
+            .iter()
+            .map(|s| SlotChange {
+                slot: s.slot.clone(),
+                before: s.before.clone(),
+                after: s.after.clone(),
+            })
+            .collect(),
+        ..LedgerEntry::new(if result.is_ok() {
+            Outcome::RolledBack
+        } else {
+            Outcome::Failed
+        })
+    };
+    Ledger::in_state_dir(&state_dir).append(&entry)?;
+    result.map(|()| report)
+}
+
+fn swap_one(dest: &Destination, opts: &PublishOptions) -> Result<&'static str, RollbackError> {
+    if !opts.force_fallback && publish::swap_folders(&dest.current(), &dest.back())? {
+        return Ok("exchange");
+    }
+    // Copy n-1 into staging and publish it: the served set becomes n-1.
+    let mut staging = Staging::new(opts.clone());
+    let staged = staging.stage(dest)?;
+    let back = dest.back();
+    let entries = std::fs::read_dir(&back).map_err(|source| RollbackError::Copy {
+        path: back.clone(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| RollbackError::Copy {
+            path: back.clone(),
+            source,
+        })?;
+        let path = entry.path();
+        let ft = entry.file_type().map_err(|source| RollbackError::Copy {
+            path: path.clone(),
+            source,
+        })?;
+        if !ft.is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut out = staged.create_file(&name)?;
+        let mut src = std::fs::File::open(&path).map_err(|source| RollbackError::Copy {
+            path: path.clone(),
+            source,
+        })?;
+        std::io::copy(&mut src, &mut out).map_err(|e| out.error(e))?;
+        out.finish()?;
+    }
+    staging.publish(staged, "rollback")?;
+    Ok("copy")
+}
+
+/// Swaps what the state says `slot` and its n-1 serve; withdraws the set
+/// rolled away from and lifts the mark from the set rolled back to.
+fn swap_state(state: &mut State, slot: &Slot) {
+    let key = slot.rel();
+    let served = state.served.remove(&key);
+    let back = state.back.remove(&key);
+    if let Some(s) = &served {
+        if !s.manifest_sha256.is_empty() {
+            state.withdrawn.insert(s.manifest_sha256.clone());
+        }
+    }
+    if let Some(b) = &back {
+        state.withdrawn.remove(&b.manifest_sha256);
+    }
+    if let Some(b) = back {
+        state.served.insert(key.clone(), b);
+    }
+    if let Some(s) = served {
+        state.back.insert(key, s);
+    }
+}

@@ -1,0 +1,223 @@
+//! `gapferry status`: what each arch folder of a mirror serves, whether it
+//! still matches what was imported, whether n-1 exists, and how old and how
+//! close to expiry it is. Read-only: it never takes the import lock and never
+//! writes.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::state::{State, StateDir};
+use crate::manifest::parse_time;
+use crate::mde::{FolderManifest, Slot, MANIFEST_JSON};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth knowing (no n-1 yet, bundle expired).
+    Warning,
+    /// Endpoints may be served something nobody imported (exit 1).
+    Problem,
+}
+
+/// One thing status noticed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub message: String,
+}
+
+/// One arch folder.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotStatus {
+    pub slot: String,
+    pub dir: PathBuf,
+    /// Versions from the folder's own manifest.json.
+    pub engine_version: Option<String>,
+    pub definition_version: Option<String>,
+    pub bundle_id: Option<String>,
+    pub channel: Option<String>,
+    pub sequence: Option<u64>,
+    pub imported_at: Option<String>,
+    /// Seconds since the import.
+    pub age_seconds: Option<u64>,
+    pub expires: Option<String>,
+    pub expired: bool,
+    /// Every served file matches the size and SHA-256 recorded at import.
+    pub files_match: Option<bool>,
+    pub back_exists: bool,
+    pub back_definition_version: Option<String>,
+    pub findings: Vec<Finding>,
+}
+
+/// The `--json` output of status.
+#[derive(Debug, Clone, Serialize)]
+pub struct MirrorStatus {
+    pub mirror: PathBuf,
+    pub state_dir: PathBuf,
+    pub slots: Vec<SlotStatus>,
+    /// True when any finding is a problem.
+    pub problems: bool,
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h)?;
+    Ok((n, hex::encode(h.finalize())))
+}
+
+/// Looks at every slot that is served or recorded.
+pub fn status(
+    mirror: &Path,
+    state_dir: &Path,
+    check_hashes: bool,
+) -> Result<MirrorStatus, super::state::StateError> {
+    let state = match StateDir::existing(state_dir) {
+        Ok(d) => d.load()?,
+        Err(_) => State::default(),
+    };
+    let now = SystemTime::now();
+    let mut slots = Vec::new();
+    for slot in Slot::all() {
+        let dir = slot.dir_in(mirror);
+        let back = slot.back_dir_in(mirror);
+        let recorded = state.served(&slot);
+        if !dir.exists() && recorded.is_none() {
+            continue;
+        }
+        let mut findings = Vec::new();
+        let mut problem = |m: String| {
+            findings.push(Finding {
+                severity: Severity::Problem,
+                message: m,
+            })
+        };
+        let fm = if dir.is_dir() {
+            match FolderManifest::read(&dir.join(MANIFEST_JSON)) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    problem(format!("{e}"));
+                    None
+                }
+            }
+        } else {
+            problem(format!(
+                "{} is missing, but the state says it is served",
+                dir.display()
+            ));
+            None
+        };
+        let mut files_match = None;
+        if let Some(r) = recorded {
+            if let Some(m) = &fm {
+                if m.engine_version != r.engine_version
+                    || m.definition_version != r.definition_version
+                {
+                    problem(format!(
+                        "serves engine {} definitions {}, but gapferry imported engine {} definitions {}",
+                        m.engine_version, m.definition_version, r.engine_version, r.definition_version
+                    ));
+                }
+            }
+            if !r.files.is_empty() && dir.is_dir() {
+                let mut ok = true;
+                for f in &r.files {
+                    let p = dir.join(&f.name);
+                    let result = if check_hashes {
+                        sha256_file(&p).map(|(n, h)| n == f.size && h == f.sha256)
+                    } else {
+                        std::fs::metadata(&p).map(|m| m.len() == f.size)
+                    };
+                    match result {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            ok = false;
+                            problem(format!(
+                                "{} differs from what was imported (size or SHA-256): tampering or bit rot; re-import the bundle or roll back",
+                                p.display()
+                            ));
+                        }
+                        Err(e) => {
+                            ok = false;
+                            problem(format!("{}: {e}", p.display()));
+                        }
+                    }
+                }
+                files_match = Some(ok);
+            }
+        } else if fm.is_some() {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                message: "not imported by gapferry (no record in the state directory)".into(),
+            });
+        }
+        let back_exists = back.is_dir();
+        if !back_exists {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                message: format!(
+                    "no n-1 set at {} (there is nothing to roll back to)",
+                    back.display()
+                ),
+            });
+        }
+        let expires = recorded.and_then(|r| r.expires.clone());
+        let expired = expires
+            .as_deref()
+            .and_then(parse_time)
+            .is_some_and(|t| t <= now);
+        if expired {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                message: format!(
+                    "the served bundle expired at {}; new definitions have not arrived (a frozen feed?)",
+                    expires.as_deref().unwrap_or("")
+                ),
+            });
+        }
+        let age_seconds = recorded
+            .and_then(|r| parse_time(&r.imported_at))
+            .and_then(|t| now.duration_since(t).ok())
+            .map(|d| d.as_secs());
+        slots.push(SlotStatus {
+            slot: slot.rel(),
+            dir,
+            engine_version: fm.as_ref().map(|m| m.engine_version.clone()),
+            definition_version: fm.as_ref().map(|m| m.definition_version.clone()),
+            bundle_id: recorded
+                .map(|r| r.bundle_id.clone())
+                .filter(|s| !s.is_empty()),
+            channel: recorded
+                .map(|r| r.channel.clone())
+                .filter(|s| !s.is_empty()),
+            sequence: recorded.map(|r| r.sequence).filter(|s| *s > 0),
+            imported_at: recorded
+                .map(|r| r.imported_at.clone())
+                .filter(|s| !s.is_empty()),
+            age_seconds,
+            expires,
+            expired,
+            files_match,
+            back_exists,
+            back_definition_version: FolderManifest::read(&back.join(MANIFEST_JSON))
+                .ok()
+                .map(|m| m.definition_version),
+            findings,
+        });
+    }
+    // An empty mirror serves nothing: monitoring must hear about it.
+    let problems = slots.is_empty()
+        || slots
+            .iter()
+            .any(|s| s.findings.iter().any(|f| f.severity == Severity::Problem));
+    Ok(MirrorStatus {
+        mirror: mirror.to_path_buf(),
+        state_dir: state_dir.to_path_buf(),
+        slots,
+        problems,
+    })
+}
