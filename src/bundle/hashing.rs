@@ -28,9 +28,9 @@ impl BackgroundHasher {
         }
         let handle = std::thread::spawn(move || {
             let mut h = Sha256::new();
-            for mut buf in rx {
+            for buf in rx {
                 h.update(&buf);
-                buf.clear();
+                // Recycled with its length: refilling it needs no zeroing.
                 let _ = spare_tx.try_send(buf);
             }
             h.finalize().into()
@@ -44,6 +44,22 @@ impl BackgroundHasher {
 
     /// An empty buffer with capacity [`CHUNK`] to fill and pass to [`Self::update`].
     pub fn buffer(&self) -> Vec<u8> {
+        let mut buf = self.recycled();
+        buf.clear();
+        buf
+    }
+
+    /// A buffer of length `len` (at most [`CHUNK`]) to overwrite entirely and
+    /// pass to [`Self::update`]. Its contents are left over from earlier
+    /// chunks: unlike `buffer()` plus `resize`, it costs no zeroing once the
+    /// buffers have been used.
+    pub fn buffer_of_len(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.recycled();
+        buf.resize(len, 0);
+        buf
+    }
+
+    fn recycled(&self) -> Vec<u8> {
         self.spare
             .try_recv()
             .or_else(|_| self.spare.recv())
@@ -91,6 +107,25 @@ mod tests {
         for c in data.chunks(CHUNK) {
             let mut b = h.buffer();
             b.extend_from_slice(c);
+            h.update(b);
+        }
+        assert_eq!(h.finish(), <[u8; 32]>::from(Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn recycled_buffers_hash_only_what_they_hold() {
+        let data: Vec<u8> = (0..5 * CHUNK + 3).map(|i| (i * 7 % 253) as u8).collect();
+        let h = BackgroundHasher::new();
+        for (i, c) in data.chunks(CHUNK / 2 + 1).enumerate() {
+            let mut b = if i % 2 == 0 {
+                h.buffer_of_len(c.len())
+            } else {
+                let mut b = h.buffer();
+                b.resize(c.len(), 0);
+                b
+            };
+            assert_eq!(b.len(), c.len());
+            b.copy_from_slice(c);
             h.update(b);
         }
         assert_eq!(h.finish(), <[u8; 32]>::from(Sha256::digest(&data)));

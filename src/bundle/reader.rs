@@ -329,9 +329,8 @@ impl<R: Read> BundleReader<R> {
         let hasher = BackgroundHasher::new();
         let mut left = entry.size;
         while left > 0 {
-            let mut buf = hasher.buffer();
             let n = (left.min(CHUNK as u64)) as usize;
-            buf.resize(n, 0);
+            let mut buf = hasher.buffer_of_len(n);
             if let Err(e) = self.input.read_exact(&mut buf) {
                 return Err(self.read_err(e, &want));
             }
