@@ -141,6 +141,8 @@ fn ledger_records_every_attempt_and_verifies() {
     let evil = fx.key("evil");
     let v1 = fx.download("v1", &[(LX, "1.1.1.0", "1.400.1.0")]);
     let v2 = fx.download("v2", &[(LX, "1.1.2.0", "1.400.2.0")]);
+    // An older bundle that never reaches this mirror before newer ones do.
+    let b0 = fx.export(&v1, "b0", &[&k], &["--sequence", "50"]);
     let b1 = fx.export(&v1, "b1", &[&k], &["--sequence", "100"]);
     let b2 = fx.export(&v2, "b2", &[&k], &["--sequence", "200"]);
     let be = fx.export(&v2, "be", &[&evil], &["--sequence", "300"]);
@@ -148,7 +150,7 @@ fn ledger_records_every_attempt_and_verifies() {
     fx.import(&b1, &[&k.public], &[]).ok(); // imported
     fx.import(&b2, &[&k.public], &[]).ok(); // imported
     fx.import(&b2, &[&k.public], &[]).ok(); // already_imported
-    fx.import(&b1, &[&k.public], &[]).expect(4, &[]); // refused
+    fx.import(&b0, &[&k.public], &[]).expect(4, &[]); // refused
     fx.import(&be, &[&k.public], &[]).expect(3, &[]); // rejected
 
     let mut c = fx.cmd();
@@ -189,7 +191,7 @@ fn ledger_records_every_attempt_and_verifies() {
         .iter()
         .map(|e| e["sequence"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, [100, 200, 200, 100, 300]);
+    assert_eq!(seqs, [100, 200, 200, 50, 300]);
     for e in &shown[..4] {
         assert_eq!(e["signer_key_ids"], serde_json::json!([k.id()]));
         assert_eq!(e["manifest_sha256"].as_str().unwrap().len(), 64);
@@ -211,7 +213,7 @@ fn ledger_records_every_attempt_and_verifies() {
     assert!(shown[3]["reason"]
         .as_str()
         .unwrap()
-        .contains("sequence 100 is below 200"));
+        .contains("sequence 50 is below 200"));
     assert!(shown[4]["reason"]
         .as_str()
         .unwrap()
@@ -451,6 +453,7 @@ fn json_report_for_every_outcome() {
         "v2",
         &[(LX, "1.1.2.0", "1.400.2.0"), (LA, "1.1.2.0", "1.400.2.0")],
     );
+    let b0 = fx.export(&v1, "b0", &[&k], &["--sequence", "5"]);
     let b1 = fx.export(&v1, "b1", &[&k], &["--sequence", "10"]);
     let b2 = fx.export(&v2, "b2", &[&k], &["--sequence", "20"]);
     let be = fx.export(&v2, "be", &[&evil], &["--sequence", "30"]);
@@ -512,14 +515,14 @@ fn json_report_for_every_outcome() {
     assert!(rep.slots.iter().all(|s| !s.published));
     assert!(rep.error.is_none());
 
-    let r = fx.import(&b1, &[&k.public], &json);
+    let r = fx.import(&b0, &[&k.public], &json);
     let rep = report(&r, 4);
     assert_eq!(rep.outcome, "refused");
-    assert_eq!(rep.sequence, Some(10));
+    assert_eq!(rep.sequence, Some(5));
     assert_eq!(rep.bytes_written, 0);
     let err = rep.error.unwrap();
-    assert!(err.contains("sequence 10 is below 20"), "{err}");
-    assert!(r.stderr.contains("sequence 10 is below 20"), "{}", r.stderr);
+    assert!(err.contains("sequence 5 is below 20"), "{err}");
+    assert!(r.stderr.contains("sequence 5 is below 20"), "{}", r.stderr);
 
     let rep = report(&fx.import(&be, &[&k.public], &json), 3);
     assert_eq!(rep.outcome, "rejected");
