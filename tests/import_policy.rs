@@ -166,15 +166,18 @@ fn replayed_older_sequence_is_refused() {
     let k = fx.key("k");
     let v1 = fx.download("v1", &[(LX, "1.1.1.0", "1.400.1.0")]);
     let v2 = fx.download("v2", &[(LX, "1.1.2.0", "1.400.2.0")]);
+    // b0: an older bundle this mirror never imported (a replay from
+    // another site, or one that arrived too late).
+    let b0 = fx.export(&v1, "b0", &[&k], &["--sequence", "500"]);
     let b1 = fx.export(&v1, "b1", &[&k], &["--sequence", "1000"]);
     let b2 = fx.export(&v2, "b2", &[&k], &["--sequence", "2000"]);
     fx.import(&b1, &[&k.public], &[]).ok();
     fx.import(&b2, &[&k.public], &[]).ok();
     let before = fx.snapshot();
-    fx.import(&b1, &[&k.public], &[]).expect(
+    fx.import(&b0, &[&k.public], &[]).expect(
         4,
         &[
-            "sequence 1000 is below 2000",
+            "sequence 500 is below 2000",
             "definitions 1.400.1.0 are older than the served 1.400.2.0",
             "--allow-downgrade",
         ],
@@ -182,7 +185,15 @@ fn replayed_older_sequence_is_refused() {
     fx.assert_unchanged(&before);
     let last = ledger(&fx.state).pop().unwrap();
     assert_eq!(last["outcome"], "refused");
-    assert_eq!(last["sequence"], 1000);
+    assert_eq!(last["sequence"], 500);
+    // b1 again, late (a diode delivering twice): accepted once, superseded
+    // since: "already imported", nothing published.
+    fx.import(&b1, &[&k.public], &[]).ok();
+    fx.assert_unchanged(&before);
+    assert_eq!(
+        ledger(&fx.state).pop().unwrap()["outcome"],
+        "already_imported"
+    );
 
     // A lower sequence with the same versions is still a replay.
     let v2b = fx.download("v2b", &[(LX, "1.1.2.0", "1.400.2.0")]);

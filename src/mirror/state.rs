@@ -327,6 +327,10 @@ pub enum Decision {
     /// This exact bundle (channel, sequence and manifest) was imported and
     /// every slot it would publish still serves it: nothing to do, exit 0.
     SameBundle,
+    /// Accepted once and superseded since by a higher sequence: a late
+    /// re-delivery. "Already imported" (exit 0, nothing published) unless
+    /// `--allow-downgrade` asks to publish it again.
+    Superseded(Vec<Downgrade>),
     /// Older than what is served or accepted: refuse (exit 4) unless
     /// `--allow-downgrade`.
     Older(Vec<Downgrade>),
@@ -401,6 +405,8 @@ impl Decision {
                 downgrades: Vec::new(),
             }),
             Decision::SameBundle => Ok(Go::AlreadyImported),
+            Decision::Superseded(downgrades) if allow_downgrade => Ok(Go::Import { downgrades }),
+            Decision::Superseded(_) => Ok(Go::AlreadyImported),
             Decision::Older(downgrades) if allow_downgrade => Ok(Go::Import { downgrades }),
             Decision::Older(d) => Err(PolicyError::Older(d)),
             Decision::SequenceConflict {
@@ -426,6 +432,7 @@ impl Decision {
 /// versions are not a downgrade (a re-export of the same definitions).
 pub fn check_rollback(state: &State, incoming: &Incoming<'_>) -> Decision {
     let mut downgrades = Vec::new();
+    let mut superseded = false;
     match state.accepted(incoming.channel, incoming.sequence) {
         Some(acc) if acc.manifest_sha256 != incoming.manifest_sha256 => {
             return Decision::SequenceConflict {
@@ -442,15 +449,14 @@ pub fn check_rollback(state: &State, incoming: &Incoming<'_>) -> Decision {
                     .served(&it.slot)
                     .is_some_and(|s| s.manifest_sha256 == incoming.manifest_sha256)
             });
-            // A re-delivery of a bundle this channel accepted and has since
-            // superseded (a data diode delivers twice, late): nothing to do,
-            // and certainly nothing to publish.
-            let superseded = state
-                .highest_sequence(incoming.channel)
-                .is_some_and(|h| h > incoming.sequence);
-            if all_served || superseded {
+            if all_served {
                 return Decision::SameBundle;
             }
+            // A re-delivery of a bundle this channel accepted and has since
+            // superseded (a data diode delivers twice, late).
+            superseded = state
+                .highest_sequence(incoming.channel)
+                .is_some_and(|h| h > incoming.sequence);
             // Accepted before, but some slot (filtered out then, or replaced
             // since) does not serve it: a replay unless nothing newer was
             // accepted since; the sequence and version checks decide.
@@ -491,7 +497,9 @@ pub fn check_rollback(state: &State, incoming: &Incoming<'_>) -> Decision {
             });
         }
     }
-    if downgrades.is_empty() {
+    if superseded {
+        Decision::Superseded(downgrades)
+    } else if downgrades.is_empty() {
         Decision::Newer
     } else {
         Decision::Older(downgrades)
