@@ -211,34 +211,52 @@ impl Tracker {
     }
 }
 
-/// Whether a file holds one complete zstd frame, walking only the frame
-/// and block headers (never decompressing).
+/// Whether a file holds complete zstd frames, walking only the frame and
+/// block headers (never decompressing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameState {
-    /// The frame ends within the file (what follows it, if anything, is for
-    /// the import to judge).
+    /// The file ends exactly where a frame ends.
     Complete,
-    /// The file ends inside the frame: still being written, or truncated.
+    /// The file ends inside a frame: still being written, or truncated.
     Incomplete,
-    /// Not a zstd frame at all: the import will reject it.
+    /// Not (only) standard zstd frames: the import will reject it.
     NotZstd,
 }
 
-/// Walks the zstd frame at the start of `path` (RFC 8878, section 3.1.1).
+/// Walks the zstd frames of `path` (RFC 8878, section 3.1.1): a bundle is
+/// one or more standard frames back to back, and a complete one ends exactly
+/// at the end of its last frame.
 pub fn frame_state(path: &Path) -> io::Result<FrameState> {
     let mut f = File::open(path)?;
     let len = f.metadata()?.len();
-    let mut hdr = [0u8; 6];
-    if len < 6 {
-        return Ok(if len == 0 {
-            FrameState::Incomplete
-        } else {
-            FrameState::NotZstd
-        });
+    if len == 0 {
+        return Ok(FrameState::Incomplete);
     }
+    let mut pos = 0u64;
+    while pos < len {
+        match walk_frame(&mut f, pos, len)? {
+            Ok(end) => pos = end,
+            Err(state) => return Ok(state),
+        }
+    }
+    Ok(if pos == len {
+        FrameState::Complete
+    } else {
+        FrameState::Incomplete
+    })
+}
+
+/// Walks the frame starting at `start`; `Ok(end)` is where it ends (which
+/// may lie beyond `len` when the file is cut inside the checksum).
+fn walk_frame(f: &mut File, start: u64, len: u64) -> io::Result<Result<u64, FrameState>> {
+    let mut hdr = [0u8; 6];
+    if len - start < 6 {
+        return Ok(Err(FrameState::Incomplete));
+    }
+    f.seek(SeekFrom::Start(start))?;
     f.read_exact(&mut hdr)?;
     if u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) != 0xFD2F_B528 {
-        return Ok(FrameState::NotZstd);
+        return Ok(Err(FrameState::NotZstd));
     }
     let fhd = hdr[4];
     let fcs_flag = fhd >> 6;
@@ -251,10 +269,10 @@ pub fn frame_state(path: &Path) -> io::Result<FrameState> {
         2 => 4,
         _ => 8,
     };
-    let mut pos = 5 + u64::from(!single_segment) + dict_len + fcs_len;
+    let mut pos = start + 5 + u64::from(!single_segment) + dict_len + fcs_len;
     loop {
         if pos + 3 > len {
-            return Ok(FrameState::Incomplete);
+            return Ok(Err(FrameState::Incomplete));
         }
         let mut b = [0u8; 3];
         f.seek(SeekFrom::Start(pos))?;
@@ -265,7 +283,7 @@ pub fn frame_state(path: &Path) -> io::Result<FrameState> {
         let content = match (h >> 1) & 3 {
             0 | 2 => size,
             1 => 1,
-            _ => return Ok(FrameState::NotZstd),
+            _ => return Ok(Err(FrameState::NotZstd)),
         };
         pos += 3 + content;
         if last {
@@ -275,11 +293,10 @@ pub fn frame_state(path: &Path) -> io::Result<FrameState> {
     if checksum {
         pos += 4;
     }
-    Ok(if pos <= len {
-        FrameState::Complete
-    } else {
-        FrameState::Incomplete
-    })
+    if pos > len {
+        return Ok(Err(FrameState::Incomplete));
+    }
+    Ok(Ok(pos))
 }
 
 /// What a scan found.
@@ -590,6 +607,23 @@ mod tests {
             }
         }
         std::fs::write(&p, b"not zstd at all").unwrap();
+        assert_eq!(frame_state(&p).unwrap(), FrameState::NotZstd);
+
+        // Bundles may be several frames back to back (stored payload).
+        let a = frame(&data, true);
+        let b = frame(&data[..1000], false);
+        let both = [&a[..], &b[..]].concat();
+        std::fs::write(&p, &both).unwrap();
+        assert_eq!(frame_state(&p).unwrap(), FrameState::Complete);
+        for cut in [a.len() + 3, a.len() + b.len() - 1] {
+            std::fs::write(&p, &both[..cut]).unwrap();
+            assert_eq!(
+                frame_state(&p).unwrap(),
+                FrameState::Incomplete,
+                "cut {cut}"
+            );
+        }
+        std::fs::write(&p, [&a[..], b"garbage after"].concat()).unwrap();
         assert_eq!(frame_state(&p).unwrap(), FrameState::NotZstd);
     }
 }
