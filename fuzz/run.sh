@@ -15,17 +15,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 targets=(keys signature manifest bundle bundle_signed)
 
-export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || {
     echo "fuzz/run.sh: cargo-fuzz is missing: cargo install cargo-fuzz" >&2
     exit 1
 }
 
 mkdir -p "$here/corpus"
+# Plain cargo here: RUSTC_BOOTSTRAP in the environment would make cargo
+# rebuild the whole root target directory.
 (cd "$root" && GAPFERRY_FUZZ_CORPUS="$here/corpus" \
     cargo test --test fuzz_seeds -- --ignored --quiet >/dev/null)
 
 cd "$here"
+export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O
 status=0
 for t in "${targets[@]}"; do
