@@ -22,9 +22,9 @@ const DEFAULT_OPSLIMIT: u64 = 1 << 25;
 const DEFAULT_MEMLIMIT: u64 = 1 << 30;
 /// Refuse key files asking for more scrypt memory than this (a hostile key
 /// file must not make us allocate gigabytes).
-const MAX_MEMLIMIT: u64 = 2 << 30;
+pub const MAX_MEMLIMIT: u64 = 2 << 30;
 /// Largest key file read.
-const MAX_KEY_FILE: u64 = 64 * 1024;
+pub const MAX_KEY_FILE: u64 = 64 * 1024;
 
 /// An 8-byte minisign key id, shown as 16 upper-case hex digits the way
 /// minisign prints it (the bytes as a little-endian u64).
@@ -115,9 +115,23 @@ fn read_small(path: &Path) -> Result<String, KeyError> {
         source,
     };
     let f = std::fs::File::open(path).map_err(read)?;
-    let mut s = String::new();
-    f.take(MAX_KEY_FILE).read_to_string(&mut s).map_err(read)?;
-    Ok(s)
+    // Read one byte past the limit so an oversized file is refused rather
+    // than silently cut (a cut file could parse as something else).
+    let mut bytes = Vec::new();
+    f.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read)?;
+    let malformed = |reason: String| KeyError::Malformed {
+        path: path.to_path_buf(),
+        what: "key file",
+        reason,
+    };
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(malformed(format!(
+            "larger than {MAX_KEY_FILE} bytes (a minisign key file is a few hundred)"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| malformed("not UTF-8 text".into()))
 }
 
 /// Splits a two-line minisign key file into (comment, base64 payload).

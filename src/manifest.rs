@@ -70,8 +70,23 @@ pub struct Manifest {
 #[error("invalid manifest: {0}")]
 pub struct ManifestError(pub String);
 
+/// Longest error message kept: messages can quote manifest values (serde's
+/// "invalid type: string ..." quotes all of it), and a 16 MiB manifest must
+/// not become a 16 MiB message in the terminal, the JSON report or a
+/// ledger line.
+const MAX_MESSAGE: usize = 1024;
+
 fn bad(s: impl Into<String>) -> ManifestError {
-    ManifestError(s.into())
+    let mut s = s.into();
+    if s.len() > MAX_MESSAGE {
+        let mut keep = MAX_MESSAGE;
+        while !s.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        s.truncate(keep);
+        s.push_str("... [truncated]");
+    }
+    ManifestError(s)
 }
 
 /// Parses an RFC 3339 time.

@@ -18,10 +18,13 @@ pub const MAX_COMPONENT_LEN: usize = 100;
 /// Deepest accepted path.
 pub const MAX_DEPTH: usize = 16;
 
+/// Windows' reserved device names (Microsoft's "Naming Files, Paths, and
+/// Namespaces" lists COM0 and LPT0 too). Superscript variants (COM¹) and
+/// `CLOCK$` need characters outside the allow-list, so they cannot occur.
 const WINDOWS_DEVICES: &[&str] = &[
-    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
-    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9", "CONIN$",
-    "CONOUT$",
+    "CON", "PRN", "AUX", "NUL", "COM0", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7",
+    "COM8", "COM9", "LPT0", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+    "CONIN$", "CONOUT$",
 ];
 
 /// Why a path was refused.
@@ -223,6 +226,8 @@ mod tests {
             "CON",
             "aux.txt",
             "a/nul",
+            "COM0",
+            "lpt0.txt",
             "trailing.",
             "sp ace",
             "caf\u{e9}",

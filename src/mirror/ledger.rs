@@ -221,11 +221,27 @@ impl Ledger {
             Some(bytes) => sha256_hex(bytes),
             None => GENESIS.to_string(),
         };
-        let mut buf = Vec::with_capacity(1024);
+        let mut line = serde_json::to_vec(&entry).expect("entry serializes");
+        if line.len() > MAX_LINE {
+            // Only the free-text reason can grow this large (an error message
+            // quoting hostile input): shorten it rather than write a line
+            // that every later read would refuse, breaking the ledger.
+            if let Some(reason) = entry.reason.as_mut() {
+                let over = line.len() - MAX_LINE;
+                let mut keep = reason.len().saturating_sub(over + 64);
+                while !reason.is_char_boundary(keep) {
+                    keep -= 1;
+                }
+                reason.truncate(keep);
+                reason.push_str(" [truncated]");
+                line = serde_json::to_vec(&entry).expect("entry serializes");
+            }
+        }
+        let mut buf = Vec::with_capacity(line.len() + 2);
         if torn {
             buf.push(b'\n');
         }
-        serde_json::to_writer(&mut buf, &entry).expect("entry serializes");
+        buf.extend_from_slice(&line);
         buf.push(b'\n');
         file.write_all(&buf).map_err(werr)?;
         file.sync_all().map_err(werr)?;
@@ -328,7 +344,8 @@ impl Ledger {
         loop {
             buf.clear();
             let n = (&mut reader)
-                .take(MAX_LINE as u64 + 2)
+                // A line is at most MAX_LINE bytes plus its newline.
+                .take(MAX_LINE as u64 + 1)
                 .read_until(b'\n', &mut buf)
                 .map_err(|source| LedgerError::Read {
                     path: self.path.clone(),
