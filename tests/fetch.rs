@@ -12,26 +12,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use serde::Deserialize;
 
-use fetch_mock::{Fault, Mock, Release};
-
-const PROXY_VARS: &[&str] = &[
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "no_proxy",
-];
-
-fn gapferry() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gapferry"));
-    for v in PROXY_VARS {
-        c.env_remove(v);
-    }
-    c
-}
+use fetch_mock::{gapferry, Fault, Mock, Release, PROXY_VARS};
 
 /// `gapferry fetch` into `dir` from `mock`, with fast retries.
 fn fetch(mock: &Mock, dir: &Path) -> Command {

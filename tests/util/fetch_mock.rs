@@ -401,3 +401,25 @@ pub fn fake_zip(name: &str, content: &[u8]) -> Vec<u8> {
     z.extend(0u16.to_le_bytes());
     z
 }
+
+/// Proxy variables that would send the mock's loopback traffic elsewhere.
+pub const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+];
+
+/// The binary, with the caller's proxy settings removed so that requests
+/// reach the in-process mock.
+pub fn gapferry() -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_gapferry"));
+    for v in PROXY_VARS {
+        c.env_remove(v);
+    }
+    c
+}
