@@ -183,7 +183,7 @@ fn minisign_key_signs_gapferry_bundles() {
     let sb = Sandbox::new();
     let k = minisign_keygen_unencrypted(&sb, "ms");
     let pubtext = fs::read_to_string(&k.public).unwrap();
-    let shown_id = pubtext
+    let minisign_id = pubtext
         .lines()
         .next()
         .unwrap()
@@ -193,9 +193,10 @@ fn minisign_key_signs_gapferry_bundles() {
         .to_string();
     // minisign prints the id without leading zeros; gapferry always shows
     // 16 digits (DESIGN: <KEYID> is 16 upper-case hex digits).
+    let shown_id = format!("{minisign_id:0>16}");
     assert_eq!(
         k.id().to_string(),
-        format!("{shown_id:0>16}"),
+        shown_id,
         "key id display matches minisign's"
     );
 
