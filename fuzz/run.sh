@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every fuzz target in turn for SECONDS each (default 60).
+# Runs every fuzz target in turn for SECONDS each (default 60), or only the
+# targets named after SECONDS.
 #
-#   fuzz/run.sh 1800        # the issue's 30 minutes per target
+#   fuzz/run.sh 1800                    # the issue's 30 minutes per target
+#   fuzz/run.sh 1800 bundle manifest    # just these two
 #
 # Seeds fuzz/corpus/<target>/ first from bundles the tool makes and the
 # hostile cases of the tests (tests/fuzz_seeds.rs). cargo-fuzz needs
@@ -11,9 +13,18 @@
 set -euo pipefail
 
 secs=${1:-60}
+shift || true
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-targets=(keys signature manifest bundle bundle_signed)
+all=(keys signature manifest bundle bundle_signed)
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
+for t in "${targets[@]}"; do
+    [[ " ${all[*]} " == *" $t "* ]] || {
+        echo "fuzz/run.sh: no target '$t'; the targets are: ${all[*]}" >&2
+        exit 2
+    }
+done
 
 command -v cargo-fuzz >/dev/null || {
     echo "fuzz/run.sh: cargo-fuzz is missing: cargo install cargo-fuzz" >&2
