@@ -744,3 +744,72 @@ fn stale_journal_never_rolls_back_a_newer_publish() {
         f.world.ledger_verify();
     }
 }
+
+/// A kill after the state records a change but before (or just after) its
+/// ledger line is appended: the next run under the lock appends the line
+/// exactly once, so the ledger never misses an import or a rollback that
+/// the mirror shows, and never shows one twice.
+#[test]
+fn kill_between_the_state_and_its_ledger_line() {
+    let mut f = Fixture::new();
+    for point in ["ledger-due", "ledger-appended"] {
+        // An import killed there has published everything.
+        f.world.reset_site(&format!("import-{point}"));
+        f.world.import_ok(&f.versions[0], &[]);
+        f.world.import_ok(&f.versions[1], &[]);
+        let out = f.world.import(&f.versions[2].bundle, &[(CRASH_AT, point)]);
+        assert!(killed(&out), "{point}: {}", describe(&out));
+        assert_eq!(f.snapshot(), vec![(Some(2), Some(1)); 4], "{point}");
+        assert!(!f.world.state_json()["ledger_due"].is_null(), "{point}");
+        let lines = if point == "ledger-due" { 2 } else { 3 };
+        assert_eq!(f.ledger().len(), lines, "{point}: before the next run");
+
+        // The same bundle again: "already imported", after settling.
+        let out = f.world.import(&f.versions[2].bundle, &[]);
+        assert_success(&out, point);
+        f.world.ledger_verify();
+        let ledger = f.ledger();
+        let outcomes: Vec<&str> = ledger
+            .iter()
+            .map(|e| e["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            outcomes,
+            ["imported", "imported", "imported", "already_imported"],
+            "{point}"
+        );
+        // The settled line is the killed run's own: its bundle, v1 -> v2.
+        assert_eq!(ledger[2]["bundle_id"], ledger[3]["bundle_id"], "{point}");
+        let slots = ledger[2]["slots"].as_array().unwrap();
+        assert_eq!(slots.len(), 4, "{point}");
+        for s in slots {
+            assert_eq!(s["before"]["definition_version"], "1.417.1.0");
+            assert_eq!(s["after"]["definition_version"], "1.417.2.0");
+        }
+        assert!(f.world.state_json()["ledger_due"].is_null(), "{point}");
+
+        // A rollback killed there: the next rollback settles it first.
+        let rollback = |env: &[(&str, &str)]| {
+            let mut cmd = std::process::Command::new(BIN);
+            cmd.args(["rollback", "--platform", "linux", "--ring", "production"])
+                .arg("--mirror")
+                .arg(&f.world.mirror)
+                .arg("--state-dir")
+                .arg(&f.world.state)
+                .envs(env.iter().copied());
+            cmd.output().unwrap()
+        };
+        let out = rollback(&[(CRASH_AT, point)]);
+        assert!(killed(&out), "rollback {point}: {}", describe(&out));
+        let out = rollback(&[]);
+        assert_success(&out, &format!("second rollback after {point}"));
+        f.world.ledger_verify();
+        let outcomes: Vec<String> = f
+            .ledger()
+            .iter()
+            .skip(4)
+            .map(|e| e["outcome"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(outcomes, ["rolled_back", "rolled_back"], "{point}");
+    }
+}

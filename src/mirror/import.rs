@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::ledger::{Ledger, LedgerEntry, Outcome, SlotChange, Versions};
+use super::ledger::{self, Ledger, LedgerEntry, Outcome, SlotChange, Versions};
 use super::publish::{self, Destination, PublishOptions, Staging};
 use super::state::{
     AcceptedBundle, Go, Incoming, IncomingItem, PendingImport, PendingSlot, ServedFile, ServedSlot,
@@ -163,6 +163,10 @@ struct Attempt {
     bytes_written: u64,
     downgrades: Vec<String>,
     recovered: Vec<PathBuf>,
+    /// The run saved its own ledger entry with the state (the import stands
+    /// from then on); `ledger_error` is why appending it failed, if it did.
+    logged: bool,
+    ledger_error: Option<ImportError>,
 }
 
 /// Runs one import. Every attempt that got as far as the lock is recorded in
@@ -183,6 +187,12 @@ pub fn import(
                     Ok(o) => (o, None),
                     Err(e) => (outcome_of(&e), Some(e)),
                 };
+                if attempt.logged {
+                    // A ledger that cannot be written is still an
+                    // operational failure to report; the line is appended
+                    // by the next run under the lock.
+                    return report(opts, attempt, outcome, err);
+                }
                 let entry = ledger_entry(opts, &attempt, outcome, err.as_ref());
                 match Ledger::in_state_dir(&state_dir).append(&entry) {
                     Ok(_) => (outcome, err),
@@ -194,6 +204,16 @@ pub fn import(
             }
         },
     };
+    report(opts, attempt, outcome, err)
+}
+
+fn report(
+    opts: &ImportOptions,
+    mut attempt: Attempt,
+    outcome: Outcome,
+    err: Option<ImportError>,
+) -> (ImportReport, Option<ImportError>) {
+    let err = err.or(attempt.ledger_error.take());
     let head = attempt.head.as_ref();
     let report = ImportReport {
         outcome,
@@ -312,13 +332,14 @@ fn run(
         }
     }
     let mut state = state_dir.load()?;
+    // A run killed after recording its change but before its ledger line.
+    ledger::settle::<ImportError>(state_dir, &mut state)?;
     if state.pending.is_some() {
-        let settled = reconcile(&mut state)?;
-        state_dir.save(&state)?;
         // The interrupted run never reached its ledger line: write it now,
         // or the ledger would never show that bundle as imported.
-        if let Some(entry) = settled {
-            Ledger::in_state_dir(state_dir).append(&entry)?;
+        match reconcile(&mut state)? {
+            Some(entry) => ledger::commit::<ImportError>(state_dir, &mut state, entry)?,
+            None => state_dir.save(&state)?,
         }
     }
 
@@ -722,7 +743,12 @@ fn stage_and_publish(
     state.record_accepted(&m.channel, m.sequence, accepted);
     state.withdrawn.remove(&head.manifest_sha256);
     state.pending = None;
-    state_dir.save(state)?;
+    let entry = ledger_entry(opts, attempt, Outcome::Imported, None);
+    ledger::save_due(state_dir, state, entry)?;
+    attempt.logged = true;
+    if let Err(e) = ledger::settle::<ImportError>(state_dir, state) {
+        attempt.ledger_error = Some(e);
+    }
     Ok(Outcome::Imported)
 }
 

@@ -23,6 +23,11 @@
 //! loss can still leave a torn last line; the next append terminates it with
 //! a newline and chains onto its bytes, so the import goes on while
 //! `verify` keeps pointing at the torn line for a person to look at.
+//!
+//! A change to the mirror and its line are two writes: [`commit`] saves the
+//! line in `state.json` with the change, appends it, then clears it, and
+//! the next run under the lock appends a line it finds there unless the
+//! ledger already ends with it ([`settle`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -33,7 +38,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::fsx::{self, fix};
-use super::state::StateDir;
+use super::publish::crash_point;
+use super::state::{State, StateDir, StateError};
 use crate::error::{Classify, ExitKind};
 
 /// `prev_hash` of the first entry.
@@ -179,6 +185,55 @@ pub struct Ledger {
     path: PathBuf,
 }
 
+/// Whether two entries record the same event; `prev_hash` and `reason`
+/// (shortened when over-long) are left out.
+fn same_record(a: &LedgerEntry, b: &LedgerEntry) -> bool {
+    a.time == b.time
+        && a.outcome == b.outcome
+        && a.bundle_path == b.bundle_path
+        && a.manifest_sha256 == b.manifest_sha256
+        && a.sequence == b.sequence
+        && a.slots == b.slots
+}
+
+/// Saves `state` together with the ledger `entry` that records its change,
+/// appends the entry, then clears it from the state. Call it under the
+/// import lock. A kill after the first save leaves the entry in
+/// `state.json`; the next run's [`settle`] appends it (once), so a change
+/// the state holds is never missing from the ledger.
+pub fn commit<E>(dir: &StateDir, state: &mut State, entry: LedgerEntry) -> Result<(), E>
+where
+    E: From<StateError> + From<LedgerError>,
+{
+    save_due(dir, state, entry)?;
+    settle(dir, state)
+}
+
+/// The first half of [`commit`]: saves `state` with `entry` due. Once this
+/// returns, the change is recorded and its ledger line will be written.
+pub fn save_due(dir: &StateDir, state: &mut State, entry: LedgerEntry) -> Result<(), StateError> {
+    state.ledger_due = Some(entry);
+    dir.save(state)?;
+    crash_point("ledger-due");
+    Ok(())
+}
+
+/// Appends the entry an interrupted [`commit`] left in `state`, unless the
+/// ledger already ends with it, and saves the state without it.
+pub fn settle<E>(dir: &StateDir, state: &mut State) -> Result<(), E>
+where
+    E: From<StateError> + From<LedgerError>,
+{
+    let Some(entry) = state.ledger_due.clone() else {
+        return Ok(());
+    };
+    Ledger::in_state_dir(dir).append_once(&entry)?;
+    crash_point("ledger-appended");
+    state.ledger_due = None;
+    dir.save(state)?;
+    Ok(())
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -251,6 +306,28 @@ impl Ledger {
             }
         }
         Ok(entry)
+    }
+
+    /// Appends `entry` unless the ledger's last line already records it
+    /// (same time, outcome, bundle and folder changes): how a run settles an
+    /// entry that an interrupted one may or may not have written. Returns
+    /// whether it appended.
+    pub fn append_once(&self, entry: &LedgerEntry) -> Result<bool, LedgerError> {
+        if self.path.exists() {
+            let mut file = File::open(&self.path).map_err(|source| LedgerError::Read {
+                path: self.path.clone(),
+                source,
+            })?;
+            if let (Some(last), false) = self.last_line(&mut file)? {
+                if serde_json::from_slice::<LedgerEntry>(&last)
+                    .is_ok_and(|l| same_record(&l, entry))
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        self.append(entry)?;
+        Ok(true)
     }
 
     /// The last line's bytes (without `\n`) and whether it lacks its `\n`.

@@ -79,7 +79,9 @@
 //! have been staged by the process. Steps, in order: `staging-created`,
 //! `file-written`, `journal-written`, `fallback-aside` (fallback only, inside
 //! the window), `current-swapped`, `back-aside` (fallback only),
-//! `back-rotated`, `cleaned`. These exist only so that integration tests can
+//! `back-rotated`, `cleaned`. Recording the change (`mirror::ledger::commit`)
+//! adds `ledger-due` (state saved with its ledger entry, not yet appended)
+//! and `ledger-appended` (appended, not yet cleared). These exist only so that integration tests can
 //! kill an import deterministically; they are never set in production.
 
 use std::collections::BTreeMap;

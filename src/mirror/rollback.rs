@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::ledger::{Ledger, LedgerEntry, Outcome, SlotChange, Versions};
+use super::ledger::{self, LedgerEntry, Outcome, SlotChange, Versions};
 use super::publish::{self, Destination, PublishOptions, Staging};
 use super::state::{State, StateDir};
 use crate::error::{Classify, ExitKind};
@@ -102,6 +102,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
         publish::recover(&area, &opts.publish)?;
     }
     let mut state = state_dir.load()?;
+    ledger::settle::<RollbackError>(&state_dir, &mut state)?;
     // Check every slot before moving anything.
     let mut dests = Vec::new();
     for slot in &opts.slots {
@@ -140,7 +141,6 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
             method,
         });
     }
-    state_dir.save(&state)?;
     let entry = LedgerEntry {
         reason: Some(match &result {
             Ok(()) => "gapferry rollback: served set swapped with n-1".to_string(),
@@ -161,7 +161,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
             Outcome::Failed
         })
     };
-    Ledger::in_state_dir(&state_dir).append(&entry)?;
+    ledger::commit::<RollbackError>(&state_dir, &mut state, entry)?;
     result.map(|()| report)
 }
 

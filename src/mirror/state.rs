@@ -135,6 +135,12 @@ pub struct State {
     /// not silently roll forward.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub withdrawn: std::collections::BTreeSet<String>,
+    /// The ledger entry recording the change this state holds, saved with it
+    /// and cleared once the ledger has it, so that a kill between the two
+    /// writes cannot lose the line: the next run under the lock appends it
+    /// (see [`super::ledger::commit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_due: Option<super::ledger::LedgerEntry>,
 }
 
 /// What an import is about to publish, saved before the first folder moves.
@@ -167,6 +173,7 @@ impl Default for State {
             pending: None,
             back: BTreeMap::new(),
             withdrawn: Default::default(),
+            ledger_due: None,
         }
     }
 }
