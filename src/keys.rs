@@ -135,6 +135,35 @@ fn read_small(path: &Path) -> Result<String, KeyError> {
 }
 
 /// Splits a two-line minisign key file into (comment, base64 payload).
+/// Decodes the key line of a minisign key file of `len` bytes whose
+/// algorithm is Ed; returns it with an error maker naming the file.
+fn decode_key<'p>(
+    text: &str,
+    path: &'p Path,
+    what: &'static str,
+    len: usize,
+) -> Result<(Vec<u8>, impl Fn(String) -> KeyError + 'p), KeyError> {
+    let bad = move |reason: String| KeyError::Malformed {
+        path: path.to_path_buf(),
+        what,
+        reason,
+    };
+    let (_, data) = key_lines(text, what, path)?;
+    let raw = B64
+        .decode(data)
+        .map_err(|e| bad(format!("bad base64: {e}")))?;
+    if raw.len() != len {
+        return Err(bad(format!(
+            "decoded to {} bytes, expected {len}",
+            raw.len()
+        )));
+    }
+    if &raw[..2] != b"Ed" {
+        return Err(bad("unknown signature algorithm (expected Ed)".into()));
+    }
+    Ok((raw, bad))
+}
+
 fn key_lines<'a>(
     text: &'a str,
     what: &'static str,
@@ -166,22 +195,7 @@ fn key_lines<'a>(
 impl PublicKey {
     /// Parses the text of a `.pub` file (or a bare base64 key line).
     pub fn parse(text: &str, path: &Path) -> Result<Self, KeyError> {
-        let what = "public key";
-        let bad = |reason: String| KeyError::Malformed {
-            path: path.to_path_buf(),
-            what,
-            reason,
-        };
-        let (_, data) = key_lines(text, what, path)?;
-        let raw = B64
-            .decode(data)
-            .map_err(|e| bad(format!("bad base64: {e}")))?;
-        if raw.len() != 42 {
-            return Err(bad(format!("decoded to {} bytes, expected 42", raw.len())));
-        }
-        if &raw[..2] != b"Ed" {
-            return Err(bad("unknown signature algorithm (expected Ed)".into()));
-        }
+        let (raw, bad) = decode_key(text, path, "public key", 42)?;
         let key_id = KeyId(raw[2..10].try_into().expect("8 bytes"));
         let key = VerifyingKey::from_bytes(raw[10..42].try_into().expect("32 bytes"))
             .map_err(|_| bad("not a valid Ed25519 point".into()))?;
@@ -316,22 +330,7 @@ impl SecretKey {
     }
 
     fn decode_raw(text: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
-        let what = "secret key";
-        let bad = |reason: String| KeyError::Malformed {
-            path: path.to_path_buf(),
-            what,
-            reason,
-        };
-        let (_, data) = key_lines(text, what, path)?;
-        let raw = B64
-            .decode(data)
-            .map_err(|e| bad(format!("bad base64: {e}")))?;
-        if raw.len() != 158 {
-            return Err(bad(format!("decoded to {} bytes, expected 158", raw.len())));
-        }
-        if &raw[..2] != b"Ed" {
-            return Err(bad("unknown signature algorithm (expected Ed)".into()));
-        }
+        let (raw, bad) = decode_key(text, path, "secret key", 158)?;
         if &raw[2..4] != b"Sc" && raw[2..4] != [0, 0] {
             return Err(bad("unknown key derivation (expected Sc or none)".into()));
         }
