@@ -8,14 +8,13 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
 use super::hashing::{to_hex, CHUNK};
 use super::{BundleError, MANIFEST_PATH, PAYLOAD_DIR, SIGNATURES_DIR};
+use crate::durable::SyncingWriter;
 use crate::keys::SecretKey;
 use crate::manifest::{FileEntry, Item, Manifest};
 use crate::progress::Observer;
@@ -169,80 +168,6 @@ fn hash_all(
         .into_iter()
         .map(|r| r.expect("every file hashed"))
         .collect()
-}
-
-/// A file writer that asks a background thread to `fdatasync` every
-/// `SYNC_EVERY` bytes, so the final sync has little left to flush: Linux
-/// would otherwise start writeback only at `dirty_background_ratio` (gigabytes
-/// on a large machine) and the whole bundle would be flushed at the end.
-struct SyncingWriter {
-    file: Arc<File>,
-    since_sync: u64,
-    tx: Option<mpsc::SyncSender<()>>,
-    syncer: Option<std::thread::JoinHandle<io::Result<()>>>,
-}
-
-const SYNC_EVERY: u64 = 32 << 20;
-
-impl SyncingWriter {
-    fn new(file: File) -> Self {
-        let file = Arc::new(file);
-        let (tx, rx) = mpsc::sync_channel::<()>(1);
-        let f2 = Arc::clone(&file);
-        let syncer = std::thread::spawn(move || {
-            for () in rx {
-                rustix::fs::fdatasync(&*f2)?;
-            }
-            Ok(())
-        });
-        SyncingWriter {
-            file,
-            since_sync: 0,
-            tx: Some(tx),
-            syncer: Some(syncer),
-        }
-    }
-
-    fn wrote(&mut self, n: u64) {
-        self.since_sync += n;
-        if self.since_sync >= SYNC_EVERY {
-            self.since_sync = 0;
-            if let Some(tx) = &self.tx {
-                // A sync already queued covers this data too.
-                let _ = tx.try_send(());
-            }
-        }
-    }
-
-    /// Appends up to `n` bytes of `src` (from its current position) without
-    /// passing them through user space where the kernel allows it
-    /// (`std::io::copy` uses copy_file_range, then sendfile, then a buffer).
-    /// Returns how many bytes were copied: fewer only at the end of `src`.
-    fn copy_from(&mut self, src: &File, n: u64) -> io::Result<u64> {
-        let copied = io::copy(&mut src.take(n), &mut &*self.file)?;
-        self.wrote(copied);
-        Ok(copied)
-    }
-
-    /// Stops the background syncer and syncs everything.
-    fn finish(mut self) -> io::Result<()> {
-        drop(self.tx.take());
-        if let Some(h) = self.syncer.take() {
-            h.join().expect("syncer thread panicked")?;
-        }
-        self.file.sync_all()
-    }
-}
-
-impl Write for SyncingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = (&*self.file).write(buf)?;
-        self.wrote(n as u64);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 fn header(path: &str, size: u64, mtime: u64) -> io::Result<tar::Header> {

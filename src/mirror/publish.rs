@@ -86,7 +86,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -96,6 +96,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::fsx::{self, fix};
+use crate::durable::SyncingWriter;
 use crate::error::{Classify, ExitKind};
 use crate::mde::{Arch, Slot};
 
@@ -849,7 +850,7 @@ impl StagedSlot {
                 source,
             })?;
         Ok(StagedFile {
-            file,
+            file: SyncingWriter::new(file),
             path,
             written: 0,
         })
@@ -869,7 +870,7 @@ impl StagedSlot {
 /// to make it durable; dropping it without leaves it for staging cleanup.
 #[derive(Debug)]
 pub struct StagedFile {
-    file: File,
+    file: SyncingWriter,
     path: PathBuf,
     written: u64,
 }
@@ -894,9 +895,11 @@ impl StagedFile {
         self.written
     }
 
-    /// Flushes the file to disk and returns its size.
+    /// Flushes the file to disk and returns its size. Large files have been
+    /// syncing in the background while they were written
+    /// ([`SyncingWriter`]), so little is left to flush here.
     pub fn finish(self) -> Result<u64, PublishError> {
-        self.file.sync_all().map_err(|source| PublishError::Sync {
+        self.file.finish().map_err(|source| PublishError::Sync {
             path: self.path.clone(),
             source,
         })?;
