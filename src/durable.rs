@@ -85,6 +85,17 @@ impl SyncingWriter {
     }
 }
 
+impl Drop for SyncingWriter {
+    /// Dropped without `finish` (an error path): the syncer is stopped and
+    /// joined, so no thread outlives its writer.
+    fn drop(&mut self) {
+        if let Some(Syncer { tx, handle }) = self.syncer.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
 impl Write for SyncingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = (&*self.file).write(buf)?;

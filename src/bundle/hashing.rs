@@ -85,6 +85,18 @@ impl BackgroundHasher {
     }
 }
 
+impl Drop for BackgroundHasher {
+    /// Abandoned mid-file (the bundle ended early, a write failed): the
+    /// thread is stopped and joined here, so no hashing thread outlives the
+    /// reader that started it.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 impl Default for BackgroundHasher {
     fn default() -> Self {
         Self::new()
@@ -99,6 +111,31 @@ pub fn to_hex(d: &[u8; 32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`bundle_signed`, LeakSanitizer): a bundle whose
+    /// payload ended mid-file dropped the hasher without joining its thread,
+    /// which then outlived the import.
+    #[test]
+    fn dropping_mid_stream_joins_the_thread() {
+        let mut h = BackgroundHasher::new();
+        for _ in 0..DEPTH {
+            h.update(vec![7u8; CHUNK]);
+        }
+        // The thread holds the other end of `spare`: once it has ended, the
+        // channel reports disconnection after its buffers.
+        let (_keep, dummy) = sync_channel(1);
+        let spare = std::mem::replace(&mut h.spare, dummy);
+        drop(h);
+        loop {
+            match spare.try_recv() {
+                Ok(_) => continue,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    panic!("the hashing thread is still running after the drop")
+                }
+            }
+        }
+    }
 
     #[test]
     fn matches_plain_sha256() {
