@@ -763,6 +763,22 @@ fn kill_between_the_state_and_its_ledger_line() {
         assert!(!f.world.state_json()["ledger_due"].is_null(), "{point}");
         let lines = if point == "ledger-due" { 2 } else { 3 };
         assert_eq!(f.ledger().len(), lines, "{point}: before the next run");
+        // `ledger verify` (read-only) says a line is still due, and which.
+        let out = std::process::Command::new(BIN)
+            .args(["ledger", "verify", "--json", "--state-dir"])
+            .arg(&f.world.state)
+            .output()
+            .unwrap();
+        assert_success(&out, "ledger verify");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if point == "ledger-due" {
+            assert_eq!(v["due"]["outcome"], "imported", "{point}: {v}");
+            assert!(stderr.contains("the next import or rollback appends it"));
+        } else {
+            assert!(v["due"].is_null(), "{point}: already appended: {v}");
+            assert!(!stderr.contains("note:"), "{stderr}");
+        }
 
         // The same bundle again: "already imported", after settling.
         let out = f.world.import(&f.versions[2].bundle, &[]);

@@ -88,6 +88,7 @@ fn verify_intact_chain() {
         ledger: String,
         entries: usize,
         head_sha256: String,
+        due: Option<serde_json::Value>,
     }
     let out = gapferry()
         .args(["ledger", "verify", "--json", "--state-dir"])
@@ -97,6 +98,7 @@ fn verify_intact_chain() {
     let v: V = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(v.entries, 4);
     assert_eq!(v.head_sha256.len(), 64);
+    assert!(v.due.is_none(), "nothing due after complete imports");
     assert_eq!(dir_listing(sd.path()), before, "verify writes nothing");
 }
 

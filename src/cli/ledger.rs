@@ -54,13 +54,28 @@ struct Location {
 }
 
 impl Location {
-    fn ledger(&self) -> anyhow::Result<Ledger> {
+    fn ledger(&self) -> anyhow::Result<(Ledger, StateDir)> {
         let dir = match (&self.state_dir, &self.mirror) {
             (Some(d), _) => d.clone(),
             (None, Some(m)) => default_state_dir(m)?,
             (None, None) => unreachable!("clap requires one"),
         };
-        Ok(Ledger::in_state_dir(&StateDir::existing(&dir)?))
+        let dir = StateDir::existing(&dir)?;
+        Ok((Ledger::in_state_dir(&dir), dir))
+    }
+}
+
+/// Says on stderr that an interrupted run's line is still to be appended.
+fn note_due(due: &Option<LedgerEntry>, dir: &StateDir) {
+    if let Some(e) = due {
+        eprintln!(
+            "note: {} holds the ledger line of a run that was interrupted after \
+             changing the mirror ({} {} at {}); the next import or rollback appends it",
+            dir.state_path().display(),
+            e.outcome.as_str(),
+            e.bundle_id.as_deref().unwrap_or("-"),
+            e.time
+        );
     }
 }
 
@@ -68,7 +83,8 @@ impl Location {
 struct VerifyArgs {
     #[command(flatten)]
     location: Location,
-    /// Print the result as JSON on stdout: {"ledger", "entries", "head_sha256"}.
+    /// Print the result as JSON on stdout: {"ledger", "entries", "head_sha256",
+    /// "due"}; "due" is the line an interrupted run left to append, or null.
     #[arg(long)]
     json: bool,
 }
@@ -88,19 +104,24 @@ struct VerifyJson {
     ledger: PathBuf,
     entries: usize,
     head_sha256: String,
+    /// The line of an interrupted run not yet appended (see `import`).
+    due: Option<LedgerEntry>,
 }
 
 impl LedgerArgs {
     pub fn run(self) -> anyhow::Result<i32> {
         match self.command {
             LedgerCommand::Verify(a) => {
-                let ledger = a.location.ledger()?;
+                let (ledger, dir) = a.location.ledger()?;
                 let report = ledger.verify()?;
+                let due = ledger.due(&dir)?;
+                note_due(&due, &dir);
                 if a.json {
                     print_json(&VerifyJson {
                         ledger: ledger.path().to_path_buf(),
                         entries: report.entries,
                         head_sha256: report.head_sha256,
+                        due,
                     })?;
                 } else {
                     eprintln!(
@@ -113,8 +134,9 @@ impl LedgerArgs {
                 Ok(0)
             }
             LedgerCommand::Show(a) => {
-                let ledger = a.location.ledger()?;
+                let (ledger, dir) = a.location.ledger()?;
                 let entries = ledger.read()?;
+                note_due(&ledger.due(&dir)?, &dir);
                 if a.json {
                     print_json(&entries)?;
                 } else {

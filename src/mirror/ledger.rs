@@ -313,21 +313,42 @@ impl Ledger {
     /// entry that an interrupted one may or may not have written. Returns
     /// whether it appended.
     pub fn append_once(&self, entry: &LedgerEntry) -> Result<bool, LedgerError> {
-        if self.path.exists() {
-            let mut file = File::open(&self.path).map_err(|source| LedgerError::Read {
-                path: self.path.clone(),
-                source,
-            })?;
-            if let (Some(last), false) = self.last_line(&mut file)? {
-                if serde_json::from_slice::<LedgerEntry>(&last)
-                    .is_ok_and(|l| same_record(&l, entry))
-                {
-                    return Ok(false);
-                }
-            }
+        if self.ends_with(entry)? {
+            return Ok(false);
         }
         self.append(entry)?;
         Ok(true)
+    }
+
+    /// Whether the last complete line records the same event as `entry`.
+    pub fn ends_with(&self, entry: &LedgerEntry) -> Result<bool, LedgerError> {
+        if !self.path.exists() {
+            return Ok(false);
+        }
+        let mut file = File::open(&self.path).map_err(|source| LedgerError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(match self.last_line(&mut file)? {
+            (Some(last), false) => {
+                serde_json::from_slice::<LedgerEntry>(&last).is_ok_and(|l| same_record(&l, entry))
+            }
+            _ => false,
+        })
+    }
+
+    /// The line an interrupted run left due in `state.json` (see [`commit`])
+    /// that this ledger does not have yet: the next import or rollback
+    /// appends it. For read-only reports about the ledger: a state file that
+    /// cannot be read is `status`'s to report, and counts as nothing due.
+    pub fn due(&self, dir: &StateDir) -> Result<Option<LedgerEntry>, LedgerError> {
+        let Ok(state) = dir.load() else {
+            return Ok(None);
+        };
+        match state.ledger_due {
+            Some(e) if !self.ends_with(&e)? => Ok(Some(e)),
+            _ => Ok(None),
+        }
     }
 
     /// The last line's bytes (without `\n`) and whether it lacks its `\n`.
