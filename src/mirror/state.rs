@@ -294,35 +294,71 @@ pub enum Downgrade {
     },
 }
 
-impl fmt::Display for Downgrade {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Downgrade {
+    /// The folder it concerns (none for a sequence) and what is older.
+    fn parts(&self) -> (Option<&str>, String) {
         match self {
             Downgrade::Sequence {
                 channel,
                 incoming,
                 highest,
-            } => write!(
-                f,
-                "sequence {incoming} is below {highest}, already accepted on channel {channel:?}"
+            } => (
+                None,
+                format!(
+                    "sequence {incoming} is below {highest}, already accepted on channel {channel:?}"
+                ),
             ),
             Downgrade::Definitions {
                 slot,
                 incoming,
                 served,
-            } => write!(
-                f,
-                "{slot}: definitions {incoming} are older than the served {served}"
+            } => (
+                Some(slot),
+                format!("definitions {incoming} are older than the served {served}"),
             ),
             Downgrade::Engine {
                 slot,
                 incoming,
                 served,
-            } => write!(
-                f,
-                "{slot}: engine {incoming} is older than the served {served} (same definitions)"
+            } => (
+                Some(slot),
+                format!("engine {incoming} is older than the served {served} (same definitions)"),
             ),
         }
     }
+}
+
+impl fmt::Display for Downgrade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.parts() {
+            (Some(slot), text) => write!(f, "{slot}: {text}"),
+            (None, text) => f.write_str(&text),
+        }
+    }
+}
+
+/// All of `d` in one line, folders older for the same reason named together:
+/// `linux/production/arch_x86_64, linux/production/arch_arm64: definitions
+/// 1.2.0 are older than the served 1.3.0; sequence ...`.
+pub fn describe_downgrades(d: &[Downgrade]) -> String {
+    let mut groups: Vec<(Vec<&str>, String)> = Vec::new();
+    for (slot, text) in d.iter().map(Downgrade::parts) {
+        match (
+            slot,
+            groups.iter_mut().find(|g| !g.0.is_empty() && g.1 == text),
+        ) {
+            (Some(slot), Some(group)) => group.0.push(slot),
+            (slot, _) => groups.push((slot.into_iter().collect(), text)),
+        }
+    }
+    groups
+        .iter()
+        .map(|(slots, text)| match slots.is_empty() {
+            true => text.clone(),
+            false => format!("{}: {text}", slots.join(", ")),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The rollback policy's verdict on an incoming bundle.
@@ -370,7 +406,7 @@ pub enum PolicyError {
     #[error(
         "refused: the bundle is older than what this mirror serves or has accepted ({}); \
          a replayed or out-of-order bundle? To roll back on purpose, add --allow-downgrade",
-        join(.0)
+        describe_downgrades(.0)
     )]
     Older(Vec<Downgrade>),
     #[error(
@@ -386,13 +422,6 @@ pub enum PolicyError {
         accepted_manifest_sha256: String,
         incoming_manifest_sha256: String,
     },
-}
-
-fn join(d: &[Downgrade]) -> String {
-    d.iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 impl Classify for PolicyError {
@@ -783,6 +812,36 @@ mod tests {
             manifest_sha256: sha,
             items,
         })
+    }
+
+    #[test]
+    fn downgrades_of_the_same_versions_are_named_together() {
+        let defs = |slot: &str, incoming: &str| Downgrade::Definitions {
+            slot: slot.into(),
+            incoming: incoming.into(),
+            served: "1.3.0".into(),
+        };
+        let d = [
+            Downgrade::Sequence {
+                channel: "c".into(),
+                incoming: 4,
+                highest: 5,
+            },
+            defs("linux/production/arch_x86_64", "1.2.0"),
+            defs("linux/production/arch_arm64", "1.2.0"),
+            defs("mac/production/arch_arm64", "1.1.0"),
+        ];
+        assert_eq!(
+            describe_downgrades(&d),
+            "sequence 4 is below 5, already accepted on channel \"c\"; \
+             linux/production/arch_x86_64, linux/production/arch_arm64: definitions 1.2.0 are \
+             older than the served 1.3.0; \
+             mac/production/arch_arm64: definitions 1.1.0 are older than the served 1.3.0"
+        );
+        assert_eq!(
+            d[1].to_string(),
+            "linux/production/arch_x86_64: definitions 1.2.0 are older than the served 1.3.0"
+        );
     }
 
     #[test]
