@@ -153,8 +153,15 @@ fn decode_key<'p>(
         .decode(data)
         .map_err(|e| bad(format!("bad base64: {e}")))?;
     if raw.len() != len {
+        let hint = match (what, raw.len()) {
+            ("public key", 158) => {
+                ": this is a secret key; give its public key (the .pub file) instead"
+            }
+            ("secret key", 42) => ": this is a public key; give the secret key (.key) instead",
+            _ => "",
+        };
         return Err(bad(format!(
-            "decoded to {} bytes, expected {len}",
+            "decoded to {} bytes, expected {len}{hint}",
             raw.len()
         )));
     }
@@ -529,6 +536,25 @@ mod tests {
         assert_eq!(id.to_string(), "AB07060504030201");
         assert_eq!(id.to_string().parse::<KeyId>().unwrap(), id);
         assert!("ab07060504030201".parse::<KeyId>().is_err());
+    }
+
+    #[test]
+    fn a_key_of_the_other_kind_says_which_file_to_give() {
+        let sk = SecretKey::generate();
+        let e = PublicKey::parse(&sk.to_file_text(None), Path::new("demo.key")).unwrap_err();
+        assert!(
+            e.to_string().contains("demo.key")
+                && e.to_string()
+                    .contains("this is a secret key; give its public key"),
+            "{e}"
+        );
+        let e =
+            SecretKey::parse(&sk.public().to_file_text(), Path::new("demo.pub"), None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("this is a public key; give the secret key"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -88,6 +88,14 @@ fn keygen_export_inspect_verify_round_trip() {
         r.stdout.contains(&format!("key {id}  trusted, valid")),
         "{r:#?}"
     );
+    // The items table lines up whatever the platform's name length.
+    let columns: Vec<usize> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.find(" engine "))
+        .collect();
+    assert_eq!(columns.len(), releases.len(), "{r:#?}");
+    assert!(columns.iter().all(|&c| c == columns[0]), "{r:#?}");
 
     let info = inspect_json(&sb, &bundle);
     let mut want = Vec::new();

@@ -200,10 +200,11 @@ impl InspectArgs {
         }
         let _ = writeln!(s, "items");
         for i in &out.items {
+            let folder = format!("{}/{}/arch_{}", i.platform, i.ring, i.arch);
             let _ = writeln!(
                 s,
-                "  {}/{}/arch_{:<8} engine {:<14} definitions {}",
-                i.platform, i.ring, i.arch, i.engine_version, i.definition_version
+                "  {folder:<30} engine {:<14} definitions {}",
+                i.engine_version, i.definition_version
             );
         }
         let _ = writeln!(s, "files ({} bytes)", out.payload_size);
