@@ -203,7 +203,10 @@ fn show_json_and_table() {
     assert!(table.contains("reason: older than served"), "{table}");
     assert!(table.contains("(--allow-downgrade)"), "{table}");
     assert!(
-        table.contains("linux/production/arch_x86_64 1.400.2.0/1.1.1.0 -> 1.400.3.0/1.1.1.0"),
+        table.contains(
+            "linux/production/arch_x86_64  definitions 1.400.2.0 (engine 1.1.1.0) -> \
+             definitions 1.400.3.0 (engine 1.1.1.0)"
+        ),
         "{table}"
     );
 }

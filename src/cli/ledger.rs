@@ -152,23 +152,26 @@ impl LedgerArgs {
 
 fn versions(c: &SlotChange) -> String {
     let v = |v: &Option<gapferry::mirror::ledger::Versions>| match v {
-        Some(v) => format!("{}/{}", v.definition_version, v.engine_version),
+        Some(v) => format!(
+            "definitions {} (engine {})",
+            v.definition_version, v.engine_version
+        ),
         None => "-".to_string(),
     };
-    format!("{} {} -> {}", c.slot, v(&c.before), v(&c.after))
+    format!("{}  {} -> {}", c.slot, v(&c.before), v(&c.after))
 }
 
 /// The human table: one row per entry, then one indented line per folder
 /// change and the reason.
 fn table(entries: &[LedgerEntry]) -> String {
     let mut s = format!(
-        "{:>4}  {:<20}  {:<16}  {:<24}  {}\n",
+        "{:>4}  {:<20}  {:<16}  {:<32}  {}\n",
         "#", "time", "outcome", "bundle", "channel:sequence"
     );
     for (i, e) in entries.iter().enumerate() {
         let seq = e.sequence.map(|q| q.to_string()).unwrap_or("-".into());
         s.push_str(&format!(
-            "{:>4}  {:<20}  {:<16}  {:<24}  {}:{}{}\n",
+            "{:>4}  {:<20}  {:<16}  {:<32}  {}:{}{}\n",
             i + 1,
             e.time,
             e.outcome.as_str(),
