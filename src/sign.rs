@@ -108,6 +108,12 @@ impl Signature {
         let trusted_comment = tc_line
             .strip_prefix("trusted comment: ")
             .ok_or_else(|| bad("third line is not a trusted comment"))?;
+        // A stray CR (or any control character but the tabs minisign puts
+        // in its default comment) would not survive being written out
+        // again, and no honest comment has one.
+        if trusted_comment.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(bad("trusted comment contains control characters"));
+        }
         let global_line = lines
             .next()
             .ok_or_else(|| bad("missing global signature"))?;
