@@ -46,6 +46,16 @@ fn write_fuzz_corpus() {
     let k = SecretKey::generate();
     let k2 = SecretKey::generate();
 
+    // Every input fuzzing has found (tests/data/fuzz/<target>-<what>), back
+    // into its target's corpus.
+    for e in fs::read_dir(root.join("tests/data/fuzz")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some((target, _)) = name.split_once('-') {
+            write(&dir, target, &name, &fs::read(e.path()).unwrap());
+        }
+    }
+
     // Keys.
     write(&dir, "keys", "pub", k.public().to_file_text().as_bytes());
     write(&dir, "keys", "pub-bare", k.public().to_base64().as_bytes());
