@@ -6,6 +6,7 @@
 #
 #   bench/import.sh                 # 1 GiB payload, 5 rounds
 #   bench/import.sh --size 8G
+#   BASELINE=/path/to/older/gapferry bench/import.sh   # also time that binary's import
 
 usage() {
     echo "usage: bench/import.sh [--size 1G|8G] [--rounds N] [--no-build]"
@@ -50,13 +51,16 @@ gapferry_verify() {
 }
 
 gapferry_import() {
+    local bin=${1:-$GAPFERRY}
     rm -rf "$X"; mkdir -p "$X/mirror" "$X/state"
-    /usr/bin/time -v -o "$TIMEV" "$GAPFERRY" import "$GF_BUNDLE" --trust "$KEYS/bench.pub" \
+    /usr/bin/time -v -o "$TIMEV" "$bin" import "$GF_BUNDLE" --trust "$KEYS/bench.pub" \
         --mirror "$X/mirror" --state-dir "$X/state" --quiet
 }
 
 sides="peer verify"
 [ "$HAVE_IMPORT" = 1 ] && sides="$sides import"
+# An older build on the same bundle, to measure a change in one run.
+[ -n "${BASELINE:-}" ] && sides="$sides baseline"
 
 machine
 echo "output: $OUT ($(df -T "$OUT" | awk 'NR == 2 { print $2 }'))"
@@ -68,6 +72,7 @@ run_side() {
         peer) peer_import ;;
         verify) gapferry_verify ;;
         import) gapferry_import ;;
+        baseline) gapferry_import "$BASELINE" ;;
     esac
 }
 
