@@ -132,6 +132,50 @@ fn concurrent_imports_serialise() {
     assert_no_staging(&fx.root);
 }
 
+/// Two state directories for one mirror (say a manual run with its own
+/// --state-dir beside the inbox service): the state directories' locks do
+/// not see each other, so the served folder itself is locked too. A second
+/// import waits, then fails naming the mirror and the fix; once the first
+/// is done it goes through.
+#[test]
+fn imports_with_different_state_dirs_still_serialise_on_the_mirror() {
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let dl = fx.download("v1", &[(LX, "1.1.1.0", "1.400.1.0")]);
+    let b = fx.export(&dl, "b1", &[&k], &[]);
+    fs::create_dir_all(&fx.mirror).unwrap();
+    let other_state = fx.root.join("other-state");
+    let import = |extra: &[&str]| {
+        let mut c = fx.import_cmd(&b, &[&k.public], extra);
+        c.arg("--mirror")
+            .arg(&fx.mirror)
+            .arg("--state-dir")
+            .arg(&other_state);
+        fx.run(c)
+    };
+
+    // Another run on this mirror holds its folder lock.
+    let held = gapferry::mirror::lock::lock_served(&fx.mirror, Duration::ZERO).unwrap();
+    let r = import(&["--lock-wait", "300ms"]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    for want in [
+        fx.mirror.to_str().unwrap(),
+        "another gapferry import or rollback is working on",
+        "the same --state-dir",
+    ] {
+        assert!(r.stderr.contains(want), "{want}: {r:#?}");
+    }
+    assert!(
+        !fx.mirror.join(LX).exists(),
+        "nothing published while locked"
+    );
+    drop(held);
+
+    let r = import(&[]);
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert_eq!(served_versions(&fx.mirror.join(LX)).1, "1.400.1.0");
+}
+
 // ---------------------------------------------------------------- ledger
 
 #[test]

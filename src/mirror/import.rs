@@ -179,9 +179,12 @@ pub fn import(
     let mut attempt = Attempt::default();
     let (outcome, err) = match StateDir::open(&opts.state_dir) {
         Err(e) => (Outcome::Failed, Some(ImportError::from(e))),
-        Ok(state_dir) => match state_dir.lock(opts.lock_wait) {
+        Ok(state_dir) => match state_dir.lock(opts.lock_wait).and_then(|l| {
+            let served = super::lock::lock_served(opts.target.served_root(), opts.lock_wait)?;
+            Ok((l, served))
+        }) {
             Err(e) => (Outcome::Failed, Some(ImportError::from(e))),
-            Ok(_lock) => {
+            Ok(_locks) => {
                 let result = run(opts, &state_dir, &mut attempt, observer);
                 let (outcome, err) = match result {
                     Ok(o) => (o, None),

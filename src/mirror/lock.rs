@@ -1,4 +1,5 @@
-//! One import at a time per mirror: an exclusive `flock` on `<state-dir>/lock`.
+//! One import at a time per mirror: an exclusive `flock` on `<state-dir>/lock`,
+//! then one on the served folder itself ([`lock_served`]).
 //! This module owns only the lock; it must never delete the lock file (a
 //! deleted-and-recreated lock file lets two processes hold "the" lock at
 //! once) and never wait without a bound.
@@ -11,6 +12,12 @@
 //! works. The lock is released by the kernel when the process exits, even on
 //! SIGKILL, so a lock file left behind is harmless. The holder writes its pid
 //! and start time into the file so a waiting process can name it.
+//!
+//! An operator can still give one mirror two state directories (a manual run
+//! with `--state-dir` beside the inbox service); their lock files do not see
+//! each other, so the holder of a state directory's lock then also locks the
+//! served folder itself ([`lock_served`]: a `flock` on the folder, nothing
+//! written into the served tree).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
@@ -50,6 +57,14 @@ pub enum LockError {
         holder: Option<String>,
         waited: Duration,
     },
+    #[error(
+        "another gapferry import or rollback is working on {path} with another state \
+         directory (waited {}); let it finish and run the command again. Give every \
+         import and rollback of one mirror the same --state-dir (or none): separate \
+         state directories keep separate rollback protection and ledgers",
+        humantime::format_duration(*waited)
+    )]
+    ServedHeld { path: PathBuf, waited: Duration },
 }
 
 impl Classify for LockError {
@@ -80,28 +95,20 @@ impl ImportLock {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let start = Instant::now();
-        loop {
-            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => break,
-                Err(Errno::INTR) => continue,
-                Err(Errno::WOULDBLOCK) => {
-                    let waited = start.elapsed();
-                    if waited >= wait {
-                        return Err(LockError::Held {
-                            path: path.to_path_buf(),
-                            holder: read_holder(&mut file),
-                            waited,
-                        });
-                    }
-                    std::thread::sleep(POLL.min(wait - waited));
-                }
-                Err(e) => {
-                    return Err(LockError::Lock {
-                        path: path.to_path_buf(),
-                        source: e.into(),
-                    })
-                }
+        match flock_within(&file, wait) {
+            Ok(()) => {}
+            Err(Wait::Held(waited)) => {
+                return Err(LockError::Held {
+                    path: path.to_path_buf(),
+                    holder: read_holder(&mut file),
+                    waited,
+                })
+            }
+            Err(Wait::Failed(e)) => {
+                return Err(LockError::Lock {
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                })
             }
         }
         // Best effort: the note only helps a waiting process name us.
@@ -131,6 +138,61 @@ impl Drop for ImportLock {
         // Clear the note so a later waiter does not name a finished process;
         // closing the file releases the lock.
         let _ = self.file.set_len(0);
+    }
+}
+
+enum Wait {
+    /// Still held by another open file after waiting this long.
+    Held(Duration),
+    Failed(Errno),
+}
+
+/// Takes an exclusive `flock` on `file`, polling for at most `wait`.
+fn flock_within(file: &File, wait: Duration) -> Result<(), Wait> {
+    let start = Instant::now();
+    loop {
+        match flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(Errno::WOULDBLOCK) => {
+                let waited = start.elapsed();
+                if waited >= wait {
+                    return Err(Wait::Held(waited));
+                }
+                std::thread::sleep(POLL.min(wait - waited));
+            }
+            Err(e) => return Err(Wait::Failed(e)),
+        }
+    }
+}
+
+/// The second lock of an import or rollback, on the served folder itself;
+/// see [`lock_served`]. Dropping it releases the lock.
+#[derive(Debug)]
+pub struct ServedLock {
+    _dir: Option<File>,
+}
+
+/// Takes an exclusive `flock` on the served folder (the mirror root, or the
+/// `--target` folder) itself, after the state directory's lock, waiting at
+/// most `wait`. The state directory's lock serialises every run that shares
+/// it; this one also serialises runs on one mirror that were given
+/// *different* state directories, which would otherwise publish into the
+/// same folders at once. It creates nothing in the served tree. Where it
+/// cannot apply, the state directory's lock alone holds: a folder that does
+/// not exist yet (a first import creates it) or cannot be opened, and a
+/// filesystem without `flock` on folders (some NFS setups).
+pub fn lock_served(dir: &Path, wait: Duration) -> Result<ServedLock, LockError> {
+    let Ok(file) = File::open(dir) else {
+        return Ok(ServedLock { _dir: None });
+    };
+    match flock_within(&file, wait) {
+        Ok(()) => Ok(ServedLock { _dir: Some(file) }),
+        Err(Wait::Held(waited)) => Err(LockError::ServedHeld {
+            path: dir.to_path_buf(),
+            waited,
+        }),
+        Err(Wait::Failed(_)) => Ok(ServedLock { _dir: None }),
     }
 }
 
