@@ -162,6 +162,8 @@ struct Attempt {
     slots: Vec<SlotReport>,
     bytes_written: u64,
     downgrades: Vec<String>,
+    /// The same, folders older for the same reason named together.
+    downgrade_summary: String,
     recovered: Vec<PathBuf>,
     /// The run saved its own ledger entry with the state (the import stands
     /// from then on); `ledger_error` is why appending it failed, if it did.
@@ -256,7 +258,7 @@ fn ledger_entry(
     if err.is_none() && !attempt.downgrades.is_empty() {
         reason = Some(format!(
             "downgrade allowed by --allow-downgrade: {}",
-            attempt.downgrades.join("; ")
+            attempt.downgrade_summary
         ));
     }
     LedgerEntry {
@@ -481,6 +483,7 @@ fn run(
         Go::AlreadyImported => return Ok(Outcome::AlreadyImported),
         Go::Import { downgrades } => {
             attempt.downgrades = downgrades.iter().map(|d| d.to_string()).collect();
+            attempt.downgrade_summary = super::state::describe_downgrades(&downgrades);
         }
     }
 
