@@ -77,11 +77,19 @@ impl SyncingWriter {
     /// Stops the background syncer, reporting any sync it failed, then syncs
     /// everything (data and metadata).
     pub fn finish(mut self) -> io::Result<()> {
-        if let Some(Syncer { tx, handle }) = self.syncer.take() {
-            drop(tx);
-            handle.join().expect("syncer thread panicked")?;
-        }
+        self.stop_syncer()?;
         self.file.sync_all()
+    }
+
+    /// Stops and joins the background syncer, if it was started.
+    fn stop_syncer(&mut self) -> io::Result<()> {
+        match self.syncer.take() {
+            Some(Syncer { tx, handle }) => {
+                drop(tx);
+                handle.join().expect("syncer thread panicked")
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -89,10 +97,7 @@ impl Drop for SyncingWriter {
     /// Dropped without `finish` (an error path): the syncer is stopped and
     /// joined, so no thread outlives its writer.
     fn drop(&mut self) {
-        if let Some(Syncer { tx, handle }) = self.syncer.take() {
-            drop(tx);
-            let _ = handle.join();
-        }
+        let _ = self.stop_syncer();
     }
 }
 

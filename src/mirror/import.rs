@@ -161,9 +161,7 @@ struct Attempt {
     signers: Vec<String>,
     slots: Vec<SlotReport>,
     bytes_written: u64,
-    downgrades: Vec<String>,
-    /// The same, folders older for the same reason named together.
-    downgrade_summary: String,
+    downgrades: Vec<super::state::Downgrade>,
     recovered: Vec<PathBuf>,
     /// The run saved its own ledger entry with the state (the import stands
     /// from then on); `ledger_error` is why appending it failed, if it did.
@@ -230,7 +228,7 @@ fn report(
         signers: attempt.signers,
         slots: attempt.slots,
         bytes_written: attempt.bytes_written,
-        downgrades: attempt.downgrades,
+        downgrades: attempt.downgrades.iter().map(|d| d.to_string()).collect(),
         recovered: attempt.recovered,
         error: err.as_ref().map(|e| format!("{e}")),
         exit_code: err.as_ref().map_or(0, |e| e.exit_kind().code()),
@@ -258,7 +256,7 @@ fn ledger_entry(
     if err.is_none() && !attempt.downgrades.is_empty() {
         reason = Some(format!(
             "downgrade allowed by --allow-downgrade: {}",
-            attempt.downgrade_summary
+            super::state::describe_downgrades(&attempt.downgrades)
         ));
     }
     LedgerEntry {
@@ -482,8 +480,7 @@ fn run(
     match go {
         Go::AlreadyImported => return Ok(Outcome::AlreadyImported),
         Go::Import { downgrades } => {
-            attempt.downgrades = downgrades.iter().map(|d| d.to_string()).collect();
-            attempt.downgrade_summary = super::state::describe_downgrades(&downgrades);
+            attempt.downgrades = downgrades;
         }
     }
 

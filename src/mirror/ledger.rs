@@ -185,6 +185,11 @@ pub struct Ledger {
     path: PathBuf,
 }
 
+/// Whether the ledger line `line` records the same event as `entry`.
+fn records(line: &[u8], entry: &LedgerEntry) -> bool {
+    serde_json::from_slice::<LedgerEntry>(line).is_ok_and(|l| same_record(&l, entry))
+}
+
 /// Whether two entries record the same event; `prev_hash` and `reason`
 /// (shortened when over-long) are left out.
 fn same_record(a: &LedgerEntry, b: &LedgerEntry) -> bool {
@@ -258,6 +263,20 @@ impl Ledger {
     /// Appends `entry` (its `prev_hash` is set here) and fsyncs. Call it under
     /// the import lock. Returns the entry as written.
     pub fn append(&self, entry: &LedgerEntry) -> Result<LedgerEntry, LedgerError> {
+        Ok(self.write(entry, false)?.expect("always written"))
+    }
+
+    /// Appends `entry` unless the ledger's last line already records it
+    /// (same time, outcome, bundle and folder changes): how a run settles an
+    /// entry that an interrupted one may or may not have written. Returns
+    /// whether it appended.
+    pub fn append_once(&self, entry: &LedgerEntry) -> Result<bool, LedgerError> {
+        Ok(self.write(entry, true)?.is_some())
+    }
+
+    /// The appending behind both: `None` when `once` and the last complete
+    /// line already records `entry`.
+    fn write(&self, entry: &LedgerEntry, once: bool) -> Result<Option<LedgerEntry>, LedgerError> {
         let werr = |source| LedgerError::Write {
             path: self.path.clone(),
             source,
@@ -271,6 +290,9 @@ impl Ledger {
             .open(&self.path)
             .map_err(werr)?;
         let (last, torn) = self.last_line(&mut file)?;
+        if once && !torn && last.as_deref().is_some_and(|l| records(l, entry)) {
+            return Ok(None);
+        }
         let mut entry = entry.clone();
         entry.prev_hash = match &last {
             Some(bytes) => sha256_hex(bytes),
@@ -305,19 +327,7 @@ impl Ledger {
                 fsx::sync_dir(dir).map_err(werr)?;
             }
         }
-        Ok(entry)
-    }
-
-    /// Appends `entry` unless the ledger's last line already records it
-    /// (same time, outcome, bundle and folder changes): how a run settles an
-    /// entry that an interrupted one may or may not have written. Returns
-    /// whether it appended.
-    pub fn append_once(&self, entry: &LedgerEntry) -> Result<bool, LedgerError> {
-        if self.ends_with(entry)? {
-            return Ok(false);
-        }
-        self.append(entry)?;
-        Ok(true)
+        Ok(Some(entry))
     }
 
     /// Whether the last complete line records the same event as `entry`.
@@ -330,9 +340,7 @@ impl Ledger {
             source,
         })?;
         Ok(match self.last_line(&mut file)? {
-            (Some(last), false) => {
-                serde_json::from_slice::<LedgerEntry>(&last).is_ok_and(|l| same_record(&l, entry))
-            }
+            (Some(last), false) => records(&last, entry),
             _ => false,
         })
     }
