@@ -38,9 +38,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::fsx::{self, fix};
-use super::publish::crash_point;
 use super::state::{State, StateDir, StateError};
 use crate::error::{Classify, ExitKind};
+use crate::faults::crash_point;
 
 /// `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

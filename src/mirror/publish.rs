@@ -68,21 +68,14 @@
 //! servers must see a real folder. Per-file renames were rejected: they can
 //! show a new `updates.zip` beside an old `manifest.json`.) The back rotation
 //! uses the same fallback. [`PublishOptions::force_fallback`] (or
-//! `GAPFERRY_TEST_FORCE_FALLBACK=1` through [`PublishOptions::from_env`])
+//! the fault-injection build's `GAPFERRY_TEST_FORCE_FALLBACK=1`, see
+//! [`crate::faults`])
 //! forces it, for tests.
 //!
 //! # Test-only crash hooks
 //!
-//! `GAPFERRY_TEST_CRASH_AT=<step>` (or `<step>#<n>` for the n-th time that
-//! step is reached in the process) makes the process SIGKILL itself at that
-//! point; `GAPFERRY_TEST_CRASH_AFTER_BYTES=<n>` does so once `n` payload bytes
-//! have been staged by the process. Steps, in order: `staging-created`,
-//! `file-written`, `journal-written`, `fallback-aside` (fallback only, inside
-//! the window), `current-swapped`, `back-aside` (fallback only),
-//! `back-rotated`, `cleaned`. Recording the change (`mirror::ledger::commit`)
-//! adds `ledger-due` (state saved with its ledger entry, not yet appended)
-//! and `ledger-appended` (appended, not yet cleared). These exist only so that integration tests can
-//! kill an import deterministically; they are never set in production.
+//! [`crate::faults`] kills a publish at named steps for the crash tests; it
+//! exists only in builds with the `fault-injection` feature.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -90,8 +83,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -102,24 +94,10 @@ use crate::mde::{Arch, Slot};
 
 /// Name prefix of every staging root; leftovers are recognised by it.
 pub const STAGING_PREFIX: &str = ".gapferry-staging-";
-/// Environment variable that forces the no-exchange fallback (tests).
-pub const ENV_FORCE_FALLBACK: &str = "GAPFERRY_TEST_FORCE_FALLBACK";
-/// Environment variable naming a crash step (tests).
-pub const ENV_CRASH_AT: &str = "GAPFERRY_TEST_CRASH_AT";
-/// Environment variable naming a byte count after which to crash (tests).
-pub const ENV_CRASH_AFTER_BYTES: &str = "GAPFERRY_TEST_CRASH_AFTER_BYTES";
-
-/// Every crash step name, in the order a publish reaches them.
-pub const CRASH_STEPS: &[&str] = &[
-    "staging-created",
-    "file-written",
-    "journal-written",
-    "fallback-aside",
-    "current-swapped",
-    "back-aside",
-    "back-rotated",
-    "cleaned",
-];
+use crate::faults::crash_after_bytes;
+pub use crate::faults::{crash_point, CRASH_STEPS};
+#[cfg(feature = "fault-injection")]
+pub use crate::faults::{ENV_CRASH_AFTER_BYTES, ENV_CRASH_AT, ENV_FORCE_FALLBACK};
 
 const JOURNAL_SUFFIX: &str = ".journal";
 const ASIDE_SUFFIX: &str = ".old";
@@ -186,10 +164,11 @@ pub struct PublishOptions {
 }
 
 impl PublishOptions {
-    /// Defaults, with `GAPFERRY_TEST_FORCE_FALLBACK=1` honoured (tests).
+    /// Defaults; a fault-injection build (tests) also honours
+    /// `GAPFERRY_TEST_FORCE_FALLBACK=1`.
     pub fn from_env() -> Self {
         PublishOptions {
-            force_fallback: std::env::var_os(ENV_FORCE_FALLBACK).is_some_and(|v| v == "1"),
+            force_fallback: crate::faults::force_fallback(),
         }
     }
 }
@@ -1062,50 +1041,6 @@ fn owner_alive(token: &str) -> bool {
     }
 }
 
-/// Test-only: SIGKILLs the process if `GAPFERRY_TEST_CRASH_AT` names `step`
-/// (or `step#n` and this is the n-th time the step is reached).
-pub fn crash_point(step: &str) {
-    let Some(want) = std::env::var_os(ENV_CRASH_AT) else {
-        return;
-    };
-    let want = want.to_string_lossy();
-    let (name, nth) = match want.split_once('#') {
-        Some((n, k)) => (n, k.parse::<u32>().unwrap_or(1)),
-        None => (want.as_ref(), 1),
-    };
-    if name != step {
-        return;
-    }
-    static SEEN: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
-    let count = {
-        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-        let c = seen.entry(step.to_string()).or_insert(0);
-        *c += 1;
-        *c
-    };
-    if count == nth {
-        die();
-    }
-}
-
-fn crash_after_bytes(n: u64) {
-    static TOTAL: AtomicU64 = AtomicU64::new(0);
-    let Some(limit) = std::env::var_os(ENV_CRASH_AFTER_BYTES) else {
-        return;
-    };
-    let Ok(limit) = limit.to_string_lossy().parse::<u64>() else {
-        return;
-    };
-    if TOTAL.fetch_add(n, Ordering::SeqCst) + n >= limit {
-        die();
-    }
-}
-
-fn die() -> ! {
-    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-    std::process::abort()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1346,14 +1281,5 @@ mod tests {
             msg.contains("updates.zip") && msg.contains("free space"),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn crash_step_names_are_listed() {
-        for s in CRASH_STEPS {
-            assert!(!s.contains('#'));
-        }
-        // An unset or different step never fires.
-        crash_point("no-such-step");
     }
 }
