@@ -21,6 +21,8 @@ use gapferry::mirror::publish::{Destination, PublishOptions};
 use gapferry::mirror::receipt;
 use gapferry::mirror::state;
 
+use gapferry::text::{escape_path, Esc};
+
 use super::output::{print_json, Bar};
 use super::UsageError;
 
@@ -264,7 +266,7 @@ impl ImportArgs {
             }
             if json || quiet {
                 if let (1.., Some(e)) = (r.exit_code, &r.error) {
-                    eprintln!("gapferry: inbox: {}: {e}", r.bundle);
+                    eprintln!("gapferry: inbox: {}: {}", Esc(&r.bundle), Esc(e));
                 }
                 return;
             }
@@ -276,7 +278,8 @@ impl ImportArgs {
                     if !quiet && !json {
                         for w in &summary.waiting {
                             eprintln!(
-                                "gapferry: inbox: {w}: left alone (still arriving, or waiting for the rest of a split bundle)"
+                                "gapferry: inbox: {}: left alone (still arriving, or waiting for the rest of a split bundle)",
+                                Esc(w)
                             );
                         }
                     }
@@ -286,7 +289,11 @@ impl ImportArgs {
                 Err(e) if !self.watch => return Err(e.into()),
                 // A watcher keeps watching: the folder may come back (a
                 // remounted share); the next pass tries again.
-                Err(e) => eprintln!("gapferry: inbox: {e}; trying again in {:?}", self.interval),
+                Err(e) => eprintln!(
+                    "gapferry: inbox: {}; trying again in {:?}",
+                    Esc(&e.to_string()),
+                    self.interval
+                ),
             }
             let until = std::time::Instant::now() + self.interval;
             while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
@@ -302,36 +309,39 @@ impl ImportArgs {
     }
 }
 
+/// The inbox's log line for one bundle (stderr, so journald under systemd).
+/// The file name and the error come from whoever wrote the inbox: escaped,
+/// so a name with a newline cannot forge a second line.
 fn inbox_line(r: &BundleResult) {
     let moved = r
         .moved_to
         .as_ref()
-        .map(|p| p.display().to_string())
+        .map(|p| escape_path(p))
         .unwrap_or_default();
+    let bundle = Esc(&r.bundle);
+    let error = Esc(r.error.as_deref().unwrap_or(""));
     match r.outcome {
         Outcome::Imported | Outcome::AlreadyImported => eprintln!(
             "gapferry: inbox: {}: {} (sequence {}), receipt {}; moved to {moved}",
-            r.bundle,
+            bundle,
             if r.outcome == Outcome::Imported {
                 "imported"
             } else {
                 "already imported"
             },
             r.sequence.map(|s| s.to_string()).unwrap_or_default(),
-            r.receipt.as_deref().unwrap_or("(not kept)")
+            Esc(r.receipt.as_deref().unwrap_or("(not kept)"))
         ),
         _ if r.moved_to.is_some() => eprintln!(
             "gapferry: inbox: {}: {} (exit {}): {}; moved to {moved} (see {moved}.reason.json)",
-            r.bundle,
+            bundle,
             r.outcome.as_str(),
             r.exit_code,
-            r.error.as_deref().unwrap_or("")
+            error
         ),
         _ => eprintln!(
             "gapferry: inbox: {}: failed (exit {}): {}; left in place, tried again next pass",
-            r.bundle,
-            r.exit_code,
-            r.error.as_deref().unwrap_or("")
+            bundle, r.exit_code, error
         ),
     }
 }
@@ -365,38 +375,50 @@ fn summary(r: &ImportReport) {
     for p in &r.recovered {
         eprintln!(
             "gapferry: completed an interrupted publish of {}",
-            p.display()
+            escape_path(p)
         );
     }
-    let id = r.bundle_id.as_deref().unwrap_or("?");
+    let id = Esc(r.bundle_id.as_deref().unwrap_or("?"));
     match r.outcome {
         Outcome::Imported => {
             eprintln!(
                 "gapferry: imported bundle {id} (channel {}, sequence {}), signed by {}",
-                r.channel.as_deref().unwrap_or("?"),
+                Esc(r.channel.as_deref().unwrap_or("?")),
                 r.sequence.unwrap_or(0),
-                r.signers.join(", ")
+                Esc(&r.signers.join(", "))
             );
             for s in &r.slots {
                 let before = s
                     .before
                     .as_ref()
-                    .map(|v| format!("{} / {}", v.engine_version, v.definition_version))
+                    .map(|v| {
+                        format!(
+                            "{} / {}",
+                            Esc(&v.engine_version),
+                            Esc(&v.definition_version)
+                        )
+                    })
                     .unwrap_or_else(|| "(none)".into());
                 let after = s
                     .after
                     .as_ref()
-                    .map(|v| format!("{} / {}", v.engine_version, v.definition_version))
+                    .map(|v| {
+                        format!(
+                            "{} / {}",
+                            Esc(&v.engine_version),
+                            Esc(&v.definition_version)
+                        )
+                    })
                     .unwrap_or_default();
                 let note = if s.published {
                     ""
                 } else {
                     "  (already served)"
                 };
-                eprintln!("  {:<30} {before} -> {after}{note}", s.slot);
+                eprintln!("  {:<30} {before} -> {after}{note}", Esc(&s.slot));
             }
             for d in &r.downgrades {
-                eprintln!("  downgrade allowed: {d}");
+                eprintln!("  downgrade allowed: {}", Esc(d));
             }
         }
         Outcome::AlreadyImported => {
