@@ -16,7 +16,7 @@ use gapferry::manifest;
 use gapferry::mde::{Arch, Platform, Ring};
 use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target};
 use gapferry::mirror::inbox::{self, BundleResult, InboxOptions, Tracker};
-use gapferry::mirror::ledger::Outcome;
+use gapferry::mirror::ledger::{Ledger, Outcome};
 use gapferry::mirror::publish::{Destination, PublishOptions};
 use gapferry::mirror::receipt;
 use gapferry::mirror::state;
@@ -250,8 +250,14 @@ impl ImportArgs {
         let mut tracker = Tracker::new(self.watch);
         let bar = Bar::new(true);
         let (json, quiet) = (self.json, self.quiet);
-        let mut after = |r: &ImportReport| match keep_receipt(r, &state_dir, true) {
-            Ok(t) => t,
+        // The ledger head of the last receipt, for the inbox's log line.
+        let head = std::cell::RefCell::new(None::<String>);
+        let mut after = |r: &ImportReport| match keep_receipt_and_head(r, &state_dir, true) {
+            Ok(t) => {
+                let (receipt, h) = t.unzip();
+                *head.borrow_mut() = h.flatten();
+                receipt
+            }
             Err(e) => {
                 eprintln!("gapferry: {}", super::describe(&e));
                 None
@@ -270,7 +276,7 @@ impl ImportArgs {
                 }
                 return;
             }
-            inbox_line(r);
+            inbox_line(r, head.borrow_mut().take());
         };
         loop {
             match inbox::pass(&opts, &mut tracker, &stop, &bar, &mut after, &mut on_result) {
@@ -312,7 +318,7 @@ impl ImportArgs {
 /// The inbox's log line for one bundle (stderr, so journald under systemd).
 /// The file name and the error come from whoever wrote the inbox: escaped,
 /// so a name with a newline cannot forge a second line.
-fn inbox_line(r: &BundleResult) {
+fn inbox_line(r: &BundleResult, head: Option<String>) {
     let moved = r
         .moved_to
         .as_ref()
@@ -322,7 +328,7 @@ fn inbox_line(r: &BundleResult) {
     let error = Esc(r.error.as_deref().unwrap_or(""));
     match r.outcome {
         Outcome::Imported | Outcome::AlreadyImported => eprintln!(
-            "gapferry: inbox: {}: {} (sequence {}), receipt {}; moved to {moved}",
+            "gapferry: inbox: {}: {} (sequence {}), receipt {}{}; moved to {moved}",
             bundle,
             if r.outcome == Outcome::Imported {
                 "imported"
@@ -330,7 +336,9 @@ fn inbox_line(r: &BundleResult) {
                 "already imported"
             },
             r.sequence.map(|s| s.to_string()).unwrap_or_default(),
-            Esc(r.receipt.as_deref().unwrap_or("(not kept)"))
+            Esc(r.receipt.as_deref().unwrap_or("(not kept)")),
+            head.map(|h| format!(", ledger head {h}"))
+                .unwrap_or_default()
         ),
         _ if r.moved_to.is_some() => eprintln!(
             "gapferry: inbox: {}: {} (exit {}): {}; moved to {moved} (see {moved}.reason.json)",
@@ -353,13 +361,45 @@ pub fn keep_receipt(
     state_dir: &std::path::Path,
     quiet: bool,
 ) -> anyhow::Result<Option<String>> {
-    let Some((receipt, rec)) = receipt::for_report(report, std::time::SystemTime::now()) else {
+    Ok(keep_receipt_and_head(report, state_dir, quiet)?.map(|(r, _)| r))
+}
+
+/// [`keep_receipt`], also returning the ledger head after the import
+/// (`<16 hex>@<entries>`) that the receipt record carries, when the ledger
+/// could be read.
+pub fn keep_receipt_and_head(
+    report: &ImportReport,
+    state_dir: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<Option<(String, Option<String>)>> {
+    let Some((receipt, mut rec)) = receipt::for_report(report, std::time::SystemTime::now()) else {
         return Ok(None);
     };
+    // Read after the import's own line was appended; another import may
+    // have appended since, which is still a head this ledger must keep.
+    let head = match state::StateDir::existing(state_dir).map(|d| Ledger::in_state_dir(&d).verify())
+    {
+        Ok(Ok(r)) => Some(r.checkpoint()),
+        Ok(Err(e)) => {
+            eprintln!(
+                "gapferry: warning: no ledger head for this receipt: {}",
+                super::describe(&e.into())
+            );
+            None
+        }
+        Err(_) => None,
+    };
+    rec.ledger_head = head.as_ref().map(|h| h.to_string());
+    let short = head.as_ref().map(receipt::short_head);
     if !quiet {
         eprintln!(
             "gapferry: receipt {receipt}  (give it to the online side: gapferry inspect BUNDLE --receipt {receipt})"
         );
+        if let Some(h) = &short {
+            eprintln!(
+                "gapferry: ledger head {h}  (keep it with the receipt: gapferry ledger verify --expect-head {h} shows the ledger still holds every line up to this import)"
+            );
+        }
     }
     let path = state_dir.join(receipt::RECEIPTS_FILE);
     receipt::record(state_dir, &rec).map_err(|e| {
@@ -368,7 +408,7 @@ pub fn keep_receipt(
             path.display()
         )
     })?;
-    Ok(Some(receipt.to_string()))
+    Ok(Some((receipt.to_string(), short)))
 }
 
 fn summary(r: &ImportReport) {
