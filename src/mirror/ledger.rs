@@ -897,6 +897,148 @@ mod tests {
         assert_eq!(lines(&l).len(), 5);
     }
 
+    /// What someone with write access to the state directory can do: drop
+    /// lines and recompute every hash after them.
+    fn rechain(l: &Ledger, keep: &[String]) {
+        let mut prev = GENESIS.to_string();
+        let mut out = Vec::new();
+        for line in keep {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["prev_hash"] = serde_json::Value::String(prev.clone());
+            let text = serde_json::to_string(&v).unwrap();
+            prev = sha256_hex(text.as_bytes());
+            out.push(text);
+        }
+        rewrite(l, &out);
+    }
+
+    #[test]
+    fn rechained_deletion_passes_verify_but_not_a_recorded_head() {
+        let (_t, l) = ledger_with(6);
+        let head = l.verify().unwrap().checkpoint();
+        let at4 = {
+            let ls = lines(&l);
+            format!("{}@4", &sha256_hex(ls[3].as_bytes())[..16])
+        };
+        let mut ls = lines(&l);
+        ls.remove(1);
+        rechain(&l, &ls);
+        // The unkeyed chain alone cannot tell.
+        assert_eq!(l.verify().unwrap().entries, 5);
+        for expected in [head.to_string(), at4.clone()] {
+            let e: ExpectedHead = expected.parse().unwrap();
+            match l.verify_expecting(&[e]).unwrap_err() {
+                LedgerError::HeadMissing {
+                    expected: got,
+                    reason,
+                    ..
+                } => {
+                    assert_eq!(got, expected.to_ascii_lowercase());
+                    assert!(
+                        reason.contains("lines were removed") || reason.contains("now hashes to"),
+                        "{reason}"
+                    );
+                }
+                e => panic!("{e}"),
+            }
+        }
+        // Without a count, a prefix must match some line.
+        let e: ExpectedHead = head.head_sha256[..20].parse().unwrap();
+        let err = l.verify_expecting(&[e]).unwrap_err();
+        assert!(err.to_string().contains("none of its 5 lines"), "{err}");
+        assert_eq!(err.exit_kind(), ExitKind::Rejected);
+    }
+
+    #[test]
+    fn recorded_heads_stay_valid_as_the_ledger_grows() {
+        let (_t, l) = ledger_with(3);
+        let head = l.verify().unwrap().checkpoint();
+        for i in 4..=6 {
+            l.append(&entry(i)).unwrap();
+        }
+        let full: ExpectedHead = head.to_string().parse().unwrap();
+        let short: ExpectedHead = format!("{}@3", &head.head_sha256[..16].to_ascii_uppercase())
+            .parse()
+            .unwrap();
+        let any: ExpectedHead = head.head_sha256[..16].parse().unwrap();
+        assert_eq!(l.verify_expecting(&[full, short, any]).unwrap().entries, 6);
+        for bad in [
+            "",
+            "abc",
+            "3f0c1a2b4c5d6e7g@1",
+            "3f0c1a2b4c5d6e7f@x",
+            &"a".repeat(65),
+        ] {
+            assert!(bad.parse::<ExpectedHead>().is_err(), "{bad:?}");
+        }
+    }
+
+    fn junk(i: u32) -> LedgerEntry {
+        LedgerEntry {
+            bundle_path: Some(format!("/inbox/junk-{i}.tar.zst")),
+            reason: Some("no trusted signature".into()),
+            ..LedgerEntry::new(Outcome::Rejected)
+        }
+    }
+
+    #[test]
+    fn flood_of_junk_is_bounded_and_summed_up_before_the_next_line() {
+        let (_t, l) = ledger_with(0);
+        let now = std::time::SystemTime::now();
+        let mut written = 0;
+        for i in 0..200 {
+            if l.record_attempt_at(&junk(i), now).unwrap() == Admit::Write {
+                written += 1;
+            }
+        }
+        assert_eq!(written, ledger_quota::MAX_PER_HOUR);
+        assert_eq!(
+            l.verify().unwrap().entries,
+            ledger_quota::MAX_PER_HOUR as usize
+        );
+        let pending = l.suppressed_pending().unwrap();
+        assert_eq!(pending.over_limit, 180);
+        // The next line, whatever it is, comes after one summary line.
+        l.record_attempt(&entry(2)).unwrap();
+        let entries = l.read().unwrap();
+        assert_eq!(entries.len(), ledger_quota::MAX_PER_HOUR as usize + 2);
+        let summary = &entries[entries.len() - 2];
+        assert_eq!(summary.outcome, Outcome::Suppressed);
+        assert_eq!(summary.suppressed.as_ref().unwrap().over_limit, 180);
+        assert_eq!(
+            entries.last().unwrap().bundle_id.as_deref(),
+            Some("bundle-2")
+        );
+        assert!(l.suppressed_pending().is_none());
+        // Summed up once only.
+        l.append(&entry(4)).unwrap();
+        assert_eq!(
+            l.read().unwrap().len(),
+            ledger_quota::MAX_PER_HOUR as usize + 3
+        );
+    }
+
+    #[test]
+    fn unverified_claims_are_marked_in_old_and_new_lines() {
+        let claim = LedgerEntry {
+            bundle_id: Some("b-forged".into()),
+            sequence: Some(u64::MAX),
+            ..junk(1)
+        };
+        assert!(claim.manifest_unverified(), "an old line without the mark");
+        let json = serde_json::to_string(&LedgerEntry {
+            unverified: true,
+            ..claim.clone()
+        })
+        .unwrap();
+        assert!(json.contains("\"unverified\":true"), "{json}");
+        let plain = serde_json::to_string(&entry(2)).unwrap();
+        assert!(!plain.contains("unverified"), "absent when false: {plain}");
+        assert!(!plain.contains("suppressed"), "{plain}");
+        assert!(!entry(2).manifest_unverified());
+        assert!(!entry(1).manifest_unverified(), "signed, refused by policy");
+    }
+
     #[test]
     fn long_lines_and_large_ledgers_append_correctly() {
         let (_t, l) = ledger_with(0);
