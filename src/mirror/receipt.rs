@@ -233,6 +233,26 @@ mod tests {
     }
 
     #[test]
+    fn records_without_a_ledger_head_still_read() {
+        let old = r#"{"time":"2026-11-27T06:00:00Z","receipt":"GF1-5-3f0c-1a2b-4c5d-6e7f-OK","outcome":"OK","bundle":"b.tar.zst","bundle_id":"b","channel":"default","sequence":5,"manifest_sha256":"3f0c"}"#;
+        let rec: ReceiptRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.ledger_head, None);
+        let again = serde_json::to_string(&rec).unwrap();
+        assert_eq!(
+            again, old,
+            "written back unchanged: no new field when absent"
+        );
+        let head = crate::mirror::ledger::Checkpoint {
+            entries: 12,
+            head_sha256: SHA.to_string(),
+        };
+        assert_eq!(short_head(&head), "3f0c1a2b4c5d6e7f@12");
+        assert_eq!(head.to_string(), format!("{SHA}@12"));
+        let parsed: crate::mirror::ledger::ExpectedHead = short_head(&head).parse().unwrap();
+        assert_eq!(parsed.entries, Some(12));
+    }
+
+    #[test]
     fn malformed() {
         for bad in [
             "",
