@@ -20,5 +20,6 @@ pub mod progress;
 pub mod safepath;
 pub mod sequence;
 pub mod sign;
+pub mod text;
 
 pub use error::ExitKind;

@@ -304,6 +304,10 @@ impl Fx {
         let file = path.file_name().unwrap().to_string_lossy().into_owned();
         let all_before = self.outside_state();
         let mirror_before = digest(&self.mirror);
+        // Each case gets its own ledger line: start the ledger's flood limit
+        // afresh (more than its 20 lines an hour run here; tests/ledger.rs
+        // covers the limit itself).
+        let _ = fs::remove_file(self.state.join("ledger-quota.json"));
         let (r, report) = self.import_path(&path, c.trust.as_deref(), &c.extra);
         assert_eq!(r.code, c.code, "case {name}: wrong exit code; {r:#?}");
         let mut needles = vec![file.clone()];

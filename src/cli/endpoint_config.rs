@@ -194,13 +194,13 @@ impl EndpointConfigArgs {
                 writeln!(
                     err,
                     "{}: {}: {}: {}",
-                    file.display(),
+                    gapferry::text::escape_path(file),
                     f.severity,
-                    f.key,
-                    f.message
+                    gapferry::text::Esc(&f.key),
+                    gapferry::text::Esc(&f.message)
                 )?;
                 if let Some(fix) = &f.fix {
-                    writeln!(err, "    fix: {fix}")?;
+                    writeln!(err, "    fix: {}", gapferry::text::Esc(fix))?;
                 }
             }
             let problems = report.problems();

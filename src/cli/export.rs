@@ -335,14 +335,18 @@ impl ExportArgs {
             };
             eprintln!(
                 "gapferry: wrote {what} ({} bytes): bundle {} channel {} sequence {}, expires {}",
-                written.bundle_size, m.bundle_id, m.channel, m.sequence, m.expires
+                written.bundle_size,
+                gapferry::text::Esc(&m.bundle_id),
+                gapferry::text::Esc(&m.channel),
+                m.sequence,
+                gapferry::text::Esc(&m.expires)
             );
             for c in &collected {
                 eprintln!(
                     "  {:<28} engine {:<14} definitions {}",
                     c.slot.rel(),
-                    c.versions.engine_version,
-                    c.versions.definition_version
+                    gapferry::text::Esc(&c.versions.engine_version.to_string()),
+                    gapferry::text::Esc(&c.versions.definition_version.to_string())
                 );
             }
             eprintln!(

@@ -241,7 +241,12 @@ impl Ui {
                 SlotOutcome::Failed { error } => ("FAILED", error.to_string()),
                 _ => ("?", String::new()),
             };
-            let _ = writeln!(err, "  {word:<9}  {:<28}  {detail}", item.slot.rel());
+            let _ = writeln!(
+                err,
+                "  {word:<9}  {:<28}  {}",
+                item.slot.rel(),
+                gapferry::text::Esc(&detail)
+            );
         }
         if report.failed() {
             let _ = writeln!(
@@ -269,6 +274,8 @@ impl Observer for Ui {
 
 impl FetchObserver for Ui {
     fn log(&self, level: Level, line: &str) {
+        // Lines quote what the network sent (versions, URLs): escaped, one line each.
+        let line = gapferry::text::escape(line);
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
         if let Some((_, f)) = &self.log_file {
             if let Ok(mut f) = f.lock() {

@@ -16,10 +16,12 @@ use gapferry::manifest;
 use gapferry::mde::{Arch, Platform, Ring};
 use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target};
 use gapferry::mirror::inbox::{self, BundleResult, InboxOptions, Tracker};
-use gapferry::mirror::ledger::Outcome;
+use gapferry::mirror::ledger::{Ledger, Outcome};
 use gapferry::mirror::publish::{Destination, PublishOptions};
 use gapferry::mirror::receipt;
 use gapferry::mirror::state;
+
+use gapferry::text::{escape_path, Esc};
 
 use super::output::{print_json, Bar};
 use super::UsageError;
@@ -248,8 +250,14 @@ impl ImportArgs {
         let mut tracker = Tracker::new(self.watch);
         let bar = Bar::new(true);
         let (json, quiet) = (self.json, self.quiet);
-        let mut after = |r: &ImportReport| match keep_receipt(r, &state_dir, true) {
-            Ok(t) => t,
+        // The ledger head of the last receipt, for the inbox's log line.
+        let head = std::cell::RefCell::new(None::<String>);
+        let mut after = |r: &ImportReport| match keep_receipt_and_head(r, &state_dir, true) {
+            Ok(t) => {
+                let (receipt, h) = t.unzip();
+                *head.borrow_mut() = h.flatten();
+                receipt
+            }
             Err(e) => {
                 eprintln!("gapferry: {}", super::describe(&e));
                 None
@@ -264,11 +272,11 @@ impl ImportArgs {
             }
             if json || quiet {
                 if let (1.., Some(e)) = (r.exit_code, &r.error) {
-                    eprintln!("gapferry: inbox: {}: {e}", r.bundle);
+                    eprintln!("gapferry: inbox: {}: {}", Esc(&r.bundle), Esc(e));
                 }
                 return;
             }
-            inbox_line(r);
+            inbox_line(r, head.borrow_mut().take());
         };
         loop {
             match inbox::pass(&opts, &mut tracker, &stop, &bar, &mut after, &mut on_result) {
@@ -276,7 +284,8 @@ impl ImportArgs {
                     if !quiet && !json {
                         for w in &summary.waiting {
                             eprintln!(
-                                "gapferry: inbox: {w}: left alone (still arriving, or waiting for the rest of a split bundle)"
+                                "gapferry: inbox: {}: left alone (still arriving, or waiting for the rest of a split bundle)",
+                                Esc(w)
                             );
                         }
                     }
@@ -286,7 +295,11 @@ impl ImportArgs {
                 Err(e) if !self.watch => return Err(e.into()),
                 // A watcher keeps watching: the folder may come back (a
                 // remounted share); the next pass tries again.
-                Err(e) => eprintln!("gapferry: inbox: {e}; trying again in {:?}", self.interval),
+                Err(e) => eprintln!(
+                    "gapferry: inbox: {}; trying again in {:?}",
+                    Esc(&e.to_string()),
+                    self.interval
+                ),
             }
             let until = std::time::Instant::now() + self.interval;
             while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
@@ -302,36 +315,41 @@ impl ImportArgs {
     }
 }
 
-fn inbox_line(r: &BundleResult) {
+/// The inbox's log line for one bundle (stderr, so journald under systemd).
+/// The file name and the error come from whoever wrote the inbox: escaped,
+/// so a name with a newline cannot forge a second line.
+fn inbox_line(r: &BundleResult, head: Option<String>) {
     let moved = r
         .moved_to
         .as_ref()
-        .map(|p| p.display().to_string())
+        .map(|p| escape_path(p))
         .unwrap_or_default();
+    let bundle = Esc(&r.bundle);
+    let error = Esc(r.error.as_deref().unwrap_or(""));
     match r.outcome {
         Outcome::Imported | Outcome::AlreadyImported => eprintln!(
-            "gapferry: inbox: {}: {} (sequence {}), receipt {}; moved to {moved}",
-            r.bundle,
+            "gapferry: inbox: {}: {} (sequence {}), receipt {}{}; moved to {moved}",
+            bundle,
             if r.outcome == Outcome::Imported {
                 "imported"
             } else {
                 "already imported"
             },
             r.sequence.map(|s| s.to_string()).unwrap_or_default(),
-            r.receipt.as_deref().unwrap_or("(not kept)")
+            Esc(r.receipt.as_deref().unwrap_or("(not kept)")),
+            head.map(|h| format!(", ledger head {h}"))
+                .unwrap_or_default()
         ),
         _ if r.moved_to.is_some() => eprintln!(
             "gapferry: inbox: {}: {} (exit {}): {}; moved to {moved} (see {moved}.reason.json)",
-            r.bundle,
+            bundle,
             r.outcome.as_str(),
             r.exit_code,
-            r.error.as_deref().unwrap_or("")
+            error
         ),
         _ => eprintln!(
             "gapferry: inbox: {}: failed (exit {}): {}; left in place, tried again next pass",
-            r.bundle,
-            r.exit_code,
-            r.error.as_deref().unwrap_or("")
+            bundle, r.exit_code, error
         ),
     }
 }
@@ -343,13 +361,45 @@ pub fn keep_receipt(
     state_dir: &std::path::Path,
     quiet: bool,
 ) -> anyhow::Result<Option<String>> {
-    let Some((receipt, rec)) = receipt::for_report(report, std::time::SystemTime::now()) else {
+    Ok(keep_receipt_and_head(report, state_dir, quiet)?.map(|(r, _)| r))
+}
+
+/// [`keep_receipt`], also returning the ledger head after the import
+/// (`<16 hex>@<entries>`) that the receipt record carries, when the ledger
+/// could be read.
+pub fn keep_receipt_and_head(
+    report: &ImportReport,
+    state_dir: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<Option<(String, Option<String>)>> {
+    let Some((receipt, mut rec)) = receipt::for_report(report, std::time::SystemTime::now()) else {
         return Ok(None);
     };
+    // Read after the import's own line was appended; another import may
+    // have appended since, which is still a head this ledger must keep.
+    let head = match state::StateDir::existing(state_dir).map(|d| Ledger::in_state_dir(&d).verify())
+    {
+        Ok(Ok(r)) => Some(r.checkpoint()),
+        Ok(Err(e)) => {
+            eprintln!(
+                "gapferry: warning: no ledger head for this receipt: {}",
+                super::describe(&e.into())
+            );
+            None
+        }
+        Err(_) => None,
+    };
+    rec.ledger_head = head.as_ref().map(|h| h.to_string());
+    let short = head.as_ref().map(receipt::short_head);
     if !quiet {
         eprintln!(
             "gapferry: receipt {receipt}  (give it to the online side: gapferry inspect BUNDLE --receipt {receipt})"
         );
+        if let Some(h) = &short {
+            eprintln!(
+                "gapferry: ledger head {h}  (keep it with the receipt: gapferry ledger verify --expect-head {h} shows the ledger still holds every line up to this import)"
+            );
+        }
     }
     let path = state_dir.join(receipt::RECEIPTS_FILE);
     receipt::record(state_dir, &rec).map_err(|e| {
@@ -358,45 +408,57 @@ pub fn keep_receipt(
             path.display()
         )
     })?;
-    Ok(Some(receipt.to_string()))
+    Ok(Some((receipt.to_string(), short)))
 }
 
 fn summary(r: &ImportReport) {
     for p in &r.recovered {
         eprintln!(
             "gapferry: completed an interrupted publish of {}",
-            p.display()
+            escape_path(p)
         );
     }
-    let id = r.bundle_id.as_deref().unwrap_or("?");
+    let id = Esc(r.bundle_id.as_deref().unwrap_or("?"));
     match r.outcome {
         Outcome::Imported => {
             eprintln!(
                 "gapferry: imported bundle {id} (channel {}, sequence {}), signed by {}",
-                r.channel.as_deref().unwrap_or("?"),
+                Esc(r.channel.as_deref().unwrap_or("?")),
                 r.sequence.unwrap_or(0),
-                r.signers.join(", ")
+                Esc(&r.signers.join(", "))
             );
             for s in &r.slots {
                 let before = s
                     .before
                     .as_ref()
-                    .map(|v| format!("{} / {}", v.engine_version, v.definition_version))
+                    .map(|v| {
+                        format!(
+                            "{} / {}",
+                            Esc(&v.engine_version),
+                            Esc(&v.definition_version)
+                        )
+                    })
                     .unwrap_or_else(|| "(none)".into());
                 let after = s
                     .after
                     .as_ref()
-                    .map(|v| format!("{} / {}", v.engine_version, v.definition_version))
+                    .map(|v| {
+                        format!(
+                            "{} / {}",
+                            Esc(&v.engine_version),
+                            Esc(&v.definition_version)
+                        )
+                    })
                     .unwrap_or_default();
                 let note = if s.published {
                     ""
                 } else {
                     "  (already served)"
                 };
-                eprintln!("  {:<30} {before} -> {after}{note}", s.slot);
+                eprintln!("  {:<30} {before} -> {after}{note}", Esc(&s.slot));
             }
             for d in &r.downgrades {
-                eprintln!("  downgrade allowed: {d}");
+                eprintln!("  downgrade allowed: {}", Esc(d));
             }
         }
         Outcome::AlreadyImported => {

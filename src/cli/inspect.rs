@@ -15,6 +15,8 @@ use gapferry::manifest::{FileEntry, Item};
 
 use gapferry::mirror::receipt;
 
+use gapferry::text::{escape_path, Esc};
+
 use super::output::print_json;
 use super::UsageError;
 
@@ -121,8 +123,8 @@ impl InspectArgs {
             eprintln!(
                 "gapferry: receipt {} matches {}: bundle {} sequence {} was {} on the disconnected side",
                 out.receipt,
-                self.bundle.display(),
-                m.bundle_id,
+                escape_path(&self.bundle),
+                Esc(&m.bundle_id),
                 m.sequence,
                 if out.outcome == "imported" { "imported" } else { "already imported (imported earlier)" }
             );
@@ -130,7 +132,7 @@ impl InspectArgs {
             eprintln!(
                 "gapferry: receipt {} does NOT match {}: this bundle's receipt would be {} (sequence {}, manifest {}); the other side imported another bundle, or the receipt was misread: read it again",
                 out.receipt,
-                self.bundle.display(),
+                escape_path(&self.bundle),
                 out.expected,
                 m.sequence,
                 head.manifest_sha256
@@ -173,18 +175,20 @@ impl InspectArgs {
         }
         let mut s = String::new();
         use std::fmt::Write as _;
-        let _ = writeln!(s, "bundle       {}", out.bundle.display());
-        let _ = writeln!(s, "bundle id    {}", out.bundle_id);
-        let _ = writeln!(s, "channel      {}", out.channel);
+        // Everything below but the numbers comes from the bundle, signed or
+        // not: escaped, so no field can start a line or drive the terminal.
+        let _ = writeln!(s, "bundle       {}", escape_path(&out.bundle));
+        let _ = writeln!(s, "bundle id    {}", Esc(&out.bundle_id));
+        let _ = writeln!(s, "channel      {}", Esc(&out.channel));
         let _ = writeln!(s, "sequence     {}", out.sequence);
-        let _ = writeln!(s, "created      {}", out.created);
+        let _ = writeln!(s, "created      {}", Esc(&out.created));
         let _ = writeln!(
             s,
             "expires      {}{}",
-            out.expires,
+            Esc(&out.expires),
             if out.expired { "  (EXPIRED)" } else { "" }
         );
-        let _ = writeln!(s, "producer     {}", out.producer);
+        let _ = writeln!(s, "producer     {}", Esc(&out.producer));
         let _ = writeln!(s, "manifest     sha256 {}", out.manifest_sha256);
         let _ = writeln!(s, "signatures");
         for sig in &out.signatures {
@@ -193,23 +197,31 @@ impl InspectArgs {
                 SignatureStatus::Untrusted => "not in the trust set".to_string(),
                 SignatureStatus::Unchecked => "not checked (give --trust)".to_string(),
                 SignatureStatus::Invalid => {
-                    format!("INVALID: {}", sig.problem.as_deref().unwrap_or(""))
+                    format!("INVALID: {}", Esc(sig.problem.as_deref().unwrap_or("")))
                 }
             };
-            let _ = writeln!(s, "  key {}  {status}", sig.key_id);
+            let _ = writeln!(s, "  key {}  {status}", Esc(&sig.key_id));
         }
         let _ = writeln!(s, "items");
         for i in &out.items {
             let folder = format!("{}/{}/arch_{}", i.platform, i.ring, i.arch);
             let _ = writeln!(
                 s,
-                "  {folder:<30} engine {:<14} definitions {}",
-                i.engine_version, i.definition_version
+                "  {:<30} engine {:<14} definitions {}",
+                Esc(&folder),
+                Esc(&i.engine_version),
+                Esc(&i.definition_version)
             );
         }
         let _ = writeln!(s, "files ({} bytes)", out.payload_size);
         for f in &out.files {
-            let _ = writeln!(s, "  {:>12}  {}  {}", f.size, f.sha256, f.path);
+            let _ = writeln!(
+                s,
+                "  {:>12}  {}  {}",
+                f.size,
+                Esc(&f.sha256),
+                Esc(&f.path.to_string())
+            );
         }
         super::output::print_text(&s)?;
         Ok(0)

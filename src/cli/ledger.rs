@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use gapferry::mirror::ledger::{Ledger, LedgerEntry, SlotChange};
+use gapferry::mirror::ledger::{ExpectedHead, Ledger, LedgerEntry, SlotChange, Suppressed};
 use gapferry::mirror::state::{default_state_dir, StateDir};
+use gapferry::text::{escape_path, Esc};
 
 use super::output::print_json;
 
@@ -16,7 +17,17 @@ const LEDGER_EXIT_CODES: &str = "\
 Exit codes:
   0  the hash chain is intact
   1  the ledger cannot be read (wrong --state-dir, permissions)
-  3  the hash chain is broken: the message names the first broken line";
+  3  the hash chain is broken (the message names the first broken line), or
+     a head given with --expect-head is no longer in it
+
+What the chain proves: a line edited, removed, inserted or reordered by hand
+breaks it. It is not keyed, so it does not stop someone who can write the
+state directory from rewriting lines and recomputing every hash after them.
+That is caught only against a head kept elsewhere: every receipt carries the
+head (<sha256>@<entries>) to the online side; --expect-head checks that it is
+still line <entries> of the chain, so nothing up to that line was changed.
+Lines after the newest head kept elsewhere are protected only by the state
+directory's permissions.";
 
 /// Check or print the import ledger: one hash-chained JSON line per import
 /// attempt (accepted, already imported, rejected or refused), kept in the
@@ -30,8 +41,9 @@ pub struct LedgerArgs {
 #[derive(Debug, Subcommand)]
 enum LedgerCommand {
     /// Walk the hash chain from the first line and name the first broken
-    /// entry (edited, removed, inserted or reordered lines). Prints the head
-    /// hash: note it elsewhere to protect the newest entry too.
+    /// entry (edited, removed, inserted or reordered lines); with
+    /// --expect-head, also check that heads recorded elsewhere (receipts)
+    /// are still in it. Prints the head: keep it elsewhere.
     #[command(after_help = LEDGER_EXIT_CODES)]
     Verify(VerifyArgs),
     /// Print the ledger: a table for people, or with --json an array of
@@ -73,8 +85,21 @@ fn note_due(due: &Option<LedgerEntry>, dir: &StateDir) {
              changing the mirror ({} {} at {}); the next import or rollback appends it",
             dir.state_path().display(),
             e.outcome.as_str(),
-            e.bundle_id.as_deref().unwrap_or("-"),
-            e.time
+            Esc(e.bundle_id.as_deref().unwrap_or("-")),
+            Esc(&e.time)
+        );
+    }
+}
+
+/// Says on stderr that the flood limit left attempts out since the last line.
+fn note_suppressed(s: &Option<Suppressed>, ledger: &Ledger) {
+    if let Some(s) = s {
+        eprintln!(
+            "note: {} attempt(s) that changed nothing since {} are counted but not yet in {} \
+             (flood limit); the next ledger line is preceded by a line summing them up",
+            s.repeats + s.over_limit,
+            Esc(&s.first),
+            escape_path(ledger.path())
         );
     }
 }
@@ -84,9 +109,15 @@ struct VerifyArgs {
     #[command(flatten)]
     location: Location,
     /// Print the result as JSON on stdout: {"ledger", "entries", "head_sha256",
-    /// "due"}; "due" is the line an interrupted run left to append, or null.
+    /// "head", "expected_heads", "due"}; "due" is the line an interrupted run
+    /// left to append, or null.
     #[arg(long)]
     json: bool,
+    /// A head recorded earlier, as a receipt printed it: HEX@N (the SHA-256
+    /// of line N, or its first 16 or more hex digits), or HEX alone to
+    /// accept any line. Exit 3 unless the chain still holds it. Repeatable.
+    #[arg(long, value_name = "HEX[@N]")]
+    expect_head: Vec<ExpectedHead>,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +135,10 @@ struct VerifyJson {
     ledger: PathBuf,
     entries: usize,
     head_sha256: String,
+    /// `<head_sha256>@<entries>`, the form receipts and --expect-head use.
+    head: String,
+    /// The --expect-head values, all found in the chain.
+    expected_heads: Vec<String>,
     /// The line of an interrupted run not yet appended (see `import`).
     due: Option<LedgerEntry>,
 }
@@ -113,22 +148,43 @@ impl LedgerArgs {
         match self.command {
             LedgerCommand::Verify(a) => {
                 let (ledger, dir) = a.location.ledger()?;
-                let report = ledger.verify()?;
+                let report = ledger.verify_expecting(&a.expect_head)?;
                 let due = ledger.due(&dir)?;
                 note_due(&due, &dir);
+                note_suppressed(&ledger.suppressed_pending(), &ledger);
+                let head = report.checkpoint().to_string();
                 if a.json {
                     print_json(&VerifyJson {
                         ledger: ledger.path().to_path_buf(),
                         entries: report.entries,
                         head_sha256: report.head_sha256,
+                        head,
+                        expected_heads: a.expect_head.iter().map(|e| e.to_string()).collect(),
                         due,
                     })?;
                 } else {
+                    let path = escape_path(ledger.path());
                     eprintln!(
-                        "{}: {} entries, hash chain intact; head sha256 {}",
-                        ledger.path().display(),
+                        "{path}: {} entries, hash chain intact; head {head}",
                         report.entries,
-                        report.head_sha256
+                    );
+                    for e in &a.expect_head {
+                        eprintln!(
+                            "{path}: recorded head {e} is still in the chain: nothing up to that \
+                             line was removed, changed or inserted"
+                        );
+                    }
+                    eprintln!(
+                        "note: the chain is not keyed: it shows lines edited, removed or reordered \
+                         by hand, but someone who can write {} can rewrite lines and recompute \
+                         the hashes. {}",
+                        escape_path(dir.path()),
+                        if a.expect_head.is_empty() {
+                            "Keep this head elsewhere (every receipt carries it) and check it \
+                             later with --expect-head."
+                        } else {
+                            "Lines after the newest head you keep elsewhere are not covered."
+                        }
                     );
                 }
                 Ok(0)
@@ -137,6 +193,7 @@ impl LedgerArgs {
                 let (ledger, dir) = a.location.ledger()?;
                 let entries = ledger.read()?;
                 note_due(&ledger.due(&dir)?, &dir);
+                note_suppressed(&ledger.suppressed_pending(), &ledger);
                 if a.json {
                     print_json(&entries)?;
                 } else {
@@ -154,15 +211,19 @@ fn versions(c: &SlotChange) -> String {
     let v = |v: &Option<gapferry::mirror::ledger::Versions>| match v {
         Some(v) => format!(
             "definitions {} (engine {})",
-            v.definition_version, v.engine_version
+            Esc(&v.definition_version),
+            Esc(&v.engine_version)
         ),
         None => "-".to_string(),
     };
-    format!("{}  {} -> {}", c.slot, v(&c.before), v(&c.after))
+    format!("{}  {} -> {}", Esc(&c.slot), v(&c.before), v(&c.after))
 }
 
 /// The human table: one row per entry, then one indented line per folder
-/// change and the reason.
+/// change and the reason. Every text field is escaped ([`Esc`]), so a file
+/// name or reason cannot start a line of its own; the bundle id and
+/// channel:sequence of an attempt whose manifest was not verified are
+/// marked `(unverified)`, since anyone could have written them.
 fn table(entries: &[LedgerEntry]) -> String {
     let mut s = format!(
         "{:>4}  {:<20}  {:<16}  {:<32}  {}\n",
@@ -170,25 +231,36 @@ fn table(entries: &[LedgerEntry]) -> String {
     );
     for (i, e) in entries.iter().enumerate() {
         let seq = e.sequence.map(|q| q.to_string()).unwrap_or("-".into());
+        let unverified = e.manifest_unverified();
         s.push_str(&format!(
-            "{:>4}  {:<20}  {:<16}  {:<32}  {}:{}{}\n",
+            "{:>4}  {:<20}  {:<16}  {:<32}  {}:{}{}{}\n",
             i + 1,
-            e.time,
+            Esc(&e.time),
             e.outcome.as_str(),
-            e.bundle_id.as_deref().unwrap_or("-"),
-            e.channel.as_deref().unwrap_or("-"),
+            Esc(e.bundle_id.as_deref().unwrap_or("-")),
+            Esc(e.channel.as_deref().unwrap_or("-")),
             seq,
+            if unverified { "  (unverified)" } else { "" },
             if e.allow_downgrade {
                 "  (--allow-downgrade)"
             } else {
                 ""
             }
         ));
+        if unverified {
+            s.push_str(
+                "        unverified: bundle id, channel, sequence and manifest are what an \
+                 unsigned manifest claims\n",
+            );
+        }
         for c in &e.slots {
             s.push_str(&format!("        {}\n", versions(c)));
         }
+        if let Some(p) = &e.bundle_path {
+            s.push_str(&format!("        file: {}\n", Esc(p)));
+        }
         if let Some(r) = &e.reason {
-            s.push_str(&format!("        reason: {r}\n"));
+            s.push_str(&format!("        reason: {}\n", Esc(r)));
         }
     }
     s

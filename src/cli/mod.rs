@@ -121,7 +121,13 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
 
 /// The error and its causes on one line, skipping a cause whose text the
 /// message already contains (error types that print their source inline).
+/// Escaped for a terminal or log ([`gapferry::text::escape`]): errors quote
+/// file names and manifest strings, which must not be able to start a line.
 pub fn describe(err: &anyhow::Error) -> String {
+    gapferry::text::escape(&describe_raw(err)).into_owned()
+}
+
+fn describe_raw(err: &anyhow::Error) -> String {
     let mut msg = err.to_string();
     for cause in err.chain().skip(1) {
         let c = cause.to_string();

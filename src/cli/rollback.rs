@@ -76,12 +76,12 @@ impl RollbackArgs {
             for s in &report.slots {
                 let v = |x: &Option<gapferry::mirror::ledger::Versions>| {
                     x.as_ref()
-                        .map(|v| v.definition_version.clone())
+                        .map(|v| gapferry::text::escape(&v.definition_version).into_owned())
                         .unwrap_or_else(|| "?".into())
                 };
                 eprintln!(
                     "gapferry: {} now serves definitions {} (was {}); the previous set is n-1",
-                    s.slot,
+                    gapferry::text::Esc(&s.slot),
                     v(&s.after),
                     v(&s.before)
                 );

@@ -6,6 +6,7 @@ use clap::Args;
 
 use gapferry::mirror::state;
 use gapferry::mirror::status::{self, Severity};
+use gapferry::text::{escape_path, Esc};
 
 use super::output::print_json;
 
@@ -70,7 +71,7 @@ impl StatusArgs {
                 line!(
                     out,
                     "{}: nothing is served (no arch folder and no import recorded)",
-                    self.mirror.display()
+                    escape_path(&self.mirror)
                 );
             }
             for s in &st.slots {
@@ -78,23 +79,23 @@ impl StatusArgs {
                 line!(
                     out,
                     "{}  [{}]",
-                    s.slot,
+                    Esc(&s.slot),
                     if healthy { "ok" } else { "PROBLEM" }
                 );
                 line!(
                     out,
                     "  engine_version          : {}",
-                    s.engine_version.as_deref().unwrap_or("-")
+                    Esc(s.engine_version.as_deref().unwrap_or("-"))
                 );
                 line!(
                     out,
                     "  definitions_version     : {}",
-                    s.definition_version.as_deref().unwrap_or("-")
+                    Esc(s.definition_version.as_deref().unwrap_or("-"))
                 );
                 line!(
                     out,
                     "  imported                : {}{}",
-                    s.imported_at.as_deref().unwrap_or("-"),
+                    Esc(s.imported_at.as_deref().unwrap_or("-")),
                     s.age_seconds
                         .map(|a| format!(" ({} ago)", age(a)))
                         .unwrap_or_default()
@@ -102,8 +103,8 @@ impl StatusArgs {
                 line!(
                     out,
                     "  bundle                  : {} (channel {}, sequence {})",
-                    s.bundle_id.as_deref().unwrap_or("-"),
-                    s.channel.as_deref().unwrap_or("-"),
+                    Esc(s.bundle_id.as_deref().unwrap_or("-")),
+                    Esc(s.channel.as_deref().unwrap_or("-")),
                     s.sequence
                         .map(|n| n.to_string())
                         .unwrap_or_else(|| "-".into())
@@ -111,7 +112,7 @@ impl StatusArgs {
                 line!(
                     out,
                     "  bundle_expires          : {}{}",
-                    s.expires.as_deref().unwrap_or("-"),
+                    Esc(s.expires.as_deref().unwrap_or("-")),
                     if s.expired { " (EXPIRED)" } else { "" }
                 );
                 line!(
@@ -129,7 +130,7 @@ impl StatusArgs {
                     if s.back_exists {
                         format!(
                             "yes, definitions {}",
-                            s.back_definition_version.as_deref().unwrap_or("?")
+                            Esc(s.back_definition_version.as_deref().unwrap_or("?"))
                         )
                     } else {
                         "no".into()
@@ -140,7 +141,7 @@ impl StatusArgs {
                         Severity::Problem => "problem",
                         Severity::Warning => "warning",
                     };
-                    line!(out, "  {tag}: {}", f.message);
+                    line!(out, "  {tag}: {}", Esc(&f.message));
                 }
             }
         }

@@ -131,9 +131,9 @@ impl VerifyArgs {
         } else if !self.quiet {
             eprintln!(
                 "gapferry: {} is valid: bundle {} channel {} sequence {}, {} files ({} bytes) match, signed by {}{}",
-                self.bundle.display(),
-                out.bundle_id,
-                out.channel,
+                gapferry::text::escape_path(&self.bundle),
+                gapferry::text::Esc(&out.bundle_id),
+                gapferry::text::Esc(&out.channel),
                 out.sequence,
                 out.files_checked,
                 out.bytes_checked,

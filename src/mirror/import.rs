@@ -197,7 +197,9 @@ pub fn import(
                     return report(opts, attempt, outcome, err);
                 }
                 let entry = ledger_entry(opts, &attempt, outcome, err.as_ref());
-                match Ledger::in_state_dir(&state_dir).append(&entry) {
+                // Under the flood limit: an attempt that changed nothing may
+                // only be counted (see ledger_quota).
+                match Ledger::in_state_dir(&state_dir).record_attempt(&entry) {
                     Ok(_) => (outcome, err),
                     // The import itself stands; a ledger that cannot be
                     // written is still an operational failure to report.
@@ -268,6 +270,8 @@ fn ledger_entry(
         channel: head.map(|h| h.manifest.channel.clone()),
         sequence: head.map(|h| h.manifest.sequence),
         allow_downgrade: opts.allow_downgrade,
+        // The head was read but no signer counted: its fields are claims.
+        unverified: head.is_some() && attempt.signers.is_empty(),
         slots: attempt
             .slots
             .iter()

@@ -16,8 +16,19 @@
 //!
 //! Editing, deleting or reordering any line but the last breaks the chain at
 //! the next line; [`Ledger::verify`] names the first broken line and why.
-//! The chain cannot protect the newest line on its own: `ledger verify`
-//! prints the head hash so an operator can note it elsewhere.
+//! The chain is unkeyed: it shows accidents and clumsy edits, but someone
+//! who can write the state directory can delete or change lines and
+//! recompute every hash after them, and the chain verifies again. What
+//! catches that is a copy of the head kept off this host: every receipt
+//! carries the head (`<sha256>@<entries>`, see [`Checkpoint`]) back to the
+//! online side, and `ledger verify --expect-head` checks that a recorded
+//! head is still line `<entries>` of the chain, so nothing up to it was
+//! removed, changed or inserted. Lines after the newest head held elsewhere
+//! are protected by nothing but the file's permissions.
+//!
+//! Attempts that changed nothing (rejected, refused, failed) are limited:
+//! [`Ledger::record_attempt`] applies [`super::ledger_quota`]'s policy, and
+//! what it leaves out is summed up in a `suppressed` line.
 //!
 //! Appends use `O_APPEND`, one `write` of the whole line, then fsync. A power
 //! loss can still leave a torn last line; the next append terminates it with
@@ -38,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::fsx::{self, fix};
+use super::ledger_quota::{self, Admit, Quota};
 use super::state::{State, StateDir, StateError};
 use crate::error::{Classify, ExitKind};
 use crate::faults::crash_point;
@@ -64,6 +76,9 @@ pub enum Outcome {
     Failed,
     /// `gapferry rollback` swapped a served folder with its n-1 (exit 0).
     RolledBack,
+    /// Not an attempt: how many attempts that changed nothing were left out
+    /// by the flood limit since the previous line ([`Suppressed`]).
+    Suppressed,
 }
 
 impl Outcome {
@@ -75,6 +90,7 @@ impl Outcome {
             Outcome::Refused => "refused",
             Outcome::Failed => "failed",
             Outcome::RolledBack => "rolled_back",
+            Outcome::Suppressed => "suppressed",
         }
     }
 }
@@ -94,6 +110,18 @@ pub struct SlotChange {
     pub slot: String,
     pub before: Option<Versions>,
     pub after: Option<Versions>,
+}
+
+/// What a `suppressed` line sums up (see [`super::ledger_quota`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suppressed {
+    /// Attempts identical to one recorded in the previous 24 hours.
+    pub repeats: u64,
+    /// Attempts over the hourly limit.
+    pub over_limit: u64,
+    /// RFC 3339 UTC times of the first and last attempt left out.
+    pub first: String,
+    pub last: String,
 }
 
 /// One ledger line. Fields the attempt never learned (a bundle whose
@@ -117,6 +145,19 @@ pub struct LedgerEntry {
     pub slots: Vec<SlotChange>,
     /// SHA-256 of the previous line; set by [`Ledger::append`].
     pub prev_hash: String,
+    /// `bundle_id`, `channel`, `sequence` and `manifest_sha256` are what an
+    /// unsigned (or not sufficiently signed) manifest claims: anyone could
+    /// have written them. Absent (false) in lines written before this field
+    /// existed; [`LedgerEntry::manifest_unverified`] also covers those.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unverified: bool,
+    /// On a `suppressed` line: what it sums up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<Suppressed>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl LedgerEntry {
@@ -136,7 +177,21 @@ impl LedgerEntry {
             allow_downgrade: false,
             slots: Vec::new(),
             prev_hash: String::new(),
+            unverified: false,
+            suppressed: None,
         }
+    }
+
+    /// Whether the manifest fields are unverified claims: marked so, or (in
+    /// lines from before the mark) an attempt that failed with a manifest
+    /// read but no signer counted.
+    pub fn manifest_unverified(&self) -> bool {
+        self.unverified
+            || (matches!(
+                self.outcome,
+                Outcome::Rejected | Outcome::Refused | Outcome::Failed
+            ) && self.signer_key_ids.is_empty()
+                && (self.bundle_id.is_some() || self.manifest_sha256.is_some()))
     }
 }
 
@@ -159,12 +214,21 @@ pub enum LedgerError {
         line: usize,
         reason: String,
     },
+    #[error(
+        "the ledger {path} no longer holds the head {expected} recorded earlier: {reason}; \
+         keep a copy for investigation and compare it with your backups"
+    )]
+    HeadMissing {
+        path: PathBuf,
+        expected: String,
+        reason: String,
+    },
 }
 
 impl Classify for LedgerError {
     fn exit_kind(&self) -> ExitKind {
         match self {
-            LedgerError::Broken { .. } => ExitKind::Rejected,
+            LedgerError::Broken { .. } | LedgerError::HeadMissing { .. } => ExitKind::Rejected,
             _ => ExitKind::Operational,
         }
     }
@@ -177,6 +241,84 @@ pub struct VerifyReport {
     /// SHA-256 of the last line (64 zeros when empty): note it elsewhere to
     /// protect the newest entry too.
     pub head_sha256: String,
+}
+
+impl VerifyReport {
+    /// The head as a checkpoint to keep elsewhere.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            entries: self.entries,
+            head_sha256: self.head_sha256.clone(),
+        }
+    }
+}
+
+/// The ledger's head at one moment: the SHA-256 of line `entries` (the last
+/// line then). Written `<sha256>@<entries>`; receipts carry it to the
+/// online side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub entries: usize,
+    pub head_sha256: String,
+}
+
+impl std::fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.head_sha256, self.entries)
+    }
+}
+
+/// Fewest hex digits of a head accepted by [`ExpectedHead`] (64 bits: what
+/// fits on a phone call, and still far beyond forging by trial).
+pub const MIN_HEAD_DIGITS: usize = 16;
+
+/// A head recorded elsewhere, as given to `ledger verify --expect-head`:
+/// `HEX[@N]`, where HEX is the head's SHA-256 or its first 16 or more hex
+/// digits and N the entry count printed with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedHead {
+    pub sha256_prefix: String,
+    pub entries: Option<usize>,
+}
+
+impl std::str::FromStr for ExpectedHead {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (hex, n) = match s.trim().split_once('@') {
+            Some((h, n)) => (
+                h,
+                Some(n.parse::<usize>().map_err(|_| {
+                    format!(
+                        "{n:?} after @ is not an entry count; give HEX@N as a receipt printed it"
+                    )
+                })?),
+            ),
+            None => (s.trim(), None),
+        };
+        if hex.len() < MIN_HEAD_DIGITS
+            || hex.len() > 64
+            || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(format!(
+                "{hex:?} is not a ledger head: give its sha256 (at least {MIN_HEAD_DIGITS} \
+                 hex digits), optionally @ and the entry count, e.g. 3f0c1a2b4c5d6e7f@12"
+            ));
+        }
+        Ok(ExpectedHead {
+            sha256_prefix: hex.to_ascii_lowercase(),
+            entries: n,
+        })
+    }
+}
+
+impl std::fmt::Display for ExpectedHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.sha256_prefix)?;
+        if let Some(n) = self.entries {
+            write!(f, "@{n}")?;
+        }
+        Ok(())
+    }
 }
 
 /// The ledger file of one state directory.
@@ -243,6 +385,28 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// An entry's line without its newline, the free-text reason shortened when
+/// the line would be longer than [`MAX_LINE`].
+fn encode(entry: &mut LedgerEntry) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&entry).expect("entry serializes");
+    if line.len() > MAX_LINE {
+        // Only the free-text reason can grow this large (an error message
+        // quoting hostile input): shorten it rather than write a line
+        // that every later read would refuse, breaking the ledger.
+        if let Some(reason) = entry.reason.as_mut() {
+            let over = line.len() - MAX_LINE;
+            let mut keep = reason.len().saturating_sub(over + 64);
+            while !reason.is_char_boundary(keep) {
+                keep -= 1;
+            }
+            reason.truncate(keep);
+            reason.push_str(" [truncated]");
+            line = serde_json::to_vec(&entry).expect("entry serializes");
+        }
+    }
+    line
+}
+
 impl Ledger {
     /// The ledger at `path`.
     pub fn new(path: &Path) -> Self {
@@ -293,32 +457,27 @@ impl Ledger {
         if once && !torn && last.as_deref().is_some_and(|l| records(l, entry)) {
             return Ok(None);
         }
-        let mut entry = entry.clone();
-        entry.prev_hash = match &last {
+        let mut prev = match &last {
             Some(bytes) => sha256_hex(bytes),
             None => GENESIS.to_string(),
         };
-        let mut line = serde_json::to_vec(&entry).expect("entry serializes");
-        if line.len() > MAX_LINE {
-            // Only the free-text reason can grow this large (an error message
-            // quoting hostile input): shorten it rather than write a line
-            // that every later read would refuse, breaking the ledger.
-            if let Some(reason) = entry.reason.as_mut() {
-                let over = line.len() - MAX_LINE;
-                let mut keep = reason.len().saturating_sub(over + 64);
-                while !reason.is_char_boundary(keep) {
-                    keep -= 1;
-                }
-                reason.truncate(keep);
-                reason.push_str(" [truncated]");
-                line = serde_json::to_vec(&entry).expect("entry serializes");
-            }
-        }
-        let mut buf = Vec::with_capacity(line.len() + 2);
+        let mut buf = Vec::new();
         if torn {
             buf.push(b'\n');
         }
-        buf.extend_from_slice(&line);
+        // What the flood limit left out goes in first, in the same write.
+        let mut quota = Quota::load(&self.path);
+        let summary = quota.take_summary();
+        if let Some(mut s) = summary.clone() {
+            s.prev_hash = prev;
+            let line = encode(&mut s);
+            prev = sha256_hex(&line);
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+        }
+        let mut entry = entry.clone();
+        entry.prev_hash = prev;
+        buf.extend_from_slice(&encode(&mut entry));
         buf.push(b'\n');
         file.write_all(&buf).map_err(werr)?;
         file.sync_all().map_err(werr)?;
@@ -327,9 +486,49 @@ impl Ledger {
                 fsx::sync_dir(dir).map_err(werr)?;
             }
         }
+        if summary.is_some() {
+            // The lines stand; a state file that cannot be saved only means
+            // the same counts are summed up again before the next line.
+            let _ = quota.save(&self.path);
+        }
         Ok(Some(entry))
     }
 
+    /// Records an import attempt under the flood limit
+    /// ([`super::ledger_quota`]): an attempt that changed nothing may be
+    /// counted instead of written. Call it under the import lock.
+    pub fn record_attempt(&self, entry: &LedgerEntry) -> Result<Admit, LedgerError> {
+        self.record_attempt_at(entry, std::time::SystemTime::now())
+    }
+
+    /// [`Ledger::record_attempt`] as if at `now`.
+    pub fn record_attempt_at(
+        &self,
+        entry: &LedgerEntry,
+        now: std::time::SystemTime,
+    ) -> Result<Admit, LedgerError> {
+        if !ledger_quota::limited(entry) {
+            self.append(entry)?;
+            return Ok(Admit::Write);
+        }
+        let mut quota = Quota::load(&self.path);
+        let admit = quota.admit(entry, now);
+        quota
+            .save(&self.path)
+            .map_err(|source| LedgerError::Write {
+                path: Quota::path_for(&self.path),
+                source,
+            })?;
+        if admit == Admit::Write {
+            self.append(entry)?;
+        }
+        Ok(admit)
+    }
+
+    /// What the flood limit has left out since the last line (read only).
+    pub fn suppressed_pending(&self) -> Option<Suppressed> {
+        Quota::load(&self.path).pending().cloned()
+    }
     /// Whether the last complete line records the same event as `entry`.
     pub fn ends_with(&self, entry: &LedgerEntry) -> Result<bool, LedgerError> {
         if !self.path.exists() {
@@ -420,12 +619,60 @@ impl Ledger {
     /// Walks the chain from the first line; `Err(Broken)` names the first
     /// broken line (1-based) and why.
     pub fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        self.verify_expecting(&[])
+    }
+
+    /// [`Ledger::verify`], then checks that each head recorded elsewhere is
+    /// still in the chain: line N's SHA-256 (or, without N, some line's)
+    /// starts with the recorded digits. `Err(HeadMissing)` names the first
+    /// that is not.
+    pub fn verify_expecting(&self, expect: &[ExpectedHead]) -> Result<VerifyReport, LedgerError> {
         let mut n = 0;
         let mut head = GENESIS.to_string();
-        self.walk(|_, _, hash| {
+        // For each expectation: where it was found, or line N's actual hash.
+        let mut found: Vec<Option<usize>> = vec![None; expect.len()];
+        let mut at_n: Vec<Option<String>> = vec![None; expect.len()];
+        self.walk(|line, _, hash| {
             n += 1;
             head = hash.to_string();
+            for (i, e) in expect.iter().enumerate() {
+                match e.entries {
+                    Some(k) if k == line => {
+                        at_n[i] = Some(hash.to_string());
+                        if hash.starts_with(&e.sha256_prefix) {
+                            found[i] = Some(line);
+                        }
+                    }
+                    None if found[i].is_none() && hash.starts_with(&e.sha256_prefix) => {
+                        found[i] = Some(line)
+                    }
+                    _ => {}
+                }
+            }
         })?;
+        for (i, e) in expect.iter().enumerate() {
+            if found[i].is_some() {
+                continue;
+            }
+            let reason = match (e.entries, &at_n[i]) {
+                (Some(k), None) => format!(
+                    "it was line {k}, and the ledger now has only {n} lines: lines were removed"
+                ),
+                (Some(k), Some(h)) => format!(
+                    "line {k} now hashes to {h}: that line or one before it was changed, or lines \
+                     before it were removed or inserted, and the hashes after them recomputed"
+                ),
+                (None, _) => format!(
+                    "none of its {n} lines hashes to it: lines up to the recorded head were removed \
+                     or changed, and the hashes recomputed"
+                ),
+            };
+            return Err(LedgerError::HeadMissing {
+                path: self.path.clone(),
+                expected: e.to_string(),
+                reason,
+            });
+        }
         Ok(VerifyReport {
             entries: n,
             head_sha256: head,
@@ -648,6 +895,148 @@ mod tests {
         assert_eq!(line, 4);
         assert!(reason.contains("not valid JSON"), "{reason}");
         assert_eq!(lines(&l).len(), 5);
+    }
+
+    /// What someone with write access to the state directory can do: drop
+    /// lines and recompute every hash after them.
+    fn rechain(l: &Ledger, keep: &[String]) {
+        let mut prev = GENESIS.to_string();
+        let mut out = Vec::new();
+        for line in keep {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["prev_hash"] = serde_json::Value::String(prev.clone());
+            let text = serde_json::to_string(&v).unwrap();
+            prev = sha256_hex(text.as_bytes());
+            out.push(text);
+        }
+        rewrite(l, &out);
+    }
+
+    #[test]
+    fn rechained_deletion_passes_verify_but_not_a_recorded_head() {
+        let (_t, l) = ledger_with(6);
+        let head = l.verify().unwrap().checkpoint();
+        let at4 = {
+            let ls = lines(&l);
+            format!("{}@4", &sha256_hex(ls[3].as_bytes())[..16])
+        };
+        let mut ls = lines(&l);
+        ls.remove(1);
+        rechain(&l, &ls);
+        // The unkeyed chain alone cannot tell.
+        assert_eq!(l.verify().unwrap().entries, 5);
+        for expected in [head.to_string(), at4.clone()] {
+            let e: ExpectedHead = expected.parse().unwrap();
+            match l.verify_expecting(&[e]).unwrap_err() {
+                LedgerError::HeadMissing {
+                    expected: got,
+                    reason,
+                    ..
+                } => {
+                    assert_eq!(got, expected.to_ascii_lowercase());
+                    assert!(
+                        reason.contains("lines were removed") || reason.contains("now hashes to"),
+                        "{reason}"
+                    );
+                }
+                e => panic!("{e}"),
+            }
+        }
+        // Without a count, a prefix must match some line.
+        let e: ExpectedHead = head.head_sha256[..20].parse().unwrap();
+        let err = l.verify_expecting(&[e]).unwrap_err();
+        assert!(err.to_string().contains("none of its 5 lines"), "{err}");
+        assert_eq!(err.exit_kind(), ExitKind::Rejected);
+    }
+
+    #[test]
+    fn recorded_heads_stay_valid_as_the_ledger_grows() {
+        let (_t, l) = ledger_with(3);
+        let head = l.verify().unwrap().checkpoint();
+        for i in 4..=6 {
+            l.append(&entry(i)).unwrap();
+        }
+        let full: ExpectedHead = head.to_string().parse().unwrap();
+        let short: ExpectedHead = format!("{}@3", &head.head_sha256[..16].to_ascii_uppercase())
+            .parse()
+            .unwrap();
+        let any: ExpectedHead = head.head_sha256[..16].parse().unwrap();
+        assert_eq!(l.verify_expecting(&[full, short, any]).unwrap().entries, 6);
+        for bad in [
+            "",
+            "abc",
+            "3f0c1a2b4c5d6e7g@1",
+            "3f0c1a2b4c5d6e7f@x",
+            &"a".repeat(65),
+        ] {
+            assert!(bad.parse::<ExpectedHead>().is_err(), "{bad:?}");
+        }
+    }
+
+    fn junk(i: u32) -> LedgerEntry {
+        LedgerEntry {
+            bundle_path: Some(format!("/inbox/junk-{i}.tar.zst")),
+            reason: Some("no trusted signature".into()),
+            ..LedgerEntry::new(Outcome::Rejected)
+        }
+    }
+
+    #[test]
+    fn flood_of_junk_is_bounded_and_summed_up_before_the_next_line() {
+        let (_t, l) = ledger_with(0);
+        let now = std::time::SystemTime::now();
+        let mut written = 0;
+        for i in 0..200 {
+            if l.record_attempt_at(&junk(i), now).unwrap() == Admit::Write {
+                written += 1;
+            }
+        }
+        assert_eq!(written, ledger_quota::MAX_PER_HOUR);
+        assert_eq!(
+            l.verify().unwrap().entries,
+            ledger_quota::MAX_PER_HOUR as usize
+        );
+        let pending = l.suppressed_pending().unwrap();
+        assert_eq!(pending.over_limit, 180);
+        // The next line, whatever it is, comes after one summary line.
+        l.record_attempt(&entry(2)).unwrap();
+        let entries = l.read().unwrap();
+        assert_eq!(entries.len(), ledger_quota::MAX_PER_HOUR as usize + 2);
+        let summary = &entries[entries.len() - 2];
+        assert_eq!(summary.outcome, Outcome::Suppressed);
+        assert_eq!(summary.suppressed.as_ref().unwrap().over_limit, 180);
+        assert_eq!(
+            entries.last().unwrap().bundle_id.as_deref(),
+            Some("bundle-2")
+        );
+        assert!(l.suppressed_pending().is_none());
+        // Summed up once only.
+        l.append(&entry(4)).unwrap();
+        assert_eq!(
+            l.read().unwrap().len(),
+            ledger_quota::MAX_PER_HOUR as usize + 3
+        );
+    }
+
+    #[test]
+    fn unverified_claims_are_marked_in_old_and_new_lines() {
+        let claim = LedgerEntry {
+            bundle_id: Some("b-forged".into()),
+            sequence: Some(u64::MAX),
+            ..junk(1)
+        };
+        assert!(claim.manifest_unverified(), "an old line without the mark");
+        let json = serde_json::to_string(&LedgerEntry {
+            unverified: true,
+            ..claim.clone()
+        })
+        .unwrap();
+        assert!(json.contains("\"unverified\":true"), "{json}");
+        let plain = serde_json::to_string(&entry(2)).unwrap();
+        assert!(!plain.contains("unverified"), "absent when false: {plain}");
+        assert!(!plain.contains("suppressed"), "{plain}");
+        assert!(!entry(2).manifest_unverified());
+        assert!(!entry(1).manifest_unverified(), "signed, refused by policy");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The mirror side of an import: staging and atomic publish of arch folders
 //! ([`publish`]), one import at a time ([`lock`]), persisted served versions
 //! and accepted sequences with the rollback policy ([`state`]), and the
-//! hash-chained import ledger ([`ledger`]); the phone-sized receipt of an
+//! hash-chained import ledger ([`ledger`]) and its flood limit
+//! ([`ledger_quota`]); the phone-sized receipt of an
 //! import ([`receipt`]); the inbox job that imports whatever arrives in a
 //! directory ([`inbox`]). These are building blocks: they
 //! never read bundles or check signatures; the import orchestration verifies
@@ -11,6 +12,7 @@ mod fsx;
 pub mod import;
 pub mod inbox;
 pub mod ledger;
+pub mod ledger_quota;
 pub mod lock;
 pub mod publish;
 pub mod receipt;

@@ -9,6 +9,14 @@
 //! the bundle id itself is left out to keep the line short; it is kept in
 //! the state directory's `receipts.jsonl` with the rest.
 //!
+//! Beside the receipt, `import` prints the ledger's head after the import
+//! (`ledger head <first 16 hex>@<entries>`, in full in `receipts.jsonl`):
+//! kept on the online side, it lets `gapferry ledger verify --expect-head`
+//! show later that the ledger still holds every line up to this import
+//! (see [`super::ledger`] for what that does and does not prove). The
+//! `GF1-...` line itself is unchanged, so receipts stay readable by older
+//! versions.
+//!
 //! This module never decides anything about a bundle; it formats, parses,
 //! compares and records.
 
@@ -133,6 +141,22 @@ pub struct ReceiptRecord {
     pub channel: String,
     pub sequence: u64,
     pub manifest_sha256: String,
+    /// The ledger's head after this import, `<sha256>@<entries>`
+    /// ([`super::ledger::Checkpoint`]); absent in records from before it
+    /// existed, or when the ledger could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_head: Option<String>,
+}
+
+/// How a ledger head is read out with a receipt: its first 16 hex digits
+/// and the entry count, `3f0c1a2b4c5d6e7f@12` (what `ledger verify
+/// --expect-head` accepts).
+pub fn short_head(head: &super::ledger::Checkpoint) -> String {
+    format!(
+        "{}@{}",
+        &head.head_sha256[..super::ledger::MIN_HEAD_DIGITS.min(head.head_sha256.len())],
+        head.entries
+    )
 }
 
 /// The receipt of a successful import (imported or already imported), with
@@ -159,6 +183,7 @@ pub fn for_report(
         channel: report.channel.clone().unwrap_or_default(),
         sequence,
         manifest_sha256: sha.to_string(),
+        ledger_head: None,
     };
     Some((receipt, rec))
 }
@@ -205,6 +230,26 @@ mod tests {
         assert!(r.matches(7, SHA));
         assert!(!r.matches(8, SHA));
         assert!(!r.matches(7, &SHA.replace("3f0c", "3f0d")));
+    }
+
+    #[test]
+    fn records_without_a_ledger_head_still_read() {
+        let old = r#"{"time":"2026-11-27T06:00:00Z","receipt":"GF1-5-3f0c-1a2b-4c5d-6e7f-OK","outcome":"OK","bundle":"b.tar.zst","bundle_id":"b","channel":"default","sequence":5,"manifest_sha256":"3f0c"}"#;
+        let rec: ReceiptRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.ledger_head, None);
+        let again = serde_json::to_string(&rec).unwrap();
+        assert_eq!(
+            again, old,
+            "written back unchanged: no new field when absent"
+        );
+        let head = crate::mirror::ledger::Checkpoint {
+            entries: 12,
+            head_sha256: SHA.to_string(),
+        };
+        assert_eq!(short_head(&head), "3f0c1a2b4c5d6e7f@12");
+        assert_eq!(head.to_string(), format!("{SHA}@12"));
+        let parsed: crate::mirror::ledger::ExpectedHead = short_head(&head).parse().unwrap();
+        assert_eq!(parsed.entries, Some(12));
     }
 
     #[test]
