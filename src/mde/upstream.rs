@@ -300,8 +300,12 @@ impl CaFile {
             rustls::RootCertStore::empty()
                 .add(cert.clone())
                 .map_err(|e| {
+                    let why = match e {
+                        rustls::Error::InvalidCertificate(c) => format!("{c:?}"),
+                        other => other.to_string(),
+                    };
                     bad(format!(
-                        "certificate {n} is not a usable X.509 CA certificate: {e}"
+                        "certificate {n} is not a usable X.509 CA certificate ({why})"
                     ))
                 })?;
             certs.push(cert.as_ref().to_vec());
@@ -331,7 +335,7 @@ pub enum UpstreamError {
     },
     #[error("{path} is not a usable CA certificate file: {reason}; pass the proxy's or relay's CA certificate in PEM form to --ca-cert")]
     CaCert { path: PathBuf, reason: String },
-    #[error("{url}: refused the redirect from {from} to {to}: {why}; gapferry follows no redirect that leaves HTTPS, fix the relay or proxy that sends it")]
+    #[error("refused the redirect from {from} to {to}{start}: {why}; gapferry follows no redirect that leaves HTTPS, fix the relay or proxy that sends it", start = if url == from { String::new() } else { format!(" (fetching {url})") })]
     Redirect {
         url: String,
         from: String,
@@ -601,10 +605,10 @@ impl Upstream {
                 why: r.why.to_string(),
             };
         }
-        if let Some(t) = find_in_chain::<rustls::Error>(e) {
+        if let Some(rustls::Error::InvalidCertificate(why)) = find_in_chain::<rustls::Error>(e) {
             return UpstreamError::Certificate {
                 url: url.to_string(),
-                reason: t.to_string(),
+                reason: format!("{why:?}"),
             };
         }
         if e.is_timeout() || chain_has_timeout(e) {
@@ -1064,10 +1068,74 @@ mod tests {
 
     #[test]
     fn bad_bases_are_refused() {
-        for bad in ["ftp://x/", "not a url", "http://x/#frag"] {
+        for bad in [
+            "ftp://x/",
+            "not a url",
+            "https://x/#frag",
+            "http://127.0.0.1/#frag",
+            "http://go.microsoft.com/fwlink/",
+            "http://10.0.0.1/fwlink/",
+            "http://[fe80::1]/fwlink/",
+            "http://localhost.example.com/",
+        ] {
             let err = Upstream::new(bad, HttpConfig::default()).unwrap_err();
             assert!(matches!(err, UpstreamError::BadBase { .. }), "{bad}");
         }
-        assert!(Upstream::new("http://127.0.0.1:1/fwlink/", HttpConfig::default()).is_ok());
+        for good in [
+            DEFAULT_UPSTREAM,
+            "https://relay.example.com:8443/fwlink?token=1",
+            "http://127.0.0.1:1/fwlink/",
+            "http://127.1/fwlink/",
+            "http://127.8.9.10:8080/",
+            "http://localhost:8080/fwlink/",
+            "http://[::1]:8080/fwlink/",
+        ] {
+            assert!(check_base(good).is_ok(), "{good}");
+        }
+    }
+
+    fn urls(list: &[&str]) -> Vec<Url> {
+        list.iter().map(|u| Url::parse(u).unwrap()).collect()
+    }
+
+    #[test]
+    fn redirects_never_leave_https() {
+        let ok = |prev: &[&str], next: &str| check_redirect(&urls(prev), &urls(&[next])[0]);
+        let fwlink = "https://go.microsoft.com/fwlink/?linkid=2144709";
+        assert!(ok(&[fwlink], "https://definitionupdates.microsoft.com/x").is_ok());
+        assert!(ok(&["http://127.0.0.1:80/f"], "http://127.0.0.1:81/g").is_ok());
+        assert!(ok(&["http://127.0.0.1/f"], "https://cdn.example.com/g").is_ok());
+        for (prev, next, why) in [
+            (
+                &[fwlink][..],
+                "http://definitionupdates.microsoft.com/x",
+                "downgrades",
+            ),
+            (&[fwlink], "http://127.0.0.1/x", "downgrades"),
+            (
+                &["http://127.0.0.1/a", "https://cdn.example.com/b"],
+                "http://127.0.0.1/c",
+                "downgrades",
+            ),
+            (
+                &["http://127.0.0.1/a"],
+                "http://cdn.example.com/b",
+                "another machine",
+            ),
+            (&[fwlink], "ftp://cdn.example.com/b", "neither"),
+            (&[fwlink], "file:///etc/passwd", "neither"),
+        ] {
+            let e = ok(prev, next).unwrap_err();
+            assert!(e.why.contains(why), "{prev:?} -> {next}: {e}");
+            assert_eq!(e.to.as_str(), next);
+            assert_eq!(e.from.as_str(), *prev.last().unwrap());
+        }
+        let chain: Vec<String> = (0..MAX_REDIRECTS)
+            .map(|i| format!("https://a/{i}"))
+            .collect();
+        let chain: Vec<&str> = chain.iter().map(String::as_str).collect();
+        assert!(ok(&chain[..MAX_REDIRECTS - 1], "https://a/next").is_ok());
+        let e = ok(&chain, "https://a/next").unwrap_err();
+        assert!(e.why.contains("more than 10 redirects"), "{e}");
     }
 }
