@@ -1094,6 +1094,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ca_cert_file_4_mib() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let mut text = pem.into_bytes();
+        let line = b"# padding, as in a bundle with comments between certificates\n";
+        while text.len() + line.len() <= MAX_CA_FILE as usize {
+            text.extend_from_slice(line);
+        }
+        text.resize(MAX_CA_FILE as usize, b'\n');
+        std::fs::write(&path, &text).unwrap();
+        let roots = ExtraRoots::read(std::slice::from_ref(&path)).unwrap();
+        assert_eq!(roots.files()[0].len(), 1);
+
+        text.push(b'\n');
+        std::fs::write(&path, &text).unwrap();
+        let err = ExtraRoots::read(std::slice::from_ref(&path)).unwrap_err();
+        assert!(matches!(err, UpstreamError::CaCert { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("larger than 4194304 bytes"), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+    }
+
     fn urls(list: &[&str]) -> Vec<Url> {
         list.iter().map(|u| Url::parse(u).unwrap()).collect()
     }
