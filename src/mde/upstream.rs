@@ -600,8 +600,8 @@ impl Upstream {
         if let Some(r) = find_in_chain::<RedirectRefused>(e) {
             return UpstreamError::Redirect {
                 url: url.to_string(),
-                from: r.from.to_string(),
-                to: r.to.to_string(),
+                from: r.from.clone(),
+                to: r.to.clone(),
                 why: r.why.to_string(),
             };
         }
@@ -704,8 +704,8 @@ fn is_loopback(url: &Url) -> bool {
 /// Why a redirect was not followed.
 #[derive(Debug)]
 pub struct RedirectRefused {
-    pub from: Url,
-    pub to: Url,
+    pub from: String,
+    pub to: String,
     pub why: &'static str,
 }
 
@@ -726,11 +726,10 @@ impl std::error::Error for RedirectRefused {}
 /// https always; plain http only to a loopback address and only while no
 /// earlier hop was https (never a downgrade); nothing else.
 pub fn check_redirect(previous: &[Url], next: &Url) -> Result<(), RedirectRefused> {
-    let from = previous.last().cloned().unwrap_or_else(|| next.clone());
     let refuse = |why| {
         Err(RedirectRefused {
-            from: from.clone(),
-            to: next.clone(),
+            from: previous.last().unwrap_or(next).to_string(),
+            to: next.to_string(),
             why,
         })
     };
@@ -1154,8 +1153,8 @@ mod tests {
         ] {
             let e = ok(prev, next).unwrap_err();
             assert!(e.why.contains(why), "{prev:?} -> {next}: {e}");
-            assert_eq!(e.to.as_str(), next);
-            assert_eq!(e.from.as_str(), *prev.last().unwrap());
+            assert_eq!(e.to, next);
+            assert_eq!(e.from, *prev.last().unwrap());
         }
         let chain: Vec<String> = (0..MAX_REDIRECTS)
             .map(|i| format!("https://a/{i}"))
