@@ -253,27 +253,7 @@ impl CaFile {
     pub fn is_empty(&self) -> bool {
         self.certs.is_empty()
     }
-}
 
-impl ExtraRoots {
-    /// Reads every file: PEM `CERTIFICATE` blocks (other blocks, such as
-    /// keys, are ignored), each of which must parse as an X.509 trust
-    /// anchor. A file without one is an error naming it.
-    pub fn read(paths: &[PathBuf]) -> Result<Self, UpstreamError> {
-        let files = paths
-            .iter()
-            .map(|p| CaFile::read(p))
-            .collect::<Result<_, _>>()?;
-        Ok(ExtraRoots { files })
-    }
-
-    /// The files, in the order given.
-    pub fn files(&self) -> &[CaFile] {
-        &self.files
-    }
-}
-
-impl CaFile {
     fn read(path: &Path) -> Result<Self, UpstreamError> {
         let bad = |reason: String| UpstreamError::CaCert {
             path: path.to_path_buf(),
@@ -322,7 +302,26 @@ impl CaFile {
     }
 }
 
-/// A failure talking to upstream. Every variant names the URL.
+impl ExtraRoots {
+    /// Reads every file: PEM `CERTIFICATE` blocks (other blocks, such as
+    /// keys, are ignored), each of which must parse as an X.509 trust
+    /// anchor. A file without one is an error naming it.
+    pub fn read(paths: &[PathBuf]) -> Result<Self, UpstreamError> {
+        let files = paths
+            .iter()
+            .map(|p| CaFile::read(p))
+            .collect::<Result<_, _>>()?;
+        Ok(ExtraRoots { files })
+    }
+
+    /// The files, in the order given.
+    pub fn files(&self) -> &[CaFile] {
+        &self.files
+    }
+}
+
+/// A failure talking to upstream. Every variant names the URL, or the
+/// `--ca-cert` file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpstreamError {
