@@ -809,7 +809,7 @@ fn tls_from_an_unknown_ca_fails_naming_the_url_and_ca_cert() {
 }
 
 #[test]
-fn ca_cert_makes_a_tls_inspecting_proxy_work() {
+fn ca_cert_trusts_a_private_ca_and_only_for_that_run() {
     let ca = TestCa::new("gapferry test CA (proxy)");
     let mock = Mock::start_tls(Release::new(RELEASE_1.0, RELEASE_1.1), &ca);
     let keys = tempfile::tempdir().unwrap();
@@ -1025,4 +1025,46 @@ fn ca_cert_files_that_hold_no_usable_certificate_are_refused_naming_the_file() {
         );
     }
     assert!(!target.exists());
+}
+
+#[test]
+fn a_tls_inspecting_proxy_works_with_its_ca_and_only_with_it() {
+    // Microsoft's own URL through HTTPS_PROXY: the proxy (on 127.0.0.1)
+    // forges go.microsoft.com's certificate with the corporate CA.
+    let ca = TestCa::new("Corp inspecting proxy CA");
+    let (mock, proxy) = Mock::start_inspecting_proxy(Release::new(RELEASE_1.0, RELEASE_1.1), &ca);
+    assert_eq!(mock.base, "https://go.microsoft.com/fwlink/");
+    let keys = tempfile::tempdir().unwrap();
+    let pem = ca.write_pem(keys.path());
+    let dir = tempfile::tempdir().unwrap();
+
+    let r = run(fetch_one(&mock, dir.path()).env("HTTPS_PROXY", &proxy));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "cannot verify the TLS certificate of https://go.microsoft.com/fwlink/?linkid=2144709&action=info: UnknownIssuer (through the proxy named by HTTPS_PROXY)"
+        ),
+        "{}",
+        r.stderr
+    );
+    let requests = mock.with(|s| s.requests.clone());
+    assert_eq!(
+        requests,
+        ["CONNECT go.microsoft.com:443"],
+        "nothing sent past the handshake"
+    );
+    assert_eq!(snapshot(dir.path()), BTreeMap::new());
+
+    let r = run(fetch_one(&mock, dir.path())
+        .env("HTTPS_PROXY", &proxy)
+        .arg("--ca-cert")
+        .arg(&pem));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(manifest(dir.path(), X64)["DefinitionVersion"], RELEASE_1.1);
+    let requests = mock.with(|s| s.requests.clone());
+    assert!(
+        requests.contains(&"/fwlink/?linkid=2144709&action=info".to_string())
+            && requests.contains(&"/pkg/linux/production/x86_64/updates.zip".to_string()),
+        "{requests:?}"
+    );
 }

@@ -605,9 +605,13 @@ impl Upstream {
             };
         }
         if let Some(rustls::Error::InvalidCertificate(why)) = find_in_chain::<rustls::Error>(e) {
+            let mut reason = format!("{why:?}");
+            if let Some(var) = proxy_var_for(url) {
+                reason.push_str(&format!(" (through the proxy named by {var})"));
+            }
             return UpstreamError::Certificate {
                 url: url.to_string(),
-                reason: format!("{why:?}"),
+                reason,
             };
         }
         if e.is_timeout() || chain_has_timeout(e) {

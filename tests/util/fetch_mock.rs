@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -111,16 +111,30 @@ impl Drop for Mock {
 impl Mock {
     /// The mock over plain http on 127.0.0.1.
     pub fn start(default: Release) -> Mock {
-        Mock::spawn(default, None)
+        Mock::spawn(default, Mode::Plain)
     }
 
     /// The mock over https on 127.0.0.1, presenting `ca`'s server
     /// certificate (valid for 127.0.0.1 and localhost).
     pub fn start_tls(default: Release, ca: &TestCa) -> Mock {
-        Mock::spawn(default, Some(ca.server_config()))
+        Mock::spawn(default, Mode::Tls(ca.server_config()))
     }
 
-    fn spawn(default: Release, tls: Option<Arc<rustls::ServerConfig>>) -> Mock {
+    /// A TLS-inspecting proxy on 127.0.0.1 (`proxy` is its URL for
+    /// HTTPS_PROXY): it answers CONNECT, then presents a certificate for
+    /// go.microsoft.com issued by `ca` and answers the fwlink paths itself,
+    /// so `base` is Microsoft's own URL and nothing leaves the machine.
+    pub fn start_inspecting_proxy(default: Release, ca: &TestCa) -> (Mock, String) {
+        let mut mock = Mock::spawn(default, Mode::InspectingProxy(ca.server_config()));
+        let proxy = mock
+            .base
+            .replace("https://", "http://")
+            .replace("/fwlink/", "");
+        mock.base = "https://go.microsoft.com/fwlink/".to_string();
+        (mock, proxy)
+    }
+
+    fn spawn(default: Release, mode: Mode) -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
@@ -129,28 +143,25 @@ impl Mock {
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let scheme = match mode {
+            Mode::Plain => "http",
+            Mode::Tls(_) | Mode::InspectingProxy(_) => "https",
+        };
         thread::spawn(move || {
             for conn in listener.incoming() {
                 if sp.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (st, sp, tls) = (st.clone(), sp.clone(), tls.clone());
-                thread::spawn(move || match tls {
-                    None => {
+                let (st, sp, mode) = (st.clone(), sp.clone(), mode.clone());
+                thread::spawn(move || match mode {
+                    Mode::Plain => {
                         let _ = serve(conn, &st, &sp);
                     }
-                    Some(config) => {
-                        let Ok(session) = rustls::ServerConnection::new(config) else {
-                            return;
-                        };
-                        let mut stream = rustls::StreamOwned::new(session, conn);
-                        // A client that refuses the certificate ends the
-                        // handshake here, with nothing served.
-                        if serve(&mut stream, &st, &sp).is_ok() {
-                            stream.conn.send_close_notify();
-                            let _ = stream.flush();
+                    Mode::Tls(config) => serve_tls(conn, config, &st, &sp),
+                    Mode::InspectingProxy(config) => {
+                        if let Ok(conn) = accept_connect(conn, &st) {
+                            serve_tls(conn, config, &st, &sp);
                         }
                     }
                 });
@@ -180,6 +191,61 @@ impl Mock {
     pub fn package_hits(&self) -> u32 {
         self.with(|s| s.package_hits)
     }
+}
+
+#[derive(Clone)]
+enum Mode {
+    Plain,
+    Tls(Arc<rustls::ServerConfig>),
+    InspectingProxy(Arc<rustls::ServerConfig>),
+}
+
+fn serve_tls(
+    conn: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    state: &Mutex<State>,
+    stop: &AtomicBool,
+) {
+    let Ok(session) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut stream = rustls::StreamOwned::new(session, conn);
+    // A client that refuses the certificate ends the handshake here, with
+    // nothing served.
+    if serve(&mut stream, state, stop).is_ok() {
+        stream.conn.send_close_notify();
+        let _ = stream.flush();
+    }
+}
+
+/// Reads a proxy's `CONNECT host:port` request (recorded as
+/// "CONNECT host:port") and agrees to it.
+fn accept_connect(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<TcpStream> {
+    let mut reader = BufReader::new(conn);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let mut words = request_line.split_whitespace();
+    if words.next() != Some("CONNECT") {
+        return Err(std::io::Error::other("not a CONNECT request"));
+    }
+    let target = words.next().unwrap_or("").to_string();
+    state
+        .lock()
+        .unwrap()
+        .requests
+        .push(format!("CONNECT {target}"));
+    // The client sends nothing more until it has the answer, so nothing
+    // is left in the buffer.
+    assert!(reader.buffer().is_empty());
+    let mut conn = reader.into_inner();
+    conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+    Ok(conn)
 }
 
 fn take_fault(slot: &mut Option<(Fault, Option<u32>)>) -> Option<Fault> {
@@ -456,8 +522,8 @@ pub fn fake_zip(name: &str, content: &[u8]) -> Vec<u8> {
 }
 
 /// A certificate authority made for one test: its certificate (PEM, to
-/// hand to `--ca-cert`) and a server certificate it issued for 127.0.0.1
-/// and localhost.
+/// hand to `--ca-cert`) and a server certificate it issued for 127.0.0.1,
+/// localhost and go.microsoft.com (as an inspecting proxy forges it).
 pub struct TestCa {
     pub ca_pem: String,
     server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -480,9 +546,12 @@ impl TestCa {
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
 
         let server_key = rcgen::KeyPair::generate().unwrap();
-        let mut server_params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .unwrap();
+        let mut server_params = rcgen::CertificateParams::new(vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+            "go.microsoft.com".to_string(),
+        ])
+        .unwrap();
         server_params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "127.0.0.1");
