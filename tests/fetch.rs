@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use serde::Deserialize;
 
-use fetch_mock::{gapferry, Fault, Mock, Release, PROXY_VARS};
+use fetch_mock::{gapferry, Fault, Mock, Release, TestCa, PROXY_VARS};
 
 /// `gapferry fetch` into `dir` from `mock`, with fast retries.
 fn fetch(mock: &Mock, dir: &Path) -> Command {
@@ -765,4 +765,306 @@ fn an_html_page_left_by_microsofts_script_is_replaced() {
     assert!(r.stderr.contains("is not a valid zip"), "{}", r.stderr);
     assert!(zip_text(dir.path(), X64).contains("definitions 1.419.100.0"));
     assert!(!dir.path().join("linux/production_back").exists());
+}
+
+// TLS trust and redirects: the upstream is https on 127.0.0.1 with a
+// certificate from a CA made in the test, which neither the built-in roots
+// nor the system's store know.
+
+const RELEASE_1: (&str, &str) = ("1.1.24080.9", "1.419.100.0");
+
+/// One linux x86_64 item from `mock`, no retries unless the caller adds some.
+fn fetch_one(mock: &Mock, dir: &Path) -> Command {
+    let mut c = fetch(mock, dir);
+    c.args(["--platform", "linux", "--arch", "x86_64"]);
+    c
+}
+
+#[test]
+fn tls_from_an_unknown_ca_fails_naming_the_url_and_ca_cert() {
+    let ca = TestCa::new("gapferry test CA (unknown)");
+    let mock = Mock::start_tls(Release::new(RELEASE_1.0, RELEASE_1.1), &ca);
+    assert!(mock.base.starts_with("https://127.0.0.1:"), "{}", mock.base);
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(fetch_one(&mock, dir.path()).args(["--retries", "2", "--json"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let url = format!("{}?linkid=2144709&action=info", mock.base);
+    assert!(
+        r.stderr
+            .contains(&format!("cannot verify the TLS certificate of {url}")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--ca-cert FILE"), "{}", r.stderr);
+    // A certificate problem is not retried, and no request got through.
+    assert!(!r.stderr.contains("retrying"), "{}", r.stderr);
+    assert_eq!(mock.request_count(), 0);
+    let j: JsonReport = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(j.failed, 1);
+    assert!(j.items[0]
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("certificate") && e.contains(&url)));
+    assert_eq!(snapshot(dir.path()), BTreeMap::new());
+}
+
+#[test]
+fn ca_cert_trusts_a_private_ca_and_only_for_that_run() {
+    let ca = TestCa::new("gapferry test CA (proxy)");
+    let mock = Mock::start_tls(Release::new(RELEASE_1.0, RELEASE_1.1), &ca);
+    let keys = tempfile::tempdir().unwrap();
+    let pem = ca.write_pem(keys.path());
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(fetch_one(&mock, dir.path()).arg("--ca-cert").arg(&pem));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        manifest(dir.path(), X64),
+        serde_json::json!({"EngineVersion": RELEASE_1.0, "DefinitionVersion": RELEASE_1.1})
+    );
+    assert!(zip_text(dir.path(), X64).contains("slot linux/production/x86_64 "));
+    assert!(
+        r.stderr
+            .contains(&format!("trusting 1 CA certificate from {}", pem.display())),
+        "{}",
+        r.stderr
+    );
+
+    // Without the flag the same server is refused and the set stays.
+    mock.with(|s| s.default = Some(Release::new(RELEASE_1.0, "1.419.200.0")));
+    let before = snapshot(dir.path());
+    let r = run(&mut fetch_one(&mock, dir.path()));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot verify the TLS certificate"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(snapshot(dir.path()), before);
+
+    // A bundle file with other certificates and a key around it works too.
+    let other = TestCa::new("gapferry test CA (other)");
+    let bundle = keys.path().join("bundle.pem");
+    fs::write(
+        &bundle,
+        format!(
+            "# corporate bundle\n{}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n{}",
+            other.ca_pem, ca.ca_pem
+        ),
+    )
+    .unwrap();
+    let r = run(fetch_one(&mock, dir.path()).arg("--ca-cert").arg(&bundle));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("trusting 2 CA certificates"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        manifest(dir.path(), X64)["DefinitionVersion"],
+        "1.419.200.0"
+    );
+}
+
+#[test]
+fn the_system_certificate_store_is_trusted() {
+    // SSL_CERT_FILE stands in for the system's store (as for OpenSSL and
+    // curl), so the test does not have to install a CA on the machine.
+    let ca = TestCa::new("gapferry test CA (system)");
+    let mock = Mock::start_tls(Release::new(RELEASE_1.0, RELEASE_1.1), &ca);
+    let keys = tempfile::tempdir().unwrap();
+    let pem = ca.write_pem(keys.path());
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(fetch_one(&mock, dir.path()).env("SSL_CERT_FILE", &pem));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(manifest(dir.path(), X64)["DefinitionVersion"], RELEASE_1.1);
+}
+
+#[test]
+fn an_https_redirect_to_plain_http_is_refused() {
+    let ca = TestCa::new("gapferry test CA (redirect)");
+    let keys = tempfile::tempdir().unwrap();
+    let pem = ca.write_pem(keys.path());
+    let good = Mock::start_tls(Release::new(RELEASE_1.0, RELEASE_1.1), &ca);
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        run(fetch_one(&good, dir.path()).arg("--ca-cert").arg(&pem)).code,
+        0
+    );
+    let before = snapshot(dir.path());
+
+    // The attacker's plain-http server offers a newer release; fwlink (or a
+    // proxy rewriting its answer) redirects there.
+    let evil = Mock::start(Release::new("9.9.9.9", "9.999.999.0"));
+    good.with(|s| s.redirect_origin = Some(evil.origin()));
+    let hits_before = good.request_count();
+    let r = run(fetch_one(&good, dir.path())
+        .arg("--ca-cert")
+        .arg(&pem)
+        .args(["--retries", "3", "--json"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let from = format!("{}?linkid=2144709&action=info", good.base);
+    let to = format!("{}/info/linux/production/x86_64", evil.origin());
+    assert!(
+        r.stderr
+            .contains(&format!("refused the redirect from {from} to {to}")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("downgrades https to plain http"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(evil.request_count(), 0, "the downgrade was followed");
+    assert_eq!(good.request_count() - hits_before, 1, "not retried");
+    let j: JsonReport = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!((j.ok, j.failed), (false, 1));
+    assert_eq!(snapshot(dir.path()), before);
+    assert_no_temp_files(dir.path());
+
+    // A redirect to another https server is followed as before.
+    let cdn = Mock::start_tls(Release::new(RELEASE_1.0, "1.419.300.0"), &ca);
+    good.with(|s| s.redirect_origin = Some(cdn.origin()));
+    let r = run(fetch_one(&good, dir.path()).arg("--ca-cert").arg(&pem));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        manifest(dir.path(), X64)["DefinitionVersion"],
+        "1.419.300.0"
+    );
+    assert!(cdn.request_count() >= 2);
+}
+
+#[test]
+fn plain_http_to_another_machine_is_refused_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("d");
+    for url in [
+        "http://updates.example.com/fwlink/",
+        "http://10.1.2.3:8080/fwlink/",
+    ] {
+        let r = run(gapferry()
+            .arg("fetch")
+            .arg("--download-folder")
+            .arg(&target)
+            .args(["--upstream", url]));
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("{url} is not a usable upstream URL: plain http")),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("pass an https:// URL"), "{}", r.stderr);
+    }
+    assert!(!target.exists());
+}
+
+#[test]
+fn ca_cert_files_that_hold_no_usable_certificate_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("d");
+    let missing = dir.path().join("missing.pem");
+    let text = dir.path().join("notes.txt");
+    fs::write(&text, "this is not a certificate\n").unwrap();
+    let der = dir.path().join("ca.der");
+    fs::write(&der, [0x30u8, 0x82, 0x01, 0x0a, 0x02, 0x01]).unwrap();
+    let bad_base64 = dir.path().join("bad-base64.pem");
+    fs::write(
+        &bad_base64,
+        "-----BEGIN CERTIFICATE-----\n!!!! not base64 !!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let not_x509 = dir.path().join("not-x509.pem");
+    fs::write(
+        &not_x509,
+        "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let key_only = dir.path().join("key-only.pem");
+    fs::write(
+        &key_only,
+        "-----BEGIN PRIVATE KEY-----\naGVsbG8gd29ybGQ=\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let good = dir.path().join("good.pem");
+    fs::write(&good, TestCa::new("gapferry test CA (good)").ca_pem).unwrap();
+
+    for (file, why) in [
+        (&missing, "cannot read CA certificate file"),
+        (&text, "holds no -----BEGIN CERTIFICATE----- block"),
+        (&der, "holds no -----BEGIN CERTIFICATE----- block"),
+        (&bad_base64, "certificate 1 is not valid PEM"),
+        (
+            &not_x509,
+            "certificate 1 is not a usable X.509 CA certificate",
+        ),
+        (&key_only, "holds no -----BEGIN CERTIFICATE----- block"),
+    ] {
+        // A good file first: the bad one is still found and named.
+        let r = run(gapferry()
+            .arg("fetch")
+            .arg("--download-folder")
+            .arg(&target)
+            .args(["--upstream", "https://127.0.0.1:1/fwlink/"])
+            .arg("--ca-cert")
+            .arg(&good)
+            .arg("--ca-cert")
+            .arg(file));
+        assert_eq!(r.code, 2, "{}: {}", file.display(), r.stderr);
+        assert!(
+            r.stderr.contains(&file.display().to_string()),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains(why), "{}: {}", why, r.stderr);
+        assert!(r.stderr.contains("--ca-cert"), "{}", r.stderr);
+        assert!(
+            !r.stderr.contains(&good.display().to_string()),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(!target.exists());
+}
+
+#[test]
+fn a_tls_inspecting_proxy_works_with_its_ca_and_only_with_it() {
+    // Microsoft's own URL through HTTPS_PROXY: the proxy (on 127.0.0.1)
+    // forges go.microsoft.com's certificate with the corporate CA.
+    let ca = TestCa::new("Corp inspecting proxy CA");
+    let (mock, proxy) = Mock::start_inspecting_proxy(Release::new(RELEASE_1.0, RELEASE_1.1), &ca);
+    assert_eq!(mock.base, "https://go.microsoft.com/fwlink/");
+    let keys = tempfile::tempdir().unwrap();
+    let pem = ca.write_pem(keys.path());
+    let dir = tempfile::tempdir().unwrap();
+
+    let r = run(fetch_one(&mock, dir.path()).env("HTTPS_PROXY", &proxy));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "cannot verify the TLS certificate of https://go.microsoft.com/fwlink/?linkid=2144709&action=info: UnknownIssuer (through the proxy named by HTTPS_PROXY)"
+        ),
+        "{}",
+        r.stderr
+    );
+    let requests = mock.with(|s| s.requests.clone());
+    assert_eq!(
+        requests,
+        ["CONNECT go.microsoft.com:443"],
+        "nothing sent past the handshake"
+    );
+    assert_eq!(snapshot(dir.path()), BTreeMap::new());
+
+    let r = run(fetch_one(&mock, dir.path())
+        .env("HTTPS_PROXY", &proxy)
+        .arg("--ca-cert")
+        .arg(&pem));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(manifest(dir.path(), X64)["DefinitionVersion"], RELEASE_1.1);
+    let requests = mock.with(|s| s.requests.clone());
+    assert!(
+        requests.contains(&"/fwlink/?linkid=2144709&action=info".to_string())
+            && requests.contains(&"/pkg/linux/production/x86_64/updates.zip".to_string()),
+        "{requests:?}"
+    );
 }

@@ -74,8 +74,8 @@ pub struct FetchSourceArgs {
     #[arg(long, value_name = "FILE")]
     pub settings: Option<PathBuf>,
 
-    /// Base URL the fwlink query string is appended to, for proxies, relays
-    /// and tests.
+    /// Base URL the fwlink query string is appended to, for relays and
+    /// tests: https, or plain http only to a loopback address.
     #[arg(long, value_name = "URL", default_value = gapferry::mde::upstream::DEFAULT_UPSTREAM)]
     pub upstream: String,
 
@@ -107,6 +107,13 @@ pub struct FetchSourceArgs {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub retry_delay: Duration,
 
+    /// Also trust the CA certificates in this PEM file (repeatable), e.g. a
+    /// TLS-inspecting proxy's root. The built-in Mozilla roots and the
+    /// system's store (SSL_CERT_FILE/SSL_CERT_DIR, as for OpenSSL) are
+    /// always trusted.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_certs: Vec<PathBuf>,
+
     /// Largest updates.zip accepted (bytes, or with K, M, G, KiB, MiB, GiB).
     #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
     pub max_package_size: u64,
@@ -126,7 +133,9 @@ impl FetchSourceArgs {
                 read_timeout: self.timeout,
                 retries: self.retries,
                 retry_delay: self.retry_delay,
+                ..HttpConfig::default()
             },
+            ca_certs: self.ca_certs.clone(),
             max_package_size: Some(self.max_package_size),
             ..FetchOptions::default()
         }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::layout::{Arch, FolderManifest, Platform, Ring, Slot};
-use super::upstream::{self, HttpConfig, Upstream, UpstreamError};
+use super::upstream::{self, ExtraRoots, HttpConfig, Upstream, UpstreamError};
 use super::{MANIFEST_JSON, UPDATES_ZIP};
 use crate::error::{Classify, ExitKind};
 use crate::progress::{NoProgress, Observer};
@@ -85,6 +85,8 @@ pub struct FetchOptions {
     /// Overrides `logFilePath`.
     pub log_file: Option<PathBuf>,
     pub http: HttpConfig,
+    /// `--ca-cert` PEM files, read into `http.extra_roots` by the plan.
+    pub ca_certs: Vec<PathBuf>,
     /// Defaults to [`DEFAULT_MAX_PACKAGE_SIZE`].
     pub max_package_size: Option<u64>,
     /// Defaults to [`DEFAULT_MAX_INFO_CHANGES`].
@@ -301,9 +303,11 @@ impl FetchPlan {
         if let Some(u) = &opts.upstream {
             plan.upstream = u.clone();
         }
-        upstream::Upstream::new(&plan.upstream, opts.http.clone())
-            .map_err(FetchError::BadUpstream)?;
+        upstream::check_base(&plan.upstream).map_err(FetchError::BadUpstream)?;
         plan.http = opts.http.clone();
+        if !opts.ca_certs.is_empty() {
+            plan.http.extra_roots = ExtraRoots::read(&opts.ca_certs).map_err(FetchError::CaCert)?;
+        }
         if let Some(m) = opts.max_package_size {
             if m == 0 {
                 return Err(FetchError::Usage(
@@ -365,6 +369,9 @@ pub enum FetchError {
     Usage(String),
     #[error(transparent)]
     BadUpstream(UpstreamError),
+    /// A `--ca-cert` file that cannot be read or holds no usable certificate.
+    #[error(transparent)]
+    CaCert(UpstreamError),
     #[error(transparent)]
     Client(UpstreamError),
     #[error("cannot create download folder {path}: {source}; check the path and permissions")]
@@ -384,7 +391,8 @@ impl Classify for FetchError {
             | FetchError::Settings { .. }
             | FetchError::NothingSelected { .. }
             | FetchError::Usage(_)
-            | FetchError::BadUpstream(_) => ExitKind::Usage,
+            | FetchError::BadUpstream(_)
+            | FetchError::CaCert(_) => ExitKind::Usage,
             FetchError::Client(_) | FetchError::CreateFolder { .. } | FetchError::Locked { .. } => {
                 ExitKind::Operational
             }
@@ -563,6 +571,17 @@ pub fn fetch(plan: &FetchPlan, observer: &dyn FetchObserver) -> Result<FetchRepo
             plan.download_folder.display()
         ),
     );
+    for file in plan.http.extra_roots.files() {
+        observer.log(
+            Level::Info,
+            &format!(
+                "trusting {} CA certificate{} from {} in addition to the built-in and system roots",
+                file.len(),
+                if file.len() == 1 { "" } else { "s" },
+                file.path.display()
+            ),
+        );
+    }
     let mut items = Vec::with_capacity(plan.slots.len());
     for &slot in &plan.slots {
         let outcome = match fetch_slot(plan, &upstream, slot, observer) {

@@ -3,19 +3,29 @@
 //! `&action=info` XML, and a blocking HTTP client with timeouts, bounded
 //! retries and a streaming, size-capped package download.
 //!
+//! It also owns the client's trust: TLS roots (the built-in Mozilla set, the
+//! operating system's store, and `--ca-cert` files) and the redirect rule
+//! (HTTPS stays HTTPS; plain HTTP only to a loopback address). A package
+//! fetched over plain HTTP could be swapped by anyone on the path and would
+//! then be signed into a bundle, so no request or redirect may leave HTTPS
+//! for another machine.
+//!
 //! This module only talks HTTP and parses what comes back; it never decides
 //! where files go on disk and never replaces anything (that is
 //! [`super::fetch`]'s job), and it never prints.
 
 use std::fmt;
 use std::io::{Read, Seek, Write};
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quick_xml::events::Event;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use reqwest::StatusCode;
+use reqwest::{StatusCode, Url};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 use super::layout::{Arch, FolderManifest, Platform, Ring, Slot};
@@ -28,6 +38,10 @@ pub const DEFAULT_UPSTREAM: &str = "https://go.microsoft.com/fwlink/";
 pub const MAX_INFO_SIZE: u64 = 64 * 1024;
 /// The four bytes every zip file (with at least one entry) starts with.
 pub const ZIP_LOCAL_HEADER: &[u8; 4] = b"PK\x03\x04";
+/// Redirects followed for one request (fwlink uses one or two).
+pub const MAX_REDIRECTS: usize = 10;
+/// Largest `--ca-cert` file accepted (a full system bundle is about 220 KiB).
+pub const MAX_CA_FILE: u64 = 4 * 1024 * 1024;
 
 /// The fwlink id of a platform's definition package.
 pub fn link_id(platform: Platform) -> &'static str {
@@ -184,7 +198,7 @@ impl fmt::Display for UpstreamInfo {
     }
 }
 
-/// Timeouts and retries of the HTTP client.
+/// Timeouts, retries and extra trust of the HTTP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// Time allowed to open a TCP (and TLS) connection.
@@ -198,6 +212,9 @@ pub struct HttpConfig {
     /// Wait before the first retry; doubled for each further one (capped at
     /// one minute).
     pub retry_delay: Duration,
+    /// CA certificates trusted in addition to the built-in roots and the
+    /// operating system's store (`--ca-cert`).
+    pub extra_roots: ExtraRoots,
 }
 
 impl Default for HttpConfig {
@@ -207,16 +224,125 @@ impl Default for HttpConfig {
             read_timeout: Duration::from_secs(30),
             retries: 3,
             retry_delay: Duration::from_secs(2),
+            extra_roots: ExtraRoots::default(),
         }
     }
 }
 
-/// A failure talking to upstream. Every variant names the URL.
+/// CA certificates from `--ca-cert` PEM files, each checked when read so
+/// that a bad file is named before any connection is made.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExtraRoots {
+    files: Vec<CaFile>,
+}
+
+/// One `--ca-cert` file and the DER certificates it holds (at least one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaFile {
+    pub path: PathBuf,
+    certs: Vec<Vec<u8>>,
+}
+
+impl CaFile {
+    /// How many certificates the file holds.
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    /// Never true: a file without a certificate is refused when read.
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+
+    fn read(path: &Path) -> Result<Self, UpstreamError> {
+        let bad = |reason: String| UpstreamError::CaCert {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|source| UpstreamError::CaCertRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut bytes = Vec::new();
+        file.take(MAX_CA_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| UpstreamError::CaCertRead {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if bytes.len() as u64 > MAX_CA_FILE {
+            return Err(bad(format!("it is larger than {MAX_CA_FILE} bytes")));
+        }
+        let mut certs = Vec::new();
+        for (i, cert) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
+            let n = i + 1;
+            let cert = cert.map_err(|e| bad(format!("certificate {n} is not valid PEM: {e}")))?;
+            rustls::RootCertStore::empty()
+                .add(cert.clone())
+                .map_err(|e| {
+                    let why = match e {
+                        rustls::Error::InvalidCertificate(c) => format!("{c:?}"),
+                        other => other.to_string(),
+                    };
+                    bad(format!(
+                        "certificate {n} is not a usable X.509 CA certificate ({why})"
+                    ))
+                })?;
+            certs.push(cert.as_ref().to_vec());
+        }
+        if certs.is_empty() {
+            return Err(bad(
+                "it holds no -----BEGIN CERTIFICATE----- block (a DER file converts with `openssl x509 -inform der -in FILE -out FILE.pem`)".into(),
+            ));
+        }
+        Ok(CaFile {
+            path: path.to_path_buf(),
+            certs,
+        })
+    }
+}
+
+impl ExtraRoots {
+    /// Reads every file: PEM `CERTIFICATE` blocks (other blocks, such as
+    /// keys, are ignored), each of which must parse as an X.509 trust
+    /// anchor. A file without one is an error naming it.
+    pub fn read(paths: &[PathBuf]) -> Result<Self, UpstreamError> {
+        let files = paths
+            .iter()
+            .map(|p| CaFile::read(p))
+            .collect::<Result<_, _>>()?;
+        Ok(ExtraRoots { files })
+    }
+
+    /// The files, in the order given.
+    pub fn files(&self) -> &[CaFile] {
+        &self.files
+    }
+}
+
+/// A failure talking to upstream. Every variant names the URL, or the
+/// `--ca-cert` file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpstreamError {
-    #[error("{url} is not a usable upstream URL: {reason}; pass an http:// or https:// URL such as {DEFAULT_UPSTREAM}")]
+    #[error("{url} is not a usable upstream URL: {reason}; pass an https:// URL such as {DEFAULT_UPSTREAM} (plain http:// only to a loopback address, such as a local relay)")]
     BadBase { url: String, reason: String },
+    #[error("cannot read CA certificate file {path}: {source}; check the --ca-cert path")]
+    CaCertRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a usable CA certificate file: {reason}; pass the proxy's or relay's CA certificate in PEM form to --ca-cert")]
+    CaCert { path: PathBuf, reason: String },
+    #[error("refused the redirect from {from} to {to}{start}: {why}; gapferry follows no redirect that leaves HTTPS, fix the relay or proxy that sends it", start = if url == from { String::new() } else { format!(" (fetching {url})") })]
+    Redirect {
+        url: String,
+        from: String,
+        to: String,
+        why: String,
+    },
+    #[error("cannot verify the TLS certificate of {url}: {reason}; if a TLS-inspecting proxy or relay sits in between, pass its CA certificate with --ca-cert FILE (PEM) or add it to the system's certificate store")]
+    Certificate { url: String, reason: String },
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
     #[error("cannot reach {url} ({attempts} attempt{s}): {reason}; check the network, DNS and HTTPS_PROXY/NO_PROXY", s = plural(*attempts))]
@@ -329,13 +455,34 @@ pub struct Upstream {
 
 impl Upstream {
     /// Checks `base` and builds the client. Redirects are followed (up to
-    /// 10); HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY are honoured.
+    /// [`MAX_REDIRECTS`]) only while they keep to [`check_redirect`];
+    /// HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY are honoured, except
+    /// that a loopback base is reached directly. TLS trusts the built-in
+    /// Mozilla roots, the operating system's store (SSL_CERT_FILE and
+    /// SSL_CERT_DIR replace its usual places, as for OpenSSL) and
+    /// `config.extra_roots`.
     pub fn new(base: &str, config: HttpConfig) -> Result<Self, UpstreamError> {
-        check_base(base)?;
-        let client = Client::builder()
+        let url = check_base(base)?;
+        let mut builder = Client::builder()
             .user_agent(concat!("gapferry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
             .timeout(config.read_timeout)
+            .redirect(redirect_policy());
+        if is_loopback(&url) {
+            // Plain http to this machine must not travel to a proxy.
+            builder = builder.no_proxy();
+        }
+        for file in config.extra_roots.files() {
+            for der in &file.certs {
+                let cert =
+                    reqwest::Certificate::from_der(der).map_err(|e| UpstreamError::CaCert {
+                        path: file.path.clone(),
+                        reason: error_chain(&e),
+                    })?;
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .build()
             .map_err(|e| UpstreamError::Client(error_chain(&e)))?;
         Ok(Upstream {
@@ -449,6 +596,24 @@ impl Upstream {
     }
 
     fn classify(&self, url: &str, e: &reqwest::Error) -> UpstreamError {
+        if let Some(r) = find_in_chain::<RedirectRefused>(e) {
+            return UpstreamError::Redirect {
+                url: url.to_string(),
+                from: r.from.clone(),
+                to: r.to.clone(),
+                why: r.why.to_string(),
+            };
+        }
+        if let Some(rustls::Error::InvalidCertificate(why)) = find_in_chain::<rustls::Error>(e) {
+            let mut reason = format!("{why:?}");
+            if let Some(var) = proxy_var_for(url) {
+                reason.push_str(&format!(" (through the proxy named by {var})"));
+            }
+            return UpstreamError::Certificate {
+                url: url.to_string(),
+                reason,
+            };
+        }
         if e.is_timeout() || chain_has_timeout(e) {
             UpstreamError::Timeout {
                 url: url.to_string(),
@@ -503,22 +668,118 @@ impl Upstream {
     }
 }
 
-fn check_base(base: &str) -> Result<(), UpstreamError> {
+/// Checks an upstream base URL: https, or plain http to a loopback
+/// address (a relay on this machine, or a test server); no fragment.
+pub fn check_base(base: &str) -> Result<Url, UpstreamError> {
     let bad = |reason: String| UpstreamError::BadBase {
         url: base.to_string(),
         reason,
     };
-    let url = reqwest::Url::parse(base).map_err(|e| bad(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(format!(
-            "scheme {:?} is not http or https",
-            url.scheme()
-        )));
+    let url = Url::parse(base).map_err(|e| bad(e.to_string()))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => {
+            return Err(bad(
+                "plain http would let anyone on the path swap the package that gets signed into a bundle".into(),
+            ))
+        }
+        other => return Err(bad(format!("scheme {other:?} is not https"))),
     }
     if url.fragment().is_some() {
         return Err(bad("it has a #fragment".into()));
     }
-    Ok(())
+    Ok(url)
+}
+
+/// True for 127.0.0.0/8, ::1 and `localhost`: traffic that never leaves
+/// this machine.
+fn is_loopback(url: &Url) -> bool {
+    // The parser has already normalised IPv4 forms such as 127.1.
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Why a redirect was not followed.
+#[derive(Debug)]
+pub struct RedirectRefused {
+    pub from: String,
+    pub to: String,
+    pub why: &'static str,
+}
+
+impl fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "redirect from {} to {} refused: {}",
+            self.from, self.to, self.why
+        )
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// Whether a redirect to `next` may be followed after `previous` (every
+/// URL requested so far, the one that answered with the redirect last):
+/// https always; plain http only to a loopback address and only while no
+/// earlier hop was https (never a downgrade); nothing else.
+pub fn check_redirect(previous: &[Url], next: &Url) -> Result<(), RedirectRefused> {
+    let refuse = |why| {
+        Err(RedirectRefused {
+            from: previous.last().unwrap_or(next).to_string(),
+            to: next.to_string(),
+            why,
+        })
+    };
+    if previous.len() >= MAX_REDIRECTS {
+        return refuse("more than 10 redirects");
+    }
+    match next.scheme() {
+        "https" => Ok(()),
+        "http" if previous.iter().any(|u| u.scheme() == "https") => {
+            refuse("it downgrades https to plain http")
+        }
+        "http" if !is_loopback(next) => refuse("plain http to another machine"),
+        "http" => Ok(()),
+        _ => refuse("the target is neither https nor http"),
+    }
+}
+
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        match check_redirect(attempt.previous(), attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(refused) => attempt.error(refused),
+        }
+    })
+}
+
+/// The first error of type `T` in `e`'s cause chain, looking inside
+/// `std::io::Error`s too (whose `source` skips the error they wrap).
+fn find_in_chain<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(inner) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(t) = find_in_chain::<T>(inner) {
+                return Some(t);
+            }
+        }
+        cur = c.source();
+    }
+    None
 }
 
 fn header_len(resp: &Response) -> Option<u64> {
@@ -809,10 +1070,101 @@ mod tests {
 
     #[test]
     fn bad_bases_are_refused() {
-        for bad in ["ftp://x/", "not a url", "http://x/#frag"] {
+        for bad in [
+            "ftp://x/",
+            "not a url",
+            "https://x/#frag",
+            "http://127.0.0.1/#frag",
+            "http://go.microsoft.com/fwlink/",
+            "http://10.0.0.1/fwlink/",
+            "http://[fe80::1]/fwlink/",
+            "http://localhost.example.com/",
+        ] {
             let err = Upstream::new(bad, HttpConfig::default()).unwrap_err();
             assert!(matches!(err, UpstreamError::BadBase { .. }), "{bad}");
         }
-        assert!(Upstream::new("http://127.0.0.1:1/fwlink/", HttpConfig::default()).is_ok());
+        for good in [
+            DEFAULT_UPSTREAM,
+            "https://relay.example.com:8443/fwlink?token=1",
+            "http://127.0.0.1:1/fwlink/",
+            "http://127.1/fwlink/",
+            "http://127.8.9.10:8080/",
+            "http://localhost:8080/fwlink/",
+            "http://[::1]:8080/fwlink/",
+        ] {
+            assert!(check_base(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn ca_cert_file_4_mib() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let mut text = pem.into_bytes();
+        let line = b"# padding, as in a bundle with comments between certificates\n";
+        while text.len() + line.len() <= MAX_CA_FILE as usize {
+            text.extend_from_slice(line);
+        }
+        text.resize(MAX_CA_FILE as usize, b'\n');
+        std::fs::write(&path, &text).unwrap();
+        let roots = ExtraRoots::read(std::slice::from_ref(&path)).unwrap();
+        assert_eq!(roots.files()[0].len(), 1);
+
+        text.push(b'\n');
+        std::fs::write(&path, &text).unwrap();
+        let err = ExtraRoots::read(std::slice::from_ref(&path)).unwrap_err();
+        assert!(matches!(err, UpstreamError::CaCert { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("larger than 4194304 bytes"), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+    }
+
+    fn urls(list: &[&str]) -> Vec<Url> {
+        list.iter().map(|u| Url::parse(u).unwrap()).collect()
+    }
+
+    #[test]
+    fn redirects_never_leave_https() {
+        let ok = |prev: &[&str], next: &str| check_redirect(&urls(prev), &urls(&[next])[0]);
+        let fwlink = "https://go.microsoft.com/fwlink/?linkid=2144709";
+        assert!(ok(&[fwlink], "https://definitionupdates.microsoft.com/x").is_ok());
+        assert!(ok(&["http://127.0.0.1:80/f"], "http://127.0.0.1:81/g").is_ok());
+        assert!(ok(&["http://127.0.0.1/f"], "https://cdn.example.com/g").is_ok());
+        for (prev, next, why) in [
+            (
+                &[fwlink][..],
+                "http://definitionupdates.microsoft.com/x",
+                "downgrades",
+            ),
+            (&[fwlink], "http://127.0.0.1/x", "downgrades"),
+            (
+                &["http://127.0.0.1/a", "https://cdn.example.com/b"],
+                "http://127.0.0.1/c",
+                "downgrades",
+            ),
+            (
+                &["http://127.0.0.1/a"],
+                "http://cdn.example.com/b",
+                "another machine",
+            ),
+            (&[fwlink], "ftp://cdn.example.com/b", "neither"),
+            (&[fwlink], "file:///etc/passwd", "neither"),
+        ] {
+            let e = ok(prev, next).unwrap_err();
+            assert!(e.why.contains(why), "{prev:?} -> {next}: {e}");
+            assert_eq!(e.to, next);
+            assert_eq!(e.from, *prev.last().unwrap());
+        }
+        let chain: Vec<String> = (0..MAX_REDIRECTS)
+            .map(|i| format!("https://a/{i}"))
+            .collect();
+        let chain: Vec<&str> = chain.iter().map(String::as_str).collect();
+        assert!(ok(&chain[..MAX_REDIRECTS - 1], "https://a/next").is_ok());
+        let e = ok(&chain, "https://a/next").unwrap_err();
+        assert!(e.why.contains("more than 10 redirects"), "{e}");
     }
 }

@@ -4,11 +4,15 @@
 //! same query without `action` answers 302 to `/pkg/<key>/updates.zip`.
 //! Faults (status codes, HTML pages, truncation, hangs, oversize bodies,
 //! releases that move during a download) are switched on per test.
+//!
+//! [`Mock::start_tls`] serves the same over TLS on 127.0.0.1, with a server
+//! certificate issued by a [`TestCa`] made in the test (no network, no
+//! files outside the test's temporary folder).
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +81,9 @@ pub struct State {
     pub info_hits: u32,
     /// Every request target, in order.
     pub requests: Vec<String>,
+    /// Make the fwlink redirects absolute, to this origin
+    /// (`http://127.0.0.1:PORT`) instead of relative to the mock itself.
+    pub redirect_origin: Option<String>,
 }
 
 impl State {
@@ -102,7 +109,32 @@ impl Drop for Mock {
 }
 
 impl Mock {
+    /// The mock over plain http on 127.0.0.1.
     pub fn start(default: Release) -> Mock {
+        Mock::spawn(default, Mode::Plain)
+    }
+
+    /// The mock over https on 127.0.0.1, presenting `ca`'s server
+    /// certificate (valid for 127.0.0.1 and localhost).
+    pub fn start_tls(default: Release, ca: &TestCa) -> Mock {
+        Mock::spawn(default, Mode::Tls(ca.server_config()))
+    }
+
+    /// A TLS-inspecting proxy on 127.0.0.1 (`proxy` is its URL for
+    /// HTTPS_PROXY): it answers CONNECT, then presents a certificate for
+    /// go.microsoft.com issued by `ca` and answers the fwlink paths itself,
+    /// so `base` is Microsoft's own URL and nothing leaves the machine.
+    pub fn start_inspecting_proxy(default: Release, ca: &TestCa) -> (Mock, String) {
+        let mut mock = Mock::spawn(default, Mode::InspectingProxy(ca.server_config()));
+        let proxy = mock
+            .base
+            .replace("https://", "http://")
+            .replace("/fwlink/", "");
+        mock.base = "https://go.microsoft.com/fwlink/".to_string();
+        (mock, proxy)
+    }
+
+    fn spawn(default: Release, mode: Mode) -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
@@ -111,23 +143,45 @@ impl Mock {
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
+        let scheme = match mode {
+            Mode::Plain => "http",
+            Mode::Tls(_) | Mode::InspectingProxy(_) => "https",
+        };
         thread::spawn(move || {
             for conn in listener.incoming() {
                 if sp.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (st, sp) = (st.clone(), sp.clone());
-                thread::spawn(move || {
-                    let _ = serve(conn, &st, &sp);
+                let (st, sp, mode) = (st.clone(), sp.clone(), mode.clone());
+                thread::spawn(move || match mode {
+                    Mode::Plain => {
+                        let _ = serve(conn, &st, &sp);
+                    }
+                    Mode::Tls(config) => serve_tls(conn, config, &st, &sp),
+                    Mode::InspectingProxy(config) => {
+                        if let Ok(conn) = accept_connect(conn, &st) {
+                            serve_tls(conn, config, &st, &sp);
+                        }
+                    }
                 });
             }
         });
         Mock {
-            base: format!("http://{addr}/fwlink/"),
+            base: format!("{scheme}://{addr}/fwlink/"),
             state,
             stop,
         }
+    }
+
+    /// `http://127.0.0.1:PORT` or `https://...`: the mock's origin.
+    pub fn origin(&self) -> String {
+        self.base.trim_end_matches("/fwlink/").to_string()
+    }
+
+    /// How many requests reached the mock.
+    pub fn request_count(&self) -> usize {
+        self.with(|s| s.requests.len())
     }
 
     pub fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -137,6 +191,61 @@ impl Mock {
     pub fn package_hits(&self) -> u32 {
         self.with(|s| s.package_hits)
     }
+}
+
+#[derive(Clone)]
+enum Mode {
+    Plain,
+    Tls(Arc<rustls::ServerConfig>),
+    InspectingProxy(Arc<rustls::ServerConfig>),
+}
+
+fn serve_tls(
+    conn: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    state: &Mutex<State>,
+    stop: &AtomicBool,
+) {
+    let Ok(session) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut stream = rustls::StreamOwned::new(session, conn);
+    // A client that refuses the certificate ends the handshake here, with
+    // nothing served.
+    if serve(&mut stream, state, stop).is_ok() {
+        stream.conn.send_close_notify();
+        let _ = stream.flush();
+    }
+}
+
+/// Reads a proxy's `CONNECT host:port` request (recorded as
+/// "CONNECT host:port") and agrees to it.
+fn accept_connect(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<TcpStream> {
+    let mut reader = BufReader::new(conn);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let mut words = request_line.split_whitespace();
+    if words.next() != Some("CONNECT") {
+        return Err(std::io::Error::other("not a CONNECT request"));
+    }
+    let target = words.next().unwrap_or("").to_string();
+    state
+        .lock()
+        .unwrap()
+        .requests
+        .push(format!("CONNECT {target}"));
+    // The client sends nothing more until it has the answer, so nothing
+    // is left in the buffer.
+    assert!(reader.buffer().is_empty());
+    let mut conn = reader.into_inner();
+    conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+    Ok(conn)
 }
 
 fn take_fault(slot: &mut Option<(Fault, Option<u32>)>) -> Option<Fault> {
@@ -182,8 +291,8 @@ fn slot_key(query: &str) -> Option<String> {
     Some(format!("{platform}/{ring}/{arch}"))
 }
 
-fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) -> std::io::Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
+fn serve<S: Read + Write>(conn: S, state: &Mutex<State>, stop: &AtomicBool) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     loop {
@@ -197,12 +306,17 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) -> std::io::R
         .nth(1)
         .unwrap_or("/")
         .to_string();
-    let mut out = conn;
-    state.lock().unwrap().requests.push(target.clone());
+    let redirect_origin = {
+        let mut s = state.lock().unwrap();
+        s.requests.push(target.clone());
+        s.redirect_origin.clone().unwrap_or_default()
+    };
+    // GET requests have no body: nothing more is buffered.
+    let out = reader.get_mut();
 
     if let Some(query) = target.strip_prefix("/fwlink/?") {
         let Some(key) = slot_key(query.trim_end_matches("&action=info")) else {
-            return respond(&mut out, 404, "text/plain", b"unknown link");
+            return respond(out, 404, "text/plain", b"unknown link");
         };
         let location = if query.ends_with("&action=info") {
             format!("/info/{key}")
@@ -210,7 +324,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) -> std::io::R
             format!("/pkg/{key}/updates.zip")
         };
         let head = format!(
-            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "HTTP/1.1 302 Found\r\nLocation: {redirect_origin}{location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         return out.write_all(head.as_bytes());
     }
@@ -226,7 +340,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) -> std::io::R
              <signatures date=\"2024-10-08 05:22:52Z\">{}</signatures>\n  <note kind=\"test\"/>\n</versions>\n",
             release.engine, release.definitions
         );
-        return send(&mut out, fault, "application/xml", xml.as_bytes(), stop);
+        return send(out, fault, "application/xml", xml.as_bytes(), stop);
     }
     if let Some(rest) = target.strip_prefix("/pkg/") {
         let key = rest.trim_end_matches("/updates.zip").to_string();
@@ -250,13 +364,13 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) -> std::io::R
             }
             (fault, body)
         };
-        return send(&mut out, fault, "application/octet-stream", &body, stop);
+        return send(out, fault, "application/octet-stream", &body, stop);
     }
-    respond(&mut out, 404, "text/plain", b"not found")
+    respond(out, 404, "text/plain", b"not found")
 }
 
 fn send(
-    out: &mut TcpStream,
+    out: &mut impl Write,
     fault: Option<Fault>,
     content_type: &str,
     body: &[u8],
@@ -317,7 +431,12 @@ fn send(
     }
 }
 
-fn respond(out: &mut TcpStream, code: u16, content_type: &str, body: &[u8]) -> std::io::Result<()> {
+fn respond(
+    out: &mut impl Write,
+    code: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
@@ -402,6 +521,72 @@ pub fn fake_zip(name: &str, content: &[u8]) -> Vec<u8> {
     z
 }
 
+/// A certificate authority made for one test: its certificate (PEM, to
+/// hand to `--ca-cert`) and a server certificate it issued for 127.0.0.1,
+/// localhost and go.microsoft.com (as an inspecting proxy forges it).
+pub struct TestCa {
+    pub ca_pem: String,
+    server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    server_key_der: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let mut server_params = rcgen::CertificateParams::new(vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+            "go.microsoft.com".to_string(),
+        ])
+        .unwrap();
+        server_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "127.0.0.1");
+        server_params.use_authority_key_identifier_extension = true;
+        server_params
+            .extended_key_usages
+            .push(rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+        TestCa {
+            ca_pem: ca_cert.pem(),
+            server_chain: vec![server_cert.der().clone(), ca_cert.der().clone()],
+            server_key_der: server_key.serialize_der(),
+        }
+    }
+
+    /// Writes the CA certificate as PEM into `dir` and returns its path.
+    pub fn write_pem(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("test-ca.pem");
+        std::fs::write(&path, &self.ca_pem).unwrap();
+        path
+    }
+
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.server_key_der.clone().into());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(self.server_chain.clone(), key)
+            .unwrap();
+        Arc::new(config)
+    }
+}
+
 /// Proxy variables that would send the mock's loopback traffic elsewhere.
 pub const PROXY_VARS: &[&str] = &[
     "HTTP_PROXY",
@@ -421,5 +606,8 @@ pub fn gapferry() -> assert_cmd::Command {
     for v in PROXY_VARS {
         c.env_remove(v);
     }
+    // The system's trust store stays the machine's own: a test CA gets in
+    // only where a test puts it.
+    c.env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
     c
 }
