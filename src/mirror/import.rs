@@ -6,7 +6,8 @@
 //!    written under it) and finish whatever a crashed import left;
 //! 2. read the bundle head (manifest size-capped and strictly parsed),
 //!    check signatures against the trust set and threshold, the profile's
-//!    rules, channel, expiry, the future-dated check and the rollback policy
+//!    rules, channel, expiry, the future-dated check, the sequence bound
+//!    (at most a day ahead of `created`) and the rollback policy
 //!    — all before a single payload byte is decompressed to disk;
 //! 3. stream each payload file through a size-limited hashing copy into
 //!    staging on the mirror's filesystem; check the end of the archive; check
@@ -379,6 +380,25 @@ fn run(
             format!(
                 "created {} is more than 24 hours in the future (check this machine's clock, or the exporter's)",
                 m.created
+            ),
+        ));
+    }
+    // Sequences are Unix seconds: one far ahead of its own signed `created`
+    // would fast-forward the channel and lock every honest bundle out.
+    if m.sequence > m.max_sequence() {
+        return Err(refused(
+            bundle,
+            format!(
+                "sequence {} is more than {} seconds (one day) ahead of the bundle's created time {} \
+                 (at most {} allowed; gapferry's sequences are Unix seconds, docs/FORMAT.md section 3): \
+                 accepting it would lock every honest bundle out of channel {:?}. Nothing was changed; \
+                 have the producer export again without a hand-picked --sequence, and if nobody made \
+                 this bundle, treat its signing key as stolen and remove it from the trust set",
+                m.sequence,
+                crate::manifest::MAX_SEQUENCE_AHEAD,
+                m.created,
+                m.max_sequence(),
+                m.channel
             ),
         ));
     }
