@@ -304,3 +304,220 @@ fn redelivered_superseded_bundle_is_already_imported_and_changes_nothing() {
         before
     );
 }
+
+impl Env {
+    fn x86(&self) -> PathBuf {
+        self.p("mirror/linux/production/arch_x86_64")
+    }
+
+    fn x86_back(&self) -> PathBuf {
+        self.p("mirror/linux/production_back/arch_x86_64")
+    }
+
+    fn rollback_with(&self, extra: &[&str]) -> std::process::Output {
+        gapferry()
+            .args([
+                "rollback",
+                "--platform",
+                "linux",
+                "--ring",
+                "production",
+                "--mirror",
+            ])
+            .arg(self.p("mirror"))
+            .arg("--state-dir")
+            .arg(self.p("state"))
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    fn last_ledger_entry(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.p("state/ledger.jsonl")).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    }
+}
+
+/// Every file of `dir`, name -> bytes.
+fn files_of(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn flip_a_byte(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Issue 11 item 7, the whole story as a new user lived it: a served
+/// updates.zip is damaged, `status` advises re-importing, and the re-import
+/// repairs it. It used to move the damaged set into n-1 and delete the good
+/// n-1 (then `rollback` served the damaged file, exit 0). Now the damaged
+/// set is discarded, the good n-1 kept, the ledger and the import say so,
+/// and a rollback afterwards serves the good, intact n-1.
+#[test]
+fn repair_by_reimport_discards_the_damaged_set_and_keeps_the_good_n_1() {
+    let env = Env::new();
+    env.release("1.400.1.0", 1);
+    let good_back = files_of(&env.x86());
+    env.release("1.400.2.0", 2);
+    let good_current = files_of(&env.x86());
+    assert_eq!(files_of(&env.x86_back()), good_back);
+    let arm_back = files_of(&env.p("mirror/linux/production_back/arch_arm64"));
+
+    // Same size, one byte changed.
+    flip_a_byte(&env.x86().join("updates.zip"));
+    let (code, v) = env.status_json();
+    assert_eq!(code, 1, "{v}");
+    let s = slot(&v, "linux/production/arch_x86_64");
+    assert_eq!(s["files_match"], false);
+    assert!(s["findings"].to_string().contains("re-import the bundle"));
+
+    let out = gapferry()
+        .arg("import")
+        .arg(env.bundle(2))
+        .args(["--json", "--trust"])
+        .arg(env.p("k.pub"))
+        .arg("--mirror")
+        .arg(env.p("mirror"))
+        .arg("--state-dir")
+        .arg(env.p("state"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "imported");
+    let discarded = report["discarded"].as_array().unwrap();
+    assert_eq!(discarded.len(), 1, "{report}");
+    let d = discarded[0].as_str().unwrap();
+    assert!(
+        d.starts_with("linux/production/arch_x86_64: ")
+            && d.contains("arch_x86_64/updates.zip has another SHA-256"),
+        "{d}"
+    );
+    // Repaired; the good n-1 kept byte for byte; arm64 untouched.
+    assert_eq!(files_of(&env.x86()), good_current);
+    assert_eq!(files_of(&env.x86_back()), good_back);
+    assert_eq!(
+        files_of(&env.p("mirror/linux/production_back/arch_arm64")),
+        arm_back
+    );
+    let entry = env.last_ledger_entry();
+    assert_eq!(entry["outcome"], "imported");
+    let reason = entry["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("linux/production/arch_x86_64")
+            && reason.contains("discarded instead of becoming n-1 (n-1 kept as it was)"),
+        "{reason}"
+    );
+    let (code, v) = env.status_json();
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        slot(&v, "linux/production/arch_x86_64")["back_files_match"],
+        true
+    );
+
+    // Rolling back now serves the good previous set.
+    env.rollback().success();
+    assert_eq!(files_of(&env.x86()), good_back);
+    let (code, v) = env.status_json();
+    assert_eq!(code, 0, "{v}");
+}
+
+/// A damaged n-1 is never swapped in silently: `rollback` refuses it
+/// (exit 3, naming the file, nothing moved, recorded in the ledger) and
+/// `--force` swaps it in anyway, saying so.
+#[test]
+fn rollback_refuses_a_damaged_n_1_unless_forced() {
+    let env = Env::new();
+    env.release("1.400.1.0", 1);
+    env.release("1.400.2.0", 2);
+    let damaged = env.x86_back().join("updates.zip");
+    flip_a_byte(&damaged);
+    let (code, v) = env.status_json();
+    assert_eq!(code, 0, "a damaged n-1 is a warning: {v}");
+    let s = slot(&v, "linux/production/arch_x86_64");
+    assert_eq!(s["back_files_match"], false);
+    assert!(
+        s["findings"].to_string().contains("rollback` refuses it"),
+        "{s}"
+    );
+    assert_eq!(
+        slot(&v, "linux/production/arch_arm64")["back_files_match"],
+        true
+    );
+
+    let before = (
+        files_of(&env.x86()),
+        files_of(&env.x86_back()),
+        files_of(&env.p("mirror/linux/production/arch_arm64")),
+    );
+    let out = env.rollback_with(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&damaged.display().to_string())
+            && stderr.contains("has another SHA-256 than what was imported")
+            && stderr.contains("--force"),
+        "{stderr}"
+    );
+    // Nothing moved, in either arch (the check runs before any swap).
+    assert_eq!(
+        before,
+        (
+            files_of(&env.x86()),
+            files_of(&env.x86_back()),
+            files_of(&env.p("mirror/linux/production/arch_arm64")),
+        )
+    );
+    assert_eq!(env.served_definitions("arm64"), "1.400.2.0");
+    let entry = env.last_ledger_entry();
+    assert_eq!(entry["outcome"], "rejected");
+    assert!(entry["reason"]
+        .as_str()
+        .unwrap()
+        .contains("gapferry rollback refused"));
+
+    // A truncated file is named too.
+    let bytes = std::fs::read(&damaged).unwrap();
+    std::fs::write(&damaged, &bytes[..10]).unwrap();
+    let out = env.rollback_with(&["--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("is 10 bytes"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    std::fs::write(&damaged, &bytes).unwrap();
+
+    let out = env.rollback_with(&["--force"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("--force was given"), "{stderr}");
+    assert_eq!(env.served_definitions("x86_64"), "1.400.1.0");
+    assert_eq!(std::fs::read(env.x86().join("updates.zip")).unwrap(), bytes);
+    let entry = env.last_ledger_entry();
+    assert_eq!(entry["outcome"], "rolled_back");
+    assert!(entry["reason"]
+        .as_str()
+        .unwrap()
+        .contains("--force swapped in an n-1 that no longer matched"));
+    gapferry()
+        .args(["ledger", "verify", "--state-dir"])
+        .arg(env.p("state"))
+        .assert()
+        .success();
+}

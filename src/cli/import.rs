@@ -132,6 +132,7 @@ impl ImportArgs {
                     bytes_written: 0,
                     downgrades: Vec::new(),
                     recovered: Vec::new(),
+                    discarded: Vec::new(),
                     error: Some(msg.clone()),
                     exit_code: code,
                     receipt: None,
@@ -397,6 +398,11 @@ fn summary(r: &ImportReport) {
             }
             for d in &r.downgrades {
                 eprintln!("  downgrade allowed: {d}");
+            }
+            for d in &r.discarded {
+                eprintln!(
+                    "  discarded the replaced set, which no longer matched what was imported ({d}); n-1 kept as it was"
+                );
             }
         }
         Outcome::AlreadyImported => {

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use super::ledger::{self, Ledger, LedgerEntry, Outcome, SlotChange, Versions};
 use super::publish::{self, Destination, PublishOptions, Staging};
+use super::setcheck;
 use super::state::{
     AcceptedBundle, Go, Incoming, IncomingItem, PendingImport, PendingSlot, ServedFile, ServedSlot,
     State, StateDir,
@@ -109,6 +110,10 @@ pub struct ImportReport {
     pub downgrades: Vec<String>,
     /// Arch folders whose interrupted publish this run completed first.
     pub recovered: Vec<PathBuf>,
+    /// Served sets this import replaced that no longer matched what was
+    /// imported (`<slot>: <the first file that differs>`): removed, never
+    /// kept as n-1; n-1 stayed as it was.
+    pub discarded: Vec<String>,
     /// The error, when the outcome is not a success.
     pub error: Option<String>,
     pub exit_code: i32,
@@ -164,6 +169,11 @@ struct Attempt {
     bytes_written: u64,
     downgrades: Vec<super::state::Downgrade>,
     recovered: Vec<PathBuf>,
+    /// Per selected slot: the served set's first mismatch with its record,
+    /// when it has a record and does not match it.
+    damaged: Vec<Option<String>>,
+    /// Damaged served sets this run replaced and removed (slot: why).
+    discarded: Vec<String>,
     /// The run saved its own ledger entry with the state (the import stands
     /// from then on); `ledger_error` is why appending it failed, if it did.
     logged: bool,
@@ -231,6 +241,7 @@ fn report(
         bytes_written: attempt.bytes_written,
         downgrades: attempt.downgrades.iter().map(|d| d.to_string()).collect(),
         recovered: attempt.recovered,
+        discarded: attempt.discarded,
         error: err.as_ref().map(|e| format!("{e}")),
         exit_code: err.as_ref().map_or(0, |e| e.exit_kind().code()),
         receipt: None,
@@ -254,11 +265,23 @@ fn ledger_entry(
 ) -> LedgerEntry {
     let head = attempt.head.as_ref();
     let mut reason = err.map(|e| e.to_string());
-    if err.is_none() && !attempt.downgrades.is_empty() {
-        reason = Some(format!(
-            "downgrade allowed by --allow-downgrade: {}",
-            super::state::describe_downgrades(&attempt.downgrades)
-        ));
+    if err.is_none() {
+        let mut notes = Vec::new();
+        if !attempt.downgrades.is_empty() {
+            notes.push(format!(
+                "downgrade allowed by --allow-downgrade: {}",
+                super::state::describe_downgrades(&attempt.downgrades)
+            ));
+        }
+        for d in &attempt.discarded {
+            notes.push(format!(
+                "{d}: the replaced set no longer matched what was imported, so it was \
+                 discarded instead of becoming n-1 (n-1 kept as it was)"
+            ));
+        }
+        if !notes.is_empty() {
+            reason = Some(notes.join("; "));
+        }
     }
     LedgerEntry {
         reason,
@@ -423,15 +446,19 @@ fn run(
         // Before anything is read from or staged next to these folders.
         dest.check_folders()?;
         // What the state says a folder serves only counts while the folder
-        // still holds it: one removed or damaged by hand since is judged by
-        // what is on disk, so importing the bundle again restores it rather
-        // than answering "already imported".
-        if effective
+        // still holds it (size and SHA-256 of every file): one removed or
+        // damaged since is judged by what is on disk, so importing the
+        // bundle again restores it rather than answering "already
+        // imported"; and a damaged set is discarded, never kept as n-1.
+        let damaged = state
             .served(&c.slot)
-            .is_some_and(|s| !folder_present(&dest.current(), &s.files))
-        {
+            .filter(|s| !s.files.is_empty())
+            .and_then(|s| setcheck::check(&dest.current(), &s.files, setcheck::Depth::Hashes).err())
+            .map(|m| m.to_string());
+        if damaged.is_some() {
             effective.served.remove(&c.slot.rel());
         }
+        attempt.damaged.push(damaged);
         let on_disk = versions_on_disk(&dest.current());
         if effective.served(&c.slot).is_none() {
             if let Some(fm) = &on_disk {
@@ -748,8 +775,18 @@ fn stage_and_publish(
     state_dir.save(state)?;
     for (i, c) in selected.iter().enumerate() {
         if let Some(s) = staged[i].take() {
-            let published = staging.publish(s, &m.bundle_id)?;
+            // A set that no longer matches its record must never become
+            // n-1: rolling back would serve it. Discard it, keep n-1.
+            let damaged = attempt.damaged.get(i).cloned().flatten();
+            let old_set = match damaged {
+                Some(_) => publish::OldSet::Discard,
+                None => publish::OldSet::KeepAsBack,
+            };
+            let published = staging.publish_with(s, &m.bundle_id, old_set)?;
             attempt.slots[i].published = true;
+            if let (true, Some(why)) = (published.discarded_old, damaged) {
+                attempt.discarded.push(format!("{}: {why}", c.slot.rel()));
+            }
             if published.back.is_some() {
                 match state.served(&c.slot).cloned() {
                     Some(old) => {
@@ -804,14 +841,16 @@ fn reconcile(state: &mut State) -> Result<Option<LedgerEntry>, ImportError> {
     };
     let mut changes = Vec::new();
     for (key, ps) in &p.slots {
-        if folder_matches(&ps.dir, &ps.served.files) {
+        if setcheck::check(&ps.dir, &ps.served.files, setcheck::Depth::Hashes).is_ok() {
             if let Some(slot) = Slot::all().find(|s| s.rel() == *key) {
                 changes.push(SlotChange {
                     slot: key.clone(),
                     before: state.served(&slot).map(versions),
                     after: Some(versions(&ps.served)),
                 });
+                let replaced = state.served(&slot).cloned();
                 state.record_served(&slot, ps.served.clone());
+                settle_back(state, key, replaced, &ps.dir);
             }
         }
     }
@@ -836,35 +875,27 @@ fn reconcile(state: &mut State) -> Result<Option<LedgerEntry>, ImportError> {
     Ok(Some(entry))
 }
 
-/// Whether `dir` still holds `files` as regular files of the recorded
-/// sizes. Deliberately no hashing: it runs on every repeat of a bundle, and
-/// catches folders removed, emptied or overwritten with an error page.
-fn folder_present(dir: &Path, files: &[ServedFile]) -> bool {
-    files.iter().all(|f| {
-        std::fs::symlink_metadata(dir.join(&f.name)).is_ok_and(|m| m.is_file() && m.len() == f.size)
-    })
-}
-
-/// Whether `dir` holds exactly `files` (sizes and SHA-256).
-fn folder_matches(dir: &Path, files: &[ServedFile]) -> bool {
-    use sha2::{Digest, Sha256};
-    files.iter().all(|f| {
-        let p = dir.join(&f.name);
-        let Ok(meta) = std::fs::metadata(&p) else {
-            return false;
-        };
-        if meta.len() != f.size {
-            return false;
+/// Makes the record of a slot's n-1 say what its folder holds after an
+/// interrupted publish that recovery completed: the replaced set when it was
+/// rotated there, else the record it had, or none when neither matches (a
+/// record that does not match would make `rollback` refuse a good n-1).
+fn settle_back(state: &mut State, key: &str, replaced: Option<ServedSlot>, current: &Path) {
+    let Some(back) = publish::back_of(current) else {
+        return;
+    };
+    let holds = |r: &ServedSlot| {
+        !r.files.is_empty() && setcheck::check(&back, &r.files, setcheck::Depth::Hashes).is_ok()
+    };
+    match replaced.filter(|r| holds(r)) {
+        Some(r) => {
+            state.back.insert(key.to_string(), r);
         }
-        let Ok(mut file) = std::fs::File::open(&p) else {
-            return false;
-        };
-        let mut h = Sha256::new();
-        if std::io::copy(&mut file, &mut h).is_err() {
-            return false;
+        None => {
+            if state.back.get(key).is_some_and(|b| !holds(b)) {
+                state.back.remove(key);
+            }
         }
-        hex::encode(h.finalize()) == f.sha256
-    })
+    }
 }
 
 /// Folders that did not exist before the import and that staging may

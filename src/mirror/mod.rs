@@ -1,6 +1,7 @@
 //! The mirror side of an import: staging and atomic publish of arch folders
 //! ([`publish`]), one import at a time ([`lock`]), persisted served versions
-//! and accepted sequences with the rollback policy ([`state`]), and the
+//! and accepted sequences with the rollback policy ([`state`]), the check of
+//! a folder against that record ([`setcheck`]), and the
 //! hash-chained import ledger ([`ledger`]); the phone-sized receipt of an
 //! import ([`receipt`]); the inbox job that imports whatever arrives in a
 //! directory ([`inbox`]). These are building blocks: they
@@ -15,5 +16,6 @@ pub mod lock;
 pub mod publish;
 pub mod receipt;
 pub mod rollback;
+pub mod setcheck;
 pub mod state;
 pub mod status;
