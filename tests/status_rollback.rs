@@ -332,6 +332,28 @@ impl Env {
             .unwrap()
     }
 
+    /// `import --json` of bundle `n`, expected to succeed; the report.
+    fn import_json(&self, n: u8) -> serde_json::Value {
+        let out = gapferry()
+            .arg("import")
+            .arg(self.bundle(n))
+            .args(["--json", "--trust"])
+            .arg(self.p("k.pub"))
+            .arg("--mirror")
+            .arg(self.p("mirror"))
+            .arg("--state-dir")
+            .arg(self.p("state"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     fn last_ledger_entry(&self) -> serde_json::Value {
         let text = std::fs::read_to_string(self.p("state/ledger.jsonl")).unwrap();
         serde_json::from_str(text.lines().last().unwrap()).unwrap()
@@ -375,39 +397,33 @@ fn repair_by_reimport_discards_the_damaged_set_and_keeps_the_good_n_1() {
     assert_eq!(files_of(&env.x86_back()), good_back);
     let arm_back = files_of(&env.p("mirror/linux/production_back/arch_arm64"));
 
-    // Same size, one byte changed.
-    flip_a_byte(&env.x86().join("updates.zip"));
+    // Damaged: garbage appended (a botched copy, a disk error).
+    let zip = env.x86().join("updates.zip");
+    let mut bytes = std::fs::read(&zip).unwrap();
+    bytes.extend_from_slice(b"garbage");
+    std::fs::write(&zip, bytes).unwrap();
     let (code, v) = env.status_json();
     assert_eq!(code, 1, "{v}");
     let s = slot(&v, "linux/production/arch_x86_64");
     assert_eq!(s["files_match"], false);
     assert!(s["findings"].to_string().contains("re-import the bundle"));
 
-    let out = gapferry()
-        .arg("import")
-        .arg(env.bundle(2))
-        .args(["--json", "--trust"])
-        .arg(env.p("k.pub"))
-        .arg("--mirror")
-        .arg(env.p("mirror"))
-        .arg("--state-dir")
-        .arg(env.p("state"))
-        .output()
-        .unwrap();
+    let report = env.import_json(2);
+    // The reported bug: the damaged set became n-1, the good n-1 was gone.
     assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        files_of(&env.x86_back()),
+        good_back,
+        "the good n-1 was lost"
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(files_of(&env.x86()), good_current, "not repaired");
     assert_eq!(report["outcome"], "imported");
     let discarded = report["discarded"].as_array().unwrap();
     assert_eq!(discarded.len(), 1, "{report}");
     let d = discarded[0].as_str().unwrap();
     assert!(
         d.starts_with("linux/production/arch_x86_64: ")
-            && d.contains("arch_x86_64/updates.zip has another SHA-256"),
+            && d.contains("arch_x86_64/updates.zip is")
+            && d.contains("were imported"),
         "{d}"
     );
     // Repaired; the good n-1 kept byte for byte; arm64 untouched.
@@ -432,6 +448,18 @@ fn repair_by_reimport_discards_the_damaged_set_and_keeps_the_good_n_1() {
         true
     );
 
+    // Same size, one byte changed: only the hash can tell, and the
+    // re-import repairs that too instead of answering "already imported".
+    flip_a_byte(&env.x86().join("updates.zip"));
+    let report = env.import_json(2);
+    assert_eq!(report["outcome"], "imported", "{report}");
+    assert!(report["discarded"][0]
+        .as_str()
+        .unwrap()
+        .contains("has another SHA-256"));
+    assert_eq!(files_of(&env.x86()), good_current);
+    assert_eq!(files_of(&env.x86_back()), good_back);
+
     // Rolling back now serves the good previous set.
     env.rollback().success();
     assert_eq!(files_of(&env.x86()), good_back);
@@ -449,19 +477,6 @@ fn rollback_refuses_a_damaged_n_1_unless_forced() {
     env.release("1.400.2.0", 2);
     let damaged = env.x86_back().join("updates.zip");
     flip_a_byte(&damaged);
-    let (code, v) = env.status_json();
-    assert_eq!(code, 0, "a damaged n-1 is a warning: {v}");
-    let s = slot(&v, "linux/production/arch_x86_64");
-    assert_eq!(s["back_files_match"], false);
-    assert!(
-        s["findings"].to_string().contains("rollback` refuses it"),
-        "{s}"
-    );
-    assert_eq!(
-        slot(&v, "linux/production/arch_arm64")["back_files_match"],
-        true
-    );
-
     let before = (
         files_of(&env.x86()),
         files_of(&env.x86_back()),
@@ -486,6 +501,19 @@ fn rollback_refuses_a_damaged_n_1_unless_forced() {
         )
     );
     assert_eq!(env.served_definitions("arm64"), "1.400.2.0");
+    let (code, v) = env.status_json();
+    assert_eq!(code, 0, "a damaged n-1 is a warning: {v}");
+    let s = slot(&v, "linux/production/arch_x86_64");
+    assert_eq!(s["back_files_match"], false);
+    assert!(
+        s["findings"].to_string().contains("rollback` refuses it"),
+        "{s}"
+    );
+    assert_eq!(
+        slot(&v, "linux/production/arch_arm64")["back_files_match"],
+        true
+    );
+
     let entry = env.last_ledger_entry();
     assert_eq!(entry["outcome"], "rejected");
     assert!(entry["reason"]
