@@ -549,3 +549,77 @@ fn rollback_refuses_a_damaged_n_1_unless_forced() {
         .assert()
         .success();
 }
+
+/// An import killed right after publishing one folder leaves n-1 holding
+/// the set it replaced; the next `rollback` first records that (as the next
+/// import would), so its n-1 check passes on the good n-1 instead of
+/// comparing it with a stale record.
+#[test]
+fn rollback_after_an_interrupted_import_checks_n_1_against_what_recovery_left() {
+    let env = Env::new();
+    env.release("1.400.1.0", 1);
+    env.release("1.400.2.0", 2);
+    // Export release 3 without importing it, then import it and die after
+    // the first folder's publish.
+    let dl = env.p("dl3");
+    for arch in ["x86_64", "arm64"] {
+        let d = dl.join(format!("linux/production/arch_{arch}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("updates.zip"),
+            gapferry::mde::zipcheck::tiny_zip("x", format!("release 3 {arch}").as_bytes()),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("manifest.json"),
+            r#"{"EngineVersion": "1.1.1.1", "DefinitionVersion": "1.400.3.0"}"#,
+        )
+        .unwrap();
+    }
+    gapferry()
+        .args(["export", "--quiet", "--from"])
+        .arg(&dl)
+        .arg("--secret-key")
+        .arg(env.p("k.key"))
+        .arg("--out")
+        .arg(env.bundle(3))
+        .arg("--state-dir")
+        .arg(env.p("export-state"))
+        .assert()
+        .success();
+    let out = gapferry()
+        .env("GAPFERRY_TEST_CRASH_AT", "cleaned")
+        .arg("import")
+        .arg(env.bundle(3))
+        .arg("--quiet")
+        .arg("--trust")
+        .arg(env.p("k.pub"))
+        .arg("--mirror")
+        .arg(env.p("mirror"))
+        .arg("--state-dir")
+        .arg(env.p("state"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed");
+    let published: Vec<&str> = ["x86_64", "arm64"]
+        .into_iter()
+        .filter(|a| env.served_definitions(a) == "1.400.3.0")
+        .collect();
+    assert_eq!(published.len(), 1, "one folder published before the kill");
+
+    env.rollback().success();
+    assert_eq!(env.served_definitions(published[0]), "1.400.2.0");
+    let other = if published[0] == "x86_64" {
+        "arm64"
+    } else {
+        "x86_64"
+    };
+    assert_eq!(env.served_definitions(other), "1.400.1.0");
+    let (code, v) = env.status_json();
+    assert_eq!(code, 0, "{v}");
+    gapferry()
+        .args(["ledger", "verify", "--state-dir"])
+        .arg(env.p("state"))
+        .assert()
+        .success();
+}

@@ -359,16 +359,7 @@ fn run(
         }
     }
     let mut state = state_dir.load()?;
-    // A run killed after recording its change but before its ledger line.
-    ledger::settle::<ImportError>(state_dir, &mut state)?;
-    if state.pending.is_some() {
-        // The interrupted run never reached its ledger line: write it now,
-        // or the ledger would never show that bundle as imported.
-        match reconcile(&mut state)? {
-            Some(entry) => ledger::commit::<ImportError>(state_dir, &mut state, entry)?,
-            None => state_dir.save(&state)?,
-        }
-    }
+    settle_interrupted::<ImportError>(state_dir, &mut state)?;
 
     // Head: manifest, signatures, profile rules, policy. Nothing written yet.
     // A split bundle's signed index and every volume are checked here,
@@ -826,15 +817,32 @@ fn served_slot(c: &CarriedSlot, head: &Head, files: &[ServedFile], now: &str) ->
     }
 }
 
+/// Records what an interrupted run left, once `publish::recover` has
+/// completed its folders (call it under the lock): a ledger line still due,
+/// and an import killed while publishing, whose ledger line is written now
+/// (or the ledger would never show that bundle as imported). Rollback calls
+/// it too, so that it checks n-1 against an up-to-date record.
+pub(super) fn settle_interrupted<E>(state_dir: &StateDir, state: &mut State) -> Result<(), E>
+where
+    E: From<super::state::StateError> + From<super::ledger::LedgerError>,
+{
+    ledger::settle::<E>(state_dir, state)?;
+    if state.pending.is_some() {
+        match reconcile(state) {
+            Some(entry) => ledger::commit::<E>(state_dir, state, entry)?,
+            None => state_dir.save(state)?,
+        }
+    }
+    Ok(())
+}
+
 /// Settles an import that was interrupted while publishing: every folder
 /// that now holds the pending set (recovery rolls journaled publishes
 /// forward) is recorded as served; the bundle's sequence counts as accepted.
 /// Returns the ledger entry of the interrupted import when it published
 /// anything.
-fn reconcile(state: &mut State) -> Result<Option<LedgerEntry>, ImportError> {
-    let Some(p) = state.pending.take() else {
-        return Ok(None);
-    };
+fn reconcile(state: &mut State) -> Option<LedgerEntry> {
+    let p = state.pending.take()?;
     let versions = |s: &ServedSlot| Versions {
         engine_version: s.engine_version.clone(),
         definition_version: s.definition_version.clone(),
@@ -855,7 +863,7 @@ fn reconcile(state: &mut State) -> Result<Option<LedgerEntry>, ImportError> {
         }
     }
     if changes.is_empty() {
-        return Ok(None);
+        return None;
     }
     let entry = LedgerEntry {
         reason: Some(
@@ -872,7 +880,7 @@ fn reconcile(state: &mut State) -> Result<Option<LedgerEntry>, ImportError> {
         ..LedgerEntry::new(Outcome::Imported)
     };
     state.record_accepted(&p.channel, p.sequence, p.accepted);
-    Ok(Some(entry))
+    Some(entry)
 }
 
 /// Makes the record of a slot's n-1 say what its folder holds after an

@@ -122,7 +122,9 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
         publish::recover(&area, &opts.publish)?;
     }
     let mut state = state_dir.load()?;
-    ledger::settle::<RollbackError>(&state_dir, &mut state)?;
+    // An import killed while publishing: record what recovery completed
+    // (including what n-1 now holds) before judging n-1.
+    super::import::settle_interrupted::<RollbackError>(&state_dir, &mut state)?;
     // Check every slot before moving anything.
     let mut dests = Vec::new();
     let mut forced = Vec::new();
