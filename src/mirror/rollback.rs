@@ -146,24 +146,21 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
             .back
             .get(&slot.rel())
             .filter(|r| !r.files.is_empty())
-            .and_then(|r| setcheck::check(&dest.back(), &r.files, setcheck::Depth::Hashes).err())
-            .map(|m| m.to_string());
+            .and_then(|r| setcheck::check(&dest.back(), &r.files, setcheck::Depth::Hashes).err());
         match mismatch {
-            Some(mismatch) if !opts.force => {
+            Some(m) if !opts.force => {
+                let err = RollbackError::BackDamaged {
+                    mismatch: m.to_string(),
+                };
                 // Refused attempts are recorded like refused imports.
                 let entry = LedgerEntry {
-                    reason: Some(format!(
-                        "gapferry rollback refused: {}",
-                        RollbackError::BackDamaged {
-                            mismatch: mismatch.clone()
-                        }
-                    )),
+                    reason: Some(format!("gapferry rollback {err}")),
                     ..LedgerEntry::new(Outcome::Rejected)
                 };
                 ledger::commit::<RollbackError>(&state_dir, &mut state, entry)?;
-                return Err(RollbackError::BackDamaged { mismatch });
+                return Err(err);
             }
-            m => forced.push(m),
+            m => forced.push(m.map(|m| format!("n-1 {}", m.by_file_name()))),
         }
         dests.push(dest);
     }

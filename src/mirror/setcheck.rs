@@ -39,18 +39,31 @@ pub enum Problem {
     Unreadable(io::Error),
 }
 
+impl Mismatch {
+    /// The same, naming the file without its folder (for when the folder
+    /// has moved since, as after a rollback).
+    pub fn by_file_name(&self) -> String {
+        let name = self.path.file_name().unwrap_or(self.path.as_os_str());
+        describe(Path::new(name), &self.problem)
+    }
+}
+
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = self.path.display();
-        match &self.problem {
-            Problem::Missing => write!(f, "{p} is missing"),
-            Problem::NotAFile => write!(f, "{p} is not a regular file"),
-            Problem::Size { recorded, found } => {
-                write!(f, "{p} is {found} bytes, {recorded} were imported")
-            }
-            Problem::Sha256 => write!(f, "{p} has another SHA-256 than what was imported"),
-            Problem::Unreadable(e) => write!(f, "{p} cannot be read: {e}"),
+        f.write_str(&describe(&self.path, &self.problem))
+    }
+}
+
+fn describe(path: &Path, problem: &Problem) -> String {
+    let p = path.display();
+    match problem {
+        Problem::Missing => format!("{p} is missing"),
+        Problem::NotAFile => format!("{p} is not a regular file"),
+        Problem::Size { recorded, found } => {
+            format!("{p} is {found} bytes, {recorded} were imported")
         }
+        Problem::Sha256 => format!("{p} has another SHA-256 than what was imported"),
+        Problem::Unreadable(e) => format!("{p} cannot be read: {e}"),
     }
 }
 
@@ -123,6 +136,10 @@ mod tests {
         check(t.path(), &files, Depth::Sizes).unwrap();
         let m = check(t.path(), &files, Depth::Hashes).unwrap_err();
         assert!(matches!(m.problem, Problem::Sha256));
+        assert_eq!(
+            m.by_file_name(),
+            "b has another SHA-256 than what was imported"
+        );
         assert!(m
             .to_string()
             .ends_with("/b has another SHA-256 than what was imported"));
