@@ -623,3 +623,37 @@ fn rollback_after_an_interrupted_import_checks_n_1_against_what_recovery_left() 
         .assert()
         .success();
 }
+
+/// The same rule for a newer bundle: importing it over a damaged served set
+/// discards that set and keeps the good n-1, so a rollback afterwards goes
+/// to a set that was never damaged.
+#[test]
+fn a_newer_import_over_a_damaged_set_keeps_the_good_n_1() {
+    let env = Env::new();
+    env.release("1.400.1.0", 1);
+    let good_back = files_of(&env.x86());
+    env.release("1.400.2.0", 2);
+    flip_a_byte(&env.x86().join("updates.zip"));
+    env.release("1.400.3.0", 3);
+    assert_eq!(env.served_definitions("x86_64"), "1.400.3.0");
+    assert_eq!(files_of(&env.x86_back()), good_back);
+    // arm64 was intact: its set rotated into n-1 as usual.
+    let arm_back = env.p("mirror/linux/production_back/arch_arm64/manifest.json");
+    assert!(std::fs::read_to_string(arm_back)
+        .unwrap()
+        .contains("1.400.2.0"));
+    let reason = env.last_ledger_entry()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("arch_x86_64/updates.zip has another SHA-256")
+            && reason.contains("discarded instead of becoming n-1"),
+        "{reason}"
+    );
+    assert!(!reason.contains("arch_arm64"), "{reason}");
+    env.rollback().success();
+    assert_eq!(files_of(&env.x86()), good_back);
+    let (code, v) = env.status_json();
+    assert_eq!(code, 0, "{v}");
+}
