@@ -27,6 +27,22 @@ pub const MAX_ITEMS: usize = 1_000;
 pub const MAX_TOTAL_SIZE: u64 = 1 << 40;
 /// Longest string field (ids, channel, producer, versions).
 pub const MAX_FIELD_LEN: usize = 256;
+/// How far (in seconds) `sequence` may run ahead of `created` read as Unix
+/// seconds: one day. gapferry's sequences are Unix seconds (see
+/// `crate::sequence`), so an honest exporter stays far below the bound,
+/// while a holder of one stolen key cannot jump a channel to `u64::MAX`
+/// and lock every honest bundle out.
+pub const MAX_SEQUENCE_AHEAD: u64 = 24 * 3600;
+
+/// The highest sequence a bundle created at `created` may carry:
+/// `created` in whole Unix seconds plus [`MAX_SEQUENCE_AHEAD`].
+pub fn max_sequence_for(created: SystemTime) -> u64 {
+    created
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .saturating_add(MAX_SEQUENCE_AHEAD)
+}
 
 /// One carried Defender folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +242,12 @@ impl Manifest {
         self.expires_time() <= now
     }
 
+    /// The highest sequence this manifest's signed `created` allows (see
+    /// [`MAX_SEQUENCE_AHEAD`]).
+    pub fn max_sequence(&self) -> u64 {
+        max_sequence_for(self.created_time())
+    }
+
     /// Whether `created` lies more than `skew` after `now`.
     pub fn is_from_future(&self, now: SystemTime, skew: Duration) -> bool {
         self.created_time() > now + skew
@@ -385,5 +407,18 @@ pub(crate) mod tests {
         Manifest::parse(extra.as_bytes()).unwrap();
         let evil = text.replace("\"a/b\"", "\"../x\"");
         assert!(Manifest::parse(evil.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn sequence_bound_is_created_plus_one_day() {
+        let mut m = sample();
+        // 2026-01-01T00:00:00Z
+        assert_eq!(m.max_sequence(), 1_767_225_600 + MAX_SEQUENCE_AHEAD);
+        m.created = "2026-01-01T00:00:00.999Z".into();
+        assert_eq!(m.max_sequence(), 1_767_225_600 + 86_400, "whole seconds");
+        assert_eq!(
+            max_sequence_for(SystemTime::UNIX_EPOCH - Duration::from_secs(5)),
+            MAX_SEQUENCE_AHEAD
+        );
     }
 }

@@ -5,6 +5,11 @@
 //! still starts above anything it made before), and it keeps increasing when
 //! the clock steps back, because the last value is persisted in
 //! `<state dir>/export-sequences.json` (updated under a lock, atomically).
+//!
+//! It never hands out a sequence more than a day ahead of the clock
+//! (`manifest::MAX_SEQUENCE_AHEAD`): importers refuse those, since the
+//! bundle's `created` is the same clock. A clock stepped back by more than
+//! that is refused with the fix, and nothing is spent.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -86,22 +91,45 @@ pub fn allocate(
         Err(e) => return Err(err(e.to_string())),
     };
     let last = map.get(channel).copied().unwrap_or(0);
+    let clock = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // The bundle's `created` is `now`: importers refuse a sequence more than
+    // a day ahead of it, so never spend one they would refuse.
+    let bound = crate::manifest::max_sequence_for(now);
     let seq = match requested {
         Some(r) if r <= last => {
             return Err(err(format!(
             "--sequence {r} is not above {last}, the last sequence exported on channel {channel:?}"
         )))
         }
+        Some(r) if r > bound => {
+            return Err(err(format!(
+                "--sequence {r} is more than a day ahead of this export's created time \
+                 (Unix seconds {clock}; at most {bound}), and importers refuse such a bundle \
+                 (docs/FORMAT.md section 3); leave --sequence out, or pick one from {} to {bound}",
+                last.saturating_add(1)
+            )))
+        }
         Some(r) => r,
         None => {
-            let clock = now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            clock.max(
+            let next = clock.max(
                 last.checked_add(1)
                     .ok_or_else(|| err("sequence space exhausted".into()))?,
-            )
+            );
+            if next > bound {
+                return Err(err(format!(
+                    "the next sequence on channel {channel:?} would be {next}, more than a day \
+                     ahead of this machine's clock (Unix seconds {clock}), and importers refuse \
+                     such a bundle (docs/FORMAT.md section 3): the clock stepped back or a \
+                     --sequence was set far ahead. Fix the clock; if it is right, wait until it \
+                     passes {}, or (only if no importer accepted a sequence above {clock}) lower \
+                     the channel's value in this file",
+                    next - crate::manifest::MAX_SEQUENCE_AHEAD
+                )));
+            }
+            next
         }
     };
     map.insert(channel.to_string(), seq);
@@ -129,12 +157,54 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let a = allocate(d.path(), "c", t, None).unwrap();
         assert_eq!(a, 1_800_000_000);
-        let b = allocate(d.path(), "c", t - Duration::from_secs(86400), None).unwrap();
+        // A step back of up to a day (less the exports made since) keeps
+        // counting; see `never_more_than_a_day_ahead_of_the_clock` for more.
+        let b = allocate(d.path(), "c", t - Duration::from_secs(86000), None).unwrap();
         assert_eq!(b, a + 1);
         let c = allocate(d.path(), "c", t, None).unwrap();
         assert_eq!(c, a + 2);
         assert_eq!(allocate(d.path(), "other", t, None).unwrap(), a);
         assert!(allocate(d.path(), "c", t, Some(5)).is_err());
         assert_eq!(allocate(d.path(), "c", t, Some(a + 100)).unwrap(), a + 100);
+    }
+
+    /// Importers refuse a sequence more than a day ahead of `created`
+    /// (= `now` here): allocate never hands one out, and a refusal spends
+    /// nothing.
+    #[test]
+    fn never_more_than_a_day_ahead_of_the_clock() {
+        let d = tempfile::tempdir().unwrap();
+        let secs = 1_800_000_000;
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let day = crate::manifest::MAX_SEQUENCE_AHEAD;
+        let e = allocate(d.path(), "c", t, Some(u64::MAX)).unwrap_err();
+        assert!(
+            e.reason.contains("more than a day ahead") && e.reason.contains("leave --sequence out"),
+            "{e}"
+        );
+        let e = allocate(d.path(), "c", t, Some(secs + day + 1)).unwrap_err();
+        assert!(e.reason.contains(&format!("at most {}", secs + day)), "{e}");
+        assert!(!d.path().join(FILE_NAME).exists(), "nothing spent");
+        // At the bound: allowed.
+        assert_eq!(
+            allocate(d.path(), "c", t, Some(secs + day)).unwrap(),
+            secs + day
+        );
+        // The counter now sits at the bound; the next automatic one would
+        // be one past it at the same clock: refused, counter unchanged.
+        let e = allocate(d.path(), "c", t, None).unwrap_err();
+        assert!(
+            e.reason.contains("would be") && e.reason.contains("Fix the clock"),
+            "{e}"
+        );
+        // A second later the clock allows it again.
+        let t1 = t + Duration::from_secs(1);
+        assert_eq!(allocate(d.path(), "c", t1, None).unwrap(), secs + day + 1);
+        // Many exports within one second stay valid up to a day's worth.
+        let d2 = tempfile::tempdir().unwrap();
+        for _ in 0..20 {
+            let s = allocate(d2.path(), "c", t, None).unwrap();
+            assert!(s <= crate::manifest::max_sequence_for(t));
+        }
     }
 }

@@ -439,6 +439,7 @@ struct Report {
     bytes_written: u64,
     downgrades: Vec<String>,
     recovered: Vec<PathBuf>,
+    discarded: Vec<String>,
     error: Option<String>,
     exit_code: i32,
     receipt: Option<String>,
@@ -517,7 +518,7 @@ fn json_report_for_every_outcome() {
     assert_eq!(rep.signers, [k.id()]);
     assert_eq!(rep.manifest_sha256.as_ref().map(String::len), Some(64));
     assert!(rep.bundle_id.is_some() && rep.error.is_none());
-    assert!(rep.downgrades.is_empty() && rep.recovered.is_empty());
+    assert!(rep.downgrades.is_empty() && rep.recovered.is_empty() && rep.discarded.is_empty());
     let sha = rep.manifest_sha256.as_deref().unwrap();
     assert_eq!(
         rep.receipt.as_deref(),

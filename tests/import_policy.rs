@@ -441,7 +441,8 @@ fn carried_manifest_json_must_match_the_signed_item() {
         &fx,
         "m2",
         &k,
-        u64::from(u32::MAX) * 4,
+        // Above the export's sequence (the clock), within a day of created.
+        now_secs().0 + 3600,
         ("1.1.6.0", "1.400.6.0"),
         ("1.1.6.0", "1.400.60.0"),
     );
@@ -483,4 +484,117 @@ fn same_bundle_again_restores_a_folder_that_no_longer_serves_it() {
     fx.import(&b1, &[&k.public], &[])
         .expect(0, &["already imported"]);
     fx.assert_unchanged(&before);
+}
+
+/// A bundle crafted with one (stolen) trusted key at `sequence`, created at
+/// `created` (whole seconds), carrying `LX` at definitions `def`.
+fn crafted_at(
+    fx: &Fx,
+    k: &Key,
+    name: &str,
+    sequence: u64,
+    created: SystemTime,
+    def: &str,
+) -> std::path::PathBuf {
+    let files = folder_files(LX, "1.1.1.0", def);
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
+    let mut c = Craft::new(sequence).item(LX, "1.1.1.0", def);
+    c.created = created;
+    c.expires = created + 30 * DAY;
+    fx.craft(name, &[k], c, &files)
+}
+
+/// Whole seconds since the epoch, and that instant.
+fn now_secs() -> (u64, SystemTime) {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    (secs, SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Issue 11 item 6: one stolen trusted key signed `sequence = u64::MAX`,
+/// `created = now`; it used to import and lock every honest bundle out of
+/// the channel. Now refused by policy (exit 4) naming the bound and the fix;
+/// nothing changes, and an honest bundle imports afterwards.
+#[test]
+fn fast_forward_to_u64_max_is_refused_and_honest_bundles_still_import() {
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let v1 = fx.download("v1", &[(LX, "1.1.1.0", "1.400.1.0")]);
+    let b1 = fx.export(&v1, "b1", &[&k], &[]);
+    fx.import(&b1, &[&k.public], &[]).ok();
+
+    let (_, now) = now_secs();
+    let evil = crafted_at(&fx, &k, "max", u64::MAX, now, "1.400.9.0");
+    let before = fx.snapshot();
+    for extra in [&[][..], &["--allow-downgrade", "--allow-expired"][..]] {
+        fx.import(&evil, &[&k.public], extra).expect(
+            4,
+            &[
+                "refused by policy",
+                &format!("sequence {}", u64::MAX),
+                "more than 86400 seconds (one day) ahead of the bundle's created time",
+                "export again without a hand-picked --sequence",
+                "stolen",
+            ],
+        );
+        fx.assert_unchanged(&before);
+    }
+    let last = ledger(&fx.state).pop().unwrap();
+    assert_eq!(last["outcome"], "refused");
+    assert_eq!(last["sequence"], u64::MAX);
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(fx.state.join("state.json")).unwrap()).unwrap();
+    assert!(
+        !state.to_string().contains(&u64::MAX.to_string()),
+        "the refused sequence must not be recorded as accepted: {state}"
+    );
+
+    // The next honest export (sequence = the clock) imports.
+    let v2 = fx.download("v2", &[(LX, "1.1.1.0", "1.400.2.0")]);
+    let b2 = fx.export(&v2, "b2", &[&k], &[]);
+    fx.import(&b2, &[&k.public], &[]).ok();
+    assert_same_files(&fx.mirror.join(LX), &v2.join(LX));
+}
+
+/// The bound itself: `created` + 86 400 s is accepted, one more refused.
+#[test]
+fn sequence_at_the_one_day_bound_is_accepted_one_past_is_refused() {
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let (secs, now) = now_secs();
+    let bound = secs + 86_400;
+    let past = crafted_at(&fx, &k, "past", bound + 1, now, "1.400.1.0");
+    let before = fx.snapshot();
+    fx.import(&past, &[&k.public], &[]).expect(
+        4,
+        &[
+            &format!("sequence {}", bound + 1),
+            &format!("at most {bound} allowed"),
+        ],
+    );
+    fx.assert_unchanged(&before);
+    assert!(!fx.mirror.exists());
+    let at = crafted_at(&fx, &k, "at", bound, now, "1.400.1.0");
+    fx.import(&at, &[&k.public], &[]).ok();
+    assert_eq!(
+        served_versions(&fx.mirror.join(LX)),
+        ("1.1.1.0".into(), "1.400.1.0".into())
+    );
+}
+
+/// `export` never writes a bundle that rule refuses: a `--sequence` more
+/// than a day ahead is refused before anything is written or spent.
+#[test]
+fn export_refuses_a_sequence_importers_would_refuse() {
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let v1 = fx.download("v1", &[(LX, "1.1.1.0", "1.400.1.0")]);
+    let (r, out) = fx.try_export(&v1, "far", &[&k], &["--sequence", &u64::MAX.to_string()]);
+    r.expect(1, &["more than a day ahead", "leave --sequence out"]);
+    assert!(!out.exists());
+    // Without --sequence the counter was not advanced by the refusal.
+    let b = fx.export(&v1, "ok", &[&k], &[]);
+    fx.import(&b, &[&k.public], &[]).ok();
 }

@@ -134,6 +134,7 @@ impl ImportArgs {
                     bytes_written: 0,
                     downgrades: Vec::new(),
                     recovered: Vec::new(),
+                    discarded: Vec::new(),
                     error: Some(msg.clone()),
                     exit_code: code,
                     receipt: None,
@@ -459,6 +460,11 @@ fn summary(r: &ImportReport) {
             }
             for d in &r.downgrades {
                 eprintln!("  downgrade allowed: {}", Esc(d));
+            }
+            for d in &r.discarded {
+                eprintln!(
+                    "  discarded the replaced set, which no longer matched what was imported ({d}); n-1 kept as it was"
+                );
             }
         }
         Outcome::AlreadyImported => {

@@ -19,6 +19,9 @@ use super::output::print_json;
 /// that same bundle again is refused (exit 4) unless --allow-downgrade, so a
 /// re-delivered copy does not undo the rollback; newer bundles import as
 /// usual. Recorded in the ledger.
+///
+/// n-1 is first checked against what was imported (size and SHA-256 of each
+/// file): a damaged n-1 is refused (exit 3, naming the file) unless --force.
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
     /// Mirror root.
@@ -42,6 +45,9 @@ pub struct RollbackArgs {
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
+    /// Roll back even to an n-1 whose files no longer match what was imported.
+    #[arg(long)]
+    force: bool,
 }
 
 impl RollbackArgs {
@@ -69,6 +75,7 @@ impl RollbackArgs {
             slots,
             lock_wait: self.lock_wait,
             publish: PublishOptions::from_env(),
+            force: self.force,
         })?;
         if self.json {
             print_json(&report)?;
@@ -85,6 +92,12 @@ impl RollbackArgs {
                     v(&s.after),
                     v(&s.before)
                 );
+                if let Some(m) = &s.forced_past {
+                    eprintln!(
+                        "gapferry: warning: {} now serves a set that does not match what was imported ({m}); --force was given",
+                        s.slot
+                    );
+                }
             }
         }
         Ok(0)

@@ -6,7 +6,8 @@
 //!    written under it) and finish whatever a crashed import left;
 //! 2. read the bundle head (manifest size-capped and strictly parsed),
 //!    check signatures against the trust set and threshold, the profile's
-//!    rules, channel, expiry, the future-dated check and the rollback policy
+//!    rules, channel, expiry, the future-dated check, the sequence bound
+//!    (at most a day ahead of `created`) and the rollback policy
 //!    — all before a single payload byte is decompressed to disk;
 //! 3. stream each payload file through a size-limited hashing copy into
 //!    staging on the mirror's filesystem; check the end of the archive; check
@@ -24,6 +25,7 @@ use serde::Serialize;
 
 use super::ledger::{self, Ledger, LedgerEntry, Outcome, SlotChange, Versions};
 use super::publish::{self, Destination, PublishOptions, Staging};
+use super::setcheck;
 use super::state::{
     AcceptedBundle, Go, Incoming, IncomingItem, PendingImport, PendingSlot, ServedFile, ServedSlot,
     State, StateDir,
@@ -108,6 +110,10 @@ pub struct ImportReport {
     pub downgrades: Vec<String>,
     /// Arch folders whose interrupted publish this run completed first.
     pub recovered: Vec<PathBuf>,
+    /// Served sets this import replaced that no longer matched what was
+    /// imported (`<slot>: <the first file that differs>`): removed, never
+    /// kept as n-1; n-1 stayed as it was.
+    pub discarded: Vec<String>,
     /// The error, when the outcome is not a success.
     pub error: Option<String>,
     pub exit_code: i32,
@@ -163,6 +169,11 @@ struct Attempt {
     bytes_written: u64,
     downgrades: Vec<super::state::Downgrade>,
     recovered: Vec<PathBuf>,
+    /// Per selected slot: the served set's first mismatch with its record,
+    /// when it has a record and does not match it.
+    damaged: Vec<Option<String>>,
+    /// Damaged served sets this run replaced and removed (slot: why).
+    discarded: Vec<String>,
     /// The run saved its own ledger entry with the state (the import stands
     /// from then on); `ledger_error` is why appending it failed, if it did.
     logged: bool,
@@ -232,6 +243,7 @@ fn report(
         bytes_written: attempt.bytes_written,
         downgrades: attempt.downgrades.iter().map(|d| d.to_string()).collect(),
         recovered: attempt.recovered,
+        discarded: attempt.discarded,
         error: err.as_ref().map(|e| format!("{e}")),
         exit_code: err.as_ref().map_or(0, |e| e.exit_kind().code()),
         receipt: None,
@@ -255,11 +267,23 @@ fn ledger_entry(
 ) -> LedgerEntry {
     let head = attempt.head.as_ref();
     let mut reason = err.map(|e| e.to_string());
-    if err.is_none() && !attempt.downgrades.is_empty() {
-        reason = Some(format!(
-            "downgrade allowed by --allow-downgrade: {}",
-            super::state::describe_downgrades(&attempt.downgrades)
-        ));
+    if err.is_none() {
+        let mut notes = Vec::new();
+        if !attempt.downgrades.is_empty() {
+            notes.push(format!(
+                "downgrade allowed by --allow-downgrade: {}",
+                super::state::describe_downgrades(&attempt.downgrades)
+            ));
+        }
+        for d in &attempt.discarded {
+            notes.push(format!(
+                "{d}: the replaced set no longer matched what was imported, so it was \
+                 discarded instead of becoming n-1 (n-1 kept as it was)"
+            ));
+        }
+        if !notes.is_empty() {
+            reason = Some(notes.join("; "));
+        }
     }
     LedgerEntry {
         reason,
@@ -339,16 +363,7 @@ fn run(
         }
     }
     let mut state = state_dir.load()?;
-    // A run killed after recording its change but before its ledger line.
-    ledger::settle::<ImportError>(state_dir, &mut state)?;
-    if state.pending.is_some() {
-        // The interrupted run never reached its ledger line: write it now,
-        // or the ledger would never show that bundle as imported.
-        match reconcile(&mut state)? {
-            Some(entry) => ledger::commit::<ImportError>(state_dir, &mut state, entry)?,
-            None => state_dir.save(&state)?,
-        }
-    }
+    settle_interrupted::<ImportError>(state_dir, &mut state)?;
 
     // Head: manifest, signatures, profile rules, policy. Nothing written yet.
     // A split bundle's signed index and every volume are checked here,
@@ -386,6 +401,25 @@ fn run(
             ),
         ));
     }
+    // Sequences are Unix seconds: one far ahead of its own signed `created`
+    // would fast-forward the channel and lock every honest bundle out.
+    if m.sequence > m.max_sequence() {
+        return Err(refused(
+            bundle,
+            format!(
+                "sequence {} is more than {} seconds (one day) ahead of the bundle's created time {} \
+                 (at most {} allowed; gapferry's sequences are Unix seconds, docs/FORMAT.md section 3): \
+                 accepting it would lock every honest bundle out of channel {:?}. Nothing was changed; \
+                 have the producer export again without a hand-picked --sequence, and if nobody made \
+                 this bundle, treat its signing key as stolen and remove it from the trust set",
+                m.sequence,
+                crate::manifest::MAX_SEQUENCE_AHEAD,
+                m.created,
+                m.max_sequence(),
+                m.channel
+            ),
+        ));
+    }
     if m.is_expired(now) && !opts.allow_expired {
         return Err(refused(
             bundle,
@@ -407,15 +441,19 @@ fn run(
         // Before anything is read from or staged next to these folders.
         dest.check_folders()?;
         // What the state says a folder serves only counts while the folder
-        // still holds it: one removed or damaged by hand since is judged by
-        // what is on disk, so importing the bundle again restores it rather
-        // than answering "already imported".
-        if effective
+        // still holds it (size and SHA-256 of every file): one removed or
+        // damaged since is judged by what is on disk, so importing the
+        // bundle again restores it rather than answering "already
+        // imported"; and a damaged set is discarded, never kept as n-1.
+        let damaged = state
             .served(&c.slot)
-            .is_some_and(|s| !folder_present(&dest.current(), &s.files))
-        {
+            .filter(|s| !s.files.is_empty())
+            .and_then(|s| setcheck::check(&dest.current(), &s.files, setcheck::Depth::Hashes).err())
+            .map(|m| m.to_string());
+        if damaged.is_some() {
             effective.served.remove(&c.slot.rel());
         }
+        attempt.damaged.push(damaged);
         let on_disk = versions_on_disk(&dest.current());
         if effective.served(&c.slot).is_none() {
             if let Some(fm) = &on_disk {
@@ -732,8 +770,18 @@ fn stage_and_publish(
     state_dir.save(state)?;
     for (i, c) in selected.iter().enumerate() {
         if let Some(s) = staged[i].take() {
-            let published = staging.publish(s, &m.bundle_id)?;
+            // A set that no longer matches its record must never become
+            // n-1: rolling back would serve it. Discard it, keep n-1.
+            let damaged = attempt.damaged.get(i).cloned().flatten();
+            let old_set = match damaged {
+                Some(_) => publish::OldSet::Discard,
+                None => publish::OldSet::KeepAsBack,
+            };
+            let published = staging.publish_with(s, &m.bundle_id, old_set)?;
             attempt.slots[i].published = true;
+            if let (true, Some(why)) = (published.discarded_old, damaged) {
+                attempt.discarded.push(format!("{}: {why}", c.slot.rel()));
+            }
             if published.back.is_some() {
                 match state.served(&c.slot).cloned() {
                     Some(old) => {
@@ -773,34 +821,53 @@ fn served_slot(c: &CarriedSlot, head: &Head, files: &[ServedFile], now: &str) ->
     }
 }
 
+/// Records what an interrupted run left, once `publish::recover` has
+/// completed its folders (call it under the lock): a ledger line still due,
+/// and an import killed while publishing, whose ledger line is written now
+/// (or the ledger would never show that bundle as imported). Rollback calls
+/// it too, so that it checks n-1 against an up-to-date record.
+pub(super) fn settle_interrupted<E>(state_dir: &StateDir, state: &mut State) -> Result<(), E>
+where
+    E: From<super::state::StateError> + From<super::ledger::LedgerError>,
+{
+    ledger::settle::<E>(state_dir, state)?;
+    if state.pending.is_some() {
+        match reconcile(state) {
+            Some(entry) => ledger::commit::<E>(state_dir, state, entry)?,
+            None => state_dir.save(state)?,
+        }
+    }
+    Ok(())
+}
+
 /// Settles an import that was interrupted while publishing: every folder
 /// that now holds the pending set (recovery rolls journaled publishes
 /// forward) is recorded as served; the bundle's sequence counts as accepted.
 /// Returns the ledger entry of the interrupted import when it published
 /// anything.
-fn reconcile(state: &mut State) -> Result<Option<LedgerEntry>, ImportError> {
-    let Some(p) = state.pending.take() else {
-        return Ok(None);
-    };
+fn reconcile(state: &mut State) -> Option<LedgerEntry> {
+    let p = state.pending.take()?;
     let versions = |s: &ServedSlot| Versions {
         engine_version: s.engine_version.clone(),
         definition_version: s.definition_version.clone(),
     };
     let mut changes = Vec::new();
     for (key, ps) in &p.slots {
-        if folder_matches(&ps.dir, &ps.served.files) {
+        if setcheck::check(&ps.dir, &ps.served.files, setcheck::Depth::Hashes).is_ok() {
             if let Some(slot) = Slot::all().find(|s| s.rel() == *key) {
                 changes.push(SlotChange {
                     slot: key.clone(),
                     before: state.served(&slot).map(versions),
                     after: Some(versions(&ps.served)),
                 });
+                let replaced = state.served(&slot).cloned();
                 state.record_served(&slot, ps.served.clone());
+                settle_back(state, key, replaced, &ps.dir);
             }
         }
     }
     if changes.is_empty() {
-        return Ok(None);
+        return None;
     }
     let entry = LedgerEntry {
         reason: Some(
@@ -817,38 +884,30 @@ fn reconcile(state: &mut State) -> Result<Option<LedgerEntry>, ImportError> {
         ..LedgerEntry::new(Outcome::Imported)
     };
     state.record_accepted(&p.channel, p.sequence, p.accepted);
-    Ok(Some(entry))
+    Some(entry)
 }
 
-/// Whether `dir` still holds `files` as regular files of the recorded
-/// sizes. Deliberately no hashing: it runs on every repeat of a bundle, and
-/// catches folders removed, emptied or overwritten with an error page.
-fn folder_present(dir: &Path, files: &[ServedFile]) -> bool {
-    files.iter().all(|f| {
-        std::fs::symlink_metadata(dir.join(&f.name)).is_ok_and(|m| m.is_file() && m.len() == f.size)
-    })
-}
-
-/// Whether `dir` holds exactly `files` (sizes and SHA-256).
-fn folder_matches(dir: &Path, files: &[ServedFile]) -> bool {
-    use sha2::{Digest, Sha256};
-    files.iter().all(|f| {
-        let p = dir.join(&f.name);
-        let Ok(meta) = std::fs::metadata(&p) else {
-            return false;
-        };
-        if meta.len() != f.size {
-            return false;
+/// Makes the record of a slot's n-1 say what its folder holds after an
+/// interrupted publish that recovery completed: the replaced set when it was
+/// rotated there, else the record it had, or none when neither matches (a
+/// record that does not match would make `rollback` refuse a good n-1).
+fn settle_back(state: &mut State, key: &str, replaced: Option<ServedSlot>, current: &Path) {
+    let Some(back) = publish::back_of(current) else {
+        return;
+    };
+    let holds = |r: &ServedSlot| {
+        !r.files.is_empty() && setcheck::check(&back, &r.files, setcheck::Depth::Hashes).is_ok()
+    };
+    match replaced.filter(|r| holds(r)) {
+        Some(r) => {
+            state.back.insert(key.to_string(), r);
         }
-        let Ok(mut file) = std::fs::File::open(&p) else {
-            return false;
-        };
-        let mut h = Sha256::new();
-        if std::io::copy(&mut file, &mut h).is_err() {
-            return false;
+        None => {
+            if state.back.get(key).is_some_and(|b| !holds(b)) {
+                state.back.remove(key);
+            }
         }
-        hex::encode(h.finalize()) == f.sha256
-    })
+    }
 }
 
 /// Folders that did not exist before the import and that staging may

@@ -1,8 +1,9 @@
 //! The mirror side of an import: staging and atomic publish of arch folders
 //! ([`publish`]), one import at a time ([`lock`]), persisted served versions
-//! and accepted sequences with the rollback policy ([`state`]), and the
-//! hash-chained import ledger ([`ledger`]) and its flood limit
-//! ([`ledger_quota`]); the phone-sized receipt of an
+//! and accepted sequences with the rollback policy ([`state`]), the check of
+//! a folder against that record ([`setcheck`]), the hash-chained import
+//! ledger ([`ledger`]) and its flood limit ([`ledger_quota`]); the
+//! phone-sized receipt of an
 //! import ([`receipt`]); the inbox job that imports whatever arrives in a
 //! directory ([`inbox`]). These are building blocks: they
 //! never read bundles or check signatures; the import orchestration verifies
@@ -17,5 +18,6 @@ pub mod lock;
 pub mod publish;
 pub mod receipt;
 pub mod rollback;
+pub mod setcheck;
 pub mod state;
 pub mod status;

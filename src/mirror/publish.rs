@@ -44,8 +44,10 @@
 //!    current folder, a plain rename. Then fsync both parents.
 //! 4. Rotate: move "old" to `R_back/arch_<arch>`: exchange with the existing
 //!    back set (which lands in staging) or rename when there is none.
-//! 5. Clean: remove what is left in staging (the old n-1), the journal, and
-//!    the staging root when empty; fsync.
+//!    Skipped when the journal says to discard "old" ([`OldSet::Discard`]:
+//!    the caller found it damaged, and a damaged set must never become n-1).
+//! 5. Clean: remove what is left in staging (the old n-1, or the discarded
+//!    old set), the journal, and the staging root when empty; fsync.
 //!
 //! Steps 3-5 are one idempotent function driven by what is on disk: it looks
 //! up where "new" and "old" are by inode, and does only what is still
@@ -268,6 +270,15 @@ fn absolute(p: &Path) -> Result<PathBuf, PublishError> {
     })
 }
 
+/// The n-1 folder of the arch folder `current` (`R/arch_x` ->
+/// `R_back/arch_x`), for either layout.
+pub fn back_of(current: &Path) -> Option<PathBuf> {
+    let arch = current.file_name()?;
+    let ring_dir = current.parent()?;
+    let ring = ring_dir.file_name()?;
+    Some(ring_dir.with_file_name(back_ring_name(ring)).join(arch))
+}
+
 fn back_ring_name(ring: &OsStr) -> OsString {
     let mut b = ring.to_os_string();
     b.push("_back");
@@ -339,6 +350,21 @@ struct Journal {
     new: FileId,
     old: Option<FileId>,
     tag: String,
+    /// Remove the old set in step 5 instead of rotating it into n-1 in
+    /// step 4 ([`OldSet::Discard`]). Absent (false) in every other journal,
+    /// so those stay byte-identical to what earlier releases wrote.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    discard_old: bool,
+}
+
+/// What becomes of the set a publish replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldSet {
+    /// It becomes n-1 (`R_back/arch_<arch>`); the previous n-1 is removed.
+    KeepAsBack,
+    /// It is removed and n-1 stays as it is: for a set that no longer
+    /// matches what was imported, which must never become n-1.
+    Discard,
 }
 
 /// The identity of the folder at `path`, `None` when nothing is there; an
@@ -512,8 +538,9 @@ fn drive(
         crash_point("current-swapped");
     }
 
-    // Step 4: old becomes n-1.
-    if let Some(old) = j.old {
+    // Step 4: old becomes n-1 (unless it is to be discarded: then step 5
+    // removes it with the leftovers, and n-1 stays as it is).
+    if let Some(old) = j.old.filter(|_| !j.discard_old) {
         let back = folder_id(&p.back)?;
         if back != Some(old) {
             // Not finding it means it was rotated and then replaced, which a
@@ -599,6 +626,8 @@ pub struct Published {
     pub current: PathBuf,
     /// The n-1 folder, when a previous set was rotated into it.
     pub back: Option<PathBuf>,
+    /// The previous set was removed ([`OldSet::Discard`]); n-1 is unchanged.
+    pub discarded_old: bool,
     /// How the swap was done.
     pub method: SwapMethod,
 }
@@ -666,6 +695,17 @@ impl Staging {
     /// (e.g. the bundle id) is kept in the journal and reported by
     /// [`recover`] if this publish is completed by a later run.
     pub fn publish(&mut self, slot: StagedSlot, tag: &str) -> Result<Published, PublishError> {
+        self.publish_with(slot, tag, OldSet::KeepAsBack)
+    }
+
+    /// [`publish`](Self::publish), saying what becomes of the replaced set.
+    /// The choice is journaled, so recovery after a crash honours it.
+    pub fn publish_with(
+        &mut self,
+        slot: StagedSlot,
+        tag: &str,
+        old_set: OldSet,
+    ) -> Result<Published, PublishError> {
         let p = &slot.paths;
         sync_dir(&p.staged)?;
         let new = folder_id(&p.staged)?.ok_or_else(|| PublishError::Lost {
@@ -676,11 +716,13 @@ impl Staging {
         let old = folder_id(&p.current)?;
         // Refuse a non-folder n-1 before anything moves.
         folder_id(&p.back)?;
+        let discard_old = old.is_some() && old_set == OldSet::Discard;
         let journal = Journal {
             format: 1,
             new,
             old,
             tag: tag.to_string(),
+            discard_old,
         };
         let bytes = serde_json::to_vec(&journal).expect("journal serializes");
         let write_err = |source| PublishError::Write {
@@ -702,7 +744,8 @@ impl Staging {
         prune_stage_root(&p.stage_root)?;
         Ok(Published {
             current: p.current.clone(),
-            back: old.map(|_| p.back.clone()),
+            back: old.filter(|_| !discard_old).map(|_| p.back.clone()),
+            discarded_old: discard_old,
             method,
         })
     }
@@ -1127,6 +1170,72 @@ mod tests {
         });
     }
 
+    /// A replaced set that the caller found damaged is removed, and n-1
+    /// keeps the good set it had; also when a crash leaves the rest of
+    /// the publish to recovery.
+    #[test]
+    fn discarding_the_old_set_keeps_n_1() {
+        for fallback in [false, true] {
+            let opts = PublishOptions {
+                force_fallback: fallback,
+            };
+            for crash_after_swap in [false, true] {
+                let t = tempfile::tempdir().unwrap();
+                let dest = Destination::in_mirror(t.path(), &slot()).unwrap();
+                for v in ["1", "2"] {
+                    let mut st = Staging::new(opts.clone());
+                    let s = stage_set(&mut st, &dest, v);
+                    st.publish(s, v).unwrap();
+                }
+                fs::write(dest.current().join("updates.zip"), b"zip 2").unwrap();
+                let mut st = Staging::new(opts.clone());
+                let s = stage_set(&mut st, &dest, "3");
+                if crash_after_swap {
+                    // The publish got as far as the swap, then died.
+                    let p = s.paths.clone();
+                    let j = Journal {
+                        format: 1,
+                        new: folder_id(&p.staged).unwrap().unwrap(),
+                        old: folder_id(&p.current).unwrap(),
+                        tag: "b3".into(),
+                        discard_old: true,
+                    };
+                    let text = serde_json::to_string(&j).unwrap();
+                    assert!(text.contains("\"discard_old\":true"), "{text}");
+                    fs::write(&p.journal, text).unwrap();
+                    if fallback {
+                        fs::rename(&p.current, &p.aside).unwrap();
+                        fs::rename(&p.staged, &p.current).unwrap();
+                    } else {
+                        assert!(exchange(&p.staged, &p.current).unwrap());
+                    }
+                    std::mem::forget(st);
+                    let rec = recover(dest.area(), &opts).unwrap();
+                    assert_eq!(rec[0].action, RecoveryAction::Completed);
+                } else {
+                    let p = st.publish_with(s, "3", OldSet::Discard).unwrap();
+                    assert!(p.discarded_old && p.back.is_none());
+                }
+                assert_eq!(read_set(&dest.current()).as_deref(), Some("3"));
+                assert_eq!(
+                    read_set(&dest.back()).as_deref(),
+                    Some("1"),
+                    "fallback={fallback} crash={crash_after_swap}"
+                );
+                assert_eq!(only_served(dest.area()), ["production", "production_back"]);
+            }
+        }
+        // Journals of ordinary publishes do not mention it.
+        let j = Journal {
+            format: 1,
+            new: FileId { dev: 1, ino: 2 },
+            old: None,
+            tag: "t".into(),
+            discard_old: false,
+        };
+        assert!(!serde_json::to_string(&j).unwrap().contains("discard"));
+    }
+
     #[test]
     fn target_layout_and_other_folders_untouched() {
         let t = tempfile::tempdir().unwrap();
@@ -1136,6 +1245,7 @@ mod tests {
         let dest = Destination::in_target(&target, Arch::X86_64).unwrap();
         assert_eq!(dest.current(), target.join("arch_x86_64"));
         assert_eq!(dest.back(), t.path().join("production_back/arch_x86_64"));
+        assert_eq!(back_of(&dest.current()), Some(dest.back()));
         for v in ["1", "2"] {
             let mut st = Staging::new(PublishOptions::default());
             let s = stage_set(&mut st, &dest, v);
@@ -1205,6 +1315,7 @@ mod tests {
                     new: folder_id(&p.staged).unwrap().unwrap(),
                     old: folder_id(&p.current).unwrap(),
                     tag: "b3".into(),
+                    discard_old: false,
                 };
                 fs::write(&p.journal, serde_json::to_vec(&j).unwrap()).unwrap();
                 let mut steps: Vec<(PathBuf, PathBuf)> = if fallback {

@@ -10,6 +10,12 @@
 //! re-delivered copy of the same bundle is refused (exit 4) instead of
 //! quietly undoing the rollback; newer bundles import as usual, and a roll
 //! forward lifts the mark.
+//!
+//! Before anything moves, every n-1 folder is checked against the record of
+//! what gapferry put there (size and SHA-256 of each file): a damaged n-1 is
+//! refused (exit 3, naming the file) unless `--force`, since swapping it in
+//! would serve it to every endpoint. An n-1 without a record (put there by
+//! hand, or before gapferry recorded it) cannot be checked and is swapped.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +24,7 @@ use serde::Serialize;
 
 use super::ledger::{self, LedgerEntry, Outcome, SlotChange, Versions};
 use super::publish::{self, Destination, PublishOptions, Staging};
+use super::setcheck;
 use super::state::{State, StateDir};
 use crate::error::{Classify, ExitKind};
 use crate::mde::{FolderManifest, Slot, MANIFEST_JSON};
@@ -30,6 +37,8 @@ pub struct RollbackOptions {
     pub slots: Vec<Slot>,
     pub lock_wait: Duration,
     pub publish: PublishOptions,
+    /// Swap in an n-1 that no longer matches its record.
+    pub force: bool,
 }
 
 /// One folder swapped.
@@ -42,6 +51,9 @@ pub struct RolledSlot {
     pub after: Option<Versions>,
     /// `exchange` or `copy`.
     pub method: &'static str,
+    /// With `--force`: how the n-1 swapped in differed from its record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced_past: Option<String>,
 }
 
 /// The `--json` output of rollback.
@@ -58,6 +70,12 @@ pub enum RollbackError {
     NoBack { dir: PathBuf, back: PathBuf },
     #[error("{dir}: not served: the folder does not exist")]
     NotServed { dir: PathBuf },
+    #[error(
+        "refused: the n-1 set no longer matches what was imported: {mismatch}; rolling back \
+         would serve it to every endpoint, so nothing was changed. Restore n-1 by importing \
+         a newer bundle (the served set then becomes n-1), or add --force to roll back anyway"
+    )]
+    BackDamaged { mismatch: String },
     #[error(transparent)]
     Publish(#[from] publish::PublishError),
     #[error(transparent)]
@@ -80,6 +98,7 @@ impl Classify for RollbackError {
             RollbackError::State(e) => e.exit_kind(),
             RollbackError::Lock(e) => e.exit_kind(),
             RollbackError::Ledger(e) => e.exit_kind(),
+            RollbackError::BackDamaged { .. } => ExitKind::Rejected,
             _ => ExitKind::Operational,
         }
     }
@@ -103,9 +122,12 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
         publish::recover(&area, &opts.publish)?;
     }
     let mut state = state_dir.load()?;
-    ledger::settle::<RollbackError>(&state_dir, &mut state)?;
+    // An import killed while publishing: record what recovery completed
+    // (including what n-1 now holds) before judging n-1.
+    super::import::settle_interrupted::<RollbackError>(&state_dir, &mut state)?;
     // Check every slot before moving anything.
     let mut dests = Vec::new();
+    let mut forced = Vec::new();
     for slot in &opts.slots {
         let dest = Destination::in_mirror(&opts.mirror, slot)?;
         dest.check_folders()?;
@@ -120,11 +142,31 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
                 back: dest.back(),
             });
         }
+        let mismatch = state
+            .back
+            .get(&slot.rel())
+            .filter(|r| !r.files.is_empty())
+            .and_then(|r| setcheck::check(&dest.back(), &r.files, setcheck::Depth::Hashes).err());
+        match mismatch {
+            Some(m) if !opts.force => {
+                let err = RollbackError::BackDamaged {
+                    mismatch: m.to_string(),
+                };
+                // Refused attempts are recorded like refused imports.
+                let entry = LedgerEntry {
+                    reason: Some(format!("gapferry rollback {err}")),
+                    ..LedgerEntry::new(Outcome::Rejected)
+                };
+                ledger::commit::<RollbackError>(&state_dir, &mut state, entry)?;
+                return Err(err);
+            }
+            m => forced.push(m.map(|m| format!("n-1 {}", m.by_file_name()))),
+        }
         dests.push(dest);
     }
     let mut report = RollbackReport { slots: Vec::new() };
     let mut result = Ok(());
-    for (slot, dest) in opts.slots.iter().zip(&dests) {
+    for ((slot, dest), forced_past) in opts.slots.iter().zip(&dests).zip(forced) {
         let before = on_disk(&dest.current());
         let method = match swap_one(dest, &opts.publish) {
             Ok(m) => m,
@@ -140,11 +182,23 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
             before,
             after: on_disk(&dest.current()),
             method,
+            forced_past,
         });
     }
     let entry = LedgerEntry {
         reason: Some(match &result {
-            Ok(()) => "gapferry rollback: served set swapped with n-1".to_string(),
+            Ok(()) => {
+                let mut r = "gapferry rollback: served set swapped with n-1".to_string();
+                for s in &report.slots {
+                    if let Some(m) = &s.forced_past {
+                        r.push_str(&format!(
+                            "; {}: --force swapped in an n-1 that no longer matched what was imported ({m})",
+                            s.slot
+                        ));
+                    }
+                }
+                r
+            }
             Err(e) => format!("gapferry rollback failed: {e}"),
         }),
         slots: report

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::setcheck;
 use super::state::{State, StateDir};
 use crate::manifest::parse_time;
 use crate::mde::{FolderManifest, Slot, MANIFEST_JSON};
@@ -50,6 +51,9 @@ pub struct SlotStatus {
     pub files_match: Option<bool>,
     pub back_exists: bool,
     pub back_definition_version: Option<String>,
+    /// Every n-1 file matches what was imported (null when n-1 has no
+    /// record); `rollback` refuses an n-1 that does not.
+    pub back_files_match: Option<bool>,
     pub findings: Vec<Finding>,
 }
 
@@ -156,6 +160,26 @@ pub fn status(
             });
         }
         let back_exists = back.is_dir();
+        let depth = if check_hashes {
+            setcheck::Depth::Hashes
+        } else {
+            setcheck::Depth::Sizes
+        };
+        let back_files_match = state
+            .back
+            .get(&slot.rel())
+            .filter(|r| back_exists && !r.files.is_empty())
+            .map(|r| setcheck::check(&back, &r.files, depth));
+        if let Some(Err(m)) = &back_files_match {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                message: format!(
+                    "n-1 no longer matches what was imported ({m}): `gapferry rollback` refuses it \
+                     (unless --force); the next import of a newer bundle replaces it"
+                ),
+            });
+        }
+        let back_files_match = back_files_match.map(|r| r.is_ok());
         if !back_exists {
             findings.push(Finding {
                 severity: Severity::Warning,
@@ -206,6 +230,7 @@ pub fn status(
             back_definition_version: FolderManifest::read(&back.join(MANIFEST_JSON))
                 .ok()
                 .map(|m| m.definition_version),
+            back_files_match,
             findings,
         });
     }
