@@ -1,6 +1,6 @@
 //! `gapferry import`: verify a bundle, then publish it into the mirror.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::io::Write as _;
@@ -266,6 +266,9 @@ impl ImportArgs {
                 if let (1.., Some(e)) = (r.exit_code, &r.error) {
                     eprintln!("gapferry: inbox: {}: {e}", r.bundle);
                 }
+                if let Some(why) = &r.not_moved {
+                    eprintln!("gapferry: inbox: {}: left in the inbox: {why}", r.bundle);
+                }
                 return;
             }
             inbox_line(r);
@@ -275,9 +278,7 @@ impl ImportArgs {
                 Ok(summary) if !self.watch => {
                     if !quiet && !json {
                         for w in &summary.waiting {
-                            eprintln!(
-                                "gapferry: inbox: {w}: left alone (still arriving, or waiting for the rest of a split bundle)"
-                            );
+                            eprintln!("gapferry: inbox: {w}");
                         }
                     }
                     return Ok(summary.exit_code());
@@ -303,14 +304,14 @@ impl ImportArgs {
 }
 
 fn inbox_line(r: &BundleResult) {
-    let moved = r
-        .moved_to
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    let moved = match (&r.moved_to, &r.not_moved) {
+        (Some(p), _) => format!("moved to {}", p.display()),
+        (None, Some(why)) => format!("left in the inbox: {why}"),
+        (None, None) => String::new(),
+    };
     match r.outcome {
         Outcome::Imported | Outcome::AlreadyImported => eprintln!(
-            "gapferry: inbox: {}: {} (sequence {}), receipt {}; moved to {moved}",
+            "gapferry: inbox: {}: {} (sequence {}), receipt {}; {moved}",
             r.bundle,
             if r.outcome == Outcome::Imported {
                 "imported"
@@ -321,7 +322,15 @@ fn inbox_line(r: &BundleResult) {
             r.receipt.as_deref().unwrap_or("(not kept)")
         ),
         _ if r.moved_to.is_some() => eprintln!(
-            "gapferry: inbox: {}: {} (exit {}): {}; moved to {moved} (see {moved}.reason.json)",
+            "gapferry: inbox: {}: {} (exit {}): {}; {moved} (see {}.reason.json)",
+            r.bundle,
+            r.outcome.as_str(),
+            r.exit_code,
+            r.error.as_deref().unwrap_or(""),
+            r.moved_to.as_deref().unwrap_or(Path::new("")).display()
+        ),
+        _ if r.not_moved.is_some() => eprintln!(
+            "gapferry: inbox: {}: {} (exit {}): {}; {moved}",
             r.bundle,
             r.outcome.as_str(),
             r.exit_code,
