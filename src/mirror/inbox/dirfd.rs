@@ -344,7 +344,10 @@ mod tests {
         ok.write_new("r.json", b"{}", REASON_MODE).unwrap();
         assert!(ok.write_new("r.json", b"{}", REASON_MODE).is_err());
         assert_eq!(
-            std::fs::metadata(t.path().join("ok/r.json")).unwrap().mode() & 0o777,
+            std::fs::metadata(t.path().join("ok/r.json"))
+                .unwrap()
+                .mode()
+                & 0o777,
             REASON_MODE
         );
     }

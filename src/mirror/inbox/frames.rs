@@ -111,7 +111,10 @@ mod tests {
         for checksum in [true, false] {
             let z = frame(&data, checksum);
             std::fs::write(&p, &z).unwrap();
-            assert_eq!(frame_state(&mut File::open(&p).unwrap()).unwrap(), FrameState::Complete);
+            assert_eq!(
+                frame_state(&mut File::open(&p).unwrap()).unwrap(),
+                FrameState::Complete
+            );
             for cut in [z.len() - 1, z.len() / 2, 7, 0] {
                 std::fs::write(&p, &z[..cut]).unwrap();
                 assert_eq!(
@@ -122,14 +125,20 @@ mod tests {
             }
         }
         std::fs::write(&p, b"not zstd at all").unwrap();
-        assert_eq!(frame_state(&mut File::open(&p).unwrap()).unwrap(), FrameState::NotZstd);
+        assert_eq!(
+            frame_state(&mut File::open(&p).unwrap()).unwrap(),
+            FrameState::NotZstd
+        );
 
         // Bundles may be several frames back to back (stored payload).
         let a = frame(&data, true);
         let b = frame(&data[..1000], false);
         let both = [&a[..], &b[..]].concat();
         std::fs::write(&p, &both).unwrap();
-        assert_eq!(frame_state(&mut File::open(&p).unwrap()).unwrap(), FrameState::Complete);
+        assert_eq!(
+            frame_state(&mut File::open(&p).unwrap()).unwrap(),
+            FrameState::Complete
+        );
         for cut in [a.len() + 3, a.len() + b.len() - 1] {
             std::fs::write(&p, &both[..cut]).unwrap();
             assert_eq!(
@@ -139,6 +148,9 @@ mod tests {
             );
         }
         std::fs::write(&p, [&a[..], b"garbage after"].concat()).unwrap();
-        assert_eq!(frame_state(&mut File::open(&p).unwrap()).unwrap(), FrameState::NotZstd);
+        assert_eq!(
+            frame_state(&mut File::open(&p).unwrap()).unwrap(),
+            FrameState::NotZstd
+        );
     }
 }

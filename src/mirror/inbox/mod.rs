@@ -42,8 +42,8 @@ use crate::bundle::BundleError;
 use crate::error::{Classify, ExitKind};
 use crate::progress::Observer;
 
-pub use dirfd::{EntryError, REASON_MODE, SUBDIR_MODE};
 use dirfd::DirFd;
+pub use dirfd::{EntryError, REASON_MODE, SUBDIR_MODE};
 pub use frames::{frame_state, FrameState};
 
 /// Where processed (imported or already imported) bundles go.
@@ -367,7 +367,11 @@ fn not_regular(dir: &DirFd, name: &str, st: &rustix::fs::Stat) -> String {
 /// Opens one `*.tar.zst` by descriptor, checks it has finished arriving and
 /// reads its head (once: the import uses this very reader). `None`: still
 /// arriving. The sequence only orders the work; import checks everything.
-fn open_single(dir: &DirFd, name: &str, seen: (u64, SystemTime)) -> Result<Option<(u64, Candidate)>, Problem> {
+fn open_single(
+    dir: &DirFd,
+    name: &str,
+    seen: (u64, SystemTime),
+) -> Result<Option<(u64, Candidate)>, Problem> {
     let problem = |e: EntryError| Problem {
         files: vec![name.to_string()],
         reject: matches!(
@@ -703,9 +707,7 @@ fn import_one(
     // The name must still be the file that was imported: another user may
     // have swapped it meanwhile, and what is moved is what the name holds.
     if let Some(id) = id {
-        let same = dir
-            .stat(&name)
-            .is_ok_and(|st| (st.st_dev, st.st_ino) == id);
+        let same = dir.stat(&name).is_ok_and(|st| (st.st_dev, st.st_ino) == id);
         if !same && code != 1 {
             not_moved = Some(format!(
                 "{}: was replaced or removed while it was being imported; left alone",
