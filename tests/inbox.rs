@@ -824,3 +824,38 @@ fn a_hostile_file_being_refused_does_not_hold_the_import_lock() {
     assert!(runs >= 1);
     assert!(fx.inbox.join("rejected/hostile.tar.zst").is_file());
 }
+
+#[test]
+fn a_split_bundle_with_a_symlinked_volume_is_rejected_unread() {
+    let fx = Fx::new();
+    let out = fx.bundle("s.tar.zst", "1.419.100.0", 10, &["--split", "300"]);
+    let out_dir = out.parent().unwrap();
+    for f in names(out_dir) {
+        if f == "s.tar.zst.002" {
+            // The real volume, but through a link: following it would import.
+            std::os::unix::fs::symlink(out_dir.join(&f), fx.inbox.join(&f)).unwrap();
+        } else {
+            fs::copy(out_dir.join(&f), fx.inbox.join(&f)).unwrap();
+        }
+    }
+    let run = pass_must_finish(&fx, &["--json"]);
+    assert_eq!(run.code, 3, "{run:#?}");
+    let lines = json_lines(&run);
+    let l = line_for(&lines, "s.tar.zst.volumes.json");
+    assert_eq!(l["outcome"], "rejected");
+    let err = l["error"].as_str().unwrap();
+    assert!(
+        err.contains("s.tar.zst.002") && err.contains("symbolic link"),
+        "{l}"
+    );
+    assert!(!fx.sb.join("mirror").exists(), "nothing was imported");
+    assert!(
+        fs::symlink_metadata(fx.inbox.join("rejected/s.tar.zst.002"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // The whole set went aside together; nothing of it waits in the inbox.
+    assert!(fx.inbox.join("rejected/s.tar.zst.001").is_file());
+    assert_eq!(names(&fx.inbox), ["rejected"]);
+}

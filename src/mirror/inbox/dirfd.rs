@@ -297,6 +297,53 @@ impl DirFd {
     }
 }
 
+/// The files of a split bundle in the inbox, opened through the folder
+/// ([`DirFd::open_regular`]): the import reads exactly what the scan looked
+/// at the names of, never through a link, never blocking on a FIFO.
+#[derive(Debug, Clone)]
+pub struct InboxFiles(pub std::sync::Arc<DirFd>);
+
+impl InboxFiles {
+    fn name_of<'a>(&self, path: &'a Path) -> io::Result<&'a str> {
+        match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+            (Some(parent), Some(name)) if parent == self.0.path => Ok(name),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not in the inbox {}", self.0.path.display()),
+            )),
+        }
+    }
+}
+
+impl From<EntryError> for io::Error {
+    fn from(e: EntryError) -> io::Error {
+        match e {
+            EntryError::Io { source, .. } => source,
+            other => io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
+        }
+    }
+}
+
+impl crate::bundle::volumes::SplitFiles for InboxFiles {
+    fn open(&self, path: &Path) -> io::Result<File> {
+        Ok(self.0.open_regular(self.name_of(path)?)?.file)
+    }
+
+    fn names(&self, dir: &Path) -> io::Result<Vec<String>> {
+        if dir != self.0.path {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not the inbox", dir.display()),
+            ));
+        }
+        Ok(self.0.names()?)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.name_of(path).is_ok_and(|n| self.0.exists(n))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,9 +42,10 @@ use crate::bundle::BundleError;
 use crate::error::{Classify, ExitKind};
 use crate::progress::Observer;
 
-use dirfd::DirFd;
+use dirfd::{DirFd, InboxFiles};
 pub use dirfd::{EntryError, REASON_MODE, SUBDIR_MODE};
 pub use frames::{frame_state, FrameState};
+use std::sync::Arc;
 
 /// Where processed (imported or already imported) bundles go.
 pub const PROCESSED: &str = "processed";
@@ -76,21 +77,26 @@ impl Classify for InboxError {
 pub enum Candidate {
     /// A single-file bundle, opened by descriptor and its head read (or the
     /// reason it could not be).
-    Single {
-        name: String,
-        path: PathBuf,
-        /// Device and inode of what was opened.
-        id: (u64, u64),
-        opened: Result<volumes::Opened, BundleError>,
-    },
+    Single(Box<Single>),
     Split(Box<SplitBundle>),
+}
+
+/// A single-file bundle opened in the inbox.
+#[derive(Debug)]
+pub struct Single {
+    pub name: String,
+    pub path: PathBuf,
+    /// Device and inode of what was opened.
+    pub id: (u64, u64),
+    /// The reader with its head read, or why the head could not be read.
+    pub opened: Result<volumes::Opened, BundleError>,
 }
 
 impl Candidate {
     /// The path handed to import: the file, or the split bundle's index.
     pub fn path(&self) -> &Path {
         match self {
-            Candidate::Single { path, .. } => path,
+            Candidate::Single(s) => &s.path,
             Candidate::Split(s) => &s.index_path,
         }
     }
@@ -104,7 +110,7 @@ impl Candidate {
     /// (so a crash while moving never leaves a set that looks complete).
     fn files(&self) -> Vec<String> {
         match self {
-            Candidate::Single { name, .. } => vec![name.clone()],
+            Candidate::Single(s) => vec![s.name.clone()],
             Candidate::Split(s) => {
                 let mut v = vec![file_name(&s.index_path)];
                 v.extend(s.volume_paths().iter().map(|p| file_name(p)));
@@ -277,7 +283,7 @@ const WAITING: &str = "still arriving, or waiting for the rest of a split bundle
 
 /// Looks through the opened inbox (not its subdirectories) for complete
 /// bundles.
-fn scan(dir: &DirFd, settle: Duration, tracker: &mut Tracker) -> Result<Scan, InboxError> {
+fn scan(dir: &Arc<DirFd>, settle: Duration, tracker: &mut Tracker) -> Result<Scan, InboxError> {
     let names: Vec<String> = dir
         .names()?
         .into_iter()
@@ -410,19 +416,19 @@ fn open_single(
         .map_or(u64::MAX, |o| o.head.manifest.sequence);
     Ok(Some((
         seq,
-        Candidate::Single {
+        Candidate::Single(Box::new(Single {
             name: name.to_string(),
             path,
             id: o.id,
             opened,
-        },
+        })),
     )))
 }
 
 /// Looks at one split index and the files it names, all by `lstat` through
 /// the folder: `Ok(None)` while something is still arriving.
 fn scan_split(
-    dir: &DirFd,
+    dir: &Arc<DirFd>,
     name: &str,
     settle: Duration,
     tracker: &mut Tracker,
@@ -477,6 +483,7 @@ fn scan_split(
         base,
         index,
         index_bytes: bytes,
+        files: Arc::new(InboxFiles(Arc::clone(dir))),
     };
     let vols: Vec<String> = split.volume_paths().iter().map(|p| file_name(p)).collect();
     let sigs: Vec<String> = split
@@ -488,12 +495,15 @@ fn scan_split(
     claimed.extend(vols.iter().cloned());
     claimed.extend(sigs.iter().cloned());
     let mut complete = !sigs.is_empty();
+    // A bad file rejects the whole set: its files all go to `rejected/`.
+    let set: Vec<String> = std::iter::once(name.to_string())
+        .chain(vols.iter().cloned())
+        .chain(sigs.iter().cloned())
+        .collect();
     for (v, vn) in split.index.volumes.iter().zip(&vols) {
         match dir.stat(vn) {
             Ok(st) if !is_regular(&st) => {
-                let mut files = vec![name.to_string()];
-                files.push(vn.clone());
-                return Err(reject(files, not_regular(dir, vn, &st)));
+                return Err(reject(set, not_regular(dir, vn, &st)));
             }
             Ok(st) => {
                 let (size, mtime) = stat_parts(&st);
@@ -507,10 +517,7 @@ fn scan_split(
     for sn in &sigs {
         if let Ok(st) = dir.stat(sn) {
             if !is_regular(&st) {
-                return Err(reject(
-                    vec![name.to_string(), sn.clone()],
-                    not_regular(dir, sn, &st),
-                ));
+                return Err(reject(set, not_regular(dir, sn, &st)));
             }
         }
     }
@@ -598,7 +605,7 @@ pub fn pass(
     after_import: &mut dyn FnMut(&ImportReport) -> Option<String>,
     on_result: &mut dyn FnMut(&BundleResult),
 ) -> Result<PassSummary, InboxError> {
-    let dir = DirFd::open(&opts.dir)?;
+    let dir = Arc::new(DirFd::open(&opts.dir)?);
     let found = scan(&dir, opts.settle, tracker)?;
     let mut summary = PassSummary {
         waiting: found.waiting,
@@ -693,12 +700,23 @@ fn import_one(
     let files = c.files();
     let name = c.name();
     let (mut report, err, id) = match c {
-        Candidate::Single { opened, id, .. } => {
-            let (r, e) = import::import_opened(&io, opened, observer);
-            (r, e, Some(id))
+        Candidate::Single(s) => {
+            let (r, e) = import::import_opened(&io, s.opened, observer);
+            (r, e, Some(s.id))
         }
-        Candidate::Split(_) => {
-            let (r, e) = import::import(&io, observer);
+        Candidate::Split(split) => {
+            // Outside the locks, like a single file's head; every file of
+            // the set opened through the inbox folder.
+            let opened = volumes::open_split(
+                *split,
+                &io.bundle,
+                volumes::OpenChecks {
+                    trust: Some(&io.trust),
+                    hash_volumes: true,
+                },
+                observer,
+            );
+            let (r, e) = import::import_opened(&io, opened, observer);
             (r, e, None)
         }
     };
