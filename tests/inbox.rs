@@ -516,39 +516,45 @@ fn a_fifo_named_like_a_bundle_does_not_hang_the_pass() {
     assert_eq!(fx.served_defs(), "1.419.100.0");
 }
 
-/// The name is swapped between a bundle and a FIFO while the pass runs
+/// Names swapped between a bundle and a FIFO while the pass runs
 /// (`RENAME_EXCHANGE` in a tight loop): whatever the pass sees, it must
-/// finish, and report the name.
+/// finish, and report each name.
 #[test]
 fn a_fifo_swapped_in_for_a_bundle_does_not_hang_the_pass() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let fx = Fx::new();
     let good = fx.bundle("good.tar.zst", "1.419.100.0", 10, &[]);
-    let name = fx.inbox.join("swap.tar.zst");
-    fs::copy(&good, &name).unwrap();
-    let fifo = fx.inbox.join(".fifo");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    let mut pairs = Vec::new();
+    for i in 0..4 {
+        let name = fx.inbox.join(format!("swap{i}.tar.zst"));
+        fs::copy(&good, &name).unwrap();
+        let fifo = fx.inbox.join(format!(".fifo{i}"));
+        assert!(Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        pairs.push((name, fifo));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let swapper = {
-        let (stop, name, fifo) = (Arc::clone(&stop), name.clone(), fifo.clone());
+        let (stop, pairs) = (Arc::clone(&stop), pairs.clone());
         std::thread::spawn(move || {
             let mut swaps = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                if rustix::fs::renameat_with(
-                    rustix::fs::CWD,
-                    &fifo,
-                    rustix::fs::CWD,
-                    &name,
-                    rustix::fs::RenameFlags::EXCHANGE,
-                )
-                .is_ok()
-                {
-                    swaps += 1;
+                for (name, fifo) in &pairs {
+                    if rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        fifo,
+                        rustix::fs::CWD,
+                        name,
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    )
+                    .is_ok()
+                    {
+                        swaps += 1;
+                    }
                 }
             }
             swaps
@@ -556,12 +562,16 @@ fn a_fifo_swapped_in_for_a_bundle_does_not_hang_the_pass() {
     };
     for _ in 0..5 {
         let run = pass_must_finish(&fx, &[]);
-        assert!(
-            run.stderr.contains("swap.tar.zst"),
-            "the pass reports the name: {run:#?}"
-        );
-        if fs::symlink_metadata(&name).is_err() {
-            break; // moved aside (as a FIFO or as the bundle): nothing left to swap
+        let present: Vec<_> = pairs
+            .iter()
+            .filter(|(n, _)| fs::symlink_metadata(n).is_ok())
+            .collect();
+        for (n, _) in &present {
+            let n = n.file_name().unwrap().to_string_lossy();
+            assert!(run.stderr.contains(&*n), "the pass reports {n}: {run:#?}");
+        }
+        if present.is_empty() {
+            break; // all moved aside (as FIFOs or as bundles)
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -683,24 +693,38 @@ fn the_chmod_race_on_reason_files_changes_no_other_file() {
     std::os::unix::fs::chown(&rejected, Some(uid), Some(gid)).unwrap();
     let b = fx.bundle("b.tar.zst", "1.419.200.0", 20, &[]);
     let stop = Arc::new(AtomicBool::new(false));
+    // The attacker's watcher: on every new hidden (temporary) name in
+    // rejected/, put a symlink to the secret in its place at once.
     let swapper = {
         let (stop, rejected, secret) = (Arc::clone(&stop), rejected.clone(), secret.clone());
         std::thread::spawn(move || {
+            use rustix::fs::inotify;
+            let ino = inotify::init(inotify::CreateFlags::NONBLOCK).unwrap();
+            inotify::add_watch(&ino, &rejected, inotify::WatchFlags::CREATE).unwrap();
+            let mut buf = [std::mem::MaybeUninit::uninit(); 4096];
             let mut swaps = 0u64;
+            let mut reader = inotify::Reader::new(&ino, &mut buf);
             while !stop.load(Ordering::Relaxed) {
-                for e in fs::read_dir(&rejected).into_iter().flatten().flatten() {
-                    let p = e.path();
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    let is_link =
-                        fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink());
-                    if n.starts_with('.') && !is_link {
-                        let aside = rejected.join(format!("{n}.aside"));
-                        let link = rejected.join(format!("{n}.link"));
-                        let _ = std::os::unix::fs::symlink(&secret, &link);
-                        if fs::rename(&p, &aside).is_ok() && fs::rename(&link, &p).is_ok() {
-                            swaps += 1;
-                        }
+                let n = match reader.next() {
+                    Ok(ev) => match ev.file_name() {
+                        Some(n) => n.to_string_lossy().into_owned(),
+                        None => continue,
+                    },
+                    Err(_) => {
+                        std::thread::yield_now();
+                        continue;
                     }
+                };
+                if !n.starts_with('.') || n.ends_with(".link") || n.ends_with(".aside") {
+                    continue;
+                }
+                let p = rejected.join(&n);
+                let link = rejected.join(format!("{n}.link"));
+                let _ = std::os::unix::fs::symlink(&secret, &link);
+                if fs::rename(&p, rejected.join(format!("{n}.aside"))).is_ok()
+                    && fs::rename(&link, &p).is_ok()
+                {
+                    swaps += 1;
                 }
             }
             swaps
