@@ -883,3 +883,22 @@ fn a_split_bundle_with_a_symlinked_volume_is_rejected_unread() {
     assert!(fx.inbox.join("rejected/s.tar.zst.001").is_file());
     assert_eq!(names(&fx.inbox), ["rejected"]);
 }
+
+#[test]
+fn at_most_16_bundles_are_opened_in_one_pass() {
+    let fx = Fx::new();
+    let b = fx.bundle("b.tar.zst", "1.419.100.0", 10, &[]);
+    for i in 0..17 {
+        fs::copy(&b, fx.inbox.join(format!("b{i:02}.tar.zst"))).unwrap();
+    }
+    let run = fx.inbox_pass(&[]).ok();
+    assert!(
+        run.stderr
+            .contains("left for the next pass (at most 16 bundles are opened in one pass"),
+        "{run:#?}"
+    );
+    assert_eq!(names(&fx.inbox.join("processed")).len(), 16);
+    let run = fx.inbox_pass(&["--json"]).ok();
+    assert_eq!(json_lines(&run).len(), 1, "{run:#?}");
+    assert_eq!(names(&fx.inbox), ["processed"]);
+}
