@@ -74,7 +74,7 @@ impl Classify for InboxError {
 
 /// One bundle found complete in the inbox.
 #[derive(Debug)]
-pub enum Candidate {
+enum Candidate {
     /// A single-file bundle, opened by descriptor and its head read (or the
     /// reason it could not be).
     Single(Box<Single>),
@@ -83,7 +83,7 @@ pub enum Candidate {
 
 /// A single-file bundle opened in the inbox.
 #[derive(Debug)]
-pub struct Single {
+struct Single {
     pub name: String,
     pub path: PathBuf,
     /// Device and inode of what was opened.
@@ -259,7 +259,7 @@ fn is_regular(st: &rustix::fs::Stat) -> bool {
 
 /// A name in the inbox the pass cannot use as it is.
 #[derive(Debug)]
-pub struct Problem {
+struct Problem {
     /// The names involved, the one named in reports first.
     pub files: Vec<String>,
     pub why: String,
@@ -270,7 +270,7 @@ pub struct Problem {
 
 /// What a scan found.
 #[derive(Debug, Default)]
-pub struct Scan {
+struct Scan {
     /// Complete bundles, in import order (sequence, then name).
     pub ready: Vec<Candidate>,
     /// Names left alone, each with why.
