@@ -269,7 +269,7 @@ impl SplitFiles for ByPath {
         if !f.metadata()?.is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "not a regular file",
+                "a folder, FIFO, socket or device",
             ));
         }
         Ok(f)
