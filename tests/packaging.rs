@@ -114,7 +114,10 @@ fn inbox_service_is_unprivileged_offline_and_writes_only_inbox_and_mirror() {
         writable(&s),
         vec![d["GAPFERRY_INBOX"].clone(), d["GAPFERRY_MIRROR"].clone()]
     );
-    assert_eq!(one(&s, "Environment"), "GAPFERRY_STATE_DIR=/var/lib/gapferry");
+    assert_eq!(
+        one(&s, "Environment"),
+        "GAPFERRY_STATE_DIR=/var/lib/gapferry"
+    );
 }
 
 #[test]
@@ -141,7 +144,10 @@ fn systemd_analyze_scores_the_units_safe() {
         eprintln!("skipped: systemd-analyze is not installed");
         return;
     }
-    for (unit, threshold) in [("gapferry-inbox.service", "10"), ("gapferry-export.service", "20")] {
+    for (unit, threshold) in [
+        ("gapferry-inbox.service", "10"),
+        ("gapferry-export.service", "20"),
+    ] {
         let out = Command::new("systemd-analyze")
             .args(["security", "--offline=true", "--no-pager"])
             .arg(format!("--threshold={threshold}"))
@@ -216,10 +222,12 @@ fn an_unprivileged_user_owning_only_its_folders_imports_from_the_inbox() {
     let sb = Sandbox::new();
     fs::set_permissions(sb.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let keys = sb.keygen("k");
-    let from = sb.download_folder(
-        "dl",
-        &[FakeRelease::new("linux", "production", "x86_64").versions("1.1.24090.4", "1.1.25010.1")],
-    );
+    let from =
+        sb.download_folder(
+            "dl",
+            &[FakeRelease::new("linux", "production", "x86_64")
+                .versions("1.1.24090.4", "1.1.25010.1")],
+        );
     let bundle = sb.join("b.tar.zst");
     sb.export(&from, &[&keys], &bundle, &[]).ok();
 

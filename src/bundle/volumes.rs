@@ -240,6 +240,56 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| "bundle".into())
 }
 
+/// Where the files of a split bundle are opened: by path as given ([`ByPath`],
+/// for files the operator names), or through an opened folder that never
+/// follows a link (the inbox, which other users may write).
+pub trait SplitFiles: std::fmt::Debug + Send + Sync {
+    /// Opens a file for reading. A FIFO, device or folder is an
+    /// [`io::ErrorKind::InvalidInput`] error, never a read that blocks.
+    fn open(&self, path: &Path) -> io::Result<File>;
+    /// The names in `dir`.
+    fn names(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Whether anything is at `path`.
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// [`SplitFiles`] by path, links followed (the operator's own files).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByPath;
+
+impl SplitFiles for ByPath {
+    fn open(&self, path: &Path) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking open, so a FIFO is refused below instead of waiting
+        // for a writer; a regular file reads the same either way.
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)?;
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a folder, FIFO, socket or device",
+            ));
+        }
+        Ok(f)
+    }
+
+    fn names(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            if let Some(n) = e?.file_name().to_str() {
+                out.push(n.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
 fn input_err(path: &Path, reason: impl Into<String>) -> BundleError {
     BundleError::Input {
         path: path.to_path_buf(),
@@ -492,19 +542,20 @@ pub fn write_split(
 
 /// The `<index>.<KEYID>.minisig` files beside an index, sorted.
 fn find_signature_files(index: &Path) -> io::Result<Vec<PathBuf>> {
+    find_signature_files_in(&ByPath, index)
+}
+
+fn find_signature_files_in(files: &dyn SplitFiles, index: &Path) -> io::Result<Vec<PathBuf>> {
     let dir = dir_of(index);
     let prefix = format!("{}.", file_name(index));
     let mut out = Vec::new();
-    for e in std::fs::read_dir(&dir)? {
-        let e = e?;
-        let n = e.file_name();
-        let Some(n) = n.to_str() else { continue };
+    for n in files.names(&dir)? {
         if let Some(mid) = n
             .strip_prefix(&prefix)
             .and_then(|r| r.strip_suffix(".minisig"))
         {
             if mid.len() == 16 && !mid.contains('.') {
-                out.push(dir.join(n));
+                out.push(dir.join(&n));
             }
         }
     }
@@ -527,6 +578,8 @@ pub struct SplitBundle {
     pub base: PathBuf,
     pub index: VolumeIndex,
     pub index_bytes: Vec<u8>,
+    /// How its volumes and signatures are opened.
+    pub files: std::sync::Arc<dyn SplitFiles>,
 }
 
 /// `NAME.NNN` → (`NAME`, NNN) for a three-digit suffix.
@@ -619,6 +672,7 @@ pub fn load_split(index_path: &Path) -> Result<SplitBundle, BundleError> {
         base,
         index,
         index_bytes: bytes,
+        files: std::sync::Arc::new(ByPath),
     })
 }
 
@@ -637,7 +691,8 @@ impl SplitBundle {
 
     /// The detached signature files beside the index.
     pub fn signature_paths(&self) -> Result<Vec<PathBuf>, BundleError> {
-        find_signature_files(&self.index_path).map_err(BundleError::io(dir_of(&self.index_path)))
+        find_signature_files_in(self.files.as_ref(), &self.index_path)
+            .map_err(BundleError::io(dir_of(&self.index_path)))
     }
 
     /// Every file of the set: volumes, signatures, index.
@@ -671,7 +726,8 @@ impl SplitBundle {
         let mut seen = Vec::new();
         for p in &files {
             let mut bytes = Vec::new();
-            File::open(p)
+            self.files
+                .open(p)
                 .map_err(BundleError::io(p))?
                 .take(MAX_SIGNATURE_FILE as u64 + 1)
                 .read_to_end(&mut bytes)
@@ -733,19 +789,19 @@ impl SplitBundle {
         for v in &self.index.volumes {
             let p = self.volume_path(v.number);
             let k = v.number;
-            let meta = match std::fs::metadata(&p) {
+            let meta = match self.files.open(&p).and_then(|f| f.metadata()) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(reject(&p, format!("volume {k} of {n} is missing; {again}")))
                 }
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    return Err(reject(
+                        &p,
+                        format!("volume {k} of {n} is not a regular file ({e})"),
+                    ))
+                }
                 Err(e) => return Err(BundleError::io(&p)(e)),
             };
-            if !meta.is_file() {
-                return Err(reject(
-                    &p,
-                    format!("volume {k} of {n} is not a regular file"),
-                ));
-            }
             if meta.len() < v.size {
                 return Err(reject(
                     &p,
@@ -768,7 +824,7 @@ impl SplitBundle {
             }
         }
         let extra = self.volume_path(n + 1);
-        if n < MAX_VOLUMES && extra.exists() {
+        if n < MAX_VOLUMES && self.files.exists(&extra) {
             return Err(reject(
                 &extra,
                 format!(
@@ -784,7 +840,7 @@ impl SplitBundle {
         for v in &self.index.volumes {
             let p = self.volume_path(v.number);
             let k = v.number;
-            let mut f = File::open(&p).map_err(BundleError::io(&p))?;
+            let mut f = self.files.open(&p).map_err(BundleError::io(&p))?;
             let got =
                 copy_hashing(&mut f, None, v.size, &p, &p, observer).map_err(|e| match e {
                     BundleError::Io { source, .. }
@@ -850,6 +906,7 @@ impl SplitBundle {
                 .collect(),
             next: 0,
             current: None,
+            files: std::sync::Arc::clone(&self.files),
         }
     }
 }
@@ -861,6 +918,7 @@ pub struct VolumeChain {
     volumes: Vec<(PathBuf, u64)>,
     next: usize,
     current: Option<(io::Take<File>, usize)>,
+    files: std::sync::Arc<dyn SplitFiles>,
 }
 
 impl Read for VolumeChain {
@@ -870,7 +928,9 @@ impl Read for VolumeChain {
                 let Some((p, size)) = self.volumes.get(self.next) else {
                     return Ok(0);
                 };
-                let f = File::open(p)
+                let f = self
+                    .files
+                    .open(p)
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
                 self.current = Some((f.take(*size), self.next));
                 self.next += 1;
@@ -950,21 +1010,31 @@ pub fn open(
                 split: None,
             })
         }
-        Layout::Split(s) => {
-            if let Some(trust) = checks.trust {
-                s.check_signatures(trust)?;
-            }
-            s.check_volumes(checks.hash_volumes, observer)?;
-            let mut reader = BundleReader::new(BundleInput::Volumes(s.chain()), path)?;
-            let head = reader.read_head()?;
-            s.check_head(&head)?;
-            Ok(Opened {
-                reader,
-                head,
-                split: Some(*s),
-            })
-        }
+        Layout::Split(s) => open_split(*s, path, checks, observer),
     }
+}
+
+/// [`open`] of a split bundle already found (`path` names it in errors):
+/// every check of `checks` runs before a byte is decompressed; then the
+/// head is read and matched against the index.
+pub fn open_split(
+    s: SplitBundle,
+    path: &Path,
+    checks: OpenChecks<'_>,
+    observer: &dyn Observer,
+) -> Result<Opened, BundleError> {
+    if let Some(trust) = checks.trust {
+        s.check_signatures(trust)?;
+    }
+    s.check_volumes(checks.hash_volumes, observer)?;
+    let mut reader = BundleReader::new(BundleInput::Volumes(s.chain()), path)?;
+    let head = reader.read_head()?;
+    s.check_head(&head)?;
+    Ok(Opened {
+        reader,
+        head,
+        split: Some(s),
+    })
 }
 
 #[cfg(test)]
@@ -1049,6 +1119,7 @@ mod tests {
             volumes: vec![(volume_path(&base, 1), 6), (volume_path(&base, 2), 5)],
             next: 0,
             current: None,
+            files: std::sync::Arc::new(ByPath),
         };
         let mut s = String::new();
         c.read_to_string(&mut s).unwrap();
@@ -1057,6 +1128,7 @@ mod tests {
             volumes: vec![(volume_path(&base, 1), 7), (volume_path(&base, 2), 5)],
             next: 0,
             current: None,
+            files: std::sync::Arc::new(ByPath),
         };
         let e = c.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);

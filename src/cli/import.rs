@@ -1,6 +1,6 @@
 //! `gapferry import`: verify a bundle, then publish it into the mirror.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::io::Write as _;
@@ -275,6 +275,13 @@ impl ImportArgs {
                 if let (1.., Some(e)) = (r.exit_code, &r.error) {
                     eprintln!("gapferry: inbox: {}: {}", Esc(&r.bundle), Esc(e));
                 }
+                if let Some(why) = &r.not_moved {
+                    eprintln!(
+                        "gapferry: inbox: {}: left in the inbox: {}",
+                        Esc(&r.bundle),
+                        Esc(why)
+                    );
+                }
                 return;
             }
             inbox_line(r, head.borrow_mut().take());
@@ -284,10 +291,7 @@ impl ImportArgs {
                 Ok(summary) if !self.watch => {
                     if !quiet && !json {
                         for w in &summary.waiting {
-                            eprintln!(
-                                "gapferry: inbox: {}: left alone (still arriving, or waiting for the rest of a split bundle)",
-                                Esc(w)
-                            );
+                            eprintln!("gapferry: inbox: {}", Esc(w));
                         }
                     }
                     return Ok(summary.exit_code());
@@ -320,16 +324,16 @@ impl ImportArgs {
 /// The file name and the error come from whoever wrote the inbox: escaped,
 /// so a name with a newline cannot forge a second line.
 fn inbox_line(r: &BundleResult, head: Option<String>) {
-    let moved = r
-        .moved_to
-        .as_ref()
-        .map(|p| escape_path(p))
-        .unwrap_or_default();
+    let moved = match (&r.moved_to, &r.not_moved) {
+        (Some(p), _) => format!("moved to {}", escape_path(p)),
+        (None, Some(why)) => format!("left in the inbox: {}", Esc(why)),
+        (None, None) => String::new(),
+    };
     let bundle = Esc(&r.bundle);
     let error = Esc(r.error.as_deref().unwrap_or(""));
     match r.outcome {
         Outcome::Imported | Outcome::AlreadyImported => eprintln!(
-            "gapferry: inbox: {}: {} (sequence {}), receipt {}{}; moved to {moved}",
+            "gapferry: inbox: {}: {} (sequence {}), receipt {}{}; {moved}",
             bundle,
             if r.outcome == Outcome::Imported {
                 "imported"
@@ -342,7 +346,15 @@ fn inbox_line(r: &BundleResult, head: Option<String>) {
                 .unwrap_or_default()
         ),
         _ if r.moved_to.is_some() => eprintln!(
-            "gapferry: inbox: {}: {} (exit {}): {}; moved to {moved} (see {moved}.reason.json)",
+            "gapferry: inbox: {}: {} (exit {}): {}; {moved} (see {}.reason.json)",
+            bundle,
+            r.outcome.as_str(),
+            r.exit_code,
+            error,
+            escape_path(r.moved_to.as_deref().unwrap_or(Path::new("")))
+        ),
+        _ if r.not_moved.is_some() => eprintln!(
+            "gapferry: inbox: {}: {} (exit {}): {}; {moved}",
             bundle,
             r.outcome.as_str(),
             r.exit_code,

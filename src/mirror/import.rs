@@ -187,6 +187,27 @@ pub fn import(
     opts: &ImportOptions,
     observer: &dyn Observer,
 ) -> (ImportReport, Option<ImportError>) {
+    // The head is read before the locks are taken: a hostile file must not
+    // hold up every other import of the mirror while it is being refused.
+    let opened = volumes::open(
+        &opts.bundle,
+        volumes::OpenChecks {
+            trust: Some(&opts.trust),
+            hash_volumes: true,
+        },
+        observer,
+    );
+    import_opened(opts, opened, observer)
+}
+
+/// [`import`] of a bundle whose head the caller has already read (or failed
+/// to read), outside the locks; `opts.bundle` names it in the report and the
+/// ledger. Nothing is decoded again.
+pub fn import_opened(
+    opts: &ImportOptions,
+    opened: Result<volumes::Opened, BundleError>,
+    observer: &dyn Observer,
+) -> (ImportReport, Option<ImportError>) {
     let mut attempt = Attempt::default();
     let (outcome, err) = match StateDir::open(&opts.state_dir) {
         Err(e) => (Outcome::Failed, Some(ImportError::from(e))),
@@ -196,7 +217,7 @@ pub fn import(
         }) {
             Err(e) => (Outcome::Failed, Some(ImportError::from(e))),
             Ok(_locks) => {
-                let result = run(opts, &state_dir, &mut attempt, observer);
+                let result = run(opts, &state_dir, opened, &mut attempt, observer);
                 let (outcome, err) = match result {
                     Ok(o) => (o, None),
                     Err(e) => (outcome_of(&e), Some(e)),
@@ -341,6 +362,7 @@ fn versions_on_disk(dir: &Path) -> Option<FolderManifest> {
 fn run(
     opts: &ImportOptions,
     state_dir: &StateDir,
+    opened: Result<volumes::Opened, BundleError>,
     attempt: &mut Attempt,
     observer: &dyn Observer,
 ) -> Result<Outcome, ImportError> {
@@ -366,16 +388,9 @@ fn run(
     settle_interrupted::<ImportError>(state_dir, &mut state)?;
 
     // Head: manifest, signatures, profile rules, policy. Nothing written yet.
-    // A split bundle's signed index and every volume are checked here,
-    // before a byte is decompressed.
-    let opened = volumes::open(
-        bundle,
-        volumes::OpenChecks {
-            trust: Some(&opts.trust),
-            hash_volumes: true,
-        },
-        observer,
-    )?;
+    // A split bundle's signed index and every volume were checked when it
+    // was opened, before a byte was decompressed.
+    let opened = opened?;
     let (reader, head) = (opened.reader, opened.head);
     attempt.head = Some(head.clone());
     let m = &head.manifest;
