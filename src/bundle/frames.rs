@@ -19,7 +19,9 @@ use std::io::{self, BufRead, BufReader, Read};
 
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
-use super::{MAX_HEAD_FRAMES, MAX_HEAD_INPUT, MAX_WINDOW_LOG};
+use super::{
+    FRAMING_ALLOWANCE, FRAMING_BYTES_PER_UNIT, MAX_HEAD_FRAMES, MAX_HEAD_INPUT, MAX_WINDOW_LOG,
+};
 
 /// Little-endian magic number of a standard zstd frame.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -88,6 +90,10 @@ pub struct Frames<R: Read> {
     frames: u64,
     /// Compressed bytes taken from the input so far.
     consumed: u64,
+    /// Frames plus blocks started so far, and bytes decoded so far: the
+    /// framing budget.
+    units: u64,
+    decoded: u64,
     /// Whether the current frame ends with a content checksum.
     checksum: bool,
     block_output: u64,
@@ -125,6 +131,8 @@ impl<R: Read> Frames<R> {
             out_len: 0,
             frames: 0,
             consumed: 0,
+            units: 0,
+            decoded: 0,
             checksum: false,
             block_output: 0,
             frame_output: 0,
@@ -158,6 +166,25 @@ impl<R: Read> Frames<R> {
                 self.max_head_input
             )));
         }
+        Ok(())
+    }
+
+    /// Counts one more frame or block against the framing budget: at most
+    /// [`FRAMING_ALLOWANCE`] plus one per [`FRAMING_BYTES_PER_UNIT`] bytes
+    /// decoded so far, so tiny frames and blocks cannot multiply the work
+    /// per byte.
+    fn count_unit(&mut self) -> io::Result<()> {
+        let budget = FRAMING_ALLOWANCE + self.decoded / FRAMING_BYTES_PER_UNIT;
+        if self.units + 1 > budget {
+            return Err(framing(format!(
+                "more zstd frames and blocks than the framing limit allows: {} after {} decoded bytes \
+                 (at most {FRAMING_ALLOWANCE} plus one per {FRAMING_BYTES_PER_UNIT} bytes decoded, \
+                 docs/FORMAT.md section 1); not a bundle gapferry wrote: export it again",
+                self.units + 1,
+                self.decoded
+            )));
+        }
+        self.units += 1;
         Ok(())
     }
 
@@ -244,6 +271,7 @@ impl<R: Read> Frames<R> {
             )));
         }
         self.head_budget(len)?;
+        self.count_unit()?;
         self.frames = number;
         self.dctx.reinit()?;
         self.feed_header(&hdr[..len])?;
@@ -276,6 +304,7 @@ impl<R: Read> Frames<R> {
             return Err(empty_block(self.frames));
         }
         self.head_budget(3 + content)?;
+        self.count_unit()?;
         self.feed_header(&b)?;
         self.block_output = 0;
         self.stage = Stage::Block {
@@ -328,6 +357,7 @@ impl<R: Read> Frames<R> {
         self.consumed += read as u64;
         self.out_len += wrote;
         self.block_output += wrote as u64;
+        self.decoded += wrote as u64;
         if read == 0 && wrote == 0 {
             return Err(damaged("zstd decoder made no progress"));
         }

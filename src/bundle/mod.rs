@@ -43,6 +43,13 @@ pub const MAX_HEAD_FRAMES: u64 = 8;
 /// Bounds what an unsigned file can make a reader decode before its
 /// signatures are checked.
 pub const MAX_HEAD_INPUT: u64 = 17 * 1024 * 1024;
+/// Frames plus blocks a bundle may hold regardless of its size. gapferry's
+/// writer uses one frame and one or two blocks per file at most (10 000
+/// files), besides 128 KiB blocks.
+pub const FRAMING_ALLOWANCE: u64 = 65_536;
+/// Beyond the allowance, one more frame or block per this many decoded
+/// bytes: a tiny frame or block costs a reader about what decoding 1 KiB does.
+pub const FRAMING_BYTES_PER_UNIT: u64 = 1024;
 
 /// Errors reading, verifying or writing a bundle.
 #[derive(Debug, thiserror::Error)]
