@@ -1112,7 +1112,7 @@ fn empty_blocks_before_the_head() {
     let h = setup();
     let untrusted = Parts::mde(&h.releases, &[&h.skb]).bundle();
     let mut bundle = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 7 << 3];
-    bundle.extend_from_slice(&[0, 0, 0].repeat(32 << 20 / 3));
+    bundle.extend_from_slice(&[0, 0, 0].repeat((32 << 20) / 3));
     bundle.extend_from_slice(&[1, 0, 0]);
     bundle.extend_from_slice(&untrusted);
     let needle = "block that decodes to nothing before its last block";
