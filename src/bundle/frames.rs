@@ -432,6 +432,124 @@ impl<R: Read> Read for Frames<R> {
     }
 }
 
+/// What a walk of frame and block headers found, without decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderScan {
+    /// The file ends exactly where a frame ends.
+    Complete,
+    /// The file ends inside a frame: still being written, or truncated.
+    Incomplete,
+    /// Not standard zstd frames, or a framing rule broken that the headers
+    /// alone show (empty frames or blocks, too many frames and blocks):
+    /// the reader would reject it.
+    Refused(String),
+}
+
+/// Walks the frame and block headers of `len` bytes of `input` (RFC 8878
+/// section 3.1.1) without decoding, to tell a complete file from one still
+/// being written (an inbox waits for the end of the last frame). Headers
+/// are read through a small buffer and block contents skipped within it or
+/// by seeking, so the walk costs a few operations per block, and the rules
+/// the headers can show are applied as it goes: a flood of empty frames or
+/// blocks is refused at the first, not walked to its end. Compressed blocks
+/// are credited their largest decoded size, so only the reader's decoding
+/// applies the framing budget exactly.
+pub fn scan_headers<R: Read + io::Seek>(input: R, len: u64) -> io::Result<HeaderScan> {
+    let mut r = BufReader::with_capacity(8 << 10, input);
+    let mut pos = 0u64;
+    let (mut units, mut credit) = (0u64, 0u64);
+    let refused = |s: &str| Ok(HeaderScan::Refused(s.to_string()));
+    if len == 0 {
+        return Ok(HeaderScan::Incomplete);
+    }
+    while pos < len {
+        if len - pos < 6 {
+            // The start of a frame still being written, or trailing bytes.
+            let mut head = vec![0u8; (len - pos) as usize];
+            r.read_exact(&mut head)?;
+            let n = head.len().min(4);
+            return if head[..n] == ZSTD_MAGIC[..n] {
+                Ok(HeaderScan::Incomplete)
+            } else {
+                refused("not a standard zstd frame")
+            };
+        }
+        let mut hdr = [0u8; 18];
+        r.read_exact(&mut hdr[..5])?;
+        if hdr[..4] != ZSTD_MAGIC {
+            return refused("not a standard zstd frame");
+        }
+        let fhd = hdr[4];
+        let single_segment = fhd & 0x20 != 0;
+        let fcs_len = match fhd >> 6 {
+            0 => usize::from(single_segment),
+            1 => 2,
+            2 => 4,
+            _ => 8,
+        };
+        let rest = usize::from(!single_segment) + [0usize, 1, 2, 4][usize::from(fhd & 3)] + fcs_len;
+        if pos + 5 + rest as u64 > len {
+            return Ok(HeaderScan::Incomplete);
+        }
+        r.read_exact(&mut hdr[5..5 + rest])?;
+        if fcs_len > 0 && hdr[5 + rest - fcs_len..5 + rest].iter().all(|&b| b == 0) && fcs_len != 2
+        {
+            return refused("an empty zstd frame");
+        }
+        pos += 5 + rest as u64;
+        units += 1;
+        let mut frame_credit = 0u64;
+        loop {
+            if pos + 3 > len {
+                return Ok(HeaderScan::Incomplete);
+            }
+            let mut b = [0u8; 3];
+            r.read_exact(&mut b)?;
+            pos += 3;
+            let h = u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
+            let last = h & 1 != 0;
+            let size = u64::from(h >> 3);
+            let (content, decodes_to) = match (h >> 1) & 3 {
+                0 => (size, size),
+                1 => (1, size),
+                2 => (size, MAX_BLOCK as u64),
+                _ => return refused("a zstd block of the reserved type"),
+            };
+            if size > MAX_BLOCK as u64 {
+                return refused("a zstd block larger than 128 KiB");
+            }
+            if decodes_to == 0 && !last {
+                return refused("an empty zstd block before its frame's last");
+            }
+            units += 1;
+            if units > FRAMING_ALLOWANCE + credit / FRAMING_BYTES_PER_UNIT {
+                return refused("more zstd frames and blocks than the framing limit allows");
+            }
+            credit += decodes_to;
+            frame_credit += decodes_to;
+            if pos + content > len {
+                return Ok(HeaderScan::Incomplete);
+            }
+            r.seek_relative(content as i64)?;
+            pos += content;
+            if last {
+                break;
+            }
+        }
+        if frame_credit == 0 {
+            return refused("an empty zstd frame");
+        }
+        if fhd & 0x04 != 0 {
+            if pos + 4 > len {
+                return Ok(HeaderScan::Incomplete);
+            }
+            r.seek_relative(4)?;
+            pos += 4;
+        }
+    }
+    Ok(HeaderScan::Complete)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,6 +680,56 @@ mod tests {
         let mut rest = Vec::new();
         f.read_to_end(&mut rest).unwrap();
         assert_eq!(rest, b"xx");
+    }
+
+    fn scan(bytes: &[u8]) -> HeaderScan {
+        scan_headers(io::Cursor::new(bytes), bytes.len() as u64).unwrap()
+    }
+
+    #[test]
+    fn header_scan_tells_complete_from_cut_and_refuses_floods() {
+        let data: Vec<u8> = (0..400_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        enc.include_checksum(true).unwrap();
+        io::Write::write_all(&mut enc, &data).unwrap();
+        let z = [enc.finish().unwrap(), raw_frame(&[&data[..1000]])].concat();
+        assert_eq!(scan(&z), HeaderScan::Complete);
+        for cut in [z.len() - 1, z.len() - 1003, z.len() / 2, 7, 0] {
+            assert_eq!(scan(&z[..cut]), HeaderScan::Incomplete, "cut {cut}");
+        }
+        assert!(matches!(scan(b"not zstd at all"), HeaderScan::Refused(_)));
+        assert!(matches!(
+            scan(&[&z[..], b"garbage after"].concat()),
+            HeaderScan::Refused(_)
+        ));
+        assert!(matches!(
+            scan(&[&z[..], b"ga"].concat()),
+            HeaderScan::Refused(_)
+        ));
+        assert_eq!(
+            scan(&[&z[..], &ZSTD_MAGIC[..3]].concat()),
+            HeaderScan::Incomplete
+        );
+        // Floods are refused at their first frame or block, structurally:
+        // the walk reads from the cursor no further than its buffer.
+        let empty = [0x28, 0xb5, 0x2f, 0xfd, 0x20, 0x00, 0x01, 0x00, 0x00];
+        for flood in [
+            empty.repeat(1_000_000),
+            raw_frame(&[b""]).repeat(1_000_000),
+            [&raw_frame(&[b"x"])[..6], &[0, 0, 0].repeat(11_000_000)[..]].concat(),
+        ] {
+            let mut c = io::Cursor::new(&flood[..]);
+            let got = scan_headers(&mut c, flood.len() as u64).unwrap();
+            assert!(
+                matches!(got, HeaderScan::Refused(ref s) if s.contains("empty")),
+                "{got:?}"
+            );
+            assert!(c.position() <= 8 << 10, "read {}", c.position());
+        }
+        // 1-byte frames: refused by the framing budget.
+        let tiny = raw_frame(&[b"x"]).repeat(40_000);
+        assert!(matches!(scan(&tiny), HeaderScan::Refused(ref s) if s.contains("framing limit")));
+        assert_eq!(scan(&tiny[..30_000 * 10]), HeaderScan::Complete);
     }
 
     #[test]
