@@ -6,10 +6,15 @@
 //! nothing, no block that decodes to nothing but a frame's last, a capped
 //! window, and, until the reader says the head is complete, at most
 //! [`MAX_HEAD_FRAMES`] frames whose blocks lie within the first
-//! [`MAX_HEAD_INPUT`] bytes. Together they bound the work an unsigned file
-//! can cause before its signatures are checked: a few operations per input
+//! [`MAX_HEAD_INPUT`] bytes, and everywhere at most [`FRAMING_ALLOWANCE`]
+//! frames and blocks plus one per [`FRAMING_BYTES_PER_UNIT`] decoded.
+//! Together they bound the work an unsigned (or reframed) file can cause,
+//! before its signatures are checked and after: a few operations per input
 //! byte, and no per-frame setup beyond a session reset (the decoder context
 //! is created once, never per frame).
+//!
+//! [`scan_headers`] applies what of these the headers alone show, without
+//! decoding, for callers that only need to know whether a file is complete.
 //!
 //! It must never hand out a byte libzstd has not decoded and checked, and
 //! never read past a block it is about to refuse.
