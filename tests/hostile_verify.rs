@@ -1027,3 +1027,205 @@ fn threshold_not_met() {
     h.verify_with(&both, &[&h.a.public, &b_pub], &["--threshold", "2"])
         .ok();
 }
+
+// ---- work before the signature check (issue 11, item 2) -----------------
+
+/// The 9-byte empty zstd frame: single segment, content size 0, one empty
+/// last raw block.
+const EMPTY_FRAME: [u8; 9] = [0x28, 0xb5, 0x2f, 0xfd, 0x20, 0x00, 0x01, 0x00, 0x00];
+
+/// A reader that counts what is taken from it, to bound the work structurally.
+struct Counting<'a> {
+    inner: &'a [u8],
+    taken: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+impl std::io::Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.taken.set(self.taken.get() + n);
+        Ok(n)
+    }
+}
+
+/// Reads the head of `bundle` through the library; returns the error and
+/// how many bytes of the file the reader took.
+fn head_error(bundle: &[u8]) -> (String, usize) {
+    use gapferry::bundle::reader::BundleReader;
+    let taken = std::rc::Rc::new(std::cell::Cell::new(0));
+    let input = Counting {
+        inner: bundle,
+        taken: taken.clone(),
+    };
+    let err = BundleReader::new(input, Path::new("hostile.tar.zst"))
+        .and_then(|mut r| r.read_head())
+        .expect_err("accepted");
+    (err.to_string(), taken.get())
+}
+
+/// The bundle's tar cut into pieces: the head entries, each payload entry,
+/// and the end-of-archive marker.
+fn tar_pieces(p: &Parts) -> Vec<Vec<u8>> {
+    let mut head = Tar::new().file(&p.manifest_name, &p.manifest_bytes);
+    for (n, d) in &p.signatures {
+        head = head.file(n, d);
+    }
+    let mut pieces = vec![head.into_bytes()];
+    for (n, d) in &p.payload {
+        pieces.push(Tar::new().file(n, d).into_bytes());
+    }
+    pieces.push(vec![0; 1024]);
+    pieces
+}
+
+/// Each piece in a zstd frame of its own, as gapferry's writer frames entries.
+fn frames_of(pieces: &[Vec<u8>]) -> Vec<u8> {
+    pieces.iter().flat_map(|p| craft::zstd(p)).collect()
+}
+
+#[test]
+fn a_million_empty_frames_before_the_head() {
+    // The attack took 28 s to refuse with an untrusted key (10^7: 293 s):
+    // every empty frame cost a new decoder. Now the first empty frame is
+    // refused, and the reader takes at most one input buffer (1 MiB) of
+    // the 9 MB file.
+    let h = setup();
+    let untrusted = Parts::mde(&h.releases, &[&h.skb]).bundle();
+    let without_size = craft::zstd_raw_frame(b"", 0);
+    assert_eq!(without_size.len(), EMPTY_FRAME.len());
+    for empty in [&EMPTY_FRAME[..], &without_size[..]] {
+        let bundle = [empty.repeat(1_000_000), untrusted.clone()].concat();
+        let (err, taken) = head_error(&bundle);
+        assert!(err.contains("zstd frame 1 decodes to nothing"), "{err}");
+        assert!(taken <= 1 << 20, "read {taken} bytes");
+        h.rejected(
+            &bundle,
+            &["zstd frame 1 decodes to nothing", "no empty frames"],
+        );
+    }
+}
+
+#[test]
+fn empty_blocks_before_the_head() {
+    // 32 MiB of empty raw blocks (3 bytes each, 11 million) in one frame
+    // before the head: refused at the first, not decoded to the end.
+    let h = setup();
+    let untrusted = Parts::mde(&h.releases, &[&h.skb]).bundle();
+    let mut bundle = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 7 << 3];
+    bundle.extend_from_slice(&[0, 0, 0].repeat((32 << 20) / 3));
+    bundle.extend_from_slice(&[1, 0, 0]);
+    bundle.extend_from_slice(&untrusted);
+    let needle = "block that decodes to nothing before its last block";
+    let (err, taken) = head_error(&bundle);
+    assert!(err.contains(needle), "{err}");
+    assert!(taken <= 1 << 20, "read {taken} bytes");
+    h.rejected(&bundle, &[needle, "no empty blocks but a frame's last"]);
+    // One frame made only of an empty last block is an empty frame.
+    let bundle = [
+        &[0x28, 0xb5, 0x2f, 0xfd, 0x00, 7 << 3, 1, 0, 0][..],
+        &untrusted,
+    ]
+    .concat();
+    h.rejected(&bundle, &["zstd frame 1 decodes to nothing"]);
+}
+
+#[test]
+fn head_spread_over_too_many_frames() {
+    // Non-empty but tiny frames before the manifest ends: the head must end
+    // within the first 8 frames.
+    let h = setup();
+    let tar = Parts::mde(&h.releases, &[&h.skb]).tar_bytes();
+    let bundle: Vec<u8> = tar
+        .chunks(1)
+        .flat_map(|c| craft::zstd_raw_frame(c, 0))
+        .collect();
+    let (err, taken) = head_error(&bundle);
+    assert!(err.contains("within the first 8 zstd frames"), "{err}");
+    assert!(taken <= 1 << 20, "read {taken} bytes");
+    h.rejected(
+        &bundle,
+        &["within the first 8 zstd frames", "head frame limit"],
+    );
+}
+
+#[test]
+fn empty_or_tiny_frames_between_payload_files() {
+    // The framing is not signed: anyone can reframe a validly signed
+    // bundle. Frame per entry, as gapferry writes, is fine...
+    let h = setup();
+    let pieces = tar_pieces(&h.valid());
+    h.verify(&frames_of(&pieces)).ok();
+    // ...an empty frame anywhere is not, even with a trusted signature.
+    for at in [1, 2, pieces.len() - 1] {
+        let mut framed = frames_of(&pieces[..at]);
+        framed.extend_from_slice(&EMPTY_FRAME);
+        framed.extend(frames_of(&pieces[at..]));
+        h.rejected(
+            &framed,
+            &[&format!("zstd frame {} decodes to nothing", at + 1)],
+        );
+    }
+    // Nor a flood of non-empty 1-byte frames: 100 000 frames of one zero
+    // byte each as padding after the end-of-archive marker (100 KiB of
+    // zeros, within the 1 MiB allowance) break the framing budget.
+    let mut framed = frames_of(&pieces);
+    for _ in 0..100_000 {
+        framed.extend(craft::zstd_raw_frame(&[0], 0));
+    }
+    h.rejected(&framed, &["framing limit", "65536 plus one per 1024 bytes"]);
+}
+
+#[test]
+fn split_bundle_reads_through_the_same_bounded_reader() {
+    use gapferry::bundle::volumes::{
+        index_path, signature_path, volume_path, VolumeEntry, VolumeIndex, INDEX_FORMAT,
+    };
+    // A validly signed index over volumes whose joined bytes start with a
+    // million empty frames: the index's signature passes, the reader still
+    // refuses at the first empty frame.
+    let h = setup();
+    let p = h.valid();
+    let joined = [EMPTY_FRAME.repeat(1_000_000), p.bundle()].concat();
+    let dir = h.sb.mkdir("split");
+    let bundle = dir.join("hostile.tar.zst");
+    let half = joined.len().div_ceil(2);
+    let volumes: Vec<VolumeEntry> = joined
+        .chunks(half)
+        .enumerate()
+        .map(|(i, v)| {
+            fs::write(volume_path(&bundle, i + 1), v).unwrap();
+            VolumeEntry {
+                number: i + 1,
+                size: v.len() as u64,
+                sha256: util::sha256_hex(v),
+            }
+        })
+        .collect();
+    let manifest: Manifest = Manifest::parse(&p.manifest_bytes).unwrap();
+    let index = VolumeIndex {
+        format: INDEX_FORMAT.into(),
+        bundle: "hostile.tar.zst".into(),
+        bundle_id: manifest.bundle_id.clone(),
+        channel: manifest.channel.clone(),
+        sequence: manifest.sequence,
+        manifest_sha256: util::sha256_hex(&p.manifest_bytes),
+        volume_size: half as u64,
+        total_size: joined.len() as u64,
+        volumes,
+    };
+    let idx = index_path(&bundle);
+    let bytes = index.to_bytes();
+    fs::write(&idx, &bytes).unwrap();
+    fs::write(
+        signature_path(&idx, h.ska.key_id),
+        craft::signature_file(&h.ska, &bytes, &index.trusted_comment()),
+    )
+    .unwrap();
+    for cmd in ["verify", "inspect"] {
+        let before = tree_digest(h.sb.path());
+        let mut c = h.sb.cmd();
+        c.arg(cmd).arg(&idx).arg("--trust").arg(&h.a.public);
+        util::run(c).fails(3, &["hostile.tar.zst", "zstd frame 1 decodes to nothing"]);
+        assert_eq!(tree_digest(h.sb.path()), before);
+    }
+}

@@ -11,7 +11,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use gapferry::bundle::reader::{BundleReader, Head};
-use gapferry::bundle::{BundleError, MAX_SIGNATURES, MAX_TRAILING_ZEROS, MAX_WINDOW_LOG};
+use gapferry::bundle::{
+    BundleError, FRAMING_ALLOWANCE, FRAMING_BYTES_PER_UNIT, MAX_HEAD_FRAMES, MAX_HEAD_INPUT,
+    MAX_SIGNATURES, MAX_TRAILING_ZEROS, MAX_WINDOW_LOG,
+};
 use gapferry::keys::{PublicKey, SecretKey, MAX_KEY_FILE, MAX_MEMLIMIT};
 use gapferry::manifest::{
     FileEntry, Manifest, MAX_DEPTH, MAX_FIELD_LEN, MAX_FILES, MAX_ITEMS, MAX_MANIFEST_SIZE,
@@ -297,6 +300,107 @@ fn zstd_window_16_mib() {
     assert_err_contains(
         read_all(&frame_with_window(&tar, MAX_WINDOW_LOG + 1)),
         "bundle rejected",
+    );
+}
+
+/// Bytes of a bundle's tar that the head reader takes: the manifest and
+/// signature entries and the tar header after them.
+fn head_len(p: &Parts) -> usize {
+    let mut t = Tar::new().file(&p.manifest_name, &p.manifest_bytes);
+    for (n, d) in &p.signatures {
+        t = t.file(n, d);
+    }
+    t.into_bytes().len() + 512
+}
+
+#[test]
+fn head_within_8_frames() {
+    assert_eq!(MAX_HEAD_FRAMES, 8);
+    let (m, payload) = base();
+    let k = key();
+    let p = Parts::signed(&m, &payload, &[&k]);
+    let tar = p.tar_bytes();
+    let end = head_len(&p);
+    // `n` frames of 100 bytes, then one frame up to the end of the head,
+    // then the rest of the archive in a frame of its own.
+    let framed = |n: usize| {
+        let mut out = Vec::new();
+        for i in 0..n {
+            out.extend(craft::zstd(&tar[i * 100..(i + 1) * 100]));
+        }
+        out.extend(craft::zstd(&tar[n * 100..end]));
+        out.extend(craft::zstd(&tar[end..]));
+        out
+    };
+    let n = MAX_HEAD_FRAMES as usize - 1;
+    assert!(n * 100 < end);
+    read_all(&framed(n)).unwrap();
+    assert_err_contains(
+        read_all(&framed(n + 1)),
+        "do not end within the first 8 zstd frames (the head frame limit",
+    );
+}
+
+#[test]
+fn head_within_17_mib() {
+    assert_eq!(MAX_HEAD_INPUT, 17 * 1024 * 1024);
+    // Every head gapferry can write fits, whatever the layout: the largest
+    // (a 16 MiB manifest, 16 signature files of 8 KiB and the header after
+    // them), stored in raw 128 KiB blocks (3 header bytes each), plus the
+    // rest of the block that holds the last header byte and two frame
+    // headers with checksums.
+    let largest =
+        512 + MAX_MANIFEST_SIZE + MAX_SIGNATURES as u64 * (512 + MAX_SIGNATURE_FILE as u64) + 512;
+    let blocks = largest.div_ceil(128 * 1024) + 1;
+    assert!(largest + 128 * 1024 + 3 * blocks + 2 * (18 + 4) < MAX_HEAD_INPUT);
+    // The largest manifest in one frame of raw blocks, as incompressible
+    // as a head gets, reads. (Past the limit cannot be reached by blocks
+    // the framing budget allows; the byte count at and one past a limit
+    // is tested on the frame walker itself, bundle::frames.)
+    let (m, payload) = base();
+    let k = key();
+    let at = padded(&m, MAX_MANIFEST_SIZE as usize);
+    let tar = Parts::signed_bytes(at, &m.trusted_comment(), &payload, &[&k]).tar_bytes();
+    let bundle = craft::zstd_raw_frame(&tar, 0);
+    assert!(bundle.len() as u64 > MAX_MANIFEST_SIZE);
+    read_all(&bundle).unwrap();
+}
+
+#[test]
+fn framing_65536_plus_one_per_kib() {
+    assert_eq!(FRAMING_ALLOWANCE, 65_536);
+    assert_eq!(FRAMING_BYTES_PER_UNIT, 1024);
+    let (m, payload) = base();
+    let k = key();
+    let tar = Parts::signed(&m, &payload, &[&k]).tar_bytes();
+    assert!(tar.len() <= 128 * 1024);
+    // One frame: the archive in one raw block, then `zeros` blocks of one
+    // zero byte each (RLE), as padding after the end-of-archive marker.
+    let framed = |zeros: u64| {
+        let mut out = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 7 << 3];
+        out.extend_from_slice(&((tar.len() as u32) << 3).to_le_bytes()[..3]);
+        out.extend_from_slice(&tar);
+        for j in 1..=zeros {
+            let h = u32::from(j == zeros) | 1 << 1 | 1 << 3;
+            out.extend_from_slice(&h.to_le_bytes()[..3]);
+            out.push(0);
+        }
+        out
+    };
+    // The rule: the u-th frame or block may start when u is at most the
+    // allowance plus one per KiB decoded before it. Frame and archive
+    // block are units 1 and 2; zero block j is unit 2 + j.
+    let fits =
+        |j: u64| 2 + j <= FRAMING_ALLOWANCE + (tar.len() as u64 + j - 1) / FRAMING_BYTES_PER_UNIT;
+    let mut most = 0;
+    while fits(most + 1) {
+        most += 1;
+    }
+    assert!(most < MAX_TRAILING_ZEROS);
+    read_all(&framed(most)).unwrap();
+    assert_err_contains(
+        read_all(&framed(most + 1)),
+        &format!("framing limit allows: {} after", most + 3),
     );
 }
 

@@ -8,6 +8,7 @@
 //! hashes, ever reaches a caller. [`trust`] applies the trust set and the
 //! threshold to a bundle's signatures.
 
+pub mod frames;
 pub mod hashing;
 pub mod reader;
 pub mod trust;
@@ -32,6 +33,23 @@ pub const MAX_TRAILING_ZEROS: u64 = 1024 * 1024;
 /// Largest zstd window accepted when decoding (log2): 16 MiB bounds memory
 /// whatever the bundle claims. gapferry writes windows well below this.
 pub const MAX_WINDOW_LOG: u32 = 24;
+/// Most zstd frames the head (manifest, signatures and the tar header after
+/// them) may span. gapferry's writer has always used one or two: the head
+/// frame, then the first payload header in the next.
+pub const MAX_HEAD_FRAMES: u64 = 8;
+/// Bytes of the file within which the head's blocks must lie: 17 MiB, the
+/// largest head (a 16 MiB manifest and 16 signatures of 8 KiB, about
+/// 16.2 MiB) plus a 128 KiB block past its end, with room to spare.
+/// Bounds what an unsigned file can make a reader decode before its
+/// signatures are checked.
+pub const MAX_HEAD_INPUT: u64 = 17 * 1024 * 1024;
+/// Frames plus blocks a bundle may hold regardless of its size. gapferry's
+/// writer uses one frame and one or two blocks per file at most (10 000
+/// files), besides 128 KiB blocks.
+pub const FRAMING_ALLOWANCE: u64 = 65_536;
+/// Beyond the allowance, one more frame or block per this many decoded
+/// bytes: a tiny frame or block costs a reader about what decoding 1 KiB does.
+pub const FRAMING_BYTES_PER_UNIT: u64 = 1024;
 
 /// Errors reading, verifying or writing a bundle.
 #[derive(Debug, thiserror::Error)]

@@ -9,22 +9,26 @@
 //!    next header is that regular file with that size, streams exactly that
 //!    many bytes to a writer and checks the SHA-256.
 //! 3. [`BundleReader::finish`]: the end-of-archive marker, then only zero
-//!    padding (bounded), then the end of the one zstd frame, with nothing
+//!    padding (bounded), then the end of the last zstd frame, with nothing
 //!    after it.
+//!
+//! The zstd frames themselves are walked by [`super::frames`], which holds
+//! the head to its frame and byte budget until [`BundleReader::read_head`]
+//! is done, so the work before a signature is checked stays bounded.
 //!
 //! The reader never creates files and never trusts a header field it has not
 //! checked against the manifest; links, devices, FIFOs, PAX and GNU
 //! extension headers are all refused.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::frames::{Frames, FramingError};
 use super::hashing::{to_hex, BackgroundHasher, CHUNK};
 use super::{
-    BundleError, MANIFEST_PATH, MAX_SIGNATURES, MAX_TRAILING_ZEROS, MAX_WINDOW_LOG, PAYLOAD_DIR,
-    SIGNATURES_DIR,
+    BundleError, MANIFEST_PATH, MAX_SIGNATURES, MAX_TRAILING_ZEROS, PAYLOAD_DIR, SIGNATURES_DIR,
 };
 use crate::keys::KeyId;
 use crate::manifest::{FileEntry, Manifest, MAX_MANIFEST_SIZE};
@@ -101,6 +105,9 @@ impl<R: Read> BundleReader<R> {
 
     /// Maps a read error: data errors from zstd mean a damaged bundle.
     fn read_err(&self, e: io::Error, what: &str) -> BundleError {
+        if let Some(rule) = e.get_ref().and_then(|e| e.downcast_ref::<FramingError>()) {
+            return self.reject(rule.to_string());
+        }
         match e.kind() {
             io::ErrorKind::UnexpectedEof => {
                 self.reject(format!("truncated: the archive ends inside {what}"))
@@ -270,6 +277,8 @@ impl<R: Read> BundleReader<R> {
             signatures,
         };
         self.head = Some(head.clone());
+        // The header after the signatures was read too: the head is complete.
+        self.input.end_head();
         Ok(head)
     }
 
@@ -387,150 +396,5 @@ impl<R: Read> BundleReader<R> {
             self.copy_file(&mut io::sink(), Path::new("-"), observer)?;
         }
         self.finish()
-    }
-}
-
-/// Standard zstd frames, one after another, and nothing else.
-///
-/// A plain multi-frame decoder silently skips "skippable" frames, so data
-/// could ride along unsigned; this reader decodes one frame at a time and,
-/// at each frame boundary, accepts only the end of the input or the magic
-/// number of another standard frame. Every frame's window is capped at
-/// [`MAX_WINDOW_LOG`].
-struct Frames<R: Read> {
-    current: Option<zstd::stream::read::Decoder<'static, Peekable<R>>>,
-}
-
-/// Little-endian magic number of a standard zstd frame.
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
-impl<R: Read> Frames<R> {
-    fn new(input: R) -> io::Result<Self> {
-        let input = Peekable {
-            inner: BufReader::with_capacity(1 << 20, input),
-            head: Vec::new(),
-        };
-        Ok(Frames {
-            current: Some(Self::frame(input)?),
-        })
-    }
-
-    fn frame(input: Peekable<R>) -> io::Result<zstd::stream::read::Decoder<'static, Peekable<R>>> {
-        let mut dec = zstd::stream::read::Decoder::with_buffer(input)?.single_frame();
-        dec.window_log_max(MAX_WINDOW_LOG)?;
-        Ok(dec)
-    }
-}
-
-impl<R: Read> Read for Frames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let Some(dec) = self.current.as_mut() else {
-                return Ok(0);
-            };
-            let n = dec.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            // End of a frame: what follows must be nothing or another frame.
-            let mut rest = self.current.take().expect("checked above").finish();
-            let next = rest.peek(4)?;
-            if next.is_empty() {
-                return Ok(0);
-            }
-            if next != ZSTD_MAGIC {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "data after a zstd frame is not a zstd frame (skippable frames and trailing bytes are not allowed)",
-                ));
-            }
-            self.current = Some(Self::frame(rest)?);
-        }
-    }
-}
-
-/// A buffered reader that can look a few bytes ahead across its buffer's
-/// edge (a frame boundary may fall anywhere in the buffer).
-struct Peekable<R: Read> {
-    inner: BufReader<R>,
-    head: Vec<u8>,
-}
-
-impl<R: Read> Peekable<R> {
-    /// Up to `n` next bytes without consuming them (fewer only at the end).
-    fn peek(&mut self, n: usize) -> io::Result<&[u8]> {
-        while self.head.len() < n {
-            let buf = io::BufRead::fill_buf(&mut self.inner)?;
-            if buf.is_empty() {
-                break;
-            }
-            let take = buf.len().min(n - self.head.len());
-            self.head.extend_from_slice(&buf[..take]);
-            io::BufRead::consume(&mut self.inner, take);
-        }
-        Ok(&self.head[..self.head.len().min(n)])
-    }
-}
-
-impl<R: Read> Read for Peekable<R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = {
-            let buf = io::BufRead::fill_buf(self)?;
-            let n = buf.len().min(out.len());
-            out[..n].copy_from_slice(&buf[..n]);
-            n
-        };
-        io::BufRead::consume(self, n);
-        Ok(n)
-    }
-}
-
-impl<R: Read> io::BufRead for Peekable<R> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if !self.head.is_empty() {
-            return Ok(&self.head);
-        }
-        self.inner.fill_buf()
-    }
-
-    fn consume(&mut self, amt: usize) {
-        if !self.head.is_empty() {
-            let k = amt.min(self.head.len());
-            self.head.drain(..k);
-            if amt > k {
-                self.inner.consume(amt - k);
-            }
-        } else {
-            self.inner.consume(amt);
-        }
-    }
-}
-
-#[cfg(test)]
-mod frame_tests {
-    use super::*;
-
-    fn decode(bytes: &[u8]) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        Frames::new(bytes)?.read_to_end(&mut out)?;
-        Ok(out)
-    }
-
-    #[test]
-    fn concatenated_frames_decode_and_skippable_frames_do_not() {
-        let a = zstd::encode_all(&b"hello "[..], 1).unwrap();
-        let b = zstd::encode_all(&b"world"[..], 1).unwrap();
-        let mut both = a.clone();
-        both.extend_from_slice(&b);
-        assert_eq!(decode(&both).unwrap(), b"hello world");
-        let mut skippable = a.clone();
-        skippable.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
-        assert_eq!(
-            decode(&skippable).unwrap_err().kind(),
-            io::ErrorKind::InvalidData
-        );
-        let mut garbage = a;
-        garbage.push(0);
-        assert!(decode(&garbage).is_err());
     }
 }
