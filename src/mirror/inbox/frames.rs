@@ -3,7 +3,9 @@
 //! ends. Reads an already opened file; never opens anything by name.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
+
+use crate::bundle::frames::{scan_headers, HeaderScan};
 
 /// Whether a file holds complete zstd frames, walking only the frame and
 /// block headers (never decompressing).
@@ -17,79 +19,23 @@ pub enum FrameState {
     NotZstd,
 }
 
-/// Walks the zstd frames of an opened file (RFC 8878, section 3.1.1): a bundle is
-/// one or more standard frames back to back, and a complete one ends exactly
-/// at the end of its last frame.
+/// Walks the zstd frames of an opened file (RFC 8878, section 3.1.1): a
+/// bundle is one or more standard frames back to back, and a complete one
+/// ends exactly at the end of its last frame. The walk is the bundle
+/// reader's own header scan ([`crate::bundle::frames::scan_headers`]), so a
+/// file the reader would refuse for its framing (empty frames or blocks, a
+/// flood of tiny ones) is refused here at its first bad header, at a cost
+/// bounded by the file's size, instead of being walked header by header.
 pub fn frame_state(f: &mut File) -> io::Result<FrameState> {
     let len = f.metadata()?.len();
-    if len == 0 {
-        return Ok(FrameState::Incomplete);
-    }
-    let mut pos = 0u64;
-    while pos < len {
-        match walk_frame(f, pos, len)? {
-            Ok(end) => pos = end,
-            Err(state) => return Ok(state),
-        }
-    }
-    Ok(if pos == len {
-        FrameState::Complete
-    } else {
-        FrameState::Incomplete
-    })
-}
-
-/// Walks the frame starting at `start`; `Ok(end)` is where it ends (which
-/// may lie beyond `len` when the file is cut inside the checksum).
-fn walk_frame(f: &mut File, start: u64, len: u64) -> io::Result<Result<u64, FrameState>> {
-    let mut hdr = [0u8; 6];
-    if len - start < 6 {
-        return Ok(Err(FrameState::Incomplete));
-    }
-    f.seek(SeekFrom::Start(start))?;
-    f.read_exact(&mut hdr)?;
-    if u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) != 0xFD2F_B528 {
-        return Ok(Err(FrameState::NotZstd));
-    }
-    let fhd = hdr[4];
-    let fcs_flag = fhd >> 6;
-    let single_segment = fhd & 0x20 != 0;
-    let checksum = fhd & 0x04 != 0;
-    let dict_len = [0u64, 1, 2, 4][(fhd & 3) as usize];
-    let fcs_len = match fcs_flag {
-        0 => u64::from(single_segment),
-        1 => 2,
-        2 => 4,
-        _ => 8,
+    f.seek(SeekFrom::Start(0))?;
+    let state = match scan_headers(&mut *f, len)? {
+        HeaderScan::Complete => FrameState::Complete,
+        HeaderScan::Incomplete => FrameState::Incomplete,
+        HeaderScan::Refused(_) => FrameState::NotZstd,
     };
-    let mut pos = start + 5 + u64::from(!single_segment) + dict_len + fcs_len;
-    loop {
-        if pos + 3 > len {
-            return Ok(Err(FrameState::Incomplete));
-        }
-        let mut b = [0u8; 3];
-        f.seek(SeekFrom::Start(pos))?;
-        f.read_exact(&mut b)?;
-        let h = u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
-        let last = h & 1 != 0;
-        let size = u64::from(h >> 3);
-        let content = match (h >> 1) & 3 {
-            0 | 2 => size,
-            1 => 1,
-            _ => return Ok(Err(FrameState::NotZstd)),
-        };
-        pos += 3 + content;
-        if last {
-            break;
-        }
-    }
-    if checksum {
-        pos += 4;
-    }
-    if pos > len {
-        return Ok(Err(FrameState::Incomplete));
-    }
-    Ok(Ok(pos))
+    f.seek(SeekFrom::Start(0))?;
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -148,6 +94,36 @@ mod tests {
             );
         }
         std::fs::write(&p, [&a[..], b"garbage after"].concat()).unwrap();
+        assert_eq!(
+            frame_state(&mut File::open(&p).unwrap()).unwrap(),
+            FrameState::NotZstd
+        );
+    }
+
+    /// A flood of empty frames (or empty raw blocks) is refused by the
+    /// header scan at its first empty frame, not walked to its end and
+    /// called complete, and the file is left at its start for the reader.
+    #[test]
+    fn floods_of_empty_frames_or_blocks_are_refused_not_walked() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.tar.zst");
+        // An empty single-segment frame: magic, descriptor (single segment,
+        // 1-byte size 0), one last raw block of size 0.
+        let empty = [0x28, 0xB5, 0x2F, 0xFD, 0x20, 0x00, 0x01, 0x00, 0x00];
+        let mut flood = empty.repeat(100_000);
+        flood.extend_from_slice(&frame(b"real data", true));
+        std::fs::write(&p, &flood).unwrap();
+        let mut f = File::open(&p).unwrap();
+        assert_eq!(frame_state(&mut f).unwrap(), FrameState::NotZstd);
+        assert_eq!(f.stream_position().unwrap(), 0);
+
+        // One frame of 100 000 empty raw blocks, then a last block.
+        let mut blocks = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x58];
+        for _ in 0..100_000 {
+            blocks.extend_from_slice(&[0x00, 0x00, 0x00]);
+        }
+        blocks.extend_from_slice(&[0x09, 0x00, 0x00, b'x']);
+        std::fs::write(&p, &blocks).unwrap();
         assert_eq!(
             frame_state(&mut File::open(&p).unwrap()).unwrap(),
             FrameState::NotZstd
