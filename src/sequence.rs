@@ -5,12 +5,16 @@
 //! still starts above anything it made before), and it keeps increasing when
 //! the clock steps back, because the last value is persisted in
 //! `<state dir>/export-sequences.json` (updated under a lock, atomically).
+//! The state directory is private (0700, its files 0600) whatever the umask.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use crate::mirror::fsx;
 
 /// A sequence file that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -61,13 +65,21 @@ pub fn allocate(
         path: path.clone(),
         reason,
     };
-    std::fs::create_dir_all(state_dir)
-        .map_err(|e| err(format!("cannot create the directory: {e}")))?;
+    // Private whatever the umask: a lock file another user can open is a
+    // lock they can hold.
+    fsx::ensure_private_dir(state_dir).map_err(|e| {
+        err(format!(
+            "cannot use the directory {}: {e}",
+            state_dir.display()
+        ))
+    })?;
     let lock_path = state_dir.join("export-sequences.lock");
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(fsx::PRIVATE_FILE_MODE)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&lock_path)
         .map_err(|e| err(format!("cannot open lock {}: {e}", lock_path.display())))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
@@ -105,6 +117,7 @@ pub fn allocate(
         }
     };
     map.insert(channel.to_string(), seq);
+    // NamedTempFile creates 0600 whatever the umask; persist keeps the mode.
     let mut tmp = tempfile::NamedTempFile::new_in(state_dir).map_err(|e| err(e.to_string()))?;
     tmp.write_all(
         serde_json::to_string_pretty(&map)

@@ -20,7 +20,10 @@
 //!   (macOS: `~/Library/Application Support/gapferry`).
 //!
 //! A default that would fall inside the served tree is refused (pass
-//! `--state-dir`). The folder holds `state.json`, `ledger.jsonl` and `lock`.
+//! `--state-dir`). The folder holds `state.json`, `ledger.jsonl`,
+//! `receipts.jsonl` and `lock`. It is private to the user running gapferry:
+//! created 0700 (its files 0600) whatever the umask; one owned by another
+//! user is refused, one with group or other permission bits is set to 0700.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -549,9 +552,10 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens (creating it, mode 0755, if missing) the state directory.
+    /// Opens (creating it, mode 0700, if missing) the state directory; see
+    /// [`fsx::ensure_private_dir`] for what an existing one must be.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        fsx::ensure_dir_all(path).map_err(|source| StateError::CreateDir {
+        fsx::ensure_private_dir(path).map_err(|source| StateError::CreateDir {
             path: path.to_path_buf(),
             source,
         })?;
@@ -624,7 +628,7 @@ impl StateDir {
         let path = self.state_path();
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serializes");
         bytes.push(b'\n');
-        fsx::write_atomic(&path, &bytes, fsx::FILE_MODE)
+        fsx::write_atomic(&path, &bytes, fsx::PRIVATE_FILE_MODE)
             .map_err(|source| StateError::Write { path, source })
     }
 }
