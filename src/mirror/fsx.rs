@@ -114,11 +114,10 @@ pub(crate) fn ensure_private_dir(path: &Path) -> io::Result<()> {
     if meta.uid() != me {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!(
-                "it is owned by uid {}, not by this user (uid {me}): run gapferry as \
-                 the user that owns it, or give a state directory of your own",
-                meta.uid()
-            ),
+            NotOurs {
+                owner: meta.uid(),
+                me,
+            },
         ));
     }
     if meta.mode() & 0o077 != 0 {
@@ -126,6 +125,28 @@ pub(crate) fn ensure_private_dir(path: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A private folder owned by another user (the payload of the
+/// [`ensure_private_dir`] error).
+#[derive(Debug)]
+pub(crate) struct NotOurs {
+    pub owner: u32,
+    pub me: u32,
+}
+
+impl std::fmt::Display for NotOurs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "it is owned by uid {}, not by this user (uid {}), and must be private to the \
+             user running gapferry: run gapferry as uid {} (e.g. sudo -u '#{}' gapferry ...), \
+             or give a state directory of your own",
+            self.owner, self.me, self.owner, self.owner
+        )
+    }
+}
+
+impl std::error::Error for NotOurs {}
 
 /// Opens `path` for appending, creating it with mode `mode` whatever the
 /// umask, never through a symbolic link; an existing file of ours with other

@@ -55,6 +55,8 @@ pub const MAX_STATE_SIZE: u64 = 16 * 1024 * 1024;
 pub enum StateError {
     #[error("cannot create the state directory {path}: {source}{}; pass --state-dir to use another", fix(.source))]
     CreateDir { path: PathBuf, source: io::Error },
+    #[error("refusing the state directory {path}: {reason}")]
+    NotOurs { path: PathBuf, reason: String },
     #[error("cannot read {path}: {source}{}", fix(.source))]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write {path}: {source}{}", fix(.source))]
@@ -555,9 +557,20 @@ impl StateDir {
     /// Opens (creating it, mode 0700, if missing) the state directory; see
     /// [`fsx::ensure_private_dir`] for what an existing one must be.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        fsx::ensure_private_dir(path).map_err(|source| StateError::CreateDir {
-            path: path.to_path_buf(),
-            source,
+        fsx::ensure_private_dir(path).map_err(|source| {
+            match source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<fsx::NotOurs>())
+            {
+                Some(not_ours) => StateError::NotOurs {
+                    path: path.to_path_buf(),
+                    reason: not_ours.to_string(),
+                },
+                None => StateError::CreateDir {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            }
         })?;
         Ok(StateDir {
             path: path.to_path_buf(),
