@@ -1,6 +1,6 @@
 //! One import at a time per mirror, and one state directory per mirror:
 //! an exclusive `flock` on `<state-dir>/lock`, then a claim on the served
-//! folder itself ([`lock_served`]).
+//! folder itself ([`claim_served`]).
 //! This module owns only the lock and the claim; it must never lock a file
 //! another user can open (a read-only descriptor is enough to `flock`), never
 //! delete the lock file while a run may hold it, and never wait without a
@@ -431,5 +431,87 @@ mod tests {
         let err =
             ImportLock::acquire(Path::new("/nonexistent/dir/lock"), Duration::ZERO).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/dir/lock"));
+    }
+
+    fn legacy_lock(dir: &Path) -> PathBuf {
+        let path = dir.join(LOCK_FILE);
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_legacy_lock_is_replaced_so_an_old_descriptor_no_longer_blocks() {
+        let t = tempfile::tempdir().unwrap();
+        let path = legacy_lock(t.path());
+        // Opened while it was 0644, e.g. by another user before an upgrade.
+        let old = File::open(&path).unwrap();
+        let lock = ImportLock::acquire(&path, Duration::ZERO).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o7777, LOCK_MODE);
+        assert_ne!(meta.ino(), old.metadata().unwrap().ino());
+        drop(lock);
+        flock(&old, FlockOperation::NonBlockingLockExclusive).unwrap();
+        ImportLock::acquire(&path, Duration::ZERO).unwrap();
+        assert_eq!(
+            std::fs::read_dir(t.path()).unwrap().count(),
+            1,
+            "no temp left"
+        );
+    }
+
+    #[test]
+    fn a_held_legacy_lock_says_who_may_hold_it() {
+        let t = tempfile::tempdir().unwrap();
+        let path = legacy_lock(t.path());
+        let old = File::open(&path).unwrap();
+        flock(&old, FlockOperation::NonBlockingLockExclusive).unwrap();
+        let err = ImportLock::acquire(&path, Duration::ZERO).unwrap_err();
+        assert!(matches!(err, LockError::Held { legacy: true, .. }), "{err}");
+        assert!(err.to_string().contains("pgrep -a gapferry"), "{err}");
+    }
+
+    #[test]
+    fn a_lock_through_a_symlink_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("elsewhere");
+        std::fs::write(&target, b"").unwrap();
+        let path = t.path().join(LOCK_FILE);
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let err = ImportLock::acquire(&path, Duration::ZERO).unwrap_err();
+        assert!(matches!(err, LockError::Open { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_served_folder_belongs_to_one_state_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let mirror = t.path().join("mirror");
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        for d in [&mirror, &a, &b] {
+            std::fs::create_dir(d).unwrap();
+        }
+        assert_eq!(claim_served(&mirror, &a).unwrap(), Claim::Claimed);
+        assert_eq!(claim_served(&mirror, &a).unwrap(), Claim::Owned);
+        let err = claim_served(&mirror, &b).unwrap_err();
+        assert!(matches!(err, LockError::OtherStateDir { .. }), "{err}");
+        let msg = err.to_string();
+        for want in [
+            mirror.display().to_string(),
+            a.canonicalize().unwrap().display().to_string(),
+            format!("setfattr -x {OWNER_XATTR}"),
+        ] {
+            assert!(msg.contains(&want), "{want}: {msg}");
+        }
+        assert_eq!(err.exit_kind(), ExitKind::Operational);
+        assert_eq!(
+            claim_served(&t.path().join("not-yet"), &a).unwrap(),
+            Claim::Unchecked
+        );
+        // Nothing was written into the served folder.
+        assert_eq!(std::fs::read_dir(&mirror).unwrap().count(), 0);
     }
 }
