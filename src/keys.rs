@@ -590,7 +590,8 @@ mod tests {
         wiped_on_drop::<SecretKey>();
         wiped_on_drop::<SigningKey>();
         wiped_on_drop::<Zeroizing<[u8; 104]>>();
-        let _: fn(&[u8], &Kdf, &Path) -> Result<Zeroizing<[u8; 104]>, KeyError> = kdf_stream;
+        type Stream = Result<Zeroizing<[u8; 104]>, KeyError>;
+        let _: fn(&[u8], &Kdf, &Path) -> Stream = kdf_stream;
         let _: fn(&SecretKey, Option<&[u8]>) -> Zeroizing<String> = SecretKey::to_file_text;
         let _: fn(&Path) -> Result<Zeroizing<String>, KeyError> = SecretKey::read_text;
 
