@@ -25,9 +25,9 @@
 //! (`XATTR_CREATE`), and a run with another state directory is refused before
 //! it touches anything. An extended attribute rather than a file: endpoints
 //! read the served tree over HTTP, which never serves attributes, so nothing
-//! appears in the tree and nothing about the host leaks; only the folder's
-//! owner can set `user.*` attributes on it. The served folder itself is never
-//! locked (it is world-readable: anyone could `flock` it).
+//! appears in the tree and nothing about the host leaks; only users who may
+//! write the folder can set `user.*` attributes on it. The served folder
+//! itself is never locked (it is world-readable: anyone could `flock` it).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
@@ -307,9 +307,9 @@ pub enum Claim {
     Claimed,
     /// The folder already names this run's state directory.
     Owned,
-    /// The folder does not exist yet (a first import creates it), or its
-    /// filesystem has no user extended attributes: the state directory's
-    /// lock alone holds.
+    /// The folder does not exist yet (a first import creates it), its
+    /// filesystem has no user extended attributes, or this user may not set
+    /// one on it: the state directory's lock alone holds.
     Unchecked,
 }
 
@@ -347,7 +347,11 @@ pub fn claim_served(dir: &Path, state_dir: &Path) -> Result<Claim, LockError> {
             Ok(()) => return Ok(Claim::Claimed),
             // Claimed by another run meanwhile: read who.
             Err(Errno::EXIST) => continue,
-            Err(e) if unsupported(e) => return Ok(Claim::Unchecked),
+            // No user attributes here, or a mirror root this user may not
+            // write (it publishes into platform folders it owns below).
+            Err(e) if unsupported(e) || e == Errno::ACCESS || e == Errno::PERM => {
+                return Ok(Claim::Unchecked)
+            }
             Err(e) => return Err(claim_err(e.into())),
         }
     }
