@@ -79,7 +79,7 @@ pub fn allocate(
     // The mirror's lock discipline: 0600, never through a symbolic link, a
     // 0644 one from an older release replaced, and a bounded wait.
     let lock_path = state_dir.join("export-sequences.lock");
-    let _lock = ImportLock::acquire(&lock_path, LOCK_WAIT).map_err(|e| match e {
+    let _lock = ImportLock::acquire_unnoted(&lock_path, LOCK_WAIT).map_err(|e| match e {
         LockError::Held { holder, .. } => err(format!(
             "another gapferry export is choosing a sequence: {} is locked{}; let it \
              finish and run the command again",

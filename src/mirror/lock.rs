@@ -117,6 +117,8 @@ impl Classify for LockError {
 pub struct ImportLock {
     file: File,
     path: PathBuf,
+    /// The holder's note was written (and is cleared on drop).
+    noted: bool,
 }
 
 impl ImportLock {
@@ -131,6 +133,17 @@ impl ImportLock {
     /// place). A waiter that then gets the old file's lock sees that the
     /// path no longer names it and starts over on the new one.
     pub fn acquire(path: &Path, wait: Duration) -> Result<Self, LockError> {
+        Self::acquire_with(path, wait, true)
+    }
+
+    /// [`acquire`](Self::acquire) without writing the holder's note: the
+    /// lock file's content and times are left alone (the export sequence
+    /// counter's lock, whose folder a refused export must leave unchanged).
+    pub fn acquire_unnoted(path: &Path, wait: Duration) -> Result<Self, LockError> {
+        Self::acquire_with(path, wait, false)
+    }
+
+    fn acquire_with(path: &Path, wait: Duration, noted: bool) -> Result<Self, LockError> {
         let start = Instant::now();
         loop {
             let mut file = open_lock(path)?;
@@ -171,10 +184,13 @@ impl ImportLock {
             if legacy {
                 file = replace_locked(path)?;
             }
-            write_note(&mut file);
+            if noted {
+                write_note(&mut file);
+            }
             return Ok(ImportLock {
                 file,
                 path: path.to_path_buf(),
+                noted,
             });
         }
     }
@@ -189,7 +205,9 @@ impl Drop for ImportLock {
     fn drop(&mut self) {
         // Clear the note so a later waiter does not name a finished process;
         // closing the file releases the lock.
-        let _ = self.file.set_len(0);
+        if self.noted {
+            let _ = self.file.set_len(0);
+        }
     }
 }
 
