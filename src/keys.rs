@@ -14,6 +14,7 @@ use base64::Engine as _;
 use blake2::digest::consts::U32;
 use blake2::{Blake2b, Digest};
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::{Classify, ExitKind};
 
@@ -242,6 +243,10 @@ pub struct SecretKey {
     pub signing_key: SigningKey,
 }
 
+// The secret half is the `SigningKey`, which wipes itself on drop (the
+// `zeroize` feature of ed25519-dalek); the key id is public.
+impl ZeroizeOnDrop for SecretKey {}
+
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretKey({})", self.key_id)
@@ -274,7 +279,9 @@ fn scrypt_params(opslimit: u64, memlimit: u64) -> (u8, u32, u32) {
     (log_n as u8, r as u32, p.max(1) as u32)
 }
 
-fn kdf_stream(password: &[u8], kdf: &Kdf, path: &Path) -> Result<[u8; 104], KeyError> {
+/// The scrypt output that encrypts a secret key's 104-byte block; wiped on
+/// drop.
+fn kdf_stream(password: &[u8], kdf: &Kdf, path: &Path) -> Result<Zeroizing<[u8; 104]>, KeyError> {
     let bad = |reason: String| KeyError::Malformed {
         path: path.to_path_buf(),
         what: "secret key",
@@ -292,10 +299,20 @@ fn kdf_stream(password: &[u8], kdf: &Kdf, path: &Path) -> Result<[u8; 104], KeyE
     }
     let params = scrypt::Params::new(log_n, r, p, scrypt::Params::RECOMMENDED_LEN)
         .map_err(|e| bad(format!("scrypt parameters: {e}")))?;
-    let mut out = [0u8; 104];
-    scrypt::scrypt(password, &kdf.salt, &params, &mut out)
+    let mut out = Zeroizing::new([0u8; 104]);
+    scrypt::scrypt(password, &kdf.salt, &params, &mut out[..])
         .map_err(|e| bad(format!("scrypt: {e}")))?;
     Ok(out)
+}
+
+/// XORs the scrypt stream into a secret key block (encrypting or
+/// decrypting it) and wipes the stream at once.
+fn apply_stream(block: &mut [u8; 104], stream: &mut [u8; 104]) {
+    block
+        .iter_mut()
+        .zip(stream.iter())
+        .for_each(|(b, s)| *b ^= s);
+    stream.zeroize();
 }
 
 fn checksum(key_id: &KeyId, sk: &[u8; 64]) -> [u8; 32] {
@@ -350,8 +367,11 @@ impl SecretKey {
     /// Parses a secret key file's text, decrypting with `password` when it is
     /// encrypted.
     pub fn parse(text: &str, path: &Path, password: Option<&[u8]>) -> Result<Self, KeyError> {
-        let raw = Self::decode_raw(text, path)?;
-        let mut block: [u8; 104] = raw[54..158].try_into().expect("104 bytes");
+        // The raw key and the block hold the secret key in the clear (once
+        // decrypted): both are wiped when they go out of scope.
+        let raw = Zeroizing::new(Self::decode_raw(text, path)?);
+        let mut block = Zeroizing::new([0u8; 104]);
+        block.copy_from_slice(&raw[54..158]);
         if &raw[2..4] == b"Sc" {
             let password = password.ok_or_else(|| KeyError::PasswordNeeded {
                 path: path.to_path_buf(),
@@ -361,11 +381,12 @@ impl SecretKey {
                 opslimit: u64::from_le_bytes(raw[38..46].try_into().expect("8 bytes")),
                 memlimit: u64::from_le_bytes(raw[46..54].try_into().expect("8 bytes")),
             };
-            let stream = kdf_stream(password, &kdf, path)?;
-            block.iter_mut().zip(stream).for_each(|(b, s)| *b ^= s);
+            let mut stream = kdf_stream(password, &kdf, path)?;
+            apply_stream(&mut block, &mut stream);
         }
         let key_id = KeyId(block[..8].try_into().expect("8 bytes"));
-        let sk: [u8; 64] = block[8..72].try_into().expect("64 bytes");
+        let mut sk = Zeroizing::new([0u8; 64]);
+        sk.copy_from_slice(&block[8..72]);
         let chk: [u8; 32] = block[72..104].try_into().expect("32 bytes");
         // `minisign -G -W` leaves the checksum of unencrypted keys zeroed; the
         // embedded public key check below still catches damage.
@@ -383,7 +404,9 @@ impl SecretKey {
                 }
             });
         }
-        let signing_key = SigningKey::from_bytes(sk[..32].try_into().expect("32 bytes"));
+        let mut seed = Zeroizing::new([0u8; 32]);
+        seed.copy_from_slice(&sk[..32]);
+        let signing_key = SigningKey::from_bytes(&seed);
         if signing_key.verifying_key().as_bytes() != &sk[32..] {
             return Err(KeyError::Malformed {
                 path: path.to_path_buf(),
@@ -399,15 +422,17 @@ impl SecretKey {
 
     /// The text of a secret key file as minisign writes it: encrypted with
     /// scrypt when `password` is given, else unencrypted (as `minisign -G -W`).
-    pub fn to_file_text(&self, password: Option<&[u8]>) -> String {
-        let mut sk = [0u8; 64];
+    /// The text holds the key in the clear when `password` is `None`, so it
+    /// is wiped on drop like the intermediate buffers.
+    pub fn to_file_text(&self, password: Option<&[u8]>) -> Zeroizing<String> {
+        let mut sk = Zeroizing::new([0u8; 64]);
         sk[..32].copy_from_slice(self.signing_key.as_bytes());
         sk[32..].copy_from_slice(self.signing_key.verifying_key().as_bytes());
-        let mut block = [0u8; 104];
+        let mut block = Zeroizing::new([0u8; 104]);
         block[..8].copy_from_slice(&self.key_id.0);
-        block[8..72].copy_from_slice(&sk);
+        block[8..72].copy_from_slice(&sk[..]);
         block[72..].copy_from_slice(&checksum(&self.key_id, &sk));
-        let mut raw = Vec::with_capacity(158);
+        let mut raw = Zeroizing::new(Vec::with_capacity(158));
         raw.extend_from_slice(b"Ed");
         let comment = match password {
             Some(password) => {
@@ -416,9 +441,9 @@ impl SecretKey {
                     opslimit: DEFAULT_OPSLIMIT,
                     memlimit: DEFAULT_MEMLIMIT,
                 };
-                let stream = kdf_stream(password, &kdf, Path::new("<new key>"))
+                let mut stream = kdf_stream(password, &kdf, Path::new("<new key>"))
                     .expect("default scrypt parameters are valid");
-                block.iter_mut().zip(stream).for_each(|(b, s)| *b ^= s);
+                apply_stream(&mut block, &mut stream);
                 raw.extend_from_slice(b"Sc");
                 raw.extend_from_slice(b"B2");
                 raw.extend_from_slice(&kdf.salt);
@@ -433,13 +458,15 @@ impl SecretKey {
                 "minisign secret key"
             }
         };
-        raw.extend_from_slice(&block);
-        format!("untrusted comment: {comment}\n{}\n", B64.encode(raw))
+        raw.extend_from_slice(&block[..]);
+        let b64 = Zeroizing::new(B64.encode(&raw[..]));
+        Zeroizing::new(format!("untrusted comment: {comment}\n{}\n", b64.as_str()))
     }
 
-    /// Reads the text of a secret key file (for [`SecretKey::parse`]).
-    pub fn read_text(path: &Path) -> Result<String, KeyError> {
-        read_small(path)
+    /// Reads the text of a secret key file (for [`SecretKey::parse`]); wiped
+    /// on drop (an unencrypted key is in it in the clear).
+    pub fn read_text(path: &Path) -> Result<Zeroizing<String>, KeyError> {
+        read_small(path).map(Zeroizing::new)
     }
 }
 
@@ -555,6 +582,25 @@ mod tests {
                 .contains("this is a public key; give the secret key"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn secrets_are_wiped() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+        wiped_on_drop::<SecretKey>();
+        wiped_on_drop::<SigningKey>();
+        wiped_on_drop::<Zeroizing<[u8; 104]>>();
+        type Stream = Result<Zeroizing<[u8; 104]>, KeyError>;
+        let _: fn(&[u8], &Kdf, &Path) -> Stream = kdf_stream;
+        let _: fn(&SecretKey, Option<&[u8]>) -> Zeroizing<String> = SecretKey::to_file_text;
+        let _: fn(&Path) -> Result<Zeroizing<String>, KeyError> = SecretKey::read_text;
+
+        // The stream is wiped as soon as it has been applied.
+        let mut block = [7u8; 104];
+        let mut stream = [0x5au8; 104];
+        apply_stream(&mut block, &mut stream);
+        assert_eq!(stream, [0u8; 104]);
+        assert_eq!(block, [7 ^ 0x5a; 104]);
     }
 
     #[test]

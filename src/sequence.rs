@@ -10,12 +10,20 @@
 //! (`manifest::MAX_SEQUENCE_AHEAD`): importers refuse those, since the
 //! bundle's `created` is the same clock. A clock stepped back by more than
 //! that is refused with the fix, and nothing is spent.
+//!
+//! The state directory is private (0700, its files 0600) whatever the umask.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use crate::mirror::fsx;
+use crate::mirror::lock::{ImportLock, LockError};
+
+/// How long an export waits for another one choosing a sequence.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// A sequence file that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -66,17 +74,26 @@ pub fn allocate(
         path: path.clone(),
         reason,
     };
-    std::fs::create_dir_all(state_dir)
-        .map_err(|e| err(format!("cannot create the directory: {e}")))?;
+    // Private whatever the umask: a lock file another user can open is a
+    // lock they can hold.
+    fsx::ensure_private_dir(state_dir).map_err(|e| {
+        err(format!(
+            "cannot use the directory {}: {e}",
+            state_dir.display()
+        ))
+    })?;
+    // The mirror's lock discipline: 0600, never through a symbolic link, a
+    // 0644 one from an older release replaced, and a bounded wait.
     let lock_path = state_dir.join("export-sequences.lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| err(format!("cannot open lock {}: {e}", lock_path.display())))?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| err(format!("cannot lock {}: {e}", lock_path.display())))?;
+    let _lock = ImportLock::acquire_unnoted(&lock_path, LOCK_WAIT).map_err(|e| match e {
+        LockError::Held { holder, .. } => err(format!(
+            "another gapferry export is choosing a sequence: {} is locked{}; let it \
+             finish and run the command again",
+            lock_path.display(),
+            holder.map(|h| format!(" by {h}")).unwrap_or_default()
+        )),
+        e => err(e.to_string()),
+    })?;
     let mut map: BTreeMap<String, u64> = match File::open(&path) {
         Ok(mut f) => {
             let mut s = String::new();
@@ -133,6 +150,7 @@ pub fn allocate(
         }
     };
     map.insert(channel.to_string(), seq);
+    // NamedTempFile creates 0600 whatever the umask; persist keeps the mode.
     let mut tmp = tempfile::NamedTempFile::new_in(state_dir).map_err(|e| err(e.to_string()))?;
     tmp.write_all(
         serde_json::to_string_pretty(&map)
@@ -206,5 +224,24 @@ mod tests {
             let s = allocate(d2.path(), "c", t, None).unwrap();
             assert!(s <= crate::manifest::max_sequence_for(t));
         }
+    }
+
+    #[test]
+    fn the_counter_is_private_and_an_old_0644_lock_is_replaced() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let lock = dir.join("export-sequences.lock");
+        std::fs::write(&lock, b"").unwrap();
+        std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let old_ino = std::fs::metadata(&lock).unwrap().ino();
+        allocate(&dir, "c", SystemTime::now(), None).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&lock), 0o600);
+        assert_eq!(mode(&dir.join(FILE_NAME)), 0o600);
+        assert_ne!(std::fs::metadata(&lock).unwrap().ino(), old_ino);
     }
 }

@@ -138,42 +138,61 @@ fn concurrent_imports_serialise() {
 /// import waits, then fails naming the mirror and the fix; once the first
 /// is done it goes through.
 #[test]
-fn imports_with_different_state_dirs_still_serialise_on_the_mirror() {
+fn imports_with_different_state_dirs_are_refused_on_one_mirror() {
+    // One mirror, one state directory: the served folder records its owner
+    // (an extended attribute, nothing in the served tree, nothing locked
+    // there) and a run with another state directory is refused at once.
     let fx = Fx::new();
     let k = fx.key("k");
     let dl = fx.download("v1", &[(LX, "1.1.1.0", "1.400.1.0")]);
     let b = fx.export(&dl, "b1", &[&k], &[]);
     fs::create_dir_all(&fx.mirror).unwrap();
     let other_state = fx.root.join("other-state");
-    let import = |extra: &[&str]| {
-        let mut c = fx.import_cmd(&b, &[&k.public], extra);
+    let import = |state: &Path| {
+        let mut c = fx.import_cmd(&b, &[&k.public], &[]);
         c.arg("--mirror")
             .arg(&fx.mirror)
             .arg("--state-dir")
-            .arg(&other_state);
+            .arg(state);
         fx.run(c)
     };
 
-    // Another run on this mirror holds its folder lock.
-    let held = gapferry::mirror::lock::lock_served(&fx.mirror, Duration::ZERO).unwrap();
-    let r = import(&["--lock-wait", "300ms"]);
+    // Another run on this mirror, with its own state directory, claimed it.
+    fs::create_dir_all(&fx.state).unwrap();
+    let claim = gapferry::mirror::lock::claim_served(&fx.mirror, &fx.state).unwrap();
+    assert_eq!(claim, gapferry::mirror::lock::Claim::Claimed);
+    let before = tree_digest(&fx.mirror);
+    let r = import(&other_state);
     assert_eq!(r.code, 1, "{r:#?}");
     for want in [
         fx.mirror.to_str().unwrap(),
-        "another gapferry import or rollback is working on",
+        fx.state.canonicalize().unwrap().to_str().unwrap(),
+        "belongs to the state directory",
         "the same --state-dir",
+        "setfattr -x user.gapferry.state-dir",
     ] {
         assert!(r.stderr.contains(want), "{want}: {r:#?}");
     }
-    assert!(
-        !fx.mirror.join(LX).exists(),
-        "nothing published while locked"
-    );
-    drop(held);
+    assert_trees_eq(&before, &tree_digest(&fx.mirror));
 
-    let r = import(&[]);
-    assert_eq!(r.code, 0, "{r:#?}");
+    // The owner imports; the other is still refused.
+    import(&fx.state).ok();
     assert_eq!(served_versions(&fx.mirror.join(LX)).1, "1.400.1.0");
+    assert_eq!(import(&other_state).code, 1);
+
+    // Released by the operator, the mirror goes to the next run.
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys; os.removexattr(sys.argv[1], 'user.gapferry.state-dir')",
+        ])
+        .arg(&fx.mirror)
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let r = import(&other_state);
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert_eq!(import(&fx.state).code, 1, "now owned by the other one");
 }
 
 // ---------------------------------------------------------------- ledger

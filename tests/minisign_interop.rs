@@ -330,6 +330,8 @@ fn encrypted_minisign_key_exports_with_password_file() {
         .contains("encrypted secret key"));
     let pw = sb.join("password");
     fs::write(&pw, "correct horse\n").unwrap();
+    // Other users may not read a password file (gapferry refuses it).
+    fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let from = sb.download_folder("dl", &one_release());
     let bundle = sb.join("b.tar.zst");
     sb.export(
@@ -351,6 +353,8 @@ fn encrypted_gapferry_key_signs_with_stock_minisign() {
     };
     let pw = sb.join("password");
     fs::write(&pw, "battery staple\n").unwrap();
+    // Other users may not read a password file (gapferry refuses it).
+    fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     sb.run([
         "keygen".as_ref(),
         "--password-file".as_ref(),

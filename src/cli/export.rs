@@ -149,7 +149,11 @@ pub fn load_secret_key(path: &Path, password_file: Option<&Path>) -> anyhow::Res
     } else {
         None
     };
-    Ok(SecretKey::parse(&text, path, pw.as_deref())?)
+    Ok(SecretKey::parse(
+        &text,
+        path,
+        pw.as_deref().map(Vec::as_slice),
+    )?)
 }
 
 fn random_id() -> String {

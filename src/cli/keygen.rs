@@ -110,7 +110,7 @@ impl KeygenArgs {
         }
         write_new(
             &self.secret_key,
-            &sk.to_file_text(pw.as_deref()),
+            &sk.to_file_text(pw.as_deref().map(Vec::as_slice)),
             0o600,
             self.force,
         )?;

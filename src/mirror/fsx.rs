@@ -5,13 +5,17 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Mode of every folder an endpoint or HTTP server must read.
 pub(crate) const DIR_MODE: u32 = 0o755;
 /// Mode of every file an endpoint or HTTP server must read.
 pub(crate) const FILE_MODE: u32 = 0o644;
+/// Mode of the state directory: only its owner may enter it.
+pub(crate) const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every file in the state directory (state, ledger, receipts, lock).
+pub(crate) const PRIVATE_FILE_MODE: u32 = 0o600;
 
 /// The fix an operator can apply for a raw I/O error, appended to messages.
 pub(crate) fn fix(e: &io::Error) -> &'static str {
@@ -78,6 +82,90 @@ pub(crate) fn ensure_dir_all(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates `path` (its missing parents 0755) with mode 0700 if missing; an
+/// existing folder must belong to this user, and loses any group or other
+/// permission bits (a state directory made 0755 by an older gapferry).
+/// Refuses a folder owned by another user: whoever owns it could replace
+/// the files in it, and its lock would not be ours.
+pub(crate) fn ensure_private_dir(path: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(path).is_err() {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            ensure_dir_all(parent)?;
+        }
+        match create_dir(path, PRIVATE_DIR_MODE) {
+            Ok(()) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    sync_dir(parent)?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // A symlink to a folder is the operator's choice; what it names counts.
+    let meta = fs::metadata(path)?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "exists and is not a folder",
+        ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            NotOurs {
+                owner: meta.uid(),
+                me,
+            },
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(path, Permissions::from_mode(PRIVATE_DIR_MODE))?;
+    }
+    Ok(())
+}
+
+/// A private folder owned by another user (the payload of the
+/// [`ensure_private_dir`] error).
+#[derive(Debug)]
+pub(crate) struct NotOurs {
+    pub owner: u32,
+    pub me: u32,
+}
+
+impl std::fmt::Display for NotOurs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "it is owned by uid {}, not by this user (uid {}), and must be private to the \
+             user running gapferry: run gapferry as uid {} (e.g. sudo -u '#{}' gapferry ...), \
+             or give a state directory of your own",
+            self.owner, self.me, self.owner, self.owner
+        )
+    }
+}
+
+impl std::error::Error for NotOurs {}
+
+/// Opens `path` for appending, creating it with mode `mode` whatever the
+/// umask, never through a symbolic link; an existing file of ours with other
+/// permission bits is set to `mode`.
+pub(crate) fn open_append(path: &Path, mode: u32) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.mode() & 0o7777 != mode && meta.uid() == rustix::process::geteuid().as_raw() {
+        file.set_permissions(Permissions::from_mode(mode))?;
+    }
+    Ok(file)
+}
+
 /// Creates a new file (never overwrites) with mode `mode` whatever the umask.
 pub(crate) fn create_new_file(path: &Path, mode: u32) -> io::Result<File> {
     let file = OpenOptions::new()
@@ -120,7 +208,6 @@ pub(crate) fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn modes_ignore_umask_and_atomic_write_replaces() {

@@ -212,8 +212,8 @@ pub fn import_opened(
     let (outcome, err) = match StateDir::open(&opts.state_dir) {
         Err(e) => (Outcome::Failed, Some(ImportError::from(e))),
         Ok(state_dir) => match state_dir.lock(opts.lock_wait).and_then(|l| {
-            let served = super::lock::lock_served(opts.target.served_root(), opts.lock_wait)?;
-            Ok((l, served))
+            super::lock::claim_served(opts.target.served_root(), state_dir.path())?;
+            Ok(l)
         }) {
             Err(e) => (Outcome::Failed, Some(ImportError::from(e))),
             Ok(_locks) => {

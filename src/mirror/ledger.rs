@@ -40,9 +40,8 @@
 //! the next run under the lock appends a line it finds there unless the
 //! ledger already ends with it ([`settle`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -446,13 +445,8 @@ impl Ledger {
             source,
         };
         let existed = self.path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o644)
-            .open(&self.path)
-            .map_err(werr)?;
+        let mut file =
+            super::fsx::open_append(&self.path, super::fsx::PRIVATE_FILE_MODE).map_err(werr)?;
         let (last, torn) = self.last_line(&mut file)?;
         if once && !torn && last.as_deref().is_some_and(|l| records(l, entry)) {
             return Ok(None);

@@ -9,7 +9,7 @@
 //! never read bundles or check signatures; the import orchestration verifies
 //! first and then calls them.
 
-mod fsx;
+pub(crate) mod fsx;
 pub mod import;
 pub mod inbox;
 pub mod ledger;

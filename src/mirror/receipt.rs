@@ -194,10 +194,7 @@ pub fn record(state_dir: &Path, rec: &ReceiptRecord) -> std::io::Result<PathBuf>
     let path = state_dir.join(RECEIPTS_FILE);
     let mut line = serde_json::to_vec(rec).map_err(std::io::Error::from)?;
     line.push(b'\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)?;
+    let mut f = super::fsx::open_append(&path, super::fsx::PRIVATE_FILE_MODE)?;
     f.write_all(&line)?;
     f.sync_data()?;
     Ok(path)

@@ -117,7 +117,7 @@ fn on_disk(dir: &Path) -> Option<Versions> {
 pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError> {
     let state_dir = StateDir::open(&opts.state_dir)?;
     let _lock = state_dir.lock(opts.lock_wait)?;
-    let _served = super::lock::lock_served(&opts.mirror, opts.lock_wait)?;
+    super::lock::claim_served(&opts.mirror, state_dir.path())?;
     for area in publish::mirror_areas(&opts.mirror) {
         publish::recover(&area, &opts.publish)?;
     }

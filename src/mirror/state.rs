@@ -20,7 +20,10 @@
 //!   (macOS: `~/Library/Application Support/gapferry`).
 //!
 //! A default that would fall inside the served tree is refused (pass
-//! `--state-dir`). The folder holds `state.json`, `ledger.jsonl` and `lock`.
+//! `--state-dir`). The folder holds `state.json`, `ledger.jsonl`,
+//! `receipts.jsonl` and `lock`. It is private to the user running gapferry:
+//! created 0700 (its files 0600) whatever the umask; one owned by another
+//! user is refused, one with group or other permission bits is set to 0700.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,6 +55,8 @@ pub const MAX_STATE_SIZE: u64 = 16 * 1024 * 1024;
 pub enum StateError {
     #[error("cannot create the state directory {path}: {source}{}; pass --state-dir to use another", fix(.source))]
     CreateDir { path: PathBuf, source: io::Error },
+    #[error("refusing the state directory {path}: {reason}")]
+    NotOurs { path: PathBuf, reason: String },
     #[error("cannot read {path}: {source}{}", fix(.source))]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write {path}: {source}{}", fix(.source))]
@@ -549,11 +554,23 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens (creating it, mode 0755, if missing) the state directory.
+    /// Opens (creating it, mode 0700, if missing) the state directory; see
+    /// [`fsx::ensure_private_dir`] for what an existing one must be.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        fsx::ensure_dir_all(path).map_err(|source| StateError::CreateDir {
-            path: path.to_path_buf(),
-            source,
+        fsx::ensure_private_dir(path).map_err(|source| {
+            match source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<fsx::NotOurs>())
+            {
+                Some(not_ours) => StateError::NotOurs {
+                    path: path.to_path_buf(),
+                    reason: not_ours.to_string(),
+                },
+                None => StateError::CreateDir {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            }
         })?;
         Ok(StateDir {
             path: path.to_path_buf(),
@@ -624,7 +641,7 @@ impl StateDir {
         let path = self.state_path();
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serializes");
         bytes.push(b'\n');
-        fsx::write_atomic(&path, &bytes, fsx::FILE_MODE)
+        fsx::write_atomic(&path, &bytes, fsx::PRIVATE_FILE_MODE)
             .map_err(|source| StateError::Write { path, source })
     }
 }
