@@ -1,146 +1,50 @@
-//! Writing large files durably without paying for it all at the end.
+//! The one home for durable file operations: fsync of folders, folders and
+//! files created with fixed modes whatever the umask, atomic file writes
+//! with and without clobbering, large files synced as they are written, and
+//! the folder exchange (with its two-rename fallback) that publishing is
+//! built on. Every module that must survive a power loss goes through here
+//! instead of calling `rename`/`persist`/`sync_all` itself.
 //!
-//! Linux starts writeback only at `dirty_background_ratio` (gigabytes on a
-//! large machine), so a plain write-then-fsync of a big file flushes all of
-//! it in the final `fsync` while the CPU waits, and the CPU work before it
-//! (compressing, hashing) ran while the disk sat idle. [`SyncingWriter`]
-//! asks a background thread to `fdatasync` every [`SYNC_EVERY`] bytes, so the
-//! disk writes while the caller computes and the final sync has little left.
-//! The bundle writer and the mirror's staged files both write through it.
+//! It owns mechanisms, never policy: it must never decide what a folder or
+//! file means, where it goes, or whether a caller may replace it (the
+//! journal that makes a folder swap crash-safe is `mirror::publish`'s; this
+//! module only gives it the primitives).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::sync::mpsc;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::io;
+use std::path::Path;
 
-/// Bytes written between background syncs.
-pub const SYNC_EVERY: u64 = 32 << 20;
+mod dirs;
+mod exchange;
+mod files;
+mod syncing;
 
-/// A file writer that syncs in the background as it goes; see the module
-/// docs. [`finish`](Self::finish) makes everything durable. Small files never
-/// start the background thread.
-#[derive(Debug)]
-pub struct SyncingWriter {
-    file: Arc<File>,
-    since_sync: u64,
-    syncer: Option<Syncer>,
+pub use dirs::{create_dir, ensure_dir_all, ensure_private_dir, NotOurs};
+pub use exchange::{exchange, rename, swap_in, MoveError, SwapMethod};
+pub use files::{
+    create_new_file, open_append, persist, persist_path, write_atomic, write_new_synced, Clobber,
+};
+pub use syncing::{SyncingWriter, SYNC_EVERY};
+
+/// Mode of every folder an endpoint or HTTP server must read.
+pub const DIR_MODE: u32 = 0o755;
+/// Mode of every file an endpoint or HTTP server must read.
+pub const FILE_MODE: u32 = 0o644;
+/// Mode of a private folder (the state directory): only its owner may enter.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every private file (state, ledger, receipts, locks, secret keys).
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Opens a folder and fsyncs it, so that entries created, renamed or removed
+/// in it survive a power loss.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
-#[derive(Debug)]
-struct Syncer {
-    tx: mpsc::SyncSender<()>,
-    handle: JoinHandle<io::Result<()>>,
-}
-
-impl SyncingWriter {
-    pub fn new(file: File) -> Self {
-        SyncingWriter {
-            file: Arc::new(file),
-            since_sync: 0,
-            syncer: None,
-        }
-    }
-
-    fn wrote(&mut self, n: u64) {
-        self.since_sync += n;
-        if self.since_sync < SYNC_EVERY {
-            return;
-        }
-        self.since_sync = 0;
-        let syncer = self.syncer.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::sync_channel::<()>(1);
-            let file = Arc::clone(&self.file);
-            let handle = std::thread::spawn(move || {
-                for () in rx {
-                    rustix::fs::fdatasync(&*file)?;
-                }
-                Ok(())
-            });
-            Syncer { tx, handle }
-        });
-        // A sync already queued covers this data too; a failed one is
-        // reported by `finish`.
-        let _ = syncer.tx.try_send(());
-    }
-
-    /// Appends up to `n` bytes of `src` (from its current position) without
-    /// passing them through user space where the kernel allows it
-    /// (`std::io::copy` uses copy_file_range, then sendfile, then a buffer).
-    /// Returns how many bytes were copied: fewer only at the end of `src`.
-    pub fn copy_from(&mut self, src: &File, n: u64) -> io::Result<u64> {
-        let copied = io::copy(&mut src.take(n), &mut &*self.file)?;
-        self.wrote(copied);
-        Ok(copied)
-    }
-
-    /// Stops the background syncer, reporting any sync it failed, then syncs
-    /// everything (data and metadata).
-    pub fn finish(mut self) -> io::Result<()> {
-        self.stop_syncer()?;
-        self.file.sync_all()
-    }
-
-    /// Stops and joins the background syncer, if it was started.
-    fn stop_syncer(&mut self) -> io::Result<()> {
-        match self.syncer.take() {
-            Some(Syncer { tx, handle }) => {
-                drop(tx);
-                handle.join().expect("syncer thread panicked")
-            }
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for SyncingWriter {
-    /// Dropped without `finish` (an error path): the syncer is stopped and
-    /// joined, so no thread outlives its writer.
-    fn drop(&mut self) {
-        let _ = self.stop_syncer();
-    }
-}
-
-impl Write for SyncingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = (&*self.file).write(buf)?;
-        self.wrote(n as u64);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn writes_and_copies_everything_and_syncs_small_files_without_a_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let src_path = dir.path().join("src");
-        let big: Vec<u8> = (0..(SYNC_EVERY as usize * 2 + 12345))
-            .map(|i| (i % 251) as u8)
-            .collect();
-        std::fs::write(&src_path, &big).unwrap();
-
-        let mut w = SyncingWriter::new(File::create(dir.path().join("small")).unwrap());
-        w.write_all(b"small").unwrap();
-        assert!(w.syncer.is_none());
-        w.finish().unwrap();
-        assert_eq!(std::fs::read(dir.path().join("small")).unwrap(), b"small");
-
-        let mut w = SyncingWriter::new(File::create(dir.path().join("big")).unwrap());
-        w.write_all(&big[..SYNC_EVERY as usize]).unwrap();
-        assert!(w.syncer.is_some(), "a background sync after SYNC_EVERY");
-        let src = File::open(&src_path).unwrap();
-        let mut src = src;
-        std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(SYNC_EVERY)).unwrap();
-        let rest = big.len() as u64 - SYNC_EVERY;
-        assert_eq!(w.copy_from(&src, rest + 100).unwrap(), rest);
-        w.finish().unwrap();
-        assert_eq!(std::fs::read(dir.path().join("big")).unwrap(), big);
+/// The folder a file `path` lives in (`.` for a bare name).
+pub(crate) fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }

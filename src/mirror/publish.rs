@@ -90,7 +90,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde::{Deserialize, Serialize};
 
 use super::fsx::{self, fix};
-use crate::durable::SyncingWriter;
+pub use crate::durable::SwapMethod;
+use crate::durable::{self, MoveError, SyncingWriter};
 use crate::error::{Classify, ExitKind};
 use crate::mde::{Arch, Slot};
 
@@ -399,11 +400,17 @@ fn sync_dir(path: &Path) -> Result<(), PublishError> {
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), PublishError> {
-    fs::rename(from, to).map_err(|source| PublishError::Rename {
-        from: from.to_path_buf(),
-        to: to.to_path_buf(),
-        source,
-    })
+    durable::rename(from, to).map_err(PublishError::from)
+}
+
+impl From<MoveError> for PublishError {
+    fn from(e: MoveError) -> Self {
+        PublishError::Rename {
+            from: e.from,
+            to: e.to,
+            source: e.source,
+        }
+    }
 }
 
 fn remove_any(path: &Path) -> Result<(), PublishError> {
@@ -423,7 +430,7 @@ fn remove_any(path: &Path) -> Result<(), PublishError> {
 /// `gapferry rollback`). `Ok(false)` when the filesystem cannot exchange;
 /// nothing moved then.
 pub fn swap_folders(a: &Path, b: &Path) -> Result<bool, PublishError> {
-    if !exchange(a, b)? {
+    if !durable::exchange(a, b)? {
         return Ok(false);
     }
     for dir in [a.parent(), b.parent()].into_iter().flatten() {
@@ -432,52 +439,7 @@ pub fn swap_folders(a: &Path, b: &Path) -> Result<bool, PublishError> {
     Ok(true)
 }
 
-/// Swaps two existing folders in one step. `Ok(false)` when the filesystem
-/// or OS cannot exchange (the caller falls back).
-fn exchange(a: &Path, b: &Path) -> Result<bool, PublishError> {
-    #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
-    {
-        use rustix::fs::{renameat_with, RenameFlags, CWD};
-        use rustix::io::Errno;
-        match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
-            Ok(()) => Ok(true),
-            Err(e)
-                if e == Errno::INVAL
-                    || e == Errno::NOSYS
-                    || e == Errno::OPNOTSUPP
-                    || e == Errno::NOTSUP =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(PublishError::Rename {
-                from: a.to_path_buf(),
-                to: b.to_path_buf(),
-                source: e.into(),
-            }),
-        }
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
-    {
-        let _ = (a, b);
-        Ok(false)
-    }
-}
-
-/// How the new set became current.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum SwapMethod {
-    /// There was no current folder: one rename.
-    Rename,
-    /// One atomic exchange (`renameat2`/`renamex_np`).
-    Exchange,
-    /// The two-rename fallback (see the module docs).
-    Fallback,
-}
-
-/// Puts the folder at `from` in place of the existing folder `to`; the old
-/// `to` ends at `from` (exchange) or at `aside` (fallback).
+/// [`durable::swap_in`] with this publish's options.
 fn swap_in(
     from: &Path,
     to: &Path,
@@ -485,15 +447,13 @@ fn swap_in(
     opts: &PublishOptions,
     aside_step: &str,
 ) -> Result<SwapMethod, PublishError> {
-    if !opts.force_fallback && exchange(from, to)? {
-        return Ok(SwapMethod::Exchange);
-    }
-    // The window: `to` is missing until the second rename. Nothing else runs
-    // between the two calls.
-    rename(to, aside)?;
-    crash_point(aside_step);
-    rename(from, to)?;
-    Ok(SwapMethod::Fallback)
+    Ok(durable::swap_in(
+        from,
+        to,
+        aside,
+        opts.force_fallback,
+        aside_step,
+    )?)
 }
 
 /// The first of `candidates` that holds the folder `id`.
@@ -725,18 +685,12 @@ impl Staging {
             discard_old,
         };
         let bytes = serde_json::to_vec(&journal).expect("journal serializes");
-        let write_err = |source| PublishError::Write {
-            path: p.journal.clone(),
-            source,
-        };
-        let mut f = fsx::create_new_file(&p.journal, 0o600).map_err(write_err)?;
-        f.write_all(&bytes).map_err(write_err)?;
-        f.sync_all().map_err(|source| PublishError::Sync {
-            path: p.journal.clone(),
-            source,
-        })?;
-        drop(f);
-        sync_dir(&p.stage_ring)?;
+        durable::write_new_synced(&p.journal, &bytes, durable::PRIVATE_FILE_MODE).map_err(
+            |source| PublishError::Write {
+                path: p.journal.clone(),
+                source,
+            },
+        )?;
         sync_dir(&p.stage_root)?;
         crash_point("journal-written");
 
