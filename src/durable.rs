@@ -42,7 +42,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// The folder a file `path` lives in (`.` for a bare name).
-pub(crate) fn parent_of(path: &Path) -> &Path {
+pub fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

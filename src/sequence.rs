@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -150,17 +150,14 @@ pub fn allocate(
         }
     };
     map.insert(channel.to_string(), seq);
-    // NamedTempFile creates 0600 whatever the umask; persist keeps the mode.
-    let mut tmp = tempfile::NamedTempFile::new_in(state_dir).map_err(|e| err(e.to_string()))?;
-    tmp.write_all(
-        serde_json::to_string_pretty(&map)
-            .expect("map serializes")
-            .as_bytes(),
+    let bytes = serde_json::to_string_pretty(&map).expect("map serializes");
+    crate::durable::write_atomic(
+        &path,
+        bytes.as_bytes(),
+        crate::durable::PRIVATE_FILE_MODE,
+        crate::durable::Clobber::Replace,
     )
-    .and_then(|_| tmp.as_file().sync_all())
     .map_err(|e| err(e.to_string()))?;
-    tmp.persist(&path).map_err(|e| err(e.error.to_string()))?;
-    crate::bundle::writer::sync_dir(state_dir).map_err(|e| err(e.to_string()))?;
     Ok(seq)
 }
 

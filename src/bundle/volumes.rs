@@ -23,6 +23,7 @@ use super::hashing::{to_hex, CHUNK};
 use super::reader::{BundleReader, Head};
 use super::writer::{self, BundleSpec, WriteOptions, Written};
 use super::{BundleError, MAX_SIGNATURES};
+use crate::durable;
 use crate::keys::{KeyId, SecretKey, TrustSet};
 use crate::progress::Observer;
 use crate::sign::{Signature, MAX_SIGNATURE_FILE};
@@ -317,12 +318,12 @@ fn temp_in(dir: &Path, name: &str) -> Result<tempfile::NamedTempFile, BundleErro
 }
 
 fn persist(tmp: tempfile::TempPath, to: &Path, overwrite: bool) -> Result<(), BundleError> {
-    let r = if overwrite {
-        tmp.persist(to)
+    let clobber = if overwrite {
+        durable::Clobber::Replace
     } else {
-        tmp.persist_noclobber(to)
+        durable::Clobber::Refuse
     };
-    r.map_err(|e| BundleError::io(to)(e.error))
+    durable::persist_path(tmp, to, clobber).map_err(BundleError::io(to))
 }
 
 /// Copies `len` bytes from `src` into `dst`, returning their SHA-256.
@@ -479,7 +480,7 @@ pub fn write_split(
     // and the new index there is no complete set under these names.
     if opts.overwrite {
         match std::fs::remove_file(&idx_path) {
-            Ok(()) => writer::sync_dir(&dir).map_err(BundleError::io(&dir))?,
+            Ok(()) => durable::sync_dir(&dir).map_err(BundleError::io(&dir))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(BundleError::io(&idx_path)(e)),
         }
@@ -530,7 +531,6 @@ pub fn write_split(
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(BundleError::io(tmp.path()))?;
     persist(tmp.into_temp_path(), &idx_path, opts.overwrite)?;
-    writer::sync_dir(&dir).map_err(BundleError::io(&dir))?;
     Ok(SplitWritten {
         written,
         index_path: idx_path,

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::hashing::{to_hex, CHUNK};
 use super::{BundleError, MANIFEST_PATH, PAYLOAD_DIR, SIGNATURES_DIR};
-use crate::durable::SyncingWriter;
+use crate::durable::{self, Clobber, SyncingWriter};
 use crate::keys::SecretKey;
 use crate::manifest::{FileEntry, Item, Manifest};
 use crate::progress::Observer;
@@ -540,24 +540,17 @@ pub fn write_bundle(
     raw_frame::write_bytes(&mut sink, &[0u8; 1024]).map_err(io_tmp())?;
     sink.finish().map_err(io_tmp())?;
     let bundle_size = tmp.as_file().metadata().map_err(io_tmp())?.len();
-    if opts.overwrite {
-        tmp.persist(out)
-            .map_err(|e| BundleError::io(out)(e.error))?;
+    let clobber = if opts.overwrite {
+        Clobber::Replace
     } else {
-        tmp.persist_noclobber(out)
-            .map_err(|e| BundleError::io(out)(e.error))?;
-    }
-    sync_dir(&dir).map_err(BundleError::io(&dir))?;
+        Clobber::Refuse
+    };
+    durable::persist(tmp, out, clobber).map_err(BundleError::io(out))?;
     Ok(Written {
         manifest_sha256: to_hex(&Sha256::digest(&manifest_bytes).into()),
         manifest,
         bundle_size,
     })
-}
-
-/// fsyncs a directory so a rename in it is durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

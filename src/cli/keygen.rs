@@ -1,11 +1,11 @@
 //! `gapferry keygen`: a minisign-compatible key pair.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 
+use gapferry::durable;
 use gapferry::keys::SecretKey;
 
 use super::{password, UsageError};
@@ -41,36 +41,21 @@ pub struct KeygenArgs {
 /// Writes `text` to `path` atomically with `mode`, refusing to replace an
 /// existing file unless `force`.
 fn write_new(path: &Path, text: &str, mode: u32, force: bool) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".gapferry-key")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    let persisted = if force {
-        tmp.persist(path).map(|_| ())
+    let clobber = if force {
+        durable::Clobber::Replace
     } else {
-        tmp.persist_noclobber(path).map(|_| ())
+        durable::Clobber::Refuse
     };
-    persisted.map_err(|e| {
-        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+    durable::write_atomic(path, text.as_bytes(), mode, clobber).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists && !force {
             anyhow::Error::new(UsageError(format!(
                 "{} already exists; add --force to overwrite it",
                 path.display()
             )))
         } else {
-            anyhow::Error::new(e.error).context(format!("cannot write {}", path.display()))
+            anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
         }
-    })?;
-    Ok(())
+    })
 }
 
 impl KeygenArgs {

@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use gapferry::durable;
 use gapferry::progress::Observer;
 
 /// Prints `value` as one JSON document on stdout.
@@ -70,33 +71,17 @@ impl Observer for Bar {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temp file in the same folder,
-/// fsync, mode 0644, rename. A reader never sees a half-written file.
+/// Writes `bytes` to `path` atomically with mode 0644
+/// ([`gapferry::durable::write_atomic`]: temp file, fsync, rename, fsync of
+/// the folder). A reader never sees a half-written file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let fail = || {
-        format!(
-            "cannot write {}; check that {} exists and is writable",
-            path.display(),
-            dir.display()
-        )
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".gapferry-tmp-")
-        .tempfile_in(dir)
-        .with_context(fail)?;
-    tmp.write_all(bytes).with_context(fail)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .with_context(fail)?;
-    }
-    tmp.as_file().sync_all().with_context(fail)?;
-    tmp.persist(path).map_err(|e| e.error).with_context(fail)?;
-    Ok(())
+    durable::write_atomic(path, bytes, durable::FILE_MODE, durable::Clobber::Replace).with_context(
+        || {
+            format!(
+                "cannot write {}; check that {} exists and is writable",
+                path.display(),
+                durable::parent_of(path).display()
+            )
+        },
+    )
 }

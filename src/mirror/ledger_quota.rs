@@ -113,21 +113,16 @@ impl Quota {
             .unwrap_or_default()
     }
 
-    /// Writes the state atomically (temp file, fsync, rename), mode 0600.
+    /// Writes the state atomically (temp file, fsync, rename, fsync of the
+    /// folder), mode 0600.
     pub fn save(&self, ledger: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::PermissionsExt;
-        let path = Self::path_for(ledger);
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".ledger-quota-")
-            .tempfile_in(dir)?;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        tmp.write_all(&serde_json::to_vec(self).map_err(std::io::Error::from)?)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&path).map_err(|e| e.error)?;
-        Ok(())
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::from)?;
+        crate::durable::write_atomic(
+            &Self::path_for(ledger),
+            &bytes,
+            crate::durable::PRIVATE_FILE_MODE,
+            crate::durable::Clobber::Replace,
+        )
     }
 
     /// Decides about a [`limited`] attempt at `now` and updates the state:

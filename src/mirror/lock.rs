@@ -275,9 +275,7 @@ fn replace_locked(path: &Path) -> Result<File, LockError> {
             source: e.into(),
         }
     })?;
-    let file = tmp.persist(path).map_err(|e| werr(e.error))?;
-    super::fsx::sync_dir(dir).map_err(werr)?;
-    Ok(file)
+    crate::durable::persist(tmp, path, crate::durable::Clobber::Replace).map_err(werr)
 }
 
 /// Best effort: the note only helps a waiting process name us.
