@@ -7,13 +7,16 @@
 //! It owns the plan (flags or `settings.json` turned into a checked list of
 //! slots before any I/O), the per-slot cycle (read info, skip if current,
 //! download into a staging folder beside the target, check it is a zip, read
-//! info again, publish by swapping folders, rotate n-1), and the report. It
+//! info again, publish through [`crate::mirror::publish`], the journaled
+//! staging and folder exchange imports use, so a crash at any instant is
+//! rolled forward by the next run and never costs the previous set), and
+//! the report. It
 //! must never leave a partial file, an HTML page or a temp file where an
 //! endpoint or `export` would take it for a package, never touch the previous
 //! set before the new one is complete, and never print: callers get log lines
 //! and progress through a [`FetchObserver`].
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +24,12 @@ use std::time::Duration;
 use super::layout::{Arch, FolderManifest, Platform, Ring, Slot};
 use super::upstream::{self, ExtraRoots, HttpConfig, Upstream, UpstreamError};
 use super::{MANIFEST_JSON, UPDATES_ZIP};
+use crate::durable;
 use crate::error::{Classify, ExitKind};
+use crate::mirror::lock::{ImportLock, LockError};
+use crate::mirror::publish::{
+    self, Destination, OldSet, PublishError, PublishOptions, RecoveryAction, Staging,
+};
 use crate::progress::{NoProgress, Observer};
 
 /// Default cap on one `updates.zip` (they are about 250 MB today).
@@ -32,9 +40,16 @@ pub const DEFAULT_MAX_INFO_CHANGES: u32 = 3;
 /// Microsoft's script's download folder when `settings.json` names none
 /// (`$HOME/wdav-update`).
 pub const MS_DEFAULT_DOWNLOAD_DIR: &str = "wdav-update";
-/// Name prefix of the staging folders fetch creates beside arch folders;
-/// anything with it is fetch's own leftover and is removed on the next run.
+/// Name prefix of the staging folders earlier releases of fetch created
+/// beside arch folders; anything with it is such a leftover and is removed
+/// on the next run. Fetch now stages through [`crate::mirror::publish`]
+/// (`<folder>/<platform>/.gapferry-staging-*`, journaled and recovered).
 pub const STAGE_PREFIX: &str = ".gapferry-fetch-";
+/// The private lock file in the download folder (mode 0600, ours): a
+/// second fetch of the same folder fails at once. The folder itself is
+/// never locked: other local users may read it, so any of them could hold
+/// a lock on it.
+pub const LOCK_FILE: &str = ".gapferry-fetch.lock";
 /// Largest `settings.json` accepted.
 const MAX_SETTINGS_SIZE: u64 = 1024 * 1024;
 
@@ -379,8 +394,11 @@ pub enum FetchError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("another gapferry fetch is working in {path}; wait for it to finish (it holds a lock on that folder)")]
+    #[error("another gapferry fetch is working in {path}; wait for it to finish (it holds the lock {lock})", lock = .path.join(LOCK_FILE).display())]
     Locked { path: PathBuf },
+    /// The lock file cannot be opened or is not a private file of ours.
+    #[error(transparent)]
+    Lock(LockError),
 }
 
 impl Classify for FetchError {
@@ -393,9 +411,10 @@ impl Classify for FetchError {
             | FetchError::Usage(_)
             | FetchError::BadUpstream(_)
             | FetchError::CaCert(_) => ExitKind::Usage,
-            FetchError::Client(_) | FetchError::CreateFolder { .. } | FetchError::Locked { .. } => {
-                ExitKind::Operational
-            }
+            FetchError::Client(_)
+            | FetchError::CreateFolder { .. }
+            | FetchError::Locked { .. }
+            | FetchError::Lock(_) => ExitKind::Operational,
         }
     }
 }
@@ -421,12 +440,11 @@ pub enum SlotError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the new set is in {current}, but keeping the previous set in {back} failed: {source}; the previous set is lost, check permissions on {back}")]
-    Backup {
-        current: PathBuf,
-        back: PathBuf,
-        source: std::io::Error,
-    },
+    /// Staging or publishing the new set failed; see [`PublishError`] for
+    /// what each variant leaves on disk (never a mixed or missing folder
+    /// after the next run's recovery).
+    #[error(transparent)]
+    Publish(#[from] PublishError),
 }
 
 impl Classify for SlotError {
@@ -505,37 +523,40 @@ impl FetchReport {
     }
 }
 
-/// Holds the download folder against a second concurrent fetch (an
-/// advisory `flock` on the folder itself, so no lock file appears in it).
+/// Holds the download folder against a second concurrent fetch: an
+/// exclusive `flock` on [`LOCK_FILE`] in it, a regular file of ours with
+/// mode 0600, opened without following a symbolic link (see
+/// [`crate::mirror::lock`]). No other local user can open it, so none can
+/// hold it and stop every fetch.
 #[derive(Debug)]
 pub struct FolderLock {
-    _dir: File,
+    _lock: ImportLock,
 }
 
 /// Creates `dir` if needed and locks it. Fails at once if another process
 /// holds the lock. On filesystems without `flock` (some NFS setups) the
 /// lock is skipped and `Ok(None)` is returned.
 pub fn lock_download_folder(dir: &Path) -> Result<Option<FolderLock>, FetchError> {
-    fs::create_dir_all(dir).map_err(|source| FetchError::CreateFolder {
+    let create_err = |source| FetchError::CreateFolder {
         path: dir.to_path_buf(),
         source,
-    })?;
-    let file = File::open(dir).map_err(|source| FetchError::CreateFolder {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    if !file.metadata().is_ok_and(|m| m.is_dir()) {
-        return Err(FetchError::CreateFolder {
-            path: dir.to_path_buf(),
-            source: std::io::Error::other("it exists and is not a directory"),
-        });
+    };
+    durable::ensure_dir_all(dir).map_err(create_err)?;
+    if !fs::metadata(dir).map_err(create_err)?.is_dir() {
+        return Err(create_err(std::io::Error::other(
+            "it exists and is not a directory",
+        )));
     }
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(FolderLock { _dir: file })),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(FetchError::Locked {
+    // Unnoted: the file stays empty, so a fetch that changes nothing
+    // leaves the folder byte for byte as it was.
+    match ImportLock::acquire_unnoted(&dir.join(LOCK_FILE), Duration::ZERO) {
+        Ok(lock) => Ok(Some(FolderLock { _lock: lock })),
+        Err(LockError::Held { .. }) => Err(FetchError::Locked {
             path: dir.to_path_buf(),
         }),
-        Err(_) => Ok(None),
+        // The filesystem cannot lock (ENOLCK, EOPNOTSUPP on some NFS).
+        Err(LockError::Lock { .. }) => Ok(None),
+        Err(e) => Err(FetchError::Lock(e)),
     }
 }
 
@@ -560,6 +581,7 @@ pub fn fetch(plan: &FetchPlan, observer: &dyn FetchObserver) -> Result<FetchRepo
     if lock.is_some() {
         // Without the lock a staging folder may belong to a live run.
         remove_stale_stages(plan, observer);
+        recover_publishes(plan, observer);
     }
     observer.log(
         Level::Info,
@@ -688,6 +710,43 @@ fn remove_stale_stages(plan: &FetchPlan, observer: &dyn FetchObserver) {
     }
 }
 
+/// Completes every publish a killed run had journaled (the new set becomes
+/// current, the old one n-1) and removes staging it never journaled, with
+/// the same [`publish::recover`] imports use. Only called under the lock.
+fn recover_publishes(plan: &FetchPlan, observer: &dyn FetchObserver) {
+    let opts = PublishOptions::from_env();
+    let mut areas: Vec<PathBuf> = Vec::new();
+    for s in &plan.slots {
+        let area = plan.download_folder.join(s.platform.as_str());
+        if !areas.contains(&area) {
+            areas.push(area);
+        }
+    }
+    for area in areas {
+        match publish::recover(&area, &opts) {
+            Ok(done) => {
+                for r in done {
+                    let what = match r.action {
+                        RecoveryAction::Completed => "completed the publish of",
+                        _ => "removed the unpublished staging of",
+                    };
+                    observer.log(
+                        Level::Info,
+                        &format!("{what} {} left by an interrupted run", r.current.display()),
+                    );
+                }
+            }
+            Err(e) => observer.log(
+                Level::Warn,
+                &format!(
+                    "cannot recover what an interrupted run left in {}: {e}",
+                    area.display()
+                ),
+            ),
+        }
+    }
+}
+
 /// The set in an arch folder, if it is complete (a readable manifest.json
 /// and an updates.zip file).
 fn local_set(dir: &Path, slot: Slot, observer: &dyn FetchObserver) -> Option<FolderManifest> {
@@ -772,22 +831,13 @@ fn fetch_slot(
         );
     }
 
-    let ring_dir = current_dir
-        .parent()
-        .expect("an arch folder always has a parent")
-        .to_path_buf();
-    fs::create_dir_all(&ring_dir).map_err(io("create", &ring_dir))?;
-    let stage = tempfile::Builder::new()
-        .prefix(STAGE_PREFIX)
-        .tempdir_in(&ring_dir)
-        .map_err(io("create a staging folder in", &ring_dir))?;
-    let zip_path = stage.path().join(UPDATES_ZIP);
-    let mut zip = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&zip_path)
-        .map_err(io("create", &zip_path))?;
+    let dest = Destination::in_mirror(&plan.download_folder, &slot)?;
+    dest.check_folders()?;
+    let mut staging = Staging::new(PublishOptions::from_env());
+    let staged = staging.stage(&dest)?;
+    let zip_path = staged.dir().join(UPDATES_ZIP);
+    let mut zip =
+        durable::create_new_file(&zip_path, durable::FILE_MODE).map_err(io("create", &zip_path))?;
 
     let url = upstream::package_url(upstream.base(), slot);
     let mut downloads = 0;
@@ -832,18 +882,15 @@ fn fetch_slot(
     let manifest = info.to_manifest();
     zip.sync_all().map_err(io("flush", &zip_path))?;
     drop(zip);
-    let manifest_path = stage.path().join(MANIFEST_JSON);
-    write_synced(&manifest_path, &manifest.to_bytes())?;
-    set_mode(&zip_path, 0o644)?;
-    set_mode(&manifest_path, 0o644)?;
-    set_mode(stage.path(), 0o755)?;
-    sync_dir(stage.path())?;
-
-    let back = plan.backup.then(|| slot.back_dir_in(&plan.download_folder));
-    let backed_up = publish(stage.path(), &current_dir, back.as_deref(), local.is_some())?;
-    // Whatever is left at the staging path now (the replaced set when it is
-    // not kept, or the n-2 set) goes with the guard.
-    drop(stage);
+    staged.write_file(MANIFEST_JSON, &manifest.to_bytes())?;
+    // Only a complete set becomes n-1; without --backup n-1 stays as it is.
+    let old_set = if plan.backup && local.is_some() {
+        OldSet::KeepAsBack
+    } else {
+        OldSet::Discard
+    };
+    let published = staging.publish_with(staged, &format!("fetch {slot}"), old_set)?;
+    let backed_up = published.back.is_some();
     Ok(SlotOutcome::Updated {
         current: manifest,
         previous: local,
@@ -885,118 +932,6 @@ fn check_zip(file: &mut File, len: u64) -> Result<(), String> {
     } else {
         Err("no end-of-central-directory record at the end, so it is cut short or not a zip".into())
     }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SlotError> {
-    use std::io::Write;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io("create", path))?;
-    f.write_all(bytes).map_err(io("write", path))?;
-    f.sync_all().map_err(io("flush", path))
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<(), SlotError> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io("set permissions on", path))
-}
-
-#[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> Result<(), SlotError> {
-    Ok(())
-}
-
-fn sync_dir(path: &Path) -> Result<(), SlotError> {
-    #[cfg(unix)]
-    {
-        File::open(path)
-            .and_then(|d| d.sync_all())
-            .map_err(io("flush", path))?;
-    }
-    let _ = path;
-    Ok(())
-}
-
-/// Puts the complete set staged at `stage` in place at `current`, and
-/// returns whether the replaced set was kept at `back`.
-///
-/// When `current` exists the two folders are swapped in one step
-/// (`renameat2(RENAME_EXCHANGE)` on Linux, `renamex_np(RENAME_SWAP)` on
-/// macOS), so a web server reading the folder sees the old set or the new
-/// one, never none; where the filesystem cannot swap, three renames do it
-/// with a short gap. Afterwards the old set sits at `stage`; it moves to
-/// `back` when that is wanted and it was complete (`old_complete`),
-/// replacing the n-1 set there. Anything left at `stage` is the caller's
-/// to remove.
-fn publish(
-    stage: &Path,
-    current: &Path,
-    back: Option<&Path>,
-    old_complete: bool,
-) -> Result<bool, SlotError> {
-    let ring_dir = current.parent().expect("arch folder has a parent");
-    if fs::symlink_metadata(current).is_err() {
-        fs::rename(stage, current).map_err(io("publish", current))?;
-        sync_dir(ring_dir)?;
-        return Ok(false);
-    }
-    swap(stage, current).map_err(io("publish", current))?;
-    sync_dir(ring_dir)?;
-    let Some(back) = back.filter(|_| old_complete) else {
-        return Ok(false);
-    };
-    let backup_err = |source| SlotError::Backup {
-        current: current.to_path_buf(),
-        back: back.to_path_buf(),
-        source,
-    };
-    let back_parent = back.parent().expect("back folder has a parent");
-    fs::create_dir_all(back_parent).map_err(backup_err)?;
-    if fs::symlink_metadata(back).is_ok() {
-        swap(stage, back).map_err(backup_err)?;
-    } else {
-        fs::rename(stage, back).map_err(backup_err)?;
-    }
-    if back_parent != ring_dir {
-        File::open(back_parent)
-            .and_then(|d| d.sync_all())
-            .map_err(backup_err)?;
-    }
-    Ok(true)
-}
-
-/// Exchanges two folders, atomically where the platform and filesystem can.
-fn swap(a: &Path, b: &Path) -> std::io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
-    {
-        use rustix::fs::{renameat_with, RenameFlags, CWD};
-        match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
-            Ok(()) => return Ok(()),
-            Err(e)
-                if e == rustix::io::Errno::INVAL
-                    || e == rustix::io::Errno::NOSYS
-                    || e == rustix::io::Errno::NOTSUP =>
-            {
-                // The filesystem cannot swap; fall through to renames.
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let parked = {
-        let mut name = a.file_name().unwrap_or_default().to_os_string();
-        name.push(".swap");
-        a.with_file_name(name)
-    };
-    fs::rename(b, &parked)?;
-    if let Err(e) = fs::rename(a, b) {
-        let _ = fs::rename(&parked, b);
-        return Err(e);
-    }
-    fs::rename(&parked, a)
 }
 
 #[cfg(test)]
@@ -1088,18 +1023,5 @@ mod tests {
         let mut html = b"<!DOCTYPE html>".to_vec();
         html.extend([b' '; 100]);
         assert!(check(&html).is_err());
-    }
-
-    #[test]
-    fn swap_exchanges_folders() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        fs::create_dir(&a).unwrap();
-        fs::create_dir(&b).unwrap();
-        fs::write(a.join("f"), "A").unwrap();
-        fs::write(b.join("f"), "B").unwrap();
-        swap(&a, &b).unwrap();
-        assert_eq!(fs::read_to_string(a.join("f")).unwrap(), "B");
-        assert_eq!(fs::read_to_string(b.join("f")).unwrap(), "A");
     }
 }
