@@ -74,10 +74,26 @@ fn assert_no_temp_files(dir: &Path) {
     for path in snapshot(dir).keys() {
         assert!(!path.contains(".gapferry-fetch-"), "left behind: {path}");
         assert!(!path.ends_with(".swap"), "left behind: {path}");
+        assert!(!path.contains(".gapferry-staging-"), "left behind: {path}");
     }
 }
 
 const X64: &str = "linux/production/arch_x86_64";
+
+/// What a fetch that failed leaves in a folder that was empty: its private
+/// lock file, empty and mode 0600 (nothing else, and no package).
+fn only_the_lock(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    use std::os::unix::fs::PermissionsExt;
+    let lock = dir.join(gapferry::mde::fetch::LOCK_FILE);
+    assert_eq!(
+        fs::symlink_metadata(&lock).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    BTreeMap::from([(
+        gapferry::mde::fetch::LOCK_FILE.to_string(),
+        Some(Vec::new()),
+    )])
+}
 
 /// One slot fetched, then the release moves on to `next`: the starting
 /// point of the failure tests.
@@ -662,7 +678,7 @@ fn unreachable_upstream_fails_every_item_with_exit_1() {
     assert!(r.stderr.contains("HTTPS_PROXY"), "{}", r.stderr);
     let j: JsonReport = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(j.failed, 4);
-    assert_eq!(snapshot(dir.path()), BTreeMap::new());
+    assert_eq!(snapshot(dir.path()), only_the_lock(dir.path()));
 }
 
 #[test]
@@ -678,6 +694,87 @@ fn a_second_fetch_on_the_same_folder_is_refused() {
     assert_eq!(mock.with(|s| s.requests.len()), 0);
     drop(lock);
     assert_eq!(run(&mut fetch(&mock, dir.path())).code, 0);
+}
+
+/// `nobody` (through `setpriv`) opens `path` read-only and holds an
+/// exclusive `flock` on it; returns the process and what it says: `held`,
+/// or `denied <errno>`.
+fn attacker_flock(path: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let script = "import fcntl,os,sys,time\n\
+try:\n    fd = os.open(sys.argv[1], os.O_RDONLY)\n    fcntl.flock(fd, fcntl.LOCK_EX)\n\
+except OSError as e:\n    print('denied', e.errno, flush=True)\n    sys.exit(1)\n\
+print('held', flush=True)\ntime.sleep(60)\n";
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            // A system Python: another user may not reach a per-user shim.
+            ["/usr/bin/python3", "/usr/local/bin/python3"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())
+                .unwrap_or("python3"),
+            "-c",
+            script,
+        ])
+        .arg(path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(!line.is_empty(), "the attacker process did not start");
+    (child, line.trim().to_string())
+}
+
+#[test]
+fn another_local_user_can_stop_no_fetch() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("note: not root; skipping a test that needs a second local user");
+        return;
+    }
+    let mock = Mock::start(Release::new("1.1.24080.9", "1.419.100.0"));
+    let t = tempfile::tempdir().unwrap();
+    // A download folder other users may read, as an HTTP server needs.
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = t.path().join("wdav");
+    let only = ["--platform", "linux", "--arch", "x86_64"];
+    let r = run(fetch(&mock, &dir).args(only));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lock = dir.join(gapferry::mde::fetch::LOCK_FILE);
+    assert_eq!(
+        fs::symlink_metadata(&lock).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+
+    // The folder is readable, so another user can flock it: harmless now.
+    let (mut folder_holder, said) = attacker_flock(&dir);
+    assert_eq!(said, "held", "nobody could not even open {}", dir.display());
+    // The lock file is not: nobody cannot open it, let alone hold it.
+    let (mut lock_holder, said) = attacker_flock(&lock);
+    assert_eq!(said, "denied 13", "nobody could open {}", lock.display());
+    let _ = lock_holder.wait();
+
+    mock.with(|s| s.default = Some(Release::new("1.1.24080.9", "1.419.200.0")));
+    let r = run(fetch(&mock, &dir).args(only));
+    folder_holder.kill().unwrap();
+    folder_holder.wait().unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(zip_text(&dir, X64).contains("definitions 1.419.200.0"));
+
+    // A lock file planted as a symbolic link is refused, naming it.
+    fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", &lock).unwrap();
+    let before = snapshot(&dir);
+    let r = run(fetch(&mock, &dir).args(only));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains(".gapferry-fetch.lock"), "{}", r.stderr);
+    assert_eq!(snapshot(&dir), before);
 }
 
 #[test]
@@ -805,7 +902,7 @@ fn tls_from_an_unknown_ca_fails_naming_the_url_and_ca_cert() {
         .error
         .as_deref()
         .is_some_and(|e| e.contains("certificate") && e.contains(&url)));
-    assert_eq!(snapshot(dir.path()), BTreeMap::new());
+    assert_eq!(snapshot(dir.path()), only_the_lock(dir.path()));
 }
 
 #[test]
@@ -1053,7 +1150,7 @@ fn a_tls_inspecting_proxy_works_with_its_ca_and_only_with_it() {
         ["CONNECT go.microsoft.com:443"],
         "nothing sent past the handshake"
     );
-    assert_eq!(snapshot(dir.path()), BTreeMap::new());
+    assert_eq!(snapshot(dir.path()), only_the_lock(dir.path()));
 
     let r = run(fetch_one(&mock, dir.path())
         .env("HTTPS_PROXY", &proxy)
