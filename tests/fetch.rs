@@ -777,6 +777,71 @@ fn another_local_user_can_stop_no_fetch() {
     assert_eq!(snapshot(&dir), before);
 }
 
+/// The definitions version of the set in `rel`, checking the set is whole
+/// (its manifest and its updates.zip name the same release).
+fn whole_set(dir: &Path, rel: &str) -> String {
+    let v = manifest(dir, rel)["DefinitionVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        zip_text(dir, rel).contains(&format!("definitions {v}")),
+        "{rel} mixes two sets"
+    );
+    v
+}
+
+#[test]
+fn a_fetch_killed_at_any_publish_step_is_recovered_and_never_loses_the_old_set() {
+    use gapferry::faults::{CRASH_STEPS, ENV_CRASH_AT, ENV_FORCE_FALLBACK};
+    let only = ["--platform", "linux", "--arch", "x86_64"];
+    let back = "linux/production_back/arch_x86_64";
+    for fallback in [false, true] {
+        for step in CRASH_STEPS {
+            let case = format!("{step} (fallback: {fallback})");
+            let mock = Mock::start(Release::new("1.1.24080.9", "1.419.100.0"));
+            let dir = tempfile::tempdir().unwrap();
+            assert_eq!(run(fetch(&mock, dir.path()).args(only)).code, 0);
+            mock.with(|s| s.default = Some(Release::new("1.1.24080.9", "1.419.200.0")));
+            assert_eq!(run(fetch(&mock, dir.path()).args(only)).code, 0);
+            mock.with(|s| s.default = Some(Release::new("1.1.24080.9", "1.419.300.0")));
+
+            let mut killed = fetch(&mock, dir.path());
+            killed.args(only).env(ENV_CRASH_AT, step);
+            if fallback {
+                killed.env(ENV_FORCE_FALLBACK, "1");
+            }
+            let r = run(&mut killed);
+            // Every step is reached but the fallback's, unless it is forced.
+            let reached = fallback || !step.ends_with("-aside");
+            assert_eq!(r.code, if reached { -1 } else { 0 }, "{case}: {}", r.stderr);
+            // Right after the kill: the served folder holds one whole set,
+            // the old or the new, and n-1 one whole older set; only the
+            // two-rename windows of the fallback may leave one of them
+            // missing until the next run.
+            if dir.path().join(X64).exists() {
+                let v = whole_set(dir.path(), X64);
+                assert!(v == "1.419.200.0" || v == "1.419.300.0", "{case}: {v}");
+            } else {
+                assert!(fallback && *step == "fallback-aside", "{case}: missing");
+            }
+            if dir.path().join(back).exists() {
+                let v = whole_set(dir.path(), back);
+                assert!(v == "1.419.100.0" || v == "1.419.200.0", "{case}: {v}");
+            } else {
+                assert!(fallback && *step == "back-aside", "{case}: n-1 missing");
+            }
+
+            // The next run recovers: the new set current, the old one n-1.
+            let r = run(fetch(&mock, dir.path()).args(only));
+            assert_eq!(r.code, 0, "{case}: {}", r.stderr);
+            assert_eq!(whole_set(dir.path(), X64), "1.419.300.0", "{case}");
+            assert_eq!(whole_set(dir.path(), back), "1.419.200.0", "{case}");
+            assert_no_temp_files(dir.path());
+        }
+    }
+}
+
 #[test]
 fn leftovers_of_a_killed_run_are_removed() {
     let mock = Mock::start(Release::new("1.1.24080.9", "1.419.100.0"));
