@@ -74,6 +74,14 @@
 //! [`crate::faults`])
 //! forces it, for tests.
 //!
+//! # Where the primitives live
+//!
+//! The moves themselves (one exchange, the two-rename fallback, `rename`),
+//! the fsyncs and the journal's create-new write are [`crate::durable`]'s;
+//! this module owns the protocol on top of them: the staging layout, the
+//! journal, the idempotent roll-forward and [`recover`]. `fetch` publishes
+//! through it too, so an interrupted fetch is recovered the same way.
+//!
 //! # Test-only crash hooks
 //!
 //! [`crate::faults`] kills a publish at named steps for the crash tests; it
@@ -1041,6 +1049,7 @@ fn owner_alive(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::exchange;
     use crate::mde::{Platform, Ring};
     use std::os::unix::fs::PermissionsExt;
 
