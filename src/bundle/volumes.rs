@@ -519,18 +519,22 @@ pub fn write_split(
             k.key_id
         ));
         let to = signature_path(&idx_path, k.key_id);
-        let mut tmp = temp_in(&dir, &file_name(&to))?;
-        tmp.write_all(text.as_bytes())
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(BundleError::io(tmp.path()))?;
-        persist(tmp.into_temp_path(), &to, true)?;
+        durable::write_atomic(
+            &to,
+            text.as_bytes(),
+            durable::FILE_MODE,
+            durable::Clobber::Replace,
+        )
+        .map_err(BundleError::io(&to))?;
         signature_paths.push(to);
     }
-    let mut tmp = temp_in(&dir, &format!("{name}{INDEX_SUFFIX}"))?;
-    tmp.write_all(&index_bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(BundleError::io(tmp.path()))?;
-    persist(tmp.into_temp_path(), &idx_path, opts.overwrite)?;
+    let clobber = if opts.overwrite {
+        durable::Clobber::Replace
+    } else {
+        durable::Clobber::Refuse
+    };
+    durable::write_atomic(&idx_path, &index_bytes, durable::FILE_MODE, clobber)
+        .map_err(BundleError::io(&idx_path))?;
     Ok(SplitWritten {
         written,
         index_path: idx_path,
