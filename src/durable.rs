@@ -3,7 +3,9 @@
 //! with and without clobbering, large files synced as they are written, and
 //! the folder exchange (with its two-rename fallback) that publishing is
 //! built on. Every module that must survive a power loss goes through here
-//! instead of calling `rename`/`persist`/`sync_all` itself.
+//! instead of calling `rename`/`persist`/`sync_all` itself. Where other
+//! users may write the folder, the same writes go through the folder's
+//! descriptor instead of a path ([`write_new_at`]).
 //!
 //! It owns mechanisms, never policy: it must never decide what a folder or
 //! file means, where it goes, or whether a caller may replace it (the
@@ -14,11 +16,13 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+mod at;
 mod dirs;
 mod exchange;
 mod files;
 mod syncing;
 
+pub use at::{write_new_at, AtError};
 pub use dirs::{create_dir, ensure_dir_all, ensure_private_dir, NotOurs};
 pub use exchange::{exchange, rename, swap_in, MoveError, SwapMethod};
 pub use files::{

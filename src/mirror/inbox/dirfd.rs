@@ -250,45 +250,13 @@ impl DirFd {
 
     /// Writes `bytes` to a new file `name` atomically: a hidden temp file
     /// created in this folder with `O_CREAT|O_EXCL|O_NOFOLLOW`, its mode set
-    /// on the descriptor, fsynced, then renamed without replacing anything.
+    /// on the descriptor, fsynced, then renamed without replacing anything
+    /// ([`crate::durable::write_new_at`]).
     pub fn write_new(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), EntryError> {
-        let mut tmp = None;
-        for i in 0..100u32 {
-            let t = format!(".{name}.tmp{}-{i}", std::process::id());
-            match rustix::fs::openat(
-                &self.fd,
-                t.as_str(),
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(mode),
-            ) {
-                Ok(fd) => {
-                    tmp = Some((t, fd));
-                    break;
-                }
-                Err(rustix::io::Errno::EXIST) => continue,
-                Err(e) => return Err(self.io(&t)(e)),
-            }
-        }
-        let Some((t, fd)) = tmp else {
-            return Err(EntryError::Io {
-                path: self.display(name),
-                source: io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "no free temporary name beside it; remove the .*.tmp* files there",
-                ),
-            });
-        };
-        // On the descriptor: the name may not be ours by the time a path is used.
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(self.io(&t))?;
-        let mut file = File::from(fd);
-        io::Write::write_all(&mut file, bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|source| EntryError::Io {
-                path: self.display(&t),
-                source,
-            })?;
-        rustix::fs::renameat_with(&self.fd, t.as_str(), &self.fd, name, RenameFlags::NOREPLACE)
-            .map_err(self.io(name))
+        crate::durable::write_new_at(&self.fd, name, bytes, mode).map_err(|e| EntryError::Io {
+            path: self.display(&e.name),
+            source: e.source,
+        })
     }
 
     /// fsync of the folder, so renames into or out of it survive a power loss.
