@@ -16,10 +16,12 @@ pub mod keys;
 pub mod manifest;
 pub mod mde;
 pub mod mirror;
+pub mod profile;
 pub mod progress;
 pub mod safepath;
 pub mod sequence;
 pub mod sign;
 pub mod text;
+pub mod verify;
 
 pub use error::ExitKind;

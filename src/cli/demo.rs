@@ -8,7 +8,6 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use gapferry::bundle::reader::BundleReader;
-use gapferry::bundle::trust;
 use gapferry::bundle::writer::{self, BundleSpec, WriteOptions};
 use gapferry::keys::{SecretKey, TrustSet};
 use gapferry::mde::{self, Arch, FolderManifest, Platform, Ring, Slot};
@@ -16,6 +15,7 @@ use gapferry::mirror::import::{self, ImportOptions, Target};
 use gapferry::mirror::ledger::Outcome;
 use gapferry::mirror::publish::PublishOptions;
 use gapferry::progress::NoProgress;
+use gapferry::verify::{verify_bundle, Policy, Purpose};
 
 use super::UsageError;
 
@@ -178,8 +178,15 @@ impl DemoArgs {
         trust_set.add(pk.clone(), pub_path.clone())?;
         let mut r = BundleReader::open(&b1)?;
         let head = r.read_head()?;
-        trust::require(&head, &trust_set, 1, &b1)?;
-        r.verify_payload(&NoProgress)?;
+        let policy = Policy {
+            trust: &trust_set,
+            threshold: 1,
+            channel: Some("default"),
+            allow_expired: false,
+            purpose: Purpose::Verify,
+            now: SystemTime::now(),
+        };
+        verify_bundle(r, head, &policy, &b1, &NoProgress)?;
         eprintln!("    valid, signed by {}", pk.key_id);
 
         step(
@@ -317,8 +324,7 @@ impl DemoArgs {
             target: Target::Mirror(mirror.to_path_buf()),
             state_dir: state.to_path_buf(),
             channel: "default".into(),
-            platforms: vec![],
-            rings: vec![],
+            only: Default::default(),
             allow_downgrade: false,
             allow_expired: false,
             lock_wait: Duration::from_secs(5),

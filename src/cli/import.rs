@@ -13,8 +13,8 @@ use clap::Args;
 use gapferry::error::Classify;
 use gapferry::keys::TrustSet;
 use gapferry::manifest;
-use gapferry::mde::{Arch, Platform, Ring};
-use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target};
+use gapferry::mde::{Platform, Ring};
+use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target, UnitFilter};
 use gapferry::mirror::inbox::{self, BundleResult, InboxOptions, Tracker};
 use gapferry::mirror::ledger::{Ledger, Outcome};
 use gapferry::mirror::publish::{Destination, PublishOptions};
@@ -182,7 +182,7 @@ impl ImportArgs {
             (None, Some(t)) => {
                 // A path naming no folder (`..`, `/`) fails here, before
                 // the lock or the ledger.
-                Destination::in_target(t, Arch::X86_64)?;
+                Destination::in_target(t, "arch_x86_64")?;
                 Target::Ring(t.clone())
             }
             _ => {
@@ -215,8 +215,9 @@ impl ImportArgs {
             target,
             state_dir,
             channel: self.channel.clone(),
-            platforms: self.platforms.clone(),
-            rings: self.rings.clone(),
+            only: UnitFilter::default()
+                .with("platform", &self.platforms)
+                .with("ring", &self.rings),
             allow_downgrade: self.allow_downgrade,
             allow_expired: self.allow_expired,
             lock_wait: self.lock_wait,

@@ -94,12 +94,8 @@ impl Outcome {
     }
 }
 
-/// Engine and definition versions of one folder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Versions {
-    pub engine_version: String,
-    pub definition_version: String,
-}
+/// The versions of one unit, as the profile seam records them.
+pub use crate::profile::Versions;
 
 /// One arch folder's versions before and after the attempt (`None`: the
 /// folder did not exist, or was not changed).

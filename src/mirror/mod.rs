@@ -18,6 +18,7 @@ pub mod lock;
 pub mod publish;
 pub mod receipt;
 pub mod rollback;
+pub mod session;
 pub mod setcheck;
 pub mod state;
 pub mod status;

@@ -89,7 +89,7 @@ pub fn status(
     for slot in Slot::all() {
         let dir = slot.dir_in(mirror);
         let back = slot.back_dir_in(mirror);
-        let recorded = state.served(&slot);
+        let recorded = state.served(&slot.key());
         if !dir.exists() && recorded.is_none() {
             continue;
         }
@@ -167,7 +167,7 @@ pub fn status(
         };
         let back_files_match = state
             .back
-            .get(&slot.rel())
+            .get(&slot.key())
             .filter(|r| back_exists && !r.files.is_empty())
             .map(|r| setcheck::check(&back, &r.files, depth));
         if let Some(Err(m)) = &back_files_match {
