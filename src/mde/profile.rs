@@ -102,9 +102,10 @@ impl Profile for Mde {
         Ok(())
     }
 
-    fn versions_on_disk(&self, dir: &Path) -> Option<Versions> {
-        let fm = FolderManifest::read(&dir.join(MANIFEST_JSON)).ok()?;
-        (fm.engine().is_ok() && fm.definitions().is_ok()).then(|| Versions {
+    fn read_versions(&self, dir: &Path) -> Result<Versions, String> {
+        // FolderManifest::read checks both are dotted versions.
+        let fm = FolderManifest::read(&dir.join(MANIFEST_JSON)).map_err(|e| e.to_string())?;
+        Ok(Versions {
             engine_version: fm.engine_version,
             definition_version: fm.definition_version,
         })

@@ -12,7 +12,6 @@ use sha2::{Digest, Sha256};
 use super::setcheck;
 use super::state::{State, StateDir};
 use crate::manifest::parse_time;
-use crate::mde::{FolderManifest, Slot, MANIFEST_JSON};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -86,10 +85,13 @@ pub fn status(
     };
     let now = SystemTime::now();
     let mut slots = Vec::new();
-    for slot in Slot::all() {
-        let dir = slot.dir_in(mirror);
-        let back = slot.back_dir_in(mirror);
-        let recorded = state.served(&slot.key());
+    let units = crate::profile::all()
+        .iter()
+        .flat_map(|p| p.all_units().into_iter().map(move |u| (*p, u)));
+    for (profile, (key, place)) in units {
+        let dir = place.dir_in(mirror);
+        let back = place.back_dir_in(mirror);
+        let recorded = state.served(&key);
         if !dir.exists() && recorded.is_none() {
             continue;
         }
@@ -101,10 +103,10 @@ pub fn status(
             })
         };
         let fm = if dir.is_dir() {
-            match FolderManifest::read(&dir.join(MANIFEST_JSON)) {
+            match profile.read_versions(&dir) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    problem(format!("{e}"));
+                    problem(e);
                     None
                 }
             }
@@ -167,7 +169,7 @@ pub fn status(
         };
         let back_files_match = state
             .back
-            .get(&slot.key())
+            .get(&key)
             .filter(|r| back_exists && !r.files.is_empty())
             .map(|r| setcheck::check(&back, &r.files, depth));
         if let Some(Err(m)) = &back_files_match {
@@ -208,7 +210,7 @@ pub fn status(
             .and_then(|t| now.duration_since(t).ok())
             .map(|d| d.as_secs());
         slots.push(SlotStatus {
-            slot: slot.rel(),
+            slot: key.to_string(),
             dir,
             engine_version: fm.as_ref().map(|m| m.engine_version.clone()),
             definition_version: fm.as_ref().map(|m| m.definition_version.clone()),
@@ -227,8 +229,8 @@ pub fn status(
             expired,
             files_match,
             back_exists,
-            back_definition_version: FolderManifest::read(&back.join(MANIFEST_JSON))
-                .ok()
+            back_definition_version: profile
+                .versions_on_disk(&back)
                 .map(|m| m.definition_version),
             back_files_match,
             findings,

@@ -92,6 +92,20 @@ pub struct Placement {
     pub leaf: String,
 }
 
+impl Placement {
+    /// The unit's folder under a mirror `root`.
+    pub fn dir_in(&self, root: &Path) -> std::path::PathBuf {
+        root.join(&self.area).join(&self.group).join(&self.leaf)
+    }
+
+    /// Its n-1 folder under a mirror `root`.
+    pub fn back_dir_in(&self, root: &Path) -> std::path::PathBuf {
+        root.join(&self.area)
+            .join(format!("{}_back", self.group))
+            .join(&self.leaf)
+    }
+}
+
 /// One unit a manifest carries, checked by its profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit {
@@ -126,9 +140,14 @@ pub trait Profile: fmt::Debug + Send + Sync {
     /// the error is the reason the bundle is rejected.
     fn check_staged(&self, unit: &Unit, dir: &Path) -> Result<(), String>;
 
-    /// The versions a unit's folder serves according to the folder itself,
-    /// when it says something readable.
-    fn versions_on_disk(&self, dir: &Path) -> Option<Versions>;
+    /// The versions a unit's folder serves according to the folder itself;
+    /// the error says why the folder does not say (for `status`).
+    fn read_versions(&self, dir: &Path) -> Result<Versions, String>;
+
+    /// [`Profile::read_versions`], when the folder says something readable.
+    fn versions_on_disk(&self, dir: &Path) -> Option<Versions> {
+        self.read_versions(dir).ok()
+    }
 
     /// Whether `incoming` is older than `served`, and how. Versions that do
     /// not parse are an error, never silently "not older".
