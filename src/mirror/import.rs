@@ -146,6 +146,10 @@ pub struct ImportReport {
     /// The receipt (`GF1-...`, see [`super::receipt`]) of a successful
     /// import, filled in once it is kept in the state directory; null otherwise.
     pub receipt: Option<String>,
+    /// The ledger head the kept receipt carries, or why there is none (for
+    /// the person at the terminal; not part of the `--json` output).
+    #[serde(skip)]
+    pub ledger_head: Result<Option<super::ledger::Checkpoint>, String>,
 }
 
 /// Why an import did not happen.
@@ -170,6 +174,12 @@ pub enum ImportError {
     /// The command line asks for something this bundle cannot give (exit 2).
     #[error("{bundle}: {reason}")]
     Usage { bundle: PathBuf, reason: String },
+    #[error("{path}: cannot keep the receipt {receipt}: {source}; the import itself stands, note the receipt by hand")]
+    Receipt {
+        path: PathBuf,
+        receipt: String,
+        source: std::io::Error,
+    },
 }
 
 impl Classify for ImportError {
@@ -182,6 +192,7 @@ impl Classify for ImportError {
             ImportError::Ledger(e) => e.exit_kind(),
             ImportError::Rollback { policy, .. } => policy.exit_kind(),
             ImportError::Usage { .. } => ExitKind::Usage,
+            ImportError::Receipt { .. } => ExitKind::Operational,
         }
     }
 }
@@ -232,33 +243,46 @@ pub fn import_opened(
     observer: &dyn Observer,
 ) -> (ImportReport, Option<ImportError>) {
     let mut attempt = Attempt::default();
-    let (outcome, err) =
-        match Session::open(&opts.state_dir, opts.target.served_root(), opts.lock_wait) {
-            Err(e) => (Outcome::Failed, Some(e.into_error())),
-            Ok(session) => {
-                let (outcome, err) = match run(opts, &session, opened, &mut attempt, observer) {
-                    Ok(o) => (o, None),
-                    Err(e) => (outcome_of(&e), Some(e)),
-                };
-                if attempt.logged {
-                    // A ledger that cannot be written is still an operational
-                    // failure to report; the line is appended by the next run
-                    // under the lock.
-                    return report(opts, attempt, outcome, err);
-                }
-                let entry = ledger_entry(opts, &attempt, outcome, err.as_ref());
-                // Under the flood limit: an attempt that changed nothing may
-                // only be counted (see ledger_quota).
-                match Ledger::in_state_dir(session.dir()).record_attempt(&entry) {
-                    Ok(_) => (outcome, err),
-                    // The import itself stands; a ledger that cannot be
-                    // written is still an operational failure to report.
-                    Err(e) if err.is_none() => (outcome, Some(e.into())),
-                    Err(_) => (outcome, err),
-                }
-            }
-        };
-    report(opts, attempt, outcome, err)
+    let session = match Session::open(&opts.state_dir, opts.target.served_root(), opts.lock_wait) {
+        Ok(s) => s,
+        Err(e) => return report(opts, attempt, Outcome::Failed, Some(e.into_error())),
+    };
+    let (outcome, err) = match run(opts, &session, opened, &mut attempt, observer) {
+        Ok(o) => (o, None),
+        Err(e) => (outcome_of(&e), Some(e)),
+    };
+    // A run that saved its own line with the state has it in the ledger (or
+    // due there: a ledger that cannot be written is still an operational
+    // failure to report, and the line is appended by the next run under the
+    // lock).
+    let (outcome, err) = if attempt.logged {
+        (outcome, err)
+    } else {
+        let entry = ledger_entry(opts, &attempt, outcome, err.as_ref());
+        // Under the flood limit: an attempt that changed nothing may only
+        // be counted (see ledger_quota).
+        match Ledger::in_state_dir(session.dir()).record_attempt(&entry) {
+            Ok(_) => (outcome, err),
+            // The import itself stands; a ledger that cannot be written is
+            // still an operational failure to report.
+            Err(e) if err.is_none() => (outcome, Some(e.into())),
+            Err(_) => (outcome, err),
+        }
+    };
+    let (mut rep, err) = report(opts, attempt, outcome, err);
+    if err.is_some() {
+        return (rep, err);
+    }
+    // Still under the locks: the receipt names the ledger head right after
+    // this import's own line.
+    match keep_receipt(session.dir(), &mut rep) {
+        Ok(()) => (rep, None),
+        Err(e) => {
+            rep.error = Some(e.to_string());
+            rep.exit_code = e.exit_kind().code();
+            (rep, Some(e))
+        }
+    }
 }
 
 fn report(
@@ -285,8 +309,32 @@ fn report(
         error: err.as_ref().map(|e| format!("{e}")),
         exit_code: err.as_ref().map_or(0, |e| e.exit_kind().code()),
         receipt: None,
+        ledger_head: Ok(None),
     };
     (report, err)
+}
+
+/// Appends the receipt of a successful import, with the ledger head after
+/// its line, to the state directory's `receipts.jsonl` (call it under the
+/// locks), and notes both in the report.
+fn keep_receipt(dir: &StateDir, report: &mut ImportReport) -> Result<(), ImportError> {
+    let Some((receipt, mut rec)) = super::receipt::for_report(report, SystemTime::now()) else {
+        return Ok(());
+    };
+    // Read after the import's own line was appended.
+    let head = Ledger::in_state_dir(dir)
+        .verify()
+        .map(|r| r.checkpoint())
+        .map_err(|e| e.to_string());
+    rec.ledger_head = head.as_ref().ok().map(|h| h.to_string());
+    super::receipt::record(dir.path(), &rec).map_err(|source| ImportError::Receipt {
+        path: dir.path().join(super::receipt::RECEIPTS_FILE),
+        receipt: receipt.to_string(),
+        source,
+    })?;
+    report.receipt = Some(receipt.to_string());
+    report.ledger_head = head.map(Some);
+    Ok(())
 }
 
 fn outcome_of(e: &ImportError) -> Outcome {
