@@ -47,7 +47,7 @@ fn entry(i: u64) -> LedgerEntry {
 fn state_with(n: u64) -> (tempfile::TempDir, StateDir) {
     let t = tempfile::tempdir().unwrap();
     let sd = StateDir::open(&t.path().join("state")).unwrap();
-    let l = Ledger::in_state_dir(&sd);
+    let l = sd.ledger();
     for i in 1..=n {
         l.append(&entry(i)).unwrap();
     }

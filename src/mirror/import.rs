@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::ledger::{self, Ledger, LedgerEntry, Outcome, SlotChange, Versions};
+use super::ledger::{LedgerEntry, Outcome, SlotChange, Versions};
 use super::publish::{self, Destination, PublishOptions, StagedSlot, Staging};
 use super::session::Session;
 use super::setcheck;
@@ -261,7 +261,7 @@ pub fn import_opened(
         let entry = ledger_entry(opts, &attempt, outcome, err.as_ref());
         // Under the flood limit: an attempt that changed nothing may only
         // be counted (see ledger_quota).
-        match Ledger::in_state_dir(session.dir()).record_attempt(&entry) {
+        match session.dir().ledger().record_attempt(&entry) {
             Ok(_) => (outcome, err),
             // The import itself stands; a ledger that cannot be written is
             // still an operational failure to report.
@@ -322,7 +322,8 @@ fn keep_receipt(dir: &StateDir, report: &mut ImportReport) -> Result<(), ImportE
         return Ok(());
     };
     // Read after the import's own line was appended.
-    let head = Ledger::in_state_dir(dir)
+    let head = dir
+        .ledger()
         .verify()
         .map(|r| r.checkpoint())
         .map_err(|e| e.to_string());
@@ -834,9 +835,9 @@ fn commit(
     state.withdrawn.remove(&head.manifest_sha256);
     state.pending = None;
     let entry = ledger_entry(opts, attempt, Outcome::Imported, None);
-    ledger::save_due(state_dir, state, entry)?;
+    super::session::save_due(state_dir, state, entry)?;
     attempt.logged = true;
-    if let Err(e) = ledger::settle::<ImportError>(state_dir, state) {
+    if let Err(e) = super::session::settle::<ImportError>(state_dir, state) {
         attempt.ledger_error = Some(e);
     }
     Ok(Outcome::Imported)

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::ledger::{self, LedgerEntry, Outcome, SlotChange, Versions};
+use super::ledger::{LedgerEntry, Outcome, SlotChange, Versions};
 use super::publish::{self, Destination, PublishOptions, Staging};
 use super::session::Session;
 use super::setcheck;
@@ -150,7 +150,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
                     reason: Some(format!("gapferry rollback {err}")),
                     ..LedgerEntry::new(Outcome::Rejected)
                 };
-                ledger::commit::<RollbackError>(state_dir, &mut state, entry)?;
+                super::session::commit::<RollbackError>(state_dir, &mut state, entry)?;
                 return Err(err);
             }
             m => forced.push(m.map(|m| format!("n-1 {}", m.by_file_name()))),
@@ -209,7 +209,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
             Outcome::Failed
         })
     };
-    ledger::commit::<RollbackError>(state_dir, &mut state, entry)?;
+    super::session::commit::<RollbackError>(state_dir, &mut state, entry)?;
     result.map(|()| report)
 }
 

@@ -2,8 +2,10 @@
 //! and rollback: open the state directory, take the import lock, claim the
 //! served folder, then finish whatever a crashed run left (journaled
 //! publishes rolled forward, a ledger line still due, an import killed
-//! while publishing recorded). It owns the order of those steps and never
-//! looks at a bundle.
+//! while publishing recorded). It also owns writing a change to the state
+//! together with its ledger line ([`commit`]), so that neither the ledger
+//! nor the state module needs the other's writer. It never looks at a
+//! bundle.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +15,7 @@ use super::lock::{ImportLock, LockError};
 use super::publish::{self, PublishOptions};
 use super::setcheck;
 use super::state::{ServedSlot, State, StateDir, StateError};
+use crate::faults::crash_point;
 use crate::profile::UnitKey;
 
 /// A mirror held by this process: its state directory under the import
@@ -83,6 +86,44 @@ impl Session {
     }
 }
 
+/// Saves `state` together with the ledger `entry` that records its change,
+/// appends the entry, then clears it from the state. Call it under the
+/// import lock. A kill after the first save leaves the entry in
+/// `state.json`; the next run's [`settle`] appends it (once), so a change
+/// the state holds is never missing from the ledger.
+pub fn commit<E>(dir: &StateDir, state: &mut State, entry: LedgerEntry) -> Result<(), E>
+where
+    E: From<StateError> + From<ledger::LedgerError>,
+{
+    save_due(dir, state, entry)?;
+    settle(dir, state)
+}
+
+/// The first half of [`commit`]: saves `state` with `entry` due. Once this
+/// returns, the change is recorded and its ledger line will be written.
+pub fn save_due(dir: &StateDir, state: &mut State, entry: LedgerEntry) -> Result<(), StateError> {
+    state.ledger_due = Some(entry);
+    dir.save(state)?;
+    crash_point("ledger-due");
+    Ok(())
+}
+
+/// Appends the entry an interrupted [`commit`] left in `state`, unless the
+/// ledger already ends with it, and saves the state without it.
+pub fn settle<E>(dir: &StateDir, state: &mut State) -> Result<(), E>
+where
+    E: From<StateError> + From<ledger::LedgerError>,
+{
+    let Some(entry) = state.ledger_due.clone() else {
+        return Ok(());
+    };
+    dir.ledger().append_once(&entry)?;
+    crash_point("ledger-appended");
+    state.ledger_due = None;
+    dir.save(state)?;
+    Ok(())
+}
+
 /// Records what an interrupted run left, once `publish::recover` has
 /// completed its folders (call it under the lock): a ledger line still due,
 /// and an import killed while publishing, whose ledger line is written now
@@ -92,10 +133,10 @@ fn settle_interrupted<E>(state_dir: &StateDir, state: &mut State) -> Result<(), 
 where
     E: From<StateError> + From<ledger::LedgerError>,
 {
-    ledger::settle::<E>(state_dir, state)?;
+    settle::<E>(state_dir, state)?;
     if state.pending.is_some() {
         match reconcile(state) {
-            Some(entry) => ledger::commit::<E>(state_dir, state, entry)?,
+            Some(entry) => commit::<E>(state_dir, state, entry)?,
             None => state_dir.save(state)?,
         }
     }

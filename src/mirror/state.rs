@@ -151,7 +151,7 @@ pub struct State {
     /// The ledger entry recording the change this state holds, saved with it
     /// and cleared once the ledger has it, so that a kill between the two
     /// writes cannot lose the line: the next run under the lock appends it
-    /// (see [`super::ledger::commit`]).
+    /// (see [`super::session::commit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_due: Option<super::ledger::LedgerEntry>,
 }
@@ -672,6 +672,28 @@ impl StateDir {
 
     pub fn lock_path(&self) -> PathBuf {
         self.path.join(LOCK_FILE)
+    }
+
+    /// This mirror's ledger.
+    pub fn ledger(&self) -> super::ledger::Ledger {
+        super::ledger::Ledger::new(&self.ledger_path())
+    }
+
+    /// The line an interrupted run left due in `state.json` (see
+    /// [`super::session::commit`]) that the ledger does not have yet: the
+    /// next import or rollback appends it. For read-only reports about the
+    /// ledger: a state file that cannot be read is `status`'s to report, and
+    /// counts as nothing due.
+    pub fn ledger_due(
+        &self,
+    ) -> Result<Option<super::ledger::LedgerEntry>, super::ledger::LedgerError> {
+        let Ok(state) = self.load() else {
+            return Ok(None);
+        };
+        match state.ledger_due {
+            Some(e) if !self.ledger().ends_with(&e)? => Ok(Some(e)),
+            _ => Ok(None),
+        }
     }
 
     /// Takes this mirror's import lock, waiting at most `wait`.
