@@ -11,6 +11,7 @@
 pub mod bundle;
 pub mod durable;
 pub mod error;
+pub mod export;
 pub mod faults;
 pub mod keys;
 pub mod manifest;
