@@ -109,6 +109,12 @@ pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted
         })
     };
     let m = &head.manifest;
+    // Parsed once; a manifest whose times do not parse is rejected, never
+    // read as 1970.
+    let (created, expires) = m
+        .created_time()
+        .and_then(|c| Ok((c, m.expires_time()?)))
+        .map_err(|e| rejected(e.to_string()))?;
     let (profile, units) = profile::find(&m.profile)
         .and_then(|p| Ok((p, p.units(m)?)))
         .map_err(|e| rejected(e.to_string()))?;
@@ -124,7 +130,7 @@ pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted
         }
     }
     if policy.purpose == Purpose::Import {
-        if m.is_from_future(policy.now, MAX_FUTURE_SKEW) {
+        if created > policy.now + MAX_FUTURE_SKEW {
             return Err(refused(format!(
                 "created {} is more than 24 hours in the future (check this machine's clock, or the exporter's)",
                 m.created
@@ -133,7 +139,8 @@ pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted
         // Sequences are Unix seconds: one far ahead of its own signed
         // `created` would fast-forward the channel and lock every honest
         // bundle out.
-        if m.sequence > m.max_sequence() {
+        let max_sequence = crate::manifest::max_sequence_for(created);
+        if m.sequence > max_sequence {
             return Err(refused(format!(
                 "sequence {} is more than {} seconds (one day) ahead of the bundle's created time {} \
                  (at most {} allowed; gapferry's sequences are Unix seconds, docs/FORMAT.md section 3): \
@@ -143,12 +150,12 @@ pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted
                 m.sequence,
                 crate::manifest::MAX_SEQUENCE_AHEAD,
                 m.created,
-                m.max_sequence(),
+                max_sequence,
                 m.channel
             )));
         }
     }
-    let expired = m.is_expired(policy.now);
+    let expired = expires <= policy.now;
     if expired && !policy.allow_expired {
         return Err(refused(match policy.purpose {
             Purpose::Verify => format!(
