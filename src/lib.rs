@@ -23,6 +23,7 @@ pub mod safepath;
 pub mod sequence;
 pub mod sign;
 pub mod text;
+pub mod timestamp;
 pub mod verify;
 
 pub use error::ExitKind;

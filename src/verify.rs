@@ -14,6 +14,7 @@ use crate::bundle::reader::{BundleReader, Head};
 use crate::bundle::{trust, BundleError};
 use crate::keys::{KeyId, TrustSet};
 use crate::profile::{self, Profile, Unit};
+use crate::timestamp::Timestamp;
 
 /// How far in the future `created` may lie before a bundle is refused.
 pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(24 * 3600);
@@ -48,6 +49,8 @@ pub struct Accepted {
     signers: Vec<KeyId>,
     profile: &'static dyn Profile,
     units: Vec<Unit>,
+    created: Timestamp,
+    expires: Timestamp,
     expired: bool,
 }
 
@@ -67,6 +70,14 @@ impl Accepted {
     /// The units the manifest carries, checked by its profile.
     pub fn units(&self) -> &[Unit] {
         &self.units
+    }
+    /// The manifest's `created`, parsed.
+    pub fn created(&self) -> &Timestamp {
+        &self.created
+    }
+    /// The manifest's `expires`, parsed.
+    pub fn expires(&self) -> &Timestamp {
+        &self.expires
     }
     /// Whether it had expired at the policy's `now` (accepted only with
     /// `allow_expired`).
@@ -111,10 +122,12 @@ pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted
     let m = &head.manifest;
     // Parsed once; a manifest whose times do not parse is rejected, never
     // read as 1970.
-    let (created, expires) = m
-        .created_time()
-        .and_then(|c| Ok((c, m.expires_time()?)))
-        .map_err(|e| rejected(e.to_string()))?;
+    let parse = |what: &str, text: &str| {
+        text.parse::<Timestamp>()
+            .map_err(|e| rejected(format!("invalid manifest: {what} {e}")))
+    };
+    let created = parse("created", &m.created)?;
+    let expires = parse("expires", &m.expires)?;
     let (profile, units) = profile::find(&m.profile)
         .and_then(|p| Ok((p, p.units(m)?)))
         .map_err(|e| rejected(e.to_string()))?;
@@ -130,7 +143,7 @@ pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted
         }
     }
     if policy.purpose == Purpose::Import {
-        if created > policy.now + MAX_FUTURE_SKEW {
+        if created.time() > policy.now + MAX_FUTURE_SKEW {
             return Err(refused(format!(
                 "created {} is more than 24 hours in the future (check this machine's clock, or the exporter's)",
                 m.created
@@ -139,7 +152,7 @@ pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted
         // Sequences are Unix seconds: one far ahead of its own signed
         // `created` would fast-forward the channel and lock every honest
         // bundle out.
-        let max_sequence = crate::manifest::max_sequence_for(created);
+        let max_sequence = crate::manifest::max_sequence_for(created.time());
         if m.sequence > max_sequence {
             return Err(refused(format!(
                 "sequence {} is more than {} seconds (one day) ahead of the bundle's created time {} \
@@ -155,7 +168,7 @@ pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted
             )));
         }
     }
-    let expired = expires <= policy.now;
+    let expired = expires.time() <= policy.now;
     if expired && !policy.allow_expired {
         return Err(refused(match policy.purpose {
             Purpose::Verify => format!(
@@ -173,6 +186,8 @@ pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted
         signers,
         profile,
         units,
+        created,
+        expires,
         expired,
     })
 }

@@ -36,9 +36,9 @@ use crate::bundle::volumes::{self, BundleInput};
 use crate::bundle::BundleError;
 use crate::error::{Classify, ExitKind};
 use crate::keys::TrustSet;
-use crate::manifest::format_time;
 use crate::profile::Unit;
 use crate::progress::Observer;
+use crate::timestamp::Timestamp;
 use crate::verify::{self, Accepted, Policy, Purpose};
 
 /// How far in the future `created` may lie before a bundle is refused.
@@ -773,7 +773,7 @@ fn commit(
 ) -> Result<Outcome, ImportError> {
     let head = accepted.head();
     let m = &head.manifest;
-    let now = format_time(SystemTime::now());
+    let now = Timestamp::from_time(SystemTime::now());
     let record = AcceptedBundle {
         manifest_sha256: head.manifest_sha256.clone(),
         bundle_id: m.bundle_id.clone(),
@@ -783,7 +783,7 @@ fn commit(
         .units
         .iter()
         .zip(&staged.files)
-        .map(|(u, files)| served_slot(&u.unit, head, files, &now))
+        .map(|(u, files)| served_slot(&u.unit, accepted, files, &now))
         .collect();
     let mut pending_slots = BTreeMap::new();
     for ((u, folder), s) in plan.units.iter().zip(&staged.folders).zip(&served) {
@@ -843,7 +843,13 @@ fn commit(
     Ok(Outcome::Imported)
 }
 
-fn served_slot(unit: &Unit, head: &Head, files: &[ServedFile], now: &str) -> ServedSlot {
+fn served_slot(
+    unit: &Unit,
+    accepted: &Accepted,
+    files: &[ServedFile],
+    now: &Timestamp,
+) -> ServedSlot {
+    let head = accepted.head();
     ServedSlot {
         engine_version: unit.versions.engine_version.clone(),
         definition_version: unit.versions.definition_version.clone(),
@@ -852,8 +858,8 @@ fn served_slot(unit: &Unit, head: &Head, files: &[ServedFile], now: &str) -> Ser
         sequence: head.manifest.sequence,
         manifest_sha256: head.manifest_sha256.clone(),
         files: files.to_vec(),
-        imported_at: now.to_string(),
-        expires: Some(head.manifest.expires.clone()),
+        imported_at: now.clone(),
+        expires: Some(accepted.expires().clone()),
     }
 }
 

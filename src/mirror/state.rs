@@ -39,6 +39,7 @@ use super::fsx::{self, fix};
 use super::lock::{ImportLock, LockError, LOCK_FILE};
 use crate::error::{Classify, ExitKind};
 use crate::profile::{Older, Profile, UnitKey, Versions};
+use crate::timestamp::Timestamp;
 
 /// The state file inside the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -104,11 +105,10 @@ pub struct ServedSlot {
     pub sequence: u64,
     pub manifest_sha256: String,
     pub files: Vec<ServedFile>,
-    /// RFC 3339 UTC.
-    pub imported_at: String,
-    /// The bundle's expiry (RFC 3339 UTC), when known.
+    pub imported_at: Timestamp,
+    /// The bundle's expiry, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires: Option<String>,
+    pub expires: Option<Timestamp>,
 }
 
 /// A bundle a channel has accepted.
@@ -116,8 +116,7 @@ pub struct ServedSlot {
 pub struct AcceptedBundle {
     pub manifest_sha256: String,
     pub bundle_id: String,
-    /// RFC 3339 UTC.
-    pub accepted_at: String,
+    pub accepted_at: Timestamp,
 }
 
 /// Accepted sequences of one channel.
@@ -889,7 +888,7 @@ mod tests {
                 size: 3,
                 sha256: "00".repeat(32),
             }],
-            imported_at: "2024-05-01T00:00:00Z".into(),
+            imported_at: "2024-05-01T00:00:00Z".parse().unwrap(),
             expires: None,
         }
     }
@@ -904,7 +903,7 @@ mod tests {
             AcceptedBundle {
                 manifest_sha256: "m5".into(),
                 bundle_id: "b5".into(),
-                accepted_at: "2024-05-01T00:00:00Z".into(),
+                accepted_at: "2024-05-01T00:00:00Z".parse().unwrap(),
             },
         );
         st.record_served(

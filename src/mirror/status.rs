@@ -11,7 +11,6 @@ use sha2::{Digest, Sha256};
 
 use super::setcheck;
 use super::state::{State, StateDir};
-use crate::manifest::parse_time;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -192,22 +191,18 @@ pub fn status(
             });
         }
         let expires = recorded.and_then(|r| r.expires.clone());
-        let expired = expires
-            .as_deref()
-            .and_then(parse_time)
-            .is_some_and(|t| t <= now);
+        let expired = expires.as_ref().is_some_and(|t| t.time() <= now);
         if expired {
             findings.push(Finding {
                 severity: Severity::Warning,
                 message: format!(
                     "the served bundle expired at {}; new definitions have not arrived (a frozen feed?)",
-                    expires.as_deref().unwrap_or("")
+                    expires.as_ref().map_or("", |t| t.as_str())
                 ),
             });
         }
         let age_seconds = recorded
-            .and_then(|r| parse_time(&r.imported_at))
-            .and_then(|t| now.duration_since(t).ok())
+            .and_then(|r| now.duration_since(r.imported_at.time()).ok())
             .map(|d| d.as_secs());
         slots.push(SlotStatus {
             slot: key.to_string(),
@@ -221,11 +216,9 @@ pub fn status(
                 .map(|r| r.channel.clone())
                 .filter(|s| !s.is_empty()),
             sequence: recorded.map(|r| r.sequence).filter(|s| *s > 0),
-            imported_at: recorded
-                .map(|r| r.imported_at.clone())
-                .filter(|s| !s.is_empty()),
+            imported_at: recorded.map(|r| r.imported_at.to_string()),
             age_seconds,
-            expires,
+            expires: expires.map(|t| t.to_string()),
             expired,
             files_match,
             back_exists,
