@@ -22,7 +22,7 @@ fn entry(i: u64) -> LedgerEntry {
         channel: Some("default".into()),
         sequence: Some(i),
         manifest_sha256: Some(format!("{i:064x}")),
-        signer_key_ids: vec!["0123456789ABCDEF".into()],
+        signer_key_ids: vec!["0123456789ABCDEF".parse().unwrap()],
         allow_downgrade: i == 3,
         reason: (i == 2).then(|| "older than served".to_string()),
         slots: vec![SlotChange {

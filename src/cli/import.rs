@@ -403,7 +403,12 @@ fn summary(r: &ImportReport) {
                 "gapferry: imported bundle {id} (channel {}, sequence {}), signed by {}",
                 Esc(r.channel.as_deref().unwrap_or("?")),
                 r.sequence.unwrap_or(0),
-                Esc(&r.signers.join(", "))
+                Esc(&r
+                    .signers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "))
             );
             for s in &r.slots {
                 let before = s

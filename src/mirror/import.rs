@@ -35,7 +35,7 @@ use crate::bundle::reader::{BundleReader, Head};
 use crate::bundle::volumes::{self, BundleInput};
 use crate::bundle::BundleError;
 use crate::error::{Classify, ExitKind};
-use crate::keys::TrustSet;
+use crate::keys::{KeyId, TrustSet};
 use crate::profile::Unit;
 use crate::progress::Observer;
 use crate::timestamp::Timestamp;
@@ -128,7 +128,7 @@ pub struct ImportReport {
     pub channel: Option<String>,
     pub sequence: Option<u64>,
     pub manifest_sha256: Option<String>,
-    pub signers: Vec<String>,
+    pub signers: Vec<KeyId>,
     pub slots: Vec<SlotReport>,
     /// Payload bytes written to the mirror.
     pub bytes_written: u64,
@@ -201,7 +201,7 @@ impl Classify for ImportError {
 #[derive(Debug, Default)]
 struct Attempt {
     head: Option<Head>,
-    signers: Vec<String>,
+    signers: Vec<KeyId>,
     slots: Vec<SlotReport>,
     bytes_written: u64,
     downgrades: Vec<super::state::Downgrade>,
@@ -513,10 +513,10 @@ fn accept(
         now: SystemTime::now(),
     };
     let accepted = verify::accept(opened.head, &policy, &opts.bundle).map_err(|n| {
-        attempt.signers = n.signers.iter().map(|k| k.to_string()).collect();
+        attempt.signers = n.signers;
         n.error
     })?;
-    attempt.signers = accepted.signers().iter().map(|k| k.to_string()).collect();
+    attempt.signers = accepted.signers().to_vec();
     Ok((opened.reader, accepted))
 }
 

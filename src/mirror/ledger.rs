@@ -131,7 +131,7 @@ pub struct LedgerEntry {
     pub bundle_id: Option<String>,
     pub manifest_sha256: Option<String>,
     /// Key ids (16 upper-case hex) whose valid signatures counted.
-    pub signer_key_ids: Vec<String>,
+    pub signer_key_ids: Vec<crate::keys::KeyId>,
     pub channel: Option<String>,
     pub sequence: Option<u64>,
     pub allow_downgrade: bool,
@@ -693,7 +693,7 @@ mod tests {
             channel: Some("default".into()),
             sequence: Some(i),
             manifest_sha256: Some(format!("{i:064x}")),
-            signer_key_ids: vec!["0123456789ABCDEF".into()],
+            signer_key_ids: vec!["0123456789ABCDEF".parse().unwrap()],
             slots: vec![SlotChange {
                 slot: "linux/production/arch_x86_64".into(),
                 before: None,

@@ -166,7 +166,7 @@ pub struct PendingImport {
     /// Key ids that signed the bundle, for the ledger entry that the run
     /// settling an interrupted import writes on its behalf.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub signers: Vec<String>,
+    pub signers: Vec<crate::keys::KeyId>,
 }
 
 /// One folder of a pending import.
