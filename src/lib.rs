@@ -21,6 +21,7 @@ pub mod profile;
 pub mod progress;
 pub mod safepath;
 pub mod sequence;
+pub mod sha256hex;
 pub mod sign;
 pub mod text;
 pub mod timestamp;

@@ -744,7 +744,10 @@ fn stage(
         staged.files[i].push(ServedFile {
             name: name.to_string(),
             size: entry.size,
-            sha256: entry.sha256,
+            sha256: entry
+                .sha256
+                .parse()
+                .map_err(|e| rejected(&opts.bundle, format!("{name}: {e}")))?,
         });
     }
     reader.finish()?;

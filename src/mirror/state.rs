@@ -92,7 +92,7 @@ impl Classify for StateError {
 pub struct ServedFile {
     pub name: String,
     pub size: u64,
-    pub sha256: String,
+    pub sha256: crate::sha256hex::Sha256Hex,
 }
 
 /// What one slot serves and where it came from.
@@ -886,7 +886,7 @@ mod tests {
             files: vec![ServedFile {
                 name: "updates.zip".into(),
                 size: 3,
-                sha256: "00".repeat(32),
+                sha256: "00".repeat(32).parse().unwrap(),
             }],
             imported_at: "2024-05-01T00:00:00Z".parse().unwrap(),
             expires: None,

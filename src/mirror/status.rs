@@ -133,7 +133,7 @@ pub fn status(
                 for f in &r.files {
                     let p = dir.join(&f.name);
                     let result = if check_hashes {
-                        sha256_file(&p).map(|(n, h)| n == f.size && h == f.sha256)
+                        sha256_file(&p).map(|(n, h)| n == f.size && f.sha256 == h)
                     } else {
                         std::fs::metadata(&p).map(|m| m.len() == f.size)
                     };
