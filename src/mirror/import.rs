@@ -1,18 +1,25 @@
-//! `gapferry import` as a library: verify before write, stream into staging,
-//! publish each arch folder atomically, record state and the ledger.
+//! `gapferry import` as a library: accept before write, stream into
+//! staging, publish each unit's folder atomically, record state, the ledger
+//! and the receipt. It works through the profile seam and never names a
+//! profile.
 //!
-//! Order of work, which is the security argument:
-//! 1. take the mirror's import lock (the ledger and state are only ever
-//!    written under it) and finish whatever a crashed import left;
-//! 2. read the bundle head (manifest size-capped and strictly parsed),
-//!    check signatures against the trust set and threshold, the profile's
-//!    rules, channel, expiry, the future-dated check, the sequence bound
-//!    (at most a day ahead of `created`) and the rollback policy
-//!    — all before a single payload byte is decompressed to disk;
-//! 3. stream each payload file through a size-limited hashing copy into
-//!    staging on the mirror's filesystem; check the end of the archive; check
-//!    each carried `manifest.json` says what the signed item says;
-//! 4. only then publish, folder by folder, and record what is served.
+//! The phases, in order, which is the security argument:
+//! 1. **session** ([`Session`]): take the mirror's import lock (the ledger
+//!    and state are only ever written under it) and finish whatever a
+//!    crashed import left;
+//! 2. **accept** ([`verify::accept`]): the bundle head (manifest size-capped
+//!    and strictly parsed), signatures against the trust set and threshold,
+//!    the profile's rules, channel, the future-dated check, the sequence
+//!    bound (at most a day ahead of `created`) and expiry;
+//! 3. **plan**: one `PlannedUnit` per selected unit with its `Baseline`
+//!    (recorded, on disk only, or empty), judged by the rollback policy —
+//!    all before a single payload byte is decompressed to disk;
+//! 4. **stage**: stream each payload file through a size-limited hashing
+//!    copy into staging on the mirror's filesystem; check the end of the
+//!    archive; have the profile check each staged unit against what was
+//!    signed for it;
+//! 5. **commit**: only then publish, unit by unit, record what is served
+//!    with its ledger line, and keep the receipt.
 //!
 //! A rejected or failed import leaves the served tree as it was: staging is
 //! removed, and folders created only to hold staging are removed again.
