@@ -438,7 +438,7 @@ fn summary(r: &ImportReport) {
                 } else {
                     "  (already served)"
                 };
-                eprintln!("  {:<30} {before} -> {after}{note}", Esc(&s.slot));
+                eprintln!("  {:<30} {before} -> {after}{note}", Esc(s.slot.as_str()));
             }
             for d in &r.downgrades {
                 eprintln!("  downgrade allowed: {}", Esc(d));

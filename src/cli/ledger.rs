@@ -216,7 +216,12 @@ fn versions(c: &SlotChange) -> String {
         ),
         None => "-".to_string(),
     };
-    format!("{}  {} -> {}", Esc(&c.slot), v(&c.before), v(&c.after))
+    format!(
+        "{}  {} -> {}",
+        Esc(c.slot.as_str()),
+        v(&c.before),
+        v(&c.after)
+    )
 }
 
 /// The human table: one row per entry, then one indented line per folder

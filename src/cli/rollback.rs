@@ -92,7 +92,7 @@ impl RollbackArgs {
                 };
                 eprintln!(
                     "gapferry: {} now serves definitions {} (was {}); the previous set is n-1",
-                    gapferry::text::Esc(&s.slot),
+                    gapferry::text::Esc(s.slot.as_str()),
                     v(&s.after),
                     v(&s.before)
                 );

@@ -43,7 +43,7 @@ use crate::bundle::volumes::{self, BundleInput};
 use crate::bundle::BundleError;
 use crate::error::{Classify, ExitKind};
 use crate::keys::{KeyId, TrustSet};
-use crate::profile::Unit;
+use crate::profile::{Unit, UnitKey};
 use crate::progress::Observer;
 use crate::timestamp::Timestamp;
 use crate::verify::{self, Accepted, Policy, Purpose};
@@ -115,8 +115,8 @@ pub struct ImportOptions {
 /// One arch folder in the result.
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotReport {
-    /// Layout path, e.g. `linux/production/arch_x86_64`.
-    pub slot: String,
+    /// The unit's key, e.g. `linux/production/arch_x86_64`.
+    pub slot: UnitKey,
     /// The arch folder endpoints read.
     pub dir: PathBuf,
     pub before: Option<Versions>,
@@ -563,7 +563,7 @@ fn plan(
         };
         let publish = baseline.manifest_sha256() != Some(head.manifest_sha256.as_str());
         attempt.slots.push(SlotReport {
-            slot: unit.key.to_string(),
+            slot: unit.key.clone(),
             dir: dest.current(),
             before: baseline.versions(),
             after: Some(unit.versions.clone()),

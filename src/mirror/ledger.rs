@@ -99,8 +99,8 @@ pub use crate::profile::Versions;
 /// folder did not exist, or was not changed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotChange {
-    /// Layout path, e.g. `linux/production/arch_x86_64`.
-    pub slot: String,
+    /// The unit's key, e.g. `linux/production/arch_x86_64`.
+    pub slot: crate::profile::UnitKey,
     pub before: Option<Versions>,
     pub after: Option<Versions>,
 }

@@ -48,7 +48,7 @@ pub struct RollbackOptions {
 /// One folder swapped.
 #[derive(Debug, Clone, Serialize)]
 pub struct RolledSlot {
-    pub slot: String,
+    pub slot: UnitKey,
     pub dir: PathBuf,
     /// What it served before and serves now.
     pub before: Option<Versions>,
@@ -170,7 +170,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
         };
         swap_state(&mut state, key);
         report.slots.push(RolledSlot {
-            slot: key.to_string(),
+            slot: key.clone(),
             dir: dest.current(),
             before,
             after: on_disk(&dest.current()),

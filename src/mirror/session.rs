@@ -154,7 +154,7 @@ fn reconcile(state: &mut State) -> Option<LedgerEntry> {
     for (key, ps) in &p.slots {
         if setcheck::check(&ps.dir, &ps.served.files, setcheck::Depth::Hashes).is_ok() {
             changes.push(SlotChange {
-                slot: key.to_string(),
+                slot: key.clone(),
                 before: state.served(key).map(ServedSlot::versions),
                 after: Some(ps.served.versions()),
             });

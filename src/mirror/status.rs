@@ -32,7 +32,7 @@ pub struct Finding {
 /// One arch folder.
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotStatus {
-    pub slot: String,
+    pub slot: crate::profile::UnitKey,
     pub dir: PathBuf,
     /// Versions from the folder's own manifest.json.
     pub engine_version: Option<String>,
@@ -205,7 +205,7 @@ pub fn status(
             .and_then(|r| now.duration_since(r.imported_at.time()).ok())
             .map(|d| d.as_secs());
         slots.push(SlotStatus {
-            slot: key.to_string(),
+            slot: key.clone(),
             dir,
             engine_version: fm.as_ref().map(|m| m.engine_version.clone()),
             definition_version: fm.as_ref().map(|m| m.definition_version.clone()),

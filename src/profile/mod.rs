@@ -32,7 +32,8 @@ impl UnitKey {
 
 impl fmt::Display for UnitKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad`, so that `{:<30}` lines keys up in tables.
+        f.pad(&self.0)
     }
 }
 
@@ -46,6 +47,12 @@ impl FromStr for UnitKey {
 impl From<String> for UnitKey {
     fn from(s: String) -> Self {
         UnitKey(s)
+    }
+}
+
+impl From<&str> for UnitKey {
+    fn from(s: &str) -> Self {
+        UnitKey(s.to_string())
     }
 }
 
