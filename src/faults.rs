@@ -17,7 +17,7 @@
 //! so once `n` payload bytes have been staged; `GAPFERRY_TEST_FORCE_FALLBACK=1`
 //! makes publishing use the two-rename fallback. Steps, in order:
 //! [`CRASH_STEPS`], then `ledger-due` and `ledger-appended` from
-//! `mirror::ledger::commit`.
+//! `mirror::session::commit`.
 
 /// Every publish crash step name, in the order a publish reaches them.
 pub const CRASH_STEPS: &[&str] = &[

@@ -60,6 +60,26 @@ impl std::str::FromStr for KeyId {
     }
 }
 
+/// In JSON (state, ledger, reports): the 16 hex digits of [`KeyId`]'s
+/// `Display`, read back strictly.
+impl serde::Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|()| {
+            serde::de::Error::custom(format!(
+                "{:?} is not a key id (16 upper-case hex digits)",
+                crate::text::escape(&text)
+            ))
+        })
+    }
+}
+
 /// A key file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -11,15 +11,20 @@
 pub mod bundle;
 pub mod durable;
 pub mod error;
+pub mod export;
 pub mod faults;
 pub mod keys;
 pub mod manifest;
 pub mod mde;
 pub mod mirror;
+pub mod profile;
 pub mod progress;
 pub mod safepath;
 pub mod sequence;
+pub mod sha256hex;
 pub mod sign;
 pub mod text;
+pub mod timestamp;
+pub mod verify;
 
 pub use error::ExitKind;

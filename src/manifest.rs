@@ -165,18 +165,8 @@ impl Manifest {
         check_channel(&self.channel)?;
         plain_field("producer", &self.producer)?;
         plain_field("profile", &self.profile)?;
-        let created = parse_time(&self.created).ok_or_else(|| {
-            bad(format!(
-                "created {:?} is not an RFC 3339 time",
-                self.created
-            ))
-        })?;
-        let expires = parse_time(&self.expires).ok_or_else(|| {
-            bad(format!(
-                "expires {:?} is not an RFC 3339 time",
-                self.expires
-            ))
-        })?;
+        let created = self.created_time()?;
+        let expires = self.expires_time()?;
         if expires <= created {
             return Err(bad("expires is not after created"));
         }
@@ -227,30 +217,41 @@ impl Manifest {
         self.files.iter().map(|f| f.size).sum()
     }
 
-    /// `created` as a time (validated at parse).
-    pub fn created_time(&self) -> SystemTime {
-        parse_time(&self.created).unwrap_or(SystemTime::UNIX_EPOCH)
+    /// `created` as a time. Checked at parse; a manifest built in memory
+    /// with a time that does not parse is an error here too, never 1970.
+    pub fn created_time(&self) -> Result<SystemTime, ManifestError> {
+        parse_time(&self.created).ok_or_else(|| {
+            bad(format!(
+                "created {:?} is not an RFC 3339 time",
+                self.created
+            ))
+        })
     }
 
-    /// `expires` as a time (validated at parse).
-    pub fn expires_time(&self) -> SystemTime {
-        parse_time(&self.expires).unwrap_or(SystemTime::UNIX_EPOCH)
+    /// `expires` as a time (see [`Manifest::created_time`]).
+    pub fn expires_time(&self) -> Result<SystemTime, ManifestError> {
+        parse_time(&self.expires).ok_or_else(|| {
+            bad(format!(
+                "expires {:?} is not an RFC 3339 time",
+                self.expires
+            ))
+        })
     }
 
     /// Whether the bundle has expired at `now`.
-    pub fn is_expired(&self, now: SystemTime) -> bool {
-        self.expires_time() <= now
+    pub fn is_expired(&self, now: SystemTime) -> Result<bool, ManifestError> {
+        Ok(self.expires_time()? <= now)
     }
 
     /// The highest sequence this manifest's signed `created` allows (see
     /// [`MAX_SEQUENCE_AHEAD`]).
-    pub fn max_sequence(&self) -> u64 {
-        max_sequence_for(self.created_time())
+    pub fn max_sequence(&self) -> Result<u64, ManifestError> {
+        Ok(max_sequence_for(self.created_time()?))
     }
 
     /// Whether `created` lies more than `skew` after `now`.
-    pub fn is_from_future(&self, now: SystemTime, skew: Duration) -> bool {
-        self.created_time() > now + skew
+    pub fn is_from_future(&self, now: SystemTime, skew: Duration) -> Result<bool, ManifestError> {
+        Ok(self.created_time()? > now + skew)
     }
 
     /// The trusted comment every signature of this manifest carries, so that
@@ -413,9 +414,21 @@ pub(crate) mod tests {
     fn sequence_bound_is_created_plus_one_day() {
         let mut m = sample();
         // 2026-01-01T00:00:00Z
-        assert_eq!(m.max_sequence(), 1_767_225_600 + MAX_SEQUENCE_AHEAD);
+        assert_eq!(
+            m.max_sequence().unwrap(),
+            1_767_225_600 + MAX_SEQUENCE_AHEAD
+        );
         m.created = "2026-01-01T00:00:00.999Z".into();
-        assert_eq!(m.max_sequence(), 1_767_225_600 + 86_400, "whole seconds");
+        assert_eq!(
+            m.max_sequence().unwrap(),
+            1_767_225_600 + 86_400,
+            "whole seconds"
+        );
+        m.created = "yesterday".into();
+        assert!(
+            m.max_sequence().unwrap_err().0.contains("RFC 3339"),
+            "no silent 1970"
+        );
         assert_eq!(
             max_sequence_for(SystemTime::UNIX_EPOCH - Duration::from_secs(5)),
             MAX_SEQUENCE_AHEAD

@@ -245,8 +245,7 @@ fn library_imports_golden() {
         target: Target::Mirror(mirror.clone()),
         state_dir: dir.path().join("state"),
         channel: "golden".into(),
-        platforms: Vec::new(),
-        rings: Vec::new(),
+        only: Default::default(),
         allow_downgrade: false,
         allow_expired: false,
         lock_wait: Duration::from_secs(5),
@@ -257,7 +256,8 @@ fn library_imports_golden() {
     assert_eq!(report.outcome, Outcome::Imported);
     assert_eq!(report.bundle_id.as_deref(), Some(BUNDLE_ID));
     assert_eq!(report.manifest_sha256.as_deref(), Some(MANIFEST_SHA256));
-    assert_eq!(report.signers, vec![KEY_ID.to_string()]);
+    let signers: Vec<String> = report.signers.iter().map(|k| k.to_string()).collect();
+    assert_eq!(signers, vec![KEY_ID.to_string()]);
     for (path, bytes) in payload() {
         assert_eq!(fs::read(mirror.join(&path)).unwrap(), bytes, "{path}");
     }

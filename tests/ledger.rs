@@ -22,7 +22,7 @@ fn entry(i: u64) -> LedgerEntry {
         channel: Some("default".into()),
         sequence: Some(i),
         manifest_sha256: Some(format!("{i:064x}")),
-        signer_key_ids: vec!["0123456789ABCDEF".into()],
+        signer_key_ids: vec!["0123456789ABCDEF".parse().unwrap()],
         allow_downgrade: i == 3,
         reason: (i == 2).then(|| "older than served".to_string()),
         slots: vec![SlotChange {
@@ -47,7 +47,7 @@ fn entry(i: u64) -> LedgerEntry {
 fn state_with(n: u64) -> (tempfile::TempDir, StateDir) {
     let t = tempfile::tempdir().unwrap();
     let sd = StateDir::open(&t.path().join("state")).unwrap();
-    let l = Ledger::in_state_dir(&sd);
+    let l = sd.ledger();
     for i in 1..=n {
         l.append(&entry(i)).unwrap();
     }

@@ -46,7 +46,7 @@ fn run_import(root: &Path, state: &Path, version: Option<&str>) {
     let mut staging = Staging::new(opts);
     let mut staged = Vec::new();
     for slot in slots() {
-        let dest = Destination::in_mirror(root, &slot).unwrap();
+        let dest = Destination::in_mirror(root, &slot.placement()).unwrap();
         let s = staging.stage(&dest).unwrap();
         let mut f = s.create_file("updates.zip").unwrap();
         let zip = zip_bytes(v);

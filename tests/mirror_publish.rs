@@ -26,7 +26,7 @@ fn zip(v: u32) -> Vec<u8> {
 }
 
 fn publish(root: &Path, v: u32, opts: &PublishOptions) -> SwapMethod {
-    let dest = Destination::in_mirror(root, &slot()).unwrap();
+    let dest = Destination::in_mirror(root, &slot().placement()).unwrap();
     let mut st = Staging::new(opts.clone());
     let s = st.stage(&dest).unwrap();
     s.write_file("updates.zip", &zip(v)).unwrap();

@@ -8,14 +8,15 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use gapferry::bundle::reader::BundleReader;
-use gapferry::bundle::trust;
-use gapferry::bundle::writer::{self, BundleSpec, WriteOptions};
+use gapferry::bundle::writer::WriteOptions;
+use gapferry::export::{self, ExportRequest};
 use gapferry::keys::{SecretKey, TrustSet};
 use gapferry::mde::{self, Arch, FolderManifest, Platform, Ring, Slot};
 use gapferry::mirror::import::{self, ImportOptions, Target};
 use gapferry::mirror::ledger::Outcome;
 use gapferry::mirror::publish::PublishOptions;
 use gapferry::progress::NoProgress;
+use gapferry::verify::{verify_bundle, Policy, Purpose};
 
 use super::UsageError;
 
@@ -178,8 +179,15 @@ impl DemoArgs {
         trust_set.add(pk.clone(), pub_path.clone())?;
         let mut r = BundleReader::open(&b1)?;
         let head = r.read_head()?;
-        trust::require(&head, &trust_set, 1, &b1)?;
-        r.verify_payload(&NoProgress)?;
+        let policy = Policy {
+            trust: &trust_set,
+            threshold: 1,
+            channel: Some("default"),
+            allow_expired: false,
+            purpose: Purpose::Verify,
+            now: SystemTime::now(),
+        };
+        verify_bundle(r, head, &policy, &b1, &NoProgress)?;
         eprintln!("    valid, signed by {}", pk.key_id);
 
         step(
@@ -276,30 +284,20 @@ impl DemoArgs {
         export_state: &Path,
         out: &Path,
     ) -> anyhow::Result<gapferry::manifest::Manifest> {
-        let collected = mde::collect::collect(download, &[], &[Ring::Production])?;
-        let (items, files) = mde::collect::to_bundle_parts(&collected);
-        let now = SystemTime::now();
-        let sequence = gapferry::sequence::allocate(export_state, "default", now, None)?;
-        let mut id = [0u8; 16];
-        getrandom::getrandom(&mut id).expect("random source");
-        let spec = BundleSpec {
-            bundle_id: hex::encode(id),
+        let req = ExportRequest {
+            from: download.to_path_buf(),
+            platforms: Vec::new(),
+            rings: vec![Ring::Production],
+            out: out.to_path_buf(),
             channel: "default".into(),
-            sequence,
-            created: now,
-            expires: now + Duration::from_secs(30 * 86400),
+            expires_in: Duration::from_secs(30 * 86400),
+            sequence_dir: export_state.to_path_buf(),
+            sequence: None,
             producer: format!("gapferry {} (demo)", env!("CARGO_PKG_VERSION")),
-            profile: mde::PROFILE.into(),
-            items,
-            files,
+            split: None,
+            write: WriteOptions::default(),
         };
-        let written = writer::write_bundle(
-            &spec,
-            std::slice::from_ref(sk),
-            out,
-            &WriteOptions::default(),
-            &NoProgress,
-        )?;
+        let written = export::export(&req, std::slice::from_ref(sk), &NoProgress)?.written;
         Ok(written.manifest)
     }
 
@@ -317,8 +315,7 @@ impl DemoArgs {
             target: Target::Mirror(mirror.to_path_buf()),
             state_dir: state.to_path_buf(),
             channel: "default".into(),
-            platforms: vec![],
-            rings: vec![],
+            only: Default::default(),
             allow_downgrade: false,
             allow_expired: false,
             lock_wait: Duration::from_secs(5),

@@ -5,18 +5,19 @@
 //! exports a folder that a failed fetch left behind upstream.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
 use gapferry::bundle::volumes;
-use gapferry::bundle::writer::{self, BundleSpec, WriteOptions};
+use gapferry::bundle::writer::WriteOptions;
+use gapferry::export::{self, ExportRequest, Exported};
 use gapferry::keys::SecretKey;
 use gapferry::manifest::{self, Item};
 use gapferry::mde::fetch::{FetchOptions, FetchPlan};
-use gapferry::mde::{self, Platform, Ring};
+use gapferry::mde::{Platform, Ring};
 use gapferry::sequence;
 
 use super::fetch::{self as fetch_cli, FetchSourceArgs};
@@ -156,12 +157,6 @@ pub fn load_secret_key(path: &Path, password_file: Option<&Path>) -> anyhow::Res
     )?)
 }
 
-fn random_id() -> String {
-    let mut b = [0u8; 16];
-    getrandom::getrandom(&mut b).expect("the operating system's random source failed");
-    hex::encode(b)
-}
-
 impl ExportArgs {
     pub fn run(self) -> anyhow::Result<i32> {
         manifest::check_channel(&self.channel)
@@ -262,69 +257,46 @@ impl ExportArgs {
         platforms: &[Platform],
         rings: &[Ring],
     ) -> anyhow::Result<ExportSummary> {
-        let collected = mde::collect::collect(&self.from, platforms, rings)?;
-        let (items, files) = mde::collect::to_bundle_parts(&collected);
-        // Refuse an existing --out before a sequence number is spent on it.
-        if !self.force && self.out.exists() {
-            anyhow::bail!(
-                "{} already exists; choose another --out or add --force to replace it",
-                self.out.display()
-            );
-        }
-        let now = SystemTime::now();
-        let state_dir = self
-            .state_dir
-            .clone()
-            .unwrap_or_else(sequence::default_state_dir);
-        let seq = sequence::allocate(&state_dir, &self.channel, now, self.sequence)?;
-        let spec = BundleSpec {
-            bundle_id: random_id(),
+        let req = ExportRequest {
+            from: self.from.clone(),
+            platforms: platforms.to_vec(),
+            rings: rings.to_vec(),
+            out: self.out.clone(),
             channel: self.channel.clone(),
-            sequence: seq,
-            created: now,
-            expires: now + self.expires_in,
+            expires_in: self.expires_in,
+            sequence_dir: self
+                .state_dir
+                .clone()
+                .unwrap_or_else(sequence::default_state_dir),
+            sequence: self.sequence,
             producer: format!("gapferry {}", env!("CARGO_PKG_VERSION")),
-            profile: mde::PROFILE.to_string(),
-            items,
-            files,
+            split: self.split,
+            write: WriteOptions {
+                level: self.zstd_level,
+                overwrite: self.force,
+                ..WriteOptions::default()
+            },
         };
         let bar = Bar::new(self.quiet || self.json);
-        let opts = WriteOptions {
-            level: self.zstd_level,
-            overwrite: self.force,
-            ..WriteOptions::default()
-        };
-        let context = || {
-            format!(
-                "export to {} failed; nothing was written there",
-                self.out.display()
-            )
-        };
-        let (written, split) = match self.split {
-            None => (
-                writer::write_bundle(&spec, keys, &self.out, &opts, &bar).with_context(context)?,
-                None,
-            ),
-            Some(size) => {
-                let w = volumes::write_split(&spec, keys, &self.out, size, &opts, &bar)
-                    .with_context(context)?;
-                let summary = SplitSummary {
-                    index: w.index_path.clone(),
-                    volume_size: size,
-                    volumes: w
-                        .volume_paths
-                        .iter()
-                        .zip(&w.index.volumes)
-                        .map(|(p, v)| VolumeSummary {
-                            path: p.clone(),
-                            size: v.size,
-                            sha256: v.sha256.clone(),
-                        })
-                        .collect(),
-                };
-                (w.written, Some(summary))
-            }
-        };
+        let Exported {
+            collected,
+            written,
+            split,
+        } = export::export(&req, keys, &bar)?;
+        let split = split.zip(self.split).map(|(w, size)| SplitSummary {
+            index: w.index_path.clone(),
+            volume_size: size,
+            volumes: w
+                .volume_paths
+                .iter()
+                .zip(&w.index.volumes)
+                .map(|(p, v)| VolumeSummary {
+                    path: p.clone(),
+                    size: v.size,
+                    sha256: v.sha256.clone(),
+                })
+                .collect(),
+        });
         let m = &written.manifest;
         if !self.quiet && !self.json {
             let what = match &split {

@@ -13,10 +13,10 @@ use clap::Args;
 use gapferry::error::Classify;
 use gapferry::keys::TrustSet;
 use gapferry::manifest;
-use gapferry::mde::{Arch, Platform, Ring};
-use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target};
+use gapferry::mde::{Platform, Ring};
+use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target, UnitFilter};
 use gapferry::mirror::inbox::{self, BundleResult, InboxOptions, Tracker};
-use gapferry::mirror::ledger::{Ledger, Outcome};
+use gapferry::mirror::ledger::Outcome;
 use gapferry::mirror::publish::{Destination, PublishOptions};
 use gapferry::mirror::receipt;
 use gapferry::mirror::state;
@@ -138,6 +138,7 @@ impl ImportArgs {
                     error: Some(msg.clone()),
                     exit_code: code,
                     receipt: None,
+                    ledger_head: Ok(None),
                 })?;
                 eprintln!("gapferry: {msg}");
                 return Ok(code);
@@ -148,13 +149,11 @@ impl ImportArgs {
             return self.run_inbox(dir.clone(), opts);
         }
         let bar = Bar::new(self.quiet || self.json);
-        let (mut report, err) = import::import(&opts, &bar);
+        let (report, err) = import::import(&opts, &bar);
         if !self.json && !self.quiet {
             summary(&report);
         }
-        if err.is_none() {
-            report.receipt = keep_receipt(&report, &opts.state_dir, self.quiet || self.json)?;
-        }
+        show_receipt(&report, self.quiet || self.json);
         if self.json {
             print_json(&report)?;
         }
@@ -182,7 +181,7 @@ impl ImportArgs {
             (None, Some(t)) => {
                 // A path naming no folder (`..`, `/`) fails here, before
                 // the lock or the ledger.
-                Destination::in_target(t, Arch::X86_64)?;
+                Destination::in_target(t, "arch_x86_64")?;
                 Target::Ring(t.clone())
             }
             _ => {
@@ -215,8 +214,9 @@ impl ImportArgs {
             target,
             state_dir,
             channel: self.channel.clone(),
-            platforms: self.platforms.clone(),
-            rings: self.rings.clone(),
+            only: UnitFilter::default()
+                .with("platform", &self.platforms)
+                .with("ring", &self.rings),
             allow_downgrade: self.allow_downgrade,
             allow_expired: self.allow_expired,
             lock_wait: self.lock_wait,
@@ -242,7 +242,6 @@ impl ImportArgs {
                     .context("cannot install the SIGTERM/SIGINT handler")?;
             }
         }
-        let state_dir = import.state_dir.clone();
         let opts = InboxOptions {
             dir,
             settle: self.settle,
@@ -253,16 +252,14 @@ impl ImportArgs {
         let (json, quiet) = (self.json, self.quiet);
         // The ledger head of the last receipt, for the inbox's log line.
         let head = std::cell::RefCell::new(None::<String>);
-        let mut after = |r: &ImportReport| match keep_receipt_and_head(r, &state_dir, true) {
-            Ok(t) => {
-                let (receipt, h) = t.unzip();
-                *head.borrow_mut() = h.flatten();
-                receipt
-            }
-            Err(e) => {
-                eprintln!("gapferry: {}", super::describe(&e));
-                None
-            }
+        let mut after = |r: &ImportReport| {
+            show_receipt(r, true);
+            *head.borrow_mut() = r
+                .ledger_head
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .map(receipt::short_head);
         };
         let mut on_result = |r: &BundleResult| {
             if json {
@@ -367,43 +364,19 @@ fn inbox_line(r: &BundleResult, head: Option<String>) {
     }
 }
 
-/// Prints the receipt of a successful import on stderr (unless quiet) and
-/// appends it to the state directory's receipts.jsonl.
-pub fn keep_receipt(
-    report: &ImportReport,
-    state_dir: &std::path::Path,
-    quiet: bool,
-) -> anyhow::Result<Option<String>> {
-    Ok(keep_receipt_and_head(report, state_dir, quiet)?.map(|(r, _)| r))
-}
-
-/// [`keep_receipt`], also returning the ledger head after the import
-/// (`<16 hex>@<entries>`) that the receipt record carries, when the ledger
-/// could be read.
-pub fn keep_receipt_and_head(
-    report: &ImportReport,
-    state_dir: &std::path::Path,
-    quiet: bool,
-) -> anyhow::Result<Option<(String, Option<String>)>> {
-    let Some((receipt, mut rec)) = receipt::for_report(report, std::time::SystemTime::now()) else {
-        return Ok(None);
+/// Prints the receipt the import kept (unless quiet) and the ledger head
+/// it carries; warns when there is no head to carry.
+fn show_receipt(report: &ImportReport, quiet: bool) {
+    let Some(receipt) = &report.receipt else {
+        return;
     };
-    // Read after the import's own line was appended; another import may
-    // have appended since, which is still a head this ledger must keep.
-    let head = match state::StateDir::existing(state_dir).map(|d| Ledger::in_state_dir(&d).verify())
-    {
-        Ok(Ok(r)) => Some(r.checkpoint()),
-        Ok(Err(e)) => {
-            eprintln!(
-                "gapferry: warning: no ledger head for this receipt: {}",
-                super::describe(&e.into())
-            );
+    let short = match &report.ledger_head {
+        Ok(h) => h.as_ref().map(receipt::short_head),
+        Err(e) => {
+            eprintln!("gapferry: warning: no ledger head for this receipt: {e}");
             None
         }
-        Err(_) => None,
     };
-    rec.ledger_head = head.as_ref().map(|h| h.to_string());
-    let short = head.as_ref().map(receipt::short_head);
     if !quiet {
         eprintln!(
             "gapferry: receipt {receipt}  (give it to the online side: gapferry inspect BUNDLE --receipt {receipt})"
@@ -414,14 +387,6 @@ pub fn keep_receipt_and_head(
             );
         }
     }
-    let path = state_dir.join(receipt::RECEIPTS_FILE);
-    receipt::record(state_dir, &rec).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: cannot keep the receipt {receipt}: {e}; the import itself stands, note the receipt by hand",
-            path.display()
-        )
-    })?;
-    Ok(Some((receipt.to_string(), short)))
 }
 
 fn summary(r: &ImportReport) {
@@ -438,7 +403,12 @@ fn summary(r: &ImportReport) {
                 "gapferry: imported bundle {id} (channel {}, sequence {}), signed by {}",
                 Esc(r.channel.as_deref().unwrap_or("?")),
                 r.sequence.unwrap_or(0),
-                Esc(&r.signers.join(", "))
+                Esc(&r
+                    .signers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "))
             );
             for s in &r.slots {
                 let before = s
@@ -468,7 +438,7 @@ fn summary(r: &ImportReport) {
                 } else {
                     "  (already served)"
                 };
-                eprintln!("  {:<30} {before} -> {after}{note}", Esc(&s.slot));
+                eprintln!("  {:<30} {before} -> {after}{note}", Esc(s.slot.as_str()));
             }
             for d in &r.downgrades {
                 eprintln!("  downgrade allowed: {}", Esc(d));

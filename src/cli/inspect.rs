@@ -88,7 +88,9 @@ pub fn describe(bundle: PathBuf, head: &Head, trust: Option<&TrustSet>) -> Inspe
         sequence: m.sequence,
         created: m.created.clone(),
         expires: m.expires.clone(),
-        expired: m.is_expired(SystemTime::now()),
+        // The reader validated the times; one that did not parse would count
+        // as expired, never as current.
+        expired: m.is_expired(SystemTime::now()).unwrap_or(true),
         producer: m.producer.clone(),
         profile: m.profile.clone(),
         manifest_sha256: head.manifest_sha256.clone(),

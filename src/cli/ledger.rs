@@ -73,7 +73,7 @@ impl Location {
             (None, None) => unreachable!("clap requires one"),
         };
         let dir = StateDir::existing(&dir)?;
-        Ok((Ledger::in_state_dir(&dir), dir))
+        Ok((dir.ledger(), dir))
     }
 }
 
@@ -149,7 +149,7 @@ impl LedgerArgs {
             LedgerCommand::Verify(a) => {
                 let (ledger, dir) = a.location.ledger()?;
                 let report = ledger.verify_expecting(&a.expect_head)?;
-                let due = ledger.due(&dir)?;
+                let due = dir.ledger_due()?;
                 note_due(&due, &dir);
                 note_suppressed(&ledger.suppressed_pending(), &ledger);
                 let head = report.checkpoint().to_string();
@@ -192,7 +192,7 @@ impl LedgerArgs {
             LedgerCommand::Show(a) => {
                 let (ledger, dir) = a.location.ledger()?;
                 let entries = ledger.read()?;
-                note_due(&ledger.due(&dir)?, &dir);
+                note_due(&dir.ledger_due()?, &dir);
                 note_suppressed(&ledger.suppressed_pending(), &ledger);
                 if a.json {
                     print_json(&entries)?;
@@ -216,7 +216,12 @@ fn versions(c: &SlotChange) -> String {
         ),
         None => "-".to_string(),
     };
-    format!("{}  {} -> {}", Esc(&c.slot), v(&c.before), v(&c.after))
+    format!(
+        "{}  {} -> {}",
+        Esc(c.slot.as_str()),
+        v(&c.before),
+        v(&c.after)
+    )
 }
 
 /// The human table: one row per entry, then one indented line per folder

@@ -114,6 +114,7 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
             gapferry::mirror::inbox::InboxError,
             gapferry::mirror::rollback::RollbackError,
             gapferry::mde::endpoint::EndpointError,
+            gapferry::export::ExportError,
         );
     }
     ExitKind::Operational

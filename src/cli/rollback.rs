@@ -59,10 +59,13 @@ impl RollbackArgs {
         };
         let slots = arches
             .iter()
-            .map(|&arch| Slot {
-                platform: self.platform,
-                ring: self.ring,
-                arch,
+            .map(|&arch| {
+                let slot = Slot {
+                    platform: self.platform,
+                    ring: self.ring,
+                    arch,
+                };
+                (slot.key(), slot.placement())
             })
             .collect();
         let state_dir = match &self.state_dir {
@@ -73,6 +76,7 @@ impl RollbackArgs {
             mirror: self.mirror.clone(),
             state_dir,
             slots,
+            profile: &gapferry::mde::profile::Mde,
             lock_wait: self.lock_wait,
             publish: PublishOptions::from_env(),
             force: self.force,
@@ -88,7 +92,7 @@ impl RollbackArgs {
                 };
                 eprintln!(
                     "gapferry: {} now serves definitions {} (was {}); the previous set is n-1",
-                    gapferry::text::Esc(&s.slot),
+                    gapferry::text::Esc(s.slot.as_str()),
                     v(&s.after),
                     v(&s.before)
                 );

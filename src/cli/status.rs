@@ -79,7 +79,7 @@ impl StatusArgs {
                 line!(
                     out,
                     "{}  [{}]",
-                    Esc(&s.slot),
+                    Esc(s.slot.as_str()),
                     if healthy { "ok" } else { "PROBLEM" }
                 );
                 line!(

@@ -6,9 +6,9 @@ use std::time::SystemTime;
 use clap::Args;
 use serde::Serialize;
 
-use gapferry::bundle::{trust, volumes, BundleError};
+use gapferry::bundle::volumes;
 use gapferry::keys::TrustSet;
-use gapferry::mde;
+use gapferry::verify::{verify_bundle, Policy, Purpose};
 
 use super::output::{print_json, Bar};
 use super::UsageError;
@@ -83,36 +83,18 @@ impl VerifyArgs {
             },
             &bar,
         )?;
-        let (reader, head) = (opened.reader, opened.head);
-        let m = head.manifest.clone();
-        let signers = trust::require(&head, &trust_set, self.threshold, &self.bundle)?;
-        mde::check::slots(&m).map_err(|e| BundleError::Rejected {
-            path: self.bundle.clone(),
-            reason: e.to_string(),
-        })?;
-        if let Some(c) = &self.channel {
-            if *c != m.channel {
-                return Err(BundleError::Policy {
-                    path: self.bundle.clone(),
-                    reason: format!("bundle is for channel {:?}, not {c:?}", m.channel),
-                }
-                .into());
-            }
-        }
-        let expired = m.is_expired(SystemTime::now());
-        if expired && !self.allow_expired {
-            return Err(BundleError::Policy {
-                path: self.bundle.clone(),
-                reason: format!(
-                    "expired at {}; add --allow-expired to check it anyway",
-                    m.expires
-                ),
-            }
-            .into());
-        }
-        gapferry::progress::Observer::start(&bar, "verifying", m.total_size());
-        reader.verify_payload(&bar)?;
-        gapferry::progress::Observer::finish(&bar);
+        let policy = Policy {
+            trust: &trust_set,
+            threshold: self.threshold,
+            channel: self.channel.as_deref(),
+            allow_expired: self.allow_expired,
+            purpose: Purpose::Verify,
+            now: SystemTime::now(),
+        };
+        let verified = verify_bundle(opened.reader, opened.head, &policy, &self.bundle, &bar)?;
+        let (head, signers) = (verified.accepted.head(), verified.accepted.signers());
+        let m = &head.manifest;
+        let expired = verified.accepted.expired();
         let out = VerifyOutput {
             bundle: self.bundle.clone(),
             ok: true,
@@ -123,8 +105,8 @@ impl VerifyArgs {
             expired,
             manifest_sha256: head.manifest_sha256.clone(),
             signers: signers.iter().map(|k| k.to_string()).collect(),
-            files_checked: m.files.len(),
-            bytes_checked: m.total_size(),
+            files_checked: verified.files_checked,
+            bytes_checked: verified.bytes_checked,
         };
         if self.json {
             print_json(&out)?;

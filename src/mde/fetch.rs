@@ -831,7 +831,7 @@ fn fetch_slot(
         );
     }
 
-    let dest = Destination::in_mirror(&plan.download_folder, &slot)?;
+    let dest = Destination::in_mirror(&plan.download_folder, &slot.placement())?;
     dest.check_folders()?;
     let mut staging = Staging::new(PublishOptions::from_env());
     let staged = staging.stage(&dest)?;

@@ -7,6 +7,7 @@
 
 pub mod fetch;
 pub mod layout;
+pub mod profile;
 pub mod upstream;
 pub mod version;
 

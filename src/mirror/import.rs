@@ -1,18 +1,25 @@
-//! `gapferry import` as a library: verify before write, stream into staging,
-//! publish each arch folder atomically, record state and the ledger.
+//! `gapferry import` as a library: accept before write, stream into
+//! staging, publish each unit's folder atomically, record state, the ledger
+//! and the receipt. It works through the profile seam and never names a
+//! profile.
 //!
-//! Order of work, which is the security argument:
-//! 1. take the mirror's import lock (the ledger and state are only ever
-//!    written under it) and finish whatever a crashed import left;
-//! 2. read the bundle head (manifest size-capped and strictly parsed),
-//!    check signatures against the trust set and threshold, the profile's
-//!    rules, channel, expiry, the future-dated check, the sequence bound
-//!    (at most a day ahead of `created`) and the rollback policy
-//!    — all before a single payload byte is decompressed to disk;
-//! 3. stream each payload file through a size-limited hashing copy into
-//!    staging on the mirror's filesystem; check the end of the archive; check
-//!    each carried `manifest.json` says what the signed item says;
-//! 4. only then publish, folder by folder, and record what is served.
+//! The phases, in order, which is the security argument:
+//! 1. **session** ([`Session`]): take the mirror's import lock (the ledger
+//!    and state are only ever written under it) and finish whatever a
+//!    crashed import left;
+//! 2. **accept** ([`verify::accept`]): the bundle head (manifest size-capped
+//!    and strictly parsed), signatures against the trust set and threshold,
+//!    the profile's rules, channel, the future-dated check, the sequence
+//!    bound (at most a day ahead of `created`) and expiry;
+//! 3. **plan**: one `PlannedUnit` per selected unit with its `Baseline`
+//!    (recorded, on disk only, or empty), judged by the rollback policy —
+//!    all before a single payload byte is decompressed to disk;
+//! 4. **stage**: stream each payload file through a size-limited hashing
+//!    copy into staging on the mirror's filesystem; check the end of the
+//!    archive; have the profile check each staged unit against what was
+//!    signed for it;
+//! 5. **commit**: only then publish, unit by unit, record what is served
+//!    with its ledger line, and keep the receipt.
 //!
 //! A rejected or failed import leaves the served tree as it was: staging is
 //! removed, and folders created only to hold staging are removed again.
@@ -23,33 +30,59 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::ledger::{self, Ledger, LedgerEntry, Outcome, SlotChange, Versions};
-use super::publish::{self, Destination, PublishOptions, Staging};
+use super::ledger::{LedgerEntry, Outcome, SlotChange, Versions};
+use super::publish::{self, Destination, PublishOptions, StagedSlot, Staging};
+use super::session::Session;
 use super::setcheck;
 use super::state::{
-    AcceptedBundle, Go, Incoming, IncomingItem, PendingImport, PendingSlot, ServedFile, ServedSlot,
-    State, StateDir,
+    AcceptedBundle, Baseline, Go, Incoming, IncomingItem, PendingImport, PendingSlot, ServedFile,
+    ServedSlot, State, StateDir,
 };
 use crate::bundle::reader::{BundleReader, Head};
 use crate::bundle::volumes::{self, BundleInput};
-use crate::bundle::{trust, BundleError};
+use crate::bundle::BundleError;
 use crate::error::{Classify, ExitKind};
-use crate::keys::TrustSet;
-use crate::manifest::format_time;
-use crate::mde::check::CarriedSlot;
-use crate::mde::{FolderManifest, Platform, Ring, Slot, MANIFEST_JSON, UPDATES_ZIP};
+use crate::keys::{KeyId, TrustSet};
+use crate::profile::{Unit, UnitKey};
 use crate::progress::Observer;
+use crate::timestamp::Timestamp;
+use crate::verify::{self, Accepted, Policy, Purpose};
 
 /// How far in the future `created` may lie before a bundle is refused.
-pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_FUTURE_SKEW: Duration = verify::MAX_FUTURE_SKEW;
+
+/// Which carried units an import publishes: for each named tag (`mde`:
+/// `platform`, `ring`), the values allowed; a tag not named allows all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitFilter(Vec<(String, Vec<String>)>);
+
+impl UnitFilter {
+    /// Also requires tag `tag` to be one of `values` (none: no requirement).
+    pub fn with<T: ToString>(mut self, tag: &str, values: impl IntoIterator<Item = T>) -> Self {
+        let values: Vec<String> = values.into_iter().map(|v| v.to_string()).collect();
+        if !values.is_empty() {
+            self.0.push((tag.to_string(), values));
+        }
+        self
+    }
+
+    /// Whether `unit` passes.
+    pub fn admits(&self, unit: &Unit) -> bool {
+        self.0
+            .iter()
+            .all(|(tag, values)| unit.tag(tag).is_some_and(|v| values.iter().any(|a| a == v)))
+    }
+}
 
 /// Where an import publishes.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A mirror root: `<root>/<platform>/<ring>/arch_<arch>/`.
+    /// A mirror root: each unit at its placement (`mde`:
+    /// `<root>/<platform>/<ring>/arch_<arch>/`).
     Mirror(PathBuf),
-    /// The folder an endpoint's `offlineDefinitionUpdateUrl` names, for one
-    /// platform and ring: `<dir>/arch_<arch>/`, n-1 in `<dir>_back/`.
+    /// One group folder (`mde`: the folder an endpoint's
+    /// `offlineDefinitionUpdateUrl` names, for one platform and ring):
+    /// `<dir>/<leaf>/`, n-1 in `<dir>_back/`.
     Ring(PathBuf),
 }
 
@@ -71,8 +104,8 @@ pub struct ImportOptions {
     pub target: Target,
     pub state_dir: PathBuf,
     pub channel: String,
-    pub platforms: Vec<Platform>,
-    pub rings: Vec<Ring>,
+    /// Which carried units to publish (`mde`: `--platform`, `--ring`).
+    pub only: UnitFilter,
     pub allow_downgrade: bool,
     pub allow_expired: bool,
     pub lock_wait: Duration,
@@ -82,8 +115,8 @@ pub struct ImportOptions {
 /// One arch folder in the result.
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotReport {
-    /// Layout path, e.g. `linux/production/arch_x86_64`.
-    pub slot: String,
+    /// The unit's key, e.g. `linux/production/arch_x86_64`.
+    pub slot: UnitKey,
     /// The arch folder endpoints read.
     pub dir: PathBuf,
     pub before: Option<Versions>,
@@ -102,7 +135,7 @@ pub struct ImportReport {
     pub channel: Option<String>,
     pub sequence: Option<u64>,
     pub manifest_sha256: Option<String>,
-    pub signers: Vec<String>,
+    pub signers: Vec<KeyId>,
     pub slots: Vec<SlotReport>,
     /// Payload bytes written to the mirror.
     pub bytes_written: u64,
@@ -120,6 +153,10 @@ pub struct ImportReport {
     /// The receipt (`GF1-...`, see [`super::receipt`]) of a successful
     /// import, filled in once it is kept in the state directory; null otherwise.
     pub receipt: Option<String>,
+    /// The ledger head the kept receipt carries, or why there is none (for
+    /// the person at the terminal; not part of the `--json` output).
+    #[serde(skip)]
+    pub ledger_head: Result<Option<super::ledger::Checkpoint>, String>,
 }
 
 /// Why an import did not happen.
@@ -144,6 +181,12 @@ pub enum ImportError {
     /// The command line asks for something this bundle cannot give (exit 2).
     #[error("{bundle}: {reason}")]
     Usage { bundle: PathBuf, reason: String },
+    #[error("{path}: cannot keep the receipt {receipt}: {source}; the import itself stands, note the receipt by hand")]
+    Receipt {
+        path: PathBuf,
+        receipt: String,
+        source: std::io::Error,
+    },
 }
 
 impl Classify for ImportError {
@@ -156,6 +199,7 @@ impl Classify for ImportError {
             ImportError::Ledger(e) => e.exit_kind(),
             ImportError::Rollback { policy, .. } => policy.exit_kind(),
             ImportError::Usage { .. } => ExitKind::Usage,
+            ImportError::Receipt { .. } => ExitKind::Operational,
         }
     }
 }
@@ -164,14 +208,11 @@ impl Classify for ImportError {
 #[derive(Debug, Default)]
 struct Attempt {
     head: Option<Head>,
-    signers: Vec<String>,
+    signers: Vec<KeyId>,
     slots: Vec<SlotReport>,
     bytes_written: u64,
     downgrades: Vec<super::state::Downgrade>,
     recovered: Vec<PathBuf>,
-    /// Per selected slot: the served set's first mismatch with its record,
-    /// when it has a record and does not match it.
-    damaged: Vec<Option<String>>,
     /// Damaged served sets this run replaced and removed (slot: why).
     discarded: Vec<String>,
     /// The run saved its own ledger entry with the state (the import stands
@@ -209,39 +250,46 @@ pub fn import_opened(
     observer: &dyn Observer,
 ) -> (ImportReport, Option<ImportError>) {
     let mut attempt = Attempt::default();
-    let (outcome, err) = match StateDir::open(&opts.state_dir) {
-        Err(e) => (Outcome::Failed, Some(ImportError::from(e))),
-        Ok(state_dir) => match state_dir.lock(opts.lock_wait).and_then(|l| {
-            super::lock::claim_served(opts.target.served_root(), state_dir.path())?;
-            Ok(l)
-        }) {
-            Err(e) => (Outcome::Failed, Some(ImportError::from(e))),
-            Ok(_locks) => {
-                let result = run(opts, &state_dir, opened, &mut attempt, observer);
-                let (outcome, err) = match result {
-                    Ok(o) => (o, None),
-                    Err(e) => (outcome_of(&e), Some(e)),
-                };
-                if attempt.logged {
-                    // A ledger that cannot be written is still an
-                    // operational failure to report; the line is appended
-                    // by the next run under the lock.
-                    return report(opts, attempt, outcome, err);
-                }
-                let entry = ledger_entry(opts, &attempt, outcome, err.as_ref());
-                // Under the flood limit: an attempt that changed nothing may
-                // only be counted (see ledger_quota).
-                match Ledger::in_state_dir(&state_dir).record_attempt(&entry) {
-                    Ok(_) => (outcome, err),
-                    // The import itself stands; a ledger that cannot be
-                    // written is still an operational failure to report.
-                    Err(e) if err.is_none() => (outcome, Some(e.into())),
-                    Err(_) => (outcome, err),
-                }
-            }
-        },
+    let session = match Session::open(&opts.state_dir, opts.target.served_root(), opts.lock_wait) {
+        Ok(s) => s,
+        Err(e) => return report(opts, attempt, Outcome::Failed, Some(e.into_error())),
     };
-    report(opts, attempt, outcome, err)
+    let (outcome, err) = match run(opts, &session, opened, &mut attempt, observer) {
+        Ok(o) => (o, None),
+        Err(e) => (outcome_of(&e), Some(e)),
+    };
+    // A run that saved its own line with the state has it in the ledger (or
+    // due there: a ledger that cannot be written is still an operational
+    // failure to report, and the line is appended by the next run under the
+    // lock).
+    let (outcome, err) = if attempt.logged {
+        (outcome, err)
+    } else {
+        let entry = ledger_entry(opts, &attempt, outcome, err.as_ref());
+        // Under the flood limit: an attempt that changed nothing may only
+        // be counted (see ledger_quota).
+        match session.dir().ledger().record_attempt(&entry) {
+            Ok(_) => (outcome, err),
+            // The import itself stands; a ledger that cannot be written is
+            // still an operational failure to report.
+            Err(e) if err.is_none() => (outcome, Some(e.into())),
+            Err(_) => (outcome, err),
+        }
+    };
+    let (mut rep, err) = report(opts, attempt, outcome, err);
+    if err.is_some() {
+        return (rep, err);
+    }
+    // Still under the locks: the receipt names the ledger head right after
+    // this import's own line.
+    match keep_receipt(session.dir(), &mut rep) {
+        Ok(()) => (rep, None),
+        Err(e) => {
+            rep.error = Some(e.to_string());
+            rep.exit_code = e.exit_kind().code();
+            (rep, Some(e))
+        }
+    }
 }
 
 fn report(
@@ -268,8 +316,33 @@ fn report(
         error: err.as_ref().map(|e| format!("{e}")),
         exit_code: err.as_ref().map_or(0, |e| e.exit_kind().code()),
         receipt: None,
+        ledger_head: Ok(None),
     };
     (report, err)
+}
+
+/// Appends the receipt of a successful import, with the ledger head after
+/// its line, to the state directory's `receipts.jsonl` (call it under the
+/// locks), and notes both in the report.
+fn keep_receipt(dir: &StateDir, report: &mut ImportReport) -> Result<(), ImportError> {
+    let Some((receipt, mut rec)) = super::receipt::for_report(report, SystemTime::now()) else {
+        return Ok(());
+    };
+    // Read after the import's own line was appended.
+    let head = dir
+        .ledger()
+        .verify()
+        .map(|r| r.checkpoint())
+        .map_err(|e| e.to_string());
+    rec.ledger_head = head.as_ref().ok().map(|h| h.to_string());
+    super::receipt::record(dir.path(), &rec).map_err(|source| ImportError::Receipt {
+        path: dir.path().join(super::receipt::RECEIPTS_FILE),
+        receipt: receipt.to_string(),
+        source,
+    })?;
+    report.receipt = Some(receipt.to_string());
+    report.ledger_head = head.map(Some);
+    Ok(())
 }
 
 fn outcome_of(e: &ImportError) -> Outcome {
@@ -346,113 +419,130 @@ fn refused(bundle: &Path, reason: String) -> ImportError {
     .into()
 }
 
-/// The destination of one slot under the chosen target.
-fn destination(target: &Target, slot: &Slot) -> Result<Destination, publish::PublishError> {
-    match target {
-        Target::Mirror(root) => Destination::in_mirror(root, slot),
-        Target::Ring(dir) => Destination::in_target(dir, slot.arch),
-    }
+/// One unit this import may publish, with what its folder serves now.
+#[derive(Debug)]
+struct PlannedUnit {
+    unit: Unit,
+    dest: Destination,
+    baseline: Baseline,
+    /// The recorded set's first mismatch with the folder, when the folder
+    /// no longer holds what was recorded: that set is discarded, never
+    /// kept as n-1 (rolling back would serve it).
+    damaged: Option<String>,
+    /// Whether this import writes the folder; not when it already serves
+    /// this very manifest (an earlier, partly completed import of it).
+    publish: bool,
 }
 
-/// Reads what an arch folder serves from its `manifest.json`, if anything.
-fn versions_on_disk(dir: &Path) -> Option<FolderManifest> {
-    FolderManifest::read(&dir.join(MANIFEST_JSON)).ok()
+/// The units of an accepted bundle this import publishes.
+#[derive(Debug)]
+struct Plan {
+    units: Vec<PlannedUnit>,
 }
 
+/// What the stage phase produced: each unit's staged folder (for units to
+/// publish) and the files every unit carries, all hashed.
+struct Staged {
+    staging: Staging,
+    folders: Vec<Option<StagedSlot>>,
+    files: Vec<Vec<ServedFile>>,
+}
+
+/// The phases, in order: session (recovery under the locks), accept, plan,
+/// stage, commit. Nothing is written to the served tree before stage, and
+/// nothing is published before commit.
 fn run(
     opts: &ImportOptions,
-    state_dir: &StateDir,
+    session: &Session,
     opened: Result<volumes::Opened, BundleError>,
     attempt: &mut Attempt,
     observer: &dyn Observer,
 ) -> Result<Outcome, ImportError> {
-    let bundle = opts.bundle.as_path();
     // Finish whatever a crashed import left before looking at anything.
-    let areas = match &opts.target {
+    let (mut state, recovered) =
+        session.recover::<ImportError>(&areas(&opts.target), &opts.publish)?;
+    attempt.recovered = recovered;
+    let (reader, accepted) = accept(opts, opened, attempt)?;
+    let Some(plan) = plan(opts, &state, &accepted, attempt)? else {
+        return Ok(Outcome::AlreadyImported);
+    };
+    let mut created = CreatedDirs::default();
+    for u in plan.units.iter().filter(|u| u.publish) {
+        created.note(&u.dest);
+    }
+    let result = check_free_space(&opts.bundle, &plan, &accepted)
+        .and_then(|()| stage(opts, &plan, reader, &accepted, attempt, observer))
+        .and_then(|staged| {
+            commit(
+                opts,
+                session.dir(),
+                &mut state,
+                &accepted,
+                &plan,
+                staged,
+                attempt,
+            )
+        });
+    if result.is_err() {
+        created.remove_empty();
+    }
+    result
+}
+
+/// The folders whose interrupted publishes recovery looks for.
+fn areas(target: &Target) -> Vec<PathBuf> {
+    match target {
         Target::Mirror(root) => publish::mirror_areas(root),
         Target::Ring(dir) => vec![std::path::absolute(dir)
             .ok()
             .and_then(|d| d.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| PathBuf::from("."))],
-    };
-    for area in &areas {
-        for r in publish::recover(area, &opts.publish)? {
-            // Staging that never reached its journal published nothing:
-            // removing it is not completing an interrupted publish.
-            if r.action == publish::RecoveryAction::Completed {
-                attempt.recovered.push(r.current);
-            }
-        }
     }
-    let mut state = state_dir.load()?;
-    settle_interrupted::<ImportError>(state_dir, &mut state)?;
+}
 
-    // Head: manifest, signatures, profile rules, policy. Nothing written yet.
-    // A split bundle's signed index and every volume were checked when it
-    // was opened, before a byte was decompressed.
+/// Accept: the head (manifest, signatures, profile rules, channel, clock,
+/// sequence bound, expiry) through [`verify::accept`]. Nothing written yet.
+/// A split bundle's signed index and every volume were checked when it was
+/// opened, before a byte was decompressed.
+fn accept(
+    opts: &ImportOptions,
+    opened: Result<volumes::Opened, BundleError>,
+    attempt: &mut Attempt,
+) -> Result<(BundleReader<BundleInput>, Accepted), ImportError> {
     let opened = opened?;
-    let (reader, head) = (opened.reader, opened.head);
-    attempt.head = Some(head.clone());
-    let m = &head.manifest;
-    let signers = trust::require(&head, &opts.trust, opts.threshold, bundle)?;
-    attempt.signers = signers.iter().map(|k| k.to_string()).collect();
-    let carried = crate::mde::check::slots(m).map_err(|e| rejected(bundle, e.to_string()))?;
-    if m.channel != opts.channel {
-        return Err(refused(
-            bundle,
-            format!(
-                "the bundle is for channel {:?}, this import accepts {:?} (use --channel {:?} if this mirror belongs to that channel)",
-                m.channel, opts.channel, m.channel
-            ),
-        ));
-    }
-    let now = SystemTime::now();
-    if m.is_from_future(now, MAX_FUTURE_SKEW) {
-        return Err(refused(
-            bundle,
-            format!(
-                "created {} is more than 24 hours in the future (check this machine's clock, or the exporter's)",
-                m.created
-            ),
-        ));
-    }
-    // Sequences are Unix seconds: one far ahead of its own signed `created`
-    // would fast-forward the channel and lock every honest bundle out.
-    if m.sequence > m.max_sequence() {
-        return Err(refused(
-            bundle,
-            format!(
-                "sequence {} is more than {} seconds (one day) ahead of the bundle's created time {} \
-                 (at most {} allowed; gapferry's sequences are Unix seconds, docs/FORMAT.md section 3): \
-                 accepting it would lock every honest bundle out of channel {:?}. Nothing was changed; \
-                 have the producer export again without a hand-picked --sequence, and if nobody made \
-                 this bundle, treat its signing key as stolen and remove it from the trust set",
-                m.sequence,
-                crate::manifest::MAX_SEQUENCE_AHEAD,
-                m.created,
-                m.max_sequence(),
-                m.channel
-            ),
-        ));
-    }
-    if m.is_expired(now) && !opts.allow_expired {
-        return Err(refused(
-            bundle,
-            format!(
-                "expired at {}; ask for a fresh bundle, or add --allow-expired to import it anyway",
-                m.expires
-            ),
-        ));
-    }
-    let selected = select(opts, &carried)?;
+    attempt.head = Some(opened.head.clone());
+    let policy = Policy {
+        trust: &opts.trust,
+        threshold: opts.threshold,
+        channel: Some(&opts.channel),
+        allow_expired: opts.allow_expired,
+        purpose: Purpose::Import,
+        now: SystemTime::now(),
+    };
+    let accepted = verify::accept(opened.head, &policy, &opts.bundle).map_err(|n| {
+        attempt.signers = n.signers;
+        n.error
+    })?;
+    attempt.signers = accepted.signers().to_vec();
+    Ok((opened.reader, accepted))
+}
 
-    // Rollback policy against the recorded state, and against what the
-    // folders hold on disk where the state knows nothing (a mirror filled
-    // before gapferry, or by hand).
-    let mut effective = state.clone();
-    let mut dests = Vec::new();
-    for c in &selected {
-        let dest = destination(&opts.target, &c.slot)?;
+/// Plan: the units to publish after the filters, each with its baseline,
+/// judged by the rollback policy. `None`: already imported, nothing to do.
+fn plan(
+    opts: &ImportOptions,
+    state: &State,
+    accepted: &Accepted,
+    attempt: &mut Attempt,
+) -> Result<Option<Plan>, ImportError> {
+    let head = accepted.head();
+    let profile = accepted.profile();
+    let mut units = Vec::new();
+    for unit in select(opts, accepted.units())? {
+        let dest = match &opts.target {
+            Target::Mirror(root) => Destination::in_mirror(root, &unit.placement)?,
+            Target::Ring(dir) => Destination::in_target(dir, &unit.placement.leaf)?,
+        };
         // Before anything is read from or staged next to these folders.
         dest.check_folders()?;
         // What the state says a folder serves only counts while the folder
@@ -460,148 +550,87 @@ fn run(
         // damaged since is judged by what is on disk, so importing the
         // bundle again restores it rather than answering "already
         // imported"; and a damaged set is discarded, never kept as n-1.
-        let damaged = state
-            .served(&c.slot)
-            .filter(|s| !s.files.is_empty())
+        let recorded = state.served(&unit.key).filter(|s| !s.files.is_empty());
+        let damaged = recorded
             .and_then(|s| setcheck::check(&dest.current(), &s.files, setcheck::Depth::Hashes).err())
             .map(|m| m.to_string());
-        if damaged.is_some() {
-            effective.served.remove(&c.slot.rel());
-        }
-        attempt.damaged.push(damaged);
-        let on_disk = versions_on_disk(&dest.current());
-        if effective.served(&c.slot).is_none() {
-            if let Some(fm) = &on_disk {
-                if fm.engine().is_ok() && fm.definitions().is_ok() {
-                    effective.record_served(
-                        &c.slot,
-                        ServedSlot {
-                            engine_version: fm.engine_version.clone(),
-                            definition_version: fm.definition_version.clone(),
-                            bundle_id: String::new(),
-                            channel: String::new(),
-                            sequence: 0,
-                            manifest_sha256: String::new(),
-                            files: Vec::new(),
-                            imported_at: String::new(),
-                            expires: None,
-                        },
-                    );
-                }
-            }
-        }
-        let before = effective.served(&c.slot).map(|s| Versions {
-            engine_version: s.engine_version.clone(),
-            definition_version: s.definition_version.clone(),
-        });
+        let baseline = match state.served(&unit.key) {
+            Some(s) if damaged.is_none() => Baseline::Recorded(s.clone()),
+            _ => match profile.versions_on_disk(&dest.current()) {
+                Some(v) => Baseline::OnDiskOnly(v),
+                None => Baseline::Empty,
+            },
+        };
+        let publish = baseline.manifest_sha256() != Some(head.manifest_sha256.as_str());
         attempt.slots.push(SlotReport {
-            slot: c.slot.rel(),
+            slot: unit.key.clone(),
             dir: dest.current(),
-            before,
-            after: Some(Versions {
-                engine_version: c.engine_version.to_string(),
-                definition_version: c.definition_version.to_string(),
-            }),
+            before: baseline.versions(),
+            after: Some(unit.versions.clone()),
             published: false,
         });
-        dests.push(dest);
+        units.push(PlannedUnit {
+            unit,
+            dest,
+            baseline,
+            damaged,
+            publish,
+        });
     }
-    let items: Vec<IncomingItem> = selected
+    let items: Vec<IncomingItem> = units
         .iter()
-        .map(|c| IncomingItem {
-            slot: c.slot,
-            engine_version: c.engine_version.clone(),
-            definition_version: c.definition_version.clone(),
+        .map(|u| IncomingItem {
+            key: u.unit.key.clone(),
+            versions: u.unit.versions.clone(),
+            served: u.baseline.clone(),
         })
         .collect();
+    let m = &head.manifest;
     let incoming = Incoming {
         channel: &m.channel,
         sequence: m.sequence,
         bundle_id: &m.bundle_id,
         manifest_sha256: &head.manifest_sha256,
         items: &items,
+        profile,
     };
-    let go = effective
-        .check_rollback(&incoming)
+    let go = state
+        .check_rollback(&incoming)?
         .enforce(opts.allow_downgrade)
         .map_err(|policy| ImportError::Rollback {
-            bundle: bundle.to_path_buf(),
+            bundle: opts.bundle.clone(),
             policy: Box::new(policy),
         })?;
     if state.withdrawn.contains(&head.manifest_sha256) && !opts.allow_downgrade {
         return Err(refused(
-            bundle,
+            &opts.bundle,
             "this bundle was withdrawn by `gapferry rollback`; run `gapferry rollback` again to roll forward, import a newer bundle, or add --allow-downgrade to publish it anyway".into(),
         ));
     }
     match go {
-        Go::AlreadyImported => return Ok(Outcome::AlreadyImported),
+        Go::AlreadyImported => Ok(None),
         Go::Import { downgrades } => {
             attempt.downgrades = downgrades;
+            Ok(Some(Plan { units }))
         }
     }
-
-    // Which folders need writing: a folder already serving this very
-    // manifest (an earlier, partly completed import of it) is left alone.
-    let publish_mask: Vec<bool> = selected
-        .iter()
-        .map(|c| {
-            effective
-                .served(&c.slot)
-                .is_none_or(|s| s.manifest_sha256 != head.manifest_sha256)
-        })
-        .collect();
-
-    // Stream: every file is hashed; files of folders to publish are staged.
-    let mut owner: BTreeMap<usize, (usize, &'static str)> = BTreeMap::new();
-    for (i, c) in selected.iter().enumerate() {
-        owner.insert(c.updates_zip, (i, UPDATES_ZIP));
-        owner.insert(c.manifest_json, (i, MANIFEST_JSON));
-    }
-    let mut created = CreatedDirs::default();
-    for (dest, publish) in dests.iter().zip(&publish_mask) {
-        if *publish {
-            created.note(dest);
-        }
-    }
-    check_free_space(bundle, &dests, &publish_mask, &selected, m)?;
-    let result = stage_and_publish(
-        opts,
-        state_dir,
-        &mut state,
-        &head,
-        reader,
-        &selected,
-        &dests,
-        &publish_mask,
-        &owner,
-        attempt,
-        observer,
-    );
-    if result.is_err() {
-        created.remove_empty();
-    }
-    result
 }
 
 /// Refuses early, before staging a byte, when the mirror's filesystem
 /// cannot hold what this import would stage (plus a margin), instead of
 /// failing half-way with ENOSPC.
-fn check_free_space(
-    bundle: &Path,
-    dests: &[Destination],
-    publish_mask: &[bool],
-    selected: &[CarriedSlot],
-    m: &crate::manifest::Manifest,
-) -> Result<(), ImportError> {
-    let need: u64 = selected
+fn check_free_space(bundle: &Path, plan: &Plan, accepted: &Accepted) -> Result<(), ImportError> {
+    let files = &accepted.head().manifest.files;
+    let need: u64 = plan
+        .units
         .iter()
-        .zip(publish_mask)
-        .filter(|(_, p)| **p)
-        .map(|(c, _)| m.files[c.updates_zip].size + m.files[c.manifest_json].size)
+        .filter(|u| u.publish)
+        .flat_map(|u| &u.unit.files)
+        .map(|f| files[f.index].size)
         .sum();
-    let Some(probe) = dests.first().and_then(|d| {
-        d.area()
+    let Some(probe) = plan.units.first().and_then(|u| {
+        u.dest
+            .area()
             .ancestors()
             .find(|a| a.exists())
             .map(Path::to_path_buf)
@@ -628,12 +657,11 @@ fn check_free_space(
     Ok(())
 }
 
-/// The carried folders this import publishes, after the filters.
-fn select(opts: &ImportOptions, carried: &[CarriedSlot]) -> Result<Vec<CarriedSlot>, ImportError> {
-    let selected: Vec<CarriedSlot> = carried
+/// The carried units this import publishes, after the filters.
+fn select(opts: &ImportOptions, carried: &[Unit]) -> Result<Vec<Unit>, ImportError> {
+    let selected: Vec<Unit> = carried
         .iter()
-        .filter(|c| opts.platforms.is_empty() || opts.platforms.contains(&c.slot.platform))
-        .filter(|c| opts.rings.is_empty() || opts.rings.contains(&c.slot.ring))
+        .filter(|u| opts.only.admits(u))
         .cloned()
         .collect();
     let usage = |reason: String| ImportError::Usage {
@@ -643,7 +671,7 @@ fn select(opts: &ImportOptions, carried: &[CarriedSlot]) -> Result<Vec<CarriedSl
     let carried_list = || {
         carried
             .iter()
-            .map(|c| c.slot.rel())
+            .map(|u| u.key.to_string())
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -654,13 +682,13 @@ fn select(opts: &ImportOptions, carried: &[CarriedSlot]) -> Result<Vec<CarriedSl
         )));
     }
     if let Target::Ring(dir) = &opts.target {
-        let mut pairs: Vec<(Platform, Ring)> = selected
+        let mut groups: Vec<(&str, &str)> = selected
             .iter()
-            .map(|c| (c.slot.platform, c.slot.ring))
+            .map(|u| (u.placement.area.as_str(), u.placement.group.as_str()))
             .collect();
-        pairs.sort();
-        pairs.dedup();
-        if pairs.len() > 1 {
+        groups.sort();
+        groups.dedup();
+        if groups.len() > 1 {
             return Err(usage(format!(
                 "--target {} is one platform and ring, but the bundle carries several ({}); choose one with --platform and --ring",
                 dir.display(),
@@ -671,106 +699,110 @@ fn select(opts: &ImportOptions, carried: &[CarriedSlot]) -> Result<Vec<CarriedSl
     Ok(selected)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn stage_and_publish(
+/// Stage: streams every payload file once, hashing each; files of units to
+/// publish go into staging on the mirror's filesystem. Then the end of the
+/// archive, and each staged unit against what was signed for it.
+fn stage(
     opts: &ImportOptions,
-    state_dir: &StateDir,
-    state: &mut State,
-    head: &Head,
+    plan: &Plan,
     mut reader: BundleReader<BundleInput>,
-    selected: &[CarriedSlot],
-    dests: &[Destination],
-    publish_mask: &[bool],
-    owner: &BTreeMap<usize, (usize, &'static str)>,
+    accepted: &Accepted,
     attempt: &mut Attempt,
     observer: &dyn Observer,
-) -> Result<Outcome, ImportError> {
-    let bundle = opts.bundle.as_path();
-    let m = &head.manifest;
-    let mut staging = Staging::new(opts.publish.clone());
-    let mut staged: Vec<Option<publish::StagedSlot>> = selected.iter().map(|_| None).collect();
-    let mut served_files: Vec<Vec<ServedFile>> = selected.iter().map(|_| Vec::new()).collect();
+) -> Result<Staged, ImportError> {
+    let m = &accepted.head().manifest;
+    let mut owner: BTreeMap<usize, (usize, &str)> = BTreeMap::new();
+    for (i, u) in plan.units.iter().enumerate() {
+        for f in &u.unit.files {
+            owner.insert(f.index, (i, f.name.as_str()));
+        }
+    }
+    let mut staged = Staged {
+        staging: Staging::new(opts.publish.clone()),
+        folders: plan.units.iter().map(|_| None).collect(),
+        files: plan.units.iter().map(|_| Vec::new()).collect(),
+    };
     observer.start("importing", m.total_size());
     for idx in 0..m.files.len() {
-        match owner.get(&idx) {
-            Some(&(slot_i, name)) if publish_mask[slot_i] => {
-                if staged[slot_i].is_none() {
-                    staged[slot_i] = Some(staging.stage(&dests[slot_i])?);
-                }
-                let slot = staged[slot_i].as_ref().expect("just staged");
-                let mut file = slot.create_file(name)?;
-                let path = file.path().to_path_buf();
-                let entry = reader
-                    .copy_file(&mut file, &path, observer)
-                    .map_err(|e| match e {
-                        BundleError::Io { path, source } => {
-                            ImportError::Publish(publish::PublishError::Write { path, source })
-                        }
-                        other => other.into(),
-                    })?;
-                attempt.bytes_written += file.finish()?;
-                served_files[slot_i].push(ServedFile {
-                    name: name.to_string(),
-                    size: entry.size,
-                    sha256: entry.sha256,
-                });
+        let Some(&(i, name)) = owner.get(&idx) else {
+            reader.copy_file(&mut std::io::sink(), Path::new("-"), observer)?;
+            continue;
+        };
+        let entry = if plan.units[i].publish {
+            if staged.folders[i].is_none() {
+                staged.folders[i] = Some(staged.staging.stage(&plan.units[i].dest)?);
             }
-            Some(&(slot_i, name)) => {
-                let entry = reader.copy_file(&mut std::io::sink(), Path::new("-"), observer)?;
-                served_files[slot_i].push(ServedFile {
-                    name: name.to_string(),
-                    size: entry.size,
-                    sha256: entry.sha256,
-                });
-            }
-            None => {
-                reader.copy_file(&mut std::io::sink(), Path::new("-"), observer)?;
-            }
-        }
+            let folder = staged.folders[i].as_ref().expect("just staged");
+            let mut file = folder.create_file(name)?;
+            let path = file.path().to_path_buf();
+            let entry = reader
+                .copy_file(&mut file, &path, observer)
+                .map_err(|e| match e {
+                    BundleError::Io { path, source } => {
+                        ImportError::Publish(publish::PublishError::Write { path, source })
+                    }
+                    other => other.into(),
+                })?;
+            attempt.bytes_written += file.finish()?;
+            entry
+        } else {
+            reader.copy_file(&mut std::io::sink(), Path::new("-"), observer)?
+        };
+        staged.files[i].push(ServedFile {
+            name: name.to_string(),
+            size: entry.size,
+            sha256: entry
+                .sha256
+                .parse()
+                .map_err(|e| rejected(&opts.bundle, format!("{name}: {e}")))?,
+        });
     }
     reader.finish()?;
     observer.finish();
-
-    // The carried manifest.json must say what the signed item says, or
-    // endpoints would be served versions nobody signed for.
-    for (i, c) in selected.iter().enumerate() {
-        if let Some(s) = &staged[i] {
-            let path = s.dir().join(MANIFEST_JSON);
-            let fm = FolderManifest::read(&path)
-                .map_err(|e| rejected(bundle, format!("{}/{MANIFEST_JSON}: {e}", c.slot.rel())))?;
-            if fm.engine_version != c.engine_version.as_str()
-                || fm.definition_version != c.definition_version.as_str()
-            {
-                return Err(rejected(
-                    bundle,
-                    format!(
-                        "{}/{MANIFEST_JSON} says engine {} definitions {}, but the signed item says engine {} definitions {}",
-                        c.slot.rel(),
-                        fm.engine_version,
-                        fm.definition_version,
-                        c.engine_version,
-                        c.definition_version
-                    ),
-                ));
-            }
+    for (u, folder) in plan.units.iter().zip(&staged.folders) {
+        if let Some(f) = folder {
+            accepted
+                .profile()
+                .check_staged(&u.unit, f.dir())
+                .map_err(|reason| rejected(&opts.bundle, reason))?;
         }
     }
+    Ok(staged)
+}
 
-    // Record the intent, then publish folder by folder.
-    let now = format_time(SystemTime::now());
-    let accepted = AcceptedBundle {
+/// Commit: records the intent, publishes unit by unit, then records what
+/// is served, the accepted sequence and the ledger line together.
+fn commit(
+    opts: &ImportOptions,
+    state_dir: &StateDir,
+    state: &mut State,
+    accepted: &Accepted,
+    plan: &Plan,
+    mut staged: Staged,
+    attempt: &mut Attempt,
+) -> Result<Outcome, ImportError> {
+    let head = accepted.head();
+    let m = &head.manifest;
+    let now = Timestamp::from_time(SystemTime::now());
+    let record = AcceptedBundle {
         manifest_sha256: head.manifest_sha256.clone(),
         bundle_id: m.bundle_id.clone(),
         accepted_at: now.clone(),
     };
+    let served: Vec<ServedSlot> = plan
+        .units
+        .iter()
+        .zip(&staged.files)
+        .map(|(u, files)| served_slot(&u.unit, accepted, files, &now))
+        .collect();
     let mut pending_slots = BTreeMap::new();
-    for (i, c) in selected.iter().enumerate() {
-        if staged[i].is_some() {
+    for ((u, folder), s) in plan.units.iter().zip(&staged.folders).zip(&served) {
+        if folder.is_some() {
             pending_slots.insert(
-                c.slot.rel(),
+                u.unit.key.clone(),
                 PendingSlot {
-                    dir: dests[i].current(),
-                    served: served_slot(c, head, &served_files[i], &now),
+                    dir: u.dest.current(),
+                    served: s.clone(),
                 },
             );
         }
@@ -778,150 +810,66 @@ fn stage_and_publish(
     state.pending = Some(PendingImport {
         channel: m.channel.clone(),
         sequence: m.sequence,
-        accepted: accepted.clone(),
+        accepted: record.clone(),
         slots: pending_slots,
         signers: attempt.signers.clone(),
     });
     state_dir.save(state)?;
-    for (i, c) in selected.iter().enumerate() {
-        if let Some(s) = staged[i].take() {
+    for (i, (u, s)) in plan.units.iter().zip(served).enumerate() {
+        if let Some(folder) = staged.folders[i].take() {
             // A set that no longer matches its record must never become
             // n-1: rolling back would serve it. Discard it, keep n-1.
-            let damaged = attempt.damaged.get(i).cloned().flatten();
-            let old_set = match damaged {
+            let old_set = match u.damaged {
                 Some(_) => publish::OldSet::Discard,
                 None => publish::OldSet::KeepAsBack,
             };
-            let published = staging.publish_with(s, &m.bundle_id, old_set)?;
+            let published = staged.staging.publish_with(folder, &m.bundle_id, old_set)?;
             attempt.slots[i].published = true;
-            if let (true, Some(why)) = (published.discarded_old, damaged) {
-                attempt.discarded.push(format!("{}: {why}", c.slot.rel()));
+            if let (true, Some(why)) = (published.discarded_old, &u.damaged) {
+                attempt.discarded.push(format!("{}: {why}", u.unit.key));
             }
             if published.back.is_some() {
-                match state.served(&c.slot).cloned() {
+                match state.served(&u.unit.key).cloned() {
                     Some(old) => {
-                        state.back.insert(c.slot.rel(), old);
+                        state.back.insert(u.unit.key.clone(), old);
                     }
                     None => {
-                        state.back.remove(&c.slot.rel());
+                        state.back.remove(&u.unit.key);
                     }
                 }
             }
         }
-        state.record_served(&c.slot, served_slot(c, head, &served_files[i], &now));
+        state.record_served(&u.unit.key, s);
     }
-    state.record_accepted(&m.channel, m.sequence, accepted);
+    state.record_accepted(&m.channel, m.sequence, record);
     state.withdrawn.remove(&head.manifest_sha256);
     state.pending = None;
     let entry = ledger_entry(opts, attempt, Outcome::Imported, None);
-    ledger::save_due(state_dir, state, entry)?;
+    super::session::save_due(state_dir, state, entry)?;
     attempt.logged = true;
-    if let Err(e) = ledger::settle::<ImportError>(state_dir, state) {
+    if let Err(e) = super::session::settle::<ImportError>(state_dir, state) {
         attempt.ledger_error = Some(e);
     }
     Ok(Outcome::Imported)
 }
 
-fn served_slot(c: &CarriedSlot, head: &Head, files: &[ServedFile], now: &str) -> ServedSlot {
+fn served_slot(
+    unit: &Unit,
+    accepted: &Accepted,
+    files: &[ServedFile],
+    now: &Timestamp,
+) -> ServedSlot {
+    let head = accepted.head();
     ServedSlot {
-        engine_version: c.engine_version.to_string(),
-        definition_version: c.definition_version.to_string(),
+        engine_version: unit.versions.engine_version.clone(),
+        definition_version: unit.versions.definition_version.clone(),
         bundle_id: head.manifest.bundle_id.clone(),
         channel: head.manifest.channel.clone(),
         sequence: head.manifest.sequence,
         manifest_sha256: head.manifest_sha256.clone(),
         files: files.to_vec(),
-        imported_at: now.to_string(),
-        expires: Some(head.manifest.expires.clone()),
-    }
-}
-
-/// Records what an interrupted run left, once `publish::recover` has
-/// completed its folders (call it under the lock): a ledger line still due,
-/// and an import killed while publishing, whose ledger line is written now
-/// (or the ledger would never show that bundle as imported). Rollback calls
-/// it too, so that it checks n-1 against an up-to-date record.
-pub(super) fn settle_interrupted<E>(state_dir: &StateDir, state: &mut State) -> Result<(), E>
-where
-    E: From<super::state::StateError> + From<super::ledger::LedgerError>,
-{
-    ledger::settle::<E>(state_dir, state)?;
-    if state.pending.is_some() {
-        match reconcile(state) {
-            Some(entry) => ledger::commit::<E>(state_dir, state, entry)?,
-            None => state_dir.save(state)?,
-        }
-    }
-    Ok(())
-}
-
-/// Settles an import that was interrupted while publishing: every folder
-/// that now holds the pending set (recovery rolls journaled publishes
-/// forward) is recorded as served; the bundle's sequence counts as accepted.
-/// Returns the ledger entry of the interrupted import when it published
-/// anything.
-fn reconcile(state: &mut State) -> Option<LedgerEntry> {
-    let p = state.pending.take()?;
-    let versions = |s: &ServedSlot| Versions {
-        engine_version: s.engine_version.clone(),
-        definition_version: s.definition_version.clone(),
-    };
-    let mut changes = Vec::new();
-    for (key, ps) in &p.slots {
-        if setcheck::check(&ps.dir, &ps.served.files, setcheck::Depth::Hashes).is_ok() {
-            if let Some(slot) = Slot::all().find(|s| s.rel() == *key) {
-                changes.push(SlotChange {
-                    slot: key.clone(),
-                    before: state.served(&slot).map(versions),
-                    after: Some(versions(&ps.served)),
-                });
-                let replaced = state.served(&slot).cloned();
-                state.record_served(&slot, ps.served.clone());
-                settle_back(state, key, replaced, &ps.dir);
-            }
-        }
-    }
-    if changes.is_empty() {
-        return None;
-    }
-    let entry = LedgerEntry {
-        reason: Some(
-            "published by an earlier run that was interrupted (killed or crashed) before \
-             recording it; recorded by the next import"
-                .into(),
-        ),
-        bundle_id: Some(p.accepted.bundle_id.clone()),
-        manifest_sha256: Some(p.accepted.manifest_sha256.clone()),
-        signer_key_ids: p.signers,
-        channel: Some(p.channel.clone()),
-        sequence: Some(p.sequence),
-        slots: changes,
-        ..LedgerEntry::new(Outcome::Imported)
-    };
-    state.record_accepted(&p.channel, p.sequence, p.accepted);
-    Some(entry)
-}
-
-/// Makes the record of a slot's n-1 say what its folder holds after an
-/// interrupted publish that recovery completed: the replaced set when it was
-/// rotated there, else the record it had, or none when neither matches (a
-/// record that does not match would make `rollback` refuse a good n-1).
-fn settle_back(state: &mut State, key: &str, replaced: Option<ServedSlot>, current: &Path) {
-    let Some(back) = publish::back_of(current) else {
-        return;
-    };
-    let holds = |r: &ServedSlot| {
-        !r.files.is_empty() && setcheck::check(&back, &r.files, setcheck::Depth::Hashes).is_ok()
-    };
-    match replaced.filter(|r| holds(r)) {
-        Some(r) => {
-            state.back.insert(key.to_string(), r);
-        }
-        None => {
-            if state.back.get(key).is_some_and(|b| !holds(b)) {
-                state.back.remove(key);
-            }
-        }
+        imported_at: now.clone(),
+        expires: Some(accepted.expires().clone()),
     }
 }
 

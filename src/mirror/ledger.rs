@@ -35,10 +35,10 @@
 //! a newline and chains onto its bytes, so the import goes on while
 //! `verify` keeps pointing at the torn line for a person to look at.
 //!
-//! A change to the mirror and its line are two writes: [`commit`] saves the
+//! A change to the mirror and its line are two writes: [`super::session::commit`] saves the
 //! line in `state.json` with the change, appends it, then clears it, and
 //! the next run under the lock appends a line it finds there unless the
-//! ledger already ends with it ([`settle`]).
+//! ledger already ends with it ([`super::session::settle`]).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -49,9 +49,7 @@ use sha2::{Digest, Sha256};
 
 use super::fsx::{self, fix};
 use super::ledger_quota::{self, Admit, Quota};
-use super::state::{State, StateDir, StateError};
 use crate::error::{Classify, ExitKind};
-use crate::faults::crash_point;
 
 /// `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -94,19 +92,15 @@ impl Outcome {
     }
 }
 
-/// Engine and definition versions of one folder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Versions {
-    pub engine_version: String,
-    pub definition_version: String,
-}
+/// The versions of one unit, as the profile seam records them.
+pub use crate::profile::Versions;
 
 /// One arch folder's versions before and after the attempt (`None`: the
 /// folder did not exist, or was not changed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotChange {
-    /// Layout path, e.g. `linux/production/arch_x86_64`.
-    pub slot: String,
+    /// The unit's key, e.g. `linux/production/arch_x86_64`.
+    pub slot: crate::profile::UnitKey,
     pub before: Option<Versions>,
     pub after: Option<Versions>,
 }
@@ -137,7 +131,7 @@ pub struct LedgerEntry {
     pub bundle_id: Option<String>,
     pub manifest_sha256: Option<String>,
     /// Key ids (16 upper-case hex) whose valid signatures counted.
-    pub signer_key_ids: Vec<String>,
+    pub signer_key_ids: Vec<crate::keys::KeyId>,
     pub channel: Option<String>,
     pub sequence: Option<u64>,
     pub allow_downgrade: bool,
@@ -342,44 +336,6 @@ fn same_record(a: &LedgerEntry, b: &LedgerEntry) -> bool {
         && a.slots == b.slots
 }
 
-/// Saves `state` together with the ledger `entry` that records its change,
-/// appends the entry, then clears it from the state. Call it under the
-/// import lock. A kill after the first save leaves the entry in
-/// `state.json`; the next run's [`settle`] appends it (once), so a change
-/// the state holds is never missing from the ledger.
-pub fn commit<E>(dir: &StateDir, state: &mut State, entry: LedgerEntry) -> Result<(), E>
-where
-    E: From<StateError> + From<LedgerError>,
-{
-    save_due(dir, state, entry)?;
-    settle(dir, state)
-}
-
-/// The first half of [`commit`]: saves `state` with `entry` due. Once this
-/// returns, the change is recorded and its ledger line will be written.
-pub fn save_due(dir: &StateDir, state: &mut State, entry: LedgerEntry) -> Result<(), StateError> {
-    state.ledger_due = Some(entry);
-    dir.save(state)?;
-    crash_point("ledger-due");
-    Ok(())
-}
-
-/// Appends the entry an interrupted [`commit`] left in `state`, unless the
-/// ledger already ends with it, and saves the state without it.
-pub fn settle<E>(dir: &StateDir, state: &mut State) -> Result<(), E>
-where
-    E: From<StateError> + From<LedgerError>,
-{
-    let Some(entry) = state.ledger_due.clone() else {
-        return Ok(());
-    };
-    Ledger::in_state_dir(dir).append_once(&entry)?;
-    crash_point("ledger-appended");
-    state.ledger_due = None;
-    dir.save(state)?;
-    Ok(())
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -412,11 +368,6 @@ impl Ledger {
         Ledger {
             path: path.to_path_buf(),
         }
-    }
-
-    /// The ledger of a state directory.
-    pub fn in_state_dir(dir: &StateDir) -> Self {
-        Ledger::new(&dir.ledger_path())
     }
 
     pub fn path(&self) -> &Path {
@@ -536,20 +487,6 @@ impl Ledger {
             (Some(last), false) => records(&last, entry),
             _ => false,
         })
-    }
-
-    /// The line an interrupted run left due in `state.json` (see [`commit`])
-    /// that this ledger does not have yet: the next import or rollback
-    /// appends it. For read-only reports about the ledger: a state file that
-    /// cannot be read is `status`'s to report, and counts as nothing due.
-    pub fn due(&self, dir: &StateDir) -> Result<Option<LedgerEntry>, LedgerError> {
-        let Ok(state) = dir.load() else {
-            return Ok(None);
-        };
-        match state.ledger_due {
-            Some(e) if !self.ends_with(&e)? => Ok(Some(e)),
-            _ => Ok(None),
-        }
     }
 
     /// The last line's bytes (without `\n`) and whether it lacks its `\n`.
@@ -756,7 +693,7 @@ mod tests {
             channel: Some("default".into()),
             sequence: Some(i),
             manifest_sha256: Some(format!("{i:064x}")),
-            signer_key_ids: vec!["0123456789ABCDEF".into()],
+            signer_key_ids: vec!["0123456789ABCDEF".parse().unwrap()],
             slots: vec![SlotChange {
                 slot: "linux/production/arch_x86_64".into(),
                 before: None,

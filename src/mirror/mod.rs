@@ -5,9 +5,12 @@
 //! ledger ([`ledger`]) and its flood limit ([`ledger_quota`]); the
 //! phone-sized receipt of an
 //! import ([`receipt`]); the inbox job that imports whatever arrives in a
-//! directory ([`inbox`]). These are building blocks: they
-//! never read bundles or check signatures; the import orchestration verifies
-//! first and then calls them.
+//! directory ([`inbox`]); the session every change starts with, under the
+//! lock, and the writing of a state change with its ledger line
+//! ([`session`]). These are building blocks: they never read bundles or
+//! check signatures; the import orchestration accepts first
+//! ([`crate::verify::accept`]) and then calls them. The mirror works on the
+//! profile seam's types ([`crate::profile`]) and never names a profile.
 
 pub(crate) mod fsx;
 pub mod import;
@@ -18,6 +21,7 @@ pub mod lock;
 pub mod publish;
 pub mod receipt;
 pub mod rollback;
+pub mod session;
 pub mod setcheck;
 pub mod state;
 pub mod status;

@@ -101,7 +101,7 @@ use super::fsx::{self, fix};
 pub use crate::durable::SwapMethod;
 use crate::durable::{self, MoveError, SyncingWriter};
 use crate::error::{Classify, ExitKind};
-use crate::mde::{Arch, Slot};
+use crate::profile::Placement;
 
 /// Name prefix of every staging root; leftovers are recognised by it.
 pub const STAGING_PREFIX: &str = ".gapferry-staging-";
@@ -196,20 +196,22 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// `<root>/<platform>/<ring>/arch_<arch>`, n-1 in `<ring>_back`.
-    pub fn in_mirror(root: &Path, slot: &Slot) -> Result<Self, PublishError> {
-        let area = absolute(&root.join(slot.platform.as_str()))?;
+    /// `<root>/<area>/<group>/<leaf>` (`mde`:
+    /// `<root>/<platform>/<ring>/arch_<arch>`), n-1 in `<group>_back`.
+    pub fn in_mirror(root: &Path, place: &Placement) -> Result<Self, PublishError> {
+        let area = absolute(&root.join(&place.area))?;
         Ok(Destination {
             area,
-            ring: slot.ring.as_str().into(),
-            arch: slot.arch_dir().into(),
+            ring: place.group.as_str().into(),
+            arch: place.leaf.as_str().into(),
             managed_ring: true,
         })
     }
 
-    /// `<target>/arch_<arch>`, n-1 in the sibling `<target>_back`; `target`
-    /// is the folder an endpoint's `offlineDefinitionUpdateUrl` names.
-    pub fn in_target(target: &Path, arch: Arch) -> Result<Self, PublishError> {
+    /// `<target>/<leaf>` (`mde`: `<target>/arch_<arch>`), n-1 in the sibling
+    /// `<target>_back`; `target` is the folder an endpoint's
+    /// `offlineDefinitionUpdateUrl` names.
+    pub fn in_target(target: &Path, leaf: &str) -> Result<Self, PublishError> {
         let abs = absolute(target)?;
         let bad = |reason: &str| PublishError::BadDestination {
             path: target.to_path_buf(),
@@ -226,7 +228,7 @@ impl Destination {
         Ok(Destination {
             area,
             ring: name,
-            arch: format!("arch_{arch}").into(),
+            arch: leaf.into(),
             managed_ring: false,
         })
     }
@@ -300,12 +302,16 @@ fn with_suffix(name: &OsStr, suffix: &str) -> OsString {
     s
 }
 
-/// The areas of a mirror root (one per platform) for [`recover`].
+/// The areas of a mirror root for [`recover`]: those of every profile this
+/// build knows (`mde`: one per platform).
 pub fn mirror_areas(root: &Path) -> Vec<PathBuf> {
-    crate::mde::Platform::ALL
+    let mut names: Vec<String> = crate::profile::all()
         .iter()
-        .map(|p| root.join(p.as_str()))
-        .collect()
+        .flat_map(|p| p.areas())
+        .collect();
+    names.sort();
+    names.dedup();
+    names.into_iter().map(|n| root.join(n)).collect()
 }
 
 /// Every path one slot's publish touches, derived from the staging layout
@@ -1050,15 +1056,16 @@ fn owner_alive(token: &str) -> bool {
 mod tests {
     use super::*;
     use crate::durable::exchange;
-    use crate::mde::{Platform, Ring};
+    use crate::mde::{Arch, Platform, Ring, Slot};
     use std::os::unix::fs::PermissionsExt;
 
-    fn slot() -> Slot {
+    fn slot() -> Placement {
         Slot {
             platform: Platform::Linux,
             ring: Ring::Production,
             arch: Arch::X86_64,
         }
+        .placement()
     }
 
     fn stage_set(st: &mut Staging, dest: &Destination, v: &str) -> StagedSlot {
@@ -1205,7 +1212,7 @@ mod tests {
         let target = t.path().join("production");
         fs::create_dir_all(target.join("arch_arm64")).unwrap();
         fs::write(target.join("arch_arm64/keep"), b"x").unwrap();
-        let dest = Destination::in_target(&target, Arch::X86_64).unwrap();
+        let dest = Destination::in_target(&target, "arch_x86_64").unwrap();
         assert_eq!(dest.current(), target.join("arch_x86_64"));
         assert_eq!(dest.back(), t.path().join("production_back/arch_x86_64"));
         assert_eq!(back_of(&dest.current()), Some(dest.back()));

@@ -22,19 +22,23 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::ledger::{self, LedgerEntry, Outcome, SlotChange, Versions};
+use super::ledger::{LedgerEntry, Outcome, SlotChange, Versions};
 use super::publish::{self, Destination, PublishOptions, Staging};
+use super::session::Session;
 use super::setcheck;
-use super::state::{State, StateDir};
+use super::state::State;
 use crate::error::{Classify, ExitKind};
-use crate::mde::{FolderManifest, Slot, MANIFEST_JSON};
+use crate::profile::{Placement, Profile, UnitKey};
 
 /// What to roll back.
 #[derive(Debug, Clone)]
 pub struct RollbackOptions {
     pub mirror: PathBuf,
     pub state_dir: PathBuf,
-    pub slots: Vec<Slot>,
+    /// The units to swap and where their folders are.
+    pub slots: Vec<(UnitKey, Placement)>,
+    /// Reads the versions a folder serves, for the report and the ledger.
+    pub profile: &'static dyn Profile,
     pub lock_wait: Duration,
     pub publish: PublishOptions,
     /// Swap in an n-1 that no longer matches its record.
@@ -44,7 +48,7 @@ pub struct RollbackOptions {
 /// One folder swapped.
 #[derive(Debug, Clone, Serialize)]
 pub struct RolledSlot {
-    pub slot: String,
+    pub slot: UnitKey,
     pub dir: PathBuf,
     /// What it served before and serves now.
     pub before: Option<Versions>,
@@ -104,32 +108,21 @@ impl Classify for RollbackError {
     }
 }
 
-fn on_disk(dir: &Path) -> Option<Versions> {
-    FolderManifest::read(&dir.join(MANIFEST_JSON))
-        .ok()
-        .map(|m| Versions {
-            engine_version: m.engine_version,
-            definition_version: m.definition_version,
-        })
-}
-
 /// Swaps every requested slot with its n-1, under the import lock.
 pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError> {
-    let state_dir = StateDir::open(&opts.state_dir)?;
-    let _lock = state_dir.lock(opts.lock_wait)?;
-    super::lock::claim_served(&opts.mirror, state_dir.path())?;
-    for area in publish::mirror_areas(&opts.mirror) {
-        publish::recover(&area, &opts.publish)?;
-    }
-    let mut state = state_dir.load()?;
+    let session = Session::open(&opts.state_dir, &opts.mirror, opts.lock_wait)
+        .map_err(|e| e.into_error::<RollbackError>())?;
+    let state_dir = session.dir();
     // An import killed while publishing: record what recovery completed
     // (including what n-1 now holds) before judging n-1.
-    super::import::settle_interrupted::<RollbackError>(&state_dir, &mut state)?;
+    let (mut state, _) =
+        session.recover::<RollbackError>(&publish::mirror_areas(&opts.mirror), &opts.publish)?;
+    let on_disk = |dir: &Path| opts.profile.versions_on_disk(dir);
     // Check every slot before moving anything.
     let mut dests = Vec::new();
     let mut forced = Vec::new();
-    for slot in &opts.slots {
-        let dest = Destination::in_mirror(&opts.mirror, slot)?;
+    for (key, place) in &opts.slots {
+        let dest = Destination::in_mirror(&opts.mirror, place)?;
         dest.check_folders()?;
         if !dest.current().is_dir() {
             return Err(RollbackError::NotServed {
@@ -144,7 +137,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
         }
         let mismatch = state
             .back
-            .get(&slot.rel())
+            .get(key)
             .filter(|r| !r.files.is_empty())
             .and_then(|r| setcheck::check(&dest.back(), &r.files, setcheck::Depth::Hashes).err());
         match mismatch {
@@ -157,7 +150,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
                     reason: Some(format!("gapferry rollback {err}")),
                     ..LedgerEntry::new(Outcome::Rejected)
                 };
-                ledger::commit::<RollbackError>(&state_dir, &mut state, entry)?;
+                super::session::commit::<RollbackError>(state_dir, &mut state, entry)?;
                 return Err(err);
             }
             m => forced.push(m.map(|m| format!("n-1 {}", m.by_file_name()))),
@@ -166,7 +159,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
     }
     let mut report = RollbackReport { slots: Vec::new() };
     let mut result = Ok(());
-    for ((slot, dest), forced_past) in opts.slots.iter().zip(&dests).zip(forced) {
+    for (((key, _), dest), forced_past) in opts.slots.iter().zip(&dests).zip(forced) {
         let before = on_disk(&dest.current());
         let method = match swap_one(dest, &opts.publish) {
             Ok(m) => m,
@@ -175,9 +168,9 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
                 break;
             }
         };
-        swap_state(&mut state, slot);
+        swap_state(&mut state, key);
         report.slots.push(RolledSlot {
-            slot: slot.rel(),
+            slot: key.clone(),
             dir: dest.current(),
             before,
             after: on_disk(&dest.current()),
@@ -216,7 +209,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
             Outcome::Failed
         })
     };
-    ledger::commit::<RollbackError>(&state_dir, &mut state, entry)?;
+    super::session::commit::<RollbackError>(state_dir, &mut state, entry)?;
     result.map(|()| report)
 }
 
@@ -260,8 +253,8 @@ fn swap_one(dest: &Destination, opts: &PublishOptions) -> Result<&'static str, R
 
 /// Swaps what the state says `slot` and its n-1 serve; withdraws the set
 /// rolled away from and lifts the mark from the set rolled back to.
-fn swap_state(state: &mut State, slot: &Slot) {
-    let key = slot.rel();
+fn swap_state(state: &mut State, key: &UnitKey) {
+    let key = key.clone();
     let served = state.served.remove(&key);
     let back = state.back.remove(&key);
     if let Some(s) = &served {

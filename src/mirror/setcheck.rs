@@ -107,7 +107,7 @@ fn check_file(path: &Path, f: &ServedFile, depth: Depth) -> Result<(), Mismatch>
             recorded: f.size,
             found: n,
         })),
-        Ok((_, sha)) if sha != f.sha256 => Err(fail(Problem::Sha256)),
+        Ok((_, sha)) if f.sha256 != sha => Err(fail(Problem::Sha256)),
         Ok(_) => Ok(()),
         Err(e) => Err(fail(Problem::Unreadable(e))),
     }
@@ -121,7 +121,7 @@ mod tests {
         ServedFile {
             name: name.into(),
             size: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(bytes)),
+            sha256: crate::sha256hex::Sha256Hex::of(bytes),
         }
     }
 

@@ -38,7 +38,8 @@ use sha2::{Digest, Sha256};
 use super::fsx::{self, fix};
 use super::lock::{ImportLock, LockError, LOCK_FILE};
 use crate::error::{Classify, ExitKind};
-use crate::mde::{Slot, Version};
+use crate::profile::{Older, Profile, UnitKey, Versions};
+use crate::timestamp::Timestamp;
 
 /// The state file inside the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -70,6 +71,14 @@ pub enum StateError {
     TooNew { path: PathBuf, format: u32 },
     #[error("cannot choose a default state directory: {reason}; pass --state-dir DIR")]
     NoDefault { reason: String },
+    /// A recorded version the profile cannot read (never skipped: an
+    /// unreadable record must not let an older bundle through).
+    #[error("the state records {key} as serving versions the {profile} profile cannot read ({reason}); restore state.json from a backup")]
+    BadVersions {
+        key: UnitKey,
+        profile: &'static str,
+        reason: String,
+    },
 }
 
 impl Classify for StateError {
@@ -83,7 +92,7 @@ impl Classify for StateError {
 pub struct ServedFile {
     pub name: String,
     pub size: u64,
-    pub sha256: String,
+    pub sha256: crate::sha256hex::Sha256Hex,
 }
 
 /// What one slot serves and where it came from.
@@ -96,11 +105,10 @@ pub struct ServedSlot {
     pub sequence: u64,
     pub manifest_sha256: String,
     pub files: Vec<ServedFile>,
-    /// RFC 3339 UTC.
-    pub imported_at: String,
-    /// The bundle's expiry (RFC 3339 UTC), when known.
+    pub imported_at: Timestamp,
+    /// The bundle's expiry, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires: Option<String>,
+    pub expires: Option<Timestamp>,
 }
 
 /// A bundle a channel has accepted.
@@ -108,8 +116,7 @@ pub struct ServedSlot {
 pub struct AcceptedBundle {
     pub manifest_sha256: String,
     pub bundle_id: String,
-    /// RFC 3339 UTC.
-    pub accepted_at: String,
+    pub accepted_at: Timestamp,
 }
 
 /// Accepted sequences of one channel.
@@ -124,7 +131,7 @@ pub struct State {
     pub format: u32,
     /// Keyed by the slot's layout path, `linux/production/arch_x86_64`.
     #[serde(default)]
-    pub served: BTreeMap<String, ServedSlot>,
+    pub served: BTreeMap<UnitKey, ServedSlot>,
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelState>,
     /// An import that was publishing when it was interrupted; the next run
@@ -134,7 +141,7 @@ pub struct State {
     /// What each `<ring>_back/arch_<arch>` folder holds, when gapferry put it
     /// there; keyed like `served`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub back: BTreeMap<String, ServedSlot>,
+    pub back: BTreeMap<UnitKey, ServedSlot>,
     /// Manifests (sha256) withdrawn by `gapferry rollback`: importing them
     /// again needs `--allow-downgrade`, so a re-delivered bad release does
     /// not silently roll forward.
@@ -143,7 +150,7 @@ pub struct State {
     /// The ledger entry recording the change this state holds, saved with it
     /// and cleared once the ledger has it, so that a kill between the two
     /// writes cannot lose the line: the next run under the lock appends it
-    /// (see [`super::ledger::commit`]).
+    /// (see [`super::session::commit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_due: Option<super::ledger::LedgerEntry>,
 }
@@ -155,11 +162,11 @@ pub struct PendingImport {
     pub sequence: u64,
     pub accepted: AcceptedBundle,
     /// Slot key -> (arch folder path, what it will serve).
-    pub slots: BTreeMap<String, PendingSlot>,
+    pub slots: BTreeMap<UnitKey, PendingSlot>,
     /// Key ids that signed the bundle, for the ledger entry that the run
     /// settling an interrupted import writes on its behalf.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub signers: Vec<String>,
+    pub signers: Vec<crate::keys::KeyId>,
 }
 
 /// One folder of a pending import.
@@ -184,14 +191,20 @@ impl Default for State {
 }
 
 impl State {
-    /// What `slot` serves, if gapferry published it.
-    pub fn served(&self, slot: &Slot) -> Option<&ServedSlot> {
-        self.served.get(&slot.rel())
+    /// What unit `key` serves, if gapferry published it.
+    pub fn served(&self, key: &UnitKey) -> Option<&ServedSlot> {
+        self.served.get(key)
     }
 
-    /// Records what `slot` now serves.
-    pub fn record_served(&mut self, slot: &Slot, served: ServedSlot) {
-        self.served.insert(slot.rel(), served);
+    /// What the state alone says unit `key` serves.
+    pub fn baseline(&self, key: &UnitKey) -> Baseline {
+        self.served(key)
+            .map_or(Baseline::Empty, |s| Baseline::Recorded(s.clone()))
+    }
+
+    /// Records what unit `key` now serves.
+    pub fn record_served(&mut self, key: &UnitKey, served: ServedSlot) {
+        self.served.insert(key.clone(), served);
     }
 
     /// The bundle `channel` accepted with `sequence`, if any.
@@ -236,22 +249,26 @@ impl State {
             });
         }
         let state: State = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        // state.json does not name its profile: a record no known profile
+        // can read is corrupt.
         for (key, s) in &state.served {
-            for (what, v) in [
-                ("engine_version", &s.engine_version),
-                ("definition_version", &s.definition_version),
-            ] {
-                v.parse::<Version>()
-                    .map_err(|e| corrupt(format!("served.{key}.{what}: {e}")))?;
+            let v = s.versions();
+            let known = crate::profile::all();
+            let errs: Vec<String> = known
+                .iter()
+                .filter_map(|p| p.check_versions(&v).err())
+                .collect();
+            if errs.len() == known.len() {
+                return Err(corrupt(format!("served.{key}.{}", errs[0])));
             }
         }
         Ok(state)
     }
 
     /// Decides what an incoming bundle is relative to this state (see
-    /// [`Decision`]). `incoming.items` are the slots the import would
-    /// publish (after `--platform`/`--ring` filters).
-    pub fn check_rollback(&self, incoming: &Incoming<'_>) -> Decision {
+    /// [`Decision`]). `incoming.items` are the units the import would
+    /// publish (after the filters).
+    pub fn check_rollback(&self, incoming: &Incoming<'_>) -> Result<Decision, StateError> {
         check_rollback(self, incoming)
     }
 }
@@ -264,14 +281,61 @@ pub struct Incoming<'a> {
     pub bundle_id: &'a str,
     pub manifest_sha256: &'a str,
     pub items: &'a [IncomingItem],
+    /// Orders the versions of `items`.
+    pub profile: &'a dyn Profile,
 }
 
-/// One slot an incoming bundle would publish.
+/// One unit an incoming bundle would publish.
 #[derive(Debug, Clone)]
 pub struct IncomingItem {
-    pub slot: Slot,
-    pub engine_version: Version,
-    pub definition_version: Version,
+    pub key: UnitKey,
+    pub versions: Versions,
+    /// What its folder serves now, as the import judged it.
+    pub served: Baseline,
+}
+
+/// What a unit's folder serves before an import, as far as the rollback
+/// policy is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Baseline {
+    /// gapferry recorded what the folder serves, and the folder still
+    /// holds it.
+    Recorded(ServedSlot),
+    /// No record that still holds (a mirror filled before gapferry, by
+    /// hand, or a recorded set damaged since): the folder's own files say
+    /// it serves these versions.
+    OnDiskOnly(Versions),
+    /// Nothing is served.
+    Empty,
+}
+
+impl Baseline {
+    /// The versions served, if any.
+    pub fn versions(&self) -> Option<Versions> {
+        match self {
+            Baseline::Recorded(s) => Some(s.versions()),
+            Baseline::OnDiskOnly(v) => Some(v.clone()),
+            Baseline::Empty => None,
+        }
+    }
+
+    /// The manifest of the bundle whose set is served, when recorded.
+    pub fn manifest_sha256(&self) -> Option<&str> {
+        match self {
+            Baseline::Recorded(s) => Some(&s.manifest_sha256),
+            _ => None,
+        }
+    }
+}
+
+impl ServedSlot {
+    /// The versions this record serves.
+    pub fn versions(&self) -> Versions {
+        Versions {
+            engine_version: self.engine_version.clone(),
+            definition_version: self.definition_version.clone(),
+        }
+    }
 }
 
 /// Why a bundle counts as older than what is served or accepted.
@@ -468,30 +532,31 @@ impl Decision {
 }
 
 /// The rollback policy: sequence per channel first (a conflict beats
-/// everything), then the served versions of every slot the bundle would
-/// publish, definitions first, then engine, as dotted numbers. Equal
-/// versions are not a downgrade (a re-export of the same definitions).
-pub fn check_rollback(state: &State, incoming: &Incoming<'_>) -> Decision {
+/// everything), then the served versions of every unit the bundle would
+/// publish (each item's [`Baseline`]), in the profile's order (`mde`:
+/// definitions first, then engine). Equal versions are not a downgrade (a
+/// re-export of the same definitions). A version the profile cannot read is
+/// an error, never skipped.
+pub fn check_rollback(state: &State, incoming: &Incoming<'_>) -> Result<Decision, StateError> {
     let mut downgrades = Vec::new();
     let mut superseded = false;
     match state.accepted(incoming.channel, incoming.sequence) {
         Some(acc) if acc.manifest_sha256 != incoming.manifest_sha256 => {
-            return Decision::SequenceConflict {
+            return Ok(Decision::SequenceConflict {
                 channel: incoming.channel.to_string(),
                 sequence: incoming.sequence,
                 accepted_bundle_id: acc.bundle_id.clone(),
                 accepted_manifest_sha256: acc.manifest_sha256.clone(),
                 incoming_manifest_sha256: incoming.manifest_sha256.to_string(),
-            };
+            });
         }
         Some(_) => {
-            let all_served = incoming.items.iter().all(|it| {
-                state
-                    .served(&it.slot)
-                    .is_some_and(|s| s.manifest_sha256 == incoming.manifest_sha256)
-            });
+            let all_served = incoming
+                .items
+                .iter()
+                .all(|it| it.served.manifest_sha256() == Some(incoming.manifest_sha256));
             if all_served {
-                return Decision::SameBundle;
+                return Ok(Decision::SameBundle);
             }
             // A re-delivery of a bundle this channel accepted and has since
             // superseded (a data diode delivers twice, late).
@@ -514,37 +579,38 @@ pub fn check_rollback(state: &State, incoming: &Incoming<'_>) -> Decision {
         }
     }
     for it in incoming.items {
-        let Some(served) = state.served(&it.slot) else {
+        let Some(served) = it.served.versions() else {
             continue;
         };
-        // from_bytes checked these; a state built in memory may not have.
-        let (Ok(s_def), Ok(s_eng)) = (
-            served.definition_version.parse::<Version>(),
-            served.engine_version.parse::<Version>(),
-        ) else {
-            continue;
-        };
-        if it.definition_version < s_def {
-            downgrades.push(Downgrade::Definitions {
-                slot: it.slot.rel(),
-                incoming: it.definition_version.to_string(),
+        let older = incoming
+            .profile
+            .older(&it.versions, &served)
+            .map_err(|reason| StateError::BadVersions {
+                key: it.key.clone(),
+                profile: incoming.profile.name(),
+                reason,
+            })?;
+        match older {
+            Some(Older::Primary) => downgrades.push(Downgrade::Definitions {
+                slot: it.key.to_string(),
+                incoming: it.versions.definition_version.clone(),
                 served: served.definition_version.clone(),
-            });
-        } else if it.definition_version == s_def && it.engine_version < s_eng {
-            downgrades.push(Downgrade::Engine {
-                slot: it.slot.rel(),
-                incoming: it.engine_version.to_string(),
+            }),
+            Some(Older::Secondary) => downgrades.push(Downgrade::Engine {
+                slot: it.key.to_string(),
+                incoming: it.versions.engine_version.clone(),
                 served: served.engine_version.clone(),
-            });
+            }),
+            None => {}
         }
     }
-    if superseded {
+    Ok(if superseded {
         Decision::Superseded(downgrades)
     } else if downgrades.is_empty() {
         Decision::Newer
     } else {
         Decision::Older(downgrades)
-    }
+    })
 }
 
 /// The state directory of one mirror.
@@ -605,6 +671,28 @@ impl StateDir {
 
     pub fn lock_path(&self) -> PathBuf {
         self.path.join(LOCK_FILE)
+    }
+
+    /// This mirror's ledger.
+    pub fn ledger(&self) -> super::ledger::Ledger {
+        super::ledger::Ledger::new(&self.ledger_path())
+    }
+
+    /// The line an interrupted run left due in `state.json` (see
+    /// [`super::session::commit`]) that the ledger does not have yet: the
+    /// next import or rollback appends it. For read-only reports about the
+    /// ledger: a state file that cannot be read is `status`'s to report, and
+    /// counts as nothing due.
+    pub fn ledger_due(
+        &self,
+    ) -> Result<Option<super::ledger::LedgerEntry>, super::ledger::LedgerError> {
+        let Ok(state) = self.load() else {
+            return Ok(None);
+        };
+        match state.ledger_due {
+            Some(e) if !self.ledger().ends_with(&e)? => Ok(Some(e)),
+            _ => Ok(None),
+        }
     }
 
     /// Takes this mirror's import lock, waiting at most `wait`.
@@ -765,21 +853,25 @@ fn default_base() -> Result<PathBuf, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mde::{Arch, Platform, Ring};
+    use crate::mde::{Arch, Platform, Ring, Slot};
 
-    fn slot(arch: Arch) -> Slot {
+    fn slot(arch: Arch) -> UnitKey {
         Slot {
             platform: Platform::Linux,
             ring: Ring::Production,
             arch,
         }
+        .key()
     }
 
     fn item(arch: Arch, eng: &str, def: &str) -> IncomingItem {
         IncomingItem {
-            slot: slot(arch),
-            engine_version: eng.parse().unwrap(),
-            definition_version: def.parse().unwrap(),
+            key: slot(arch),
+            versions: Versions {
+                engine_version: eng.into(),
+                definition_version: def.into(),
+            },
+            served: Baseline::Empty,
         }
     }
 
@@ -794,9 +886,9 @@ mod tests {
             files: vec![ServedFile {
                 name: "updates.zip".into(),
                 size: 3,
-                sha256: "00".repeat(32),
+                sha256: "00".repeat(32).parse().unwrap(),
             }],
-            imported_at: "2024-05-01T00:00:00Z".into(),
+            imported_at: "2024-05-01T00:00:00Z".parse().unwrap(),
             expires: None,
         }
     }
@@ -811,7 +903,7 @@ mod tests {
             AcceptedBundle {
                 manifest_sha256: "m5".into(),
                 bundle_id: "b5".into(),
-                accepted_at: "2024-05-01T00:00:00Z".into(),
+                accepted_at: "2024-05-01T00:00:00Z".parse().unwrap(),
             },
         );
         st.record_served(
@@ -821,14 +913,27 @@ mod tests {
         st
     }
 
+    /// The items as an import plans them: each judged by the state.
+    fn judged(st: &State, items: &[IncomingItem]) -> Vec<IncomingItem> {
+        items
+            .iter()
+            .map(|i| IncomingItem {
+                served: st.baseline(&i.key),
+                ..i.clone()
+            })
+            .collect()
+    }
+
     fn decide(st: &State, seq: u64, sha: &str, items: &[IncomingItem]) -> Decision {
         st.check_rollback(&Incoming {
             channel: "default",
             sequence: seq,
             bundle_id: "x",
             manifest_sha256: sha,
-            items,
+            items: &judged(st, items),
+            profile: &crate::mde::profile::Mde,
         })
+        .unwrap()
     }
 
     #[test]
@@ -902,13 +1007,16 @@ mod tests {
             Decision::SequenceConflict { sequence: 5, .. }
         ));
         // Other channels have their own sequences.
-        let d = st.check_rollback(&Incoming {
-            channel: "lab",
-            sequence: 1,
-            bundle_id: "x",
-            manifest_sha256: "l1",
-            items: &x("1.1.100.0", "1.400.11.0"),
-        });
+        let d = st
+            .check_rollback(&Incoming {
+                channel: "lab",
+                sequence: 1,
+                bundle_id: "x",
+                manifest_sha256: "l1",
+                items: &judged(&st, &x("1.1.100.0", "1.400.11.0")),
+                profile: &crate::mde::profile::Mde,
+            })
+            .unwrap();
         assert_eq!(d, Decision::Newer);
         // Same bundle, but a slot it carries was filtered out last time.
         let both = vec![

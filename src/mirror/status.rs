@@ -11,8 +11,6 @@ use sha2::{Digest, Sha256};
 
 use super::setcheck;
 use super::state::{State, StateDir};
-use crate::manifest::parse_time;
-use crate::mde::{FolderManifest, Slot, MANIFEST_JSON};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -34,7 +32,7 @@ pub struct Finding {
 /// One arch folder.
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotStatus {
-    pub slot: String,
+    pub slot: crate::profile::UnitKey,
     pub dir: PathBuf,
     /// Versions from the folder's own manifest.json.
     pub engine_version: Option<String>,
@@ -86,10 +84,13 @@ pub fn status(
     };
     let now = SystemTime::now();
     let mut slots = Vec::new();
-    for slot in Slot::all() {
-        let dir = slot.dir_in(mirror);
-        let back = slot.back_dir_in(mirror);
-        let recorded = state.served(&slot);
+    let units = crate::profile::all()
+        .iter()
+        .flat_map(|p| p.all_units().into_iter().map(move |u| (*p, u)));
+    for (profile, (key, place)) in units {
+        let dir = place.dir_in(mirror);
+        let back = place.back_dir_in(mirror);
+        let recorded = state.served(&key);
         if !dir.exists() && recorded.is_none() {
             continue;
         }
@@ -101,10 +102,10 @@ pub fn status(
             })
         };
         let fm = if dir.is_dir() {
-            match FolderManifest::read(&dir.join(MANIFEST_JSON)) {
+            match profile.read_versions(&dir) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    problem(format!("{e}"));
+                    problem(e);
                     None
                 }
             }
@@ -132,7 +133,7 @@ pub fn status(
                 for f in &r.files {
                     let p = dir.join(&f.name);
                     let result = if check_hashes {
-                        sha256_file(&p).map(|(n, h)| n == f.size && h == f.sha256)
+                        sha256_file(&p).map(|(n, h)| n == f.size && f.sha256 == h)
                     } else {
                         std::fs::metadata(&p).map(|m| m.len() == f.size)
                     };
@@ -167,7 +168,7 @@ pub fn status(
         };
         let back_files_match = state
             .back
-            .get(&slot.rel())
+            .get(&key)
             .filter(|r| back_exists && !r.files.is_empty())
             .map(|r| setcheck::check(&back, &r.files, depth));
         if let Some(Err(m)) = &back_files_match {
@@ -190,25 +191,21 @@ pub fn status(
             });
         }
         let expires = recorded.and_then(|r| r.expires.clone());
-        let expired = expires
-            .as_deref()
-            .and_then(parse_time)
-            .is_some_and(|t| t <= now);
+        let expired = expires.as_ref().is_some_and(|t| t.time() <= now);
         if expired {
             findings.push(Finding {
                 severity: Severity::Warning,
                 message: format!(
                     "the served bundle expired at {}; new definitions have not arrived (a frozen feed?)",
-                    expires.as_deref().unwrap_or("")
+                    expires.as_ref().map_or("", |t| t.as_str())
                 ),
             });
         }
         let age_seconds = recorded
-            .and_then(|r| parse_time(&r.imported_at))
-            .and_then(|t| now.duration_since(t).ok())
+            .and_then(|r| now.duration_since(r.imported_at.time()).ok())
             .map(|d| d.as_secs());
         slots.push(SlotStatus {
-            slot: slot.rel(),
+            slot: key.clone(),
             dir,
             engine_version: fm.as_ref().map(|m| m.engine_version.clone()),
             definition_version: fm.as_ref().map(|m| m.definition_version.clone()),
@@ -219,16 +216,14 @@ pub fn status(
                 .map(|r| r.channel.clone())
                 .filter(|s| !s.is_empty()),
             sequence: recorded.map(|r| r.sequence).filter(|s| *s > 0),
-            imported_at: recorded
-                .map(|r| r.imported_at.clone())
-                .filter(|s| !s.is_empty()),
+            imported_at: recorded.map(|r| r.imported_at.to_string()),
             age_seconds,
-            expires,
+            expires: expires.map(|t| t.to_string()),
             expired,
             files_match,
             back_exists,
-            back_definition_version: FolderManifest::read(&back.join(MANIFEST_JSON))
-                .ok()
+            back_definition_version: profile
+                .versions_on_disk(&back)
                 .map(|m| m.definition_version),
             back_files_match,
             findings,

@@ -592,8 +592,8 @@ fn move_into(
 }
 
 /// Runs one pass: scans, then imports each complete bundle in order and
-/// moves it. `after_import` sees each successful import's report first (to
-/// keep a receipt) and may return the receipt text; `on_result` sees each
+/// moves it. `after_import` sees each successful import's report (its
+/// receipt already kept by the import, under the locks); `on_result` sees each
 /// result as it happens. Stops between bundles when `stop` is raised. Only
 /// a folder that cannot be opened or listed ends the pass with an error; a
 /// problem with one file or folder in it is one result, and the pass goes on.
@@ -602,7 +602,7 @@ pub fn pass(
     tracker: &mut Tracker,
     stop: &AtomicBool,
     observer: &dyn Observer,
-    after_import: &mut dyn FnMut(&ImportReport) -> Option<String>,
+    after_import: &mut dyn FnMut(&ImportReport),
     on_result: &mut dyn FnMut(&BundleResult),
 ) -> Result<PassSummary, InboxError> {
     let dir = Arc::new(DirFd::open(&opts.dir)?);
@@ -680,7 +680,7 @@ fn import_one(
     tracker: &mut Tracker,
     c: Candidate,
     observer: &dyn Observer,
-    after_import: &mut dyn FnMut(&ImportReport) -> Option<String>,
+    after_import: &mut dyn FnMut(&ImportReport),
 ) -> BundleResult {
     let o = &opts.import;
     let io = ImportOptions {
@@ -690,8 +690,7 @@ fn import_one(
         target: o.target.clone(),
         state_dir: o.state_dir.clone(),
         channel: o.channel.clone(),
-        platforms: o.platforms.clone(),
-        rings: o.rings.clone(),
+        only: o.only.clone(),
         allow_downgrade: o.allow_downgrade,
         allow_expired: o.allow_expired,
         lock_wait: o.lock_wait,
@@ -699,7 +698,7 @@ fn import_one(
     };
     let files = c.files();
     let name = c.name();
-    let (mut report, err, id) = match c {
+    let (report, err, id) = match c {
         Candidate::Single(s) => {
             let (r, e) = import::import_opened(&io, s.opened, observer);
             (r, e, Some(s.id))
@@ -736,7 +735,7 @@ fn import_one(
     let moved_to = match (code, &not_moved) {
         (_, Some(_)) => None,
         (0, None) => {
-            report.receipt = after_import(&report);
+            after_import(&report);
             match move_into(dir, subs, PROCESSED, &files, None) {
                 Ok(to) => Some(to),
                 Err(e) => {

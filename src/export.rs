@@ -1,0 +1,163 @@
+//! Export as a library call, used by `gapferry export` and the demo: collect
+//! a download folder through its profile (`mde` today), take the channel's
+//! next sequence number, and write and sign the bundle (one file, or split
+//! into volumes with a signed index).
+//!
+//! It owns the order of those steps: an existing output is refused before a
+//! sequence number is spent on it, and nothing is written at the output on
+//! failure. It never prints; progress goes to the observer it is given.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use crate::bundle::volumes::{self, SplitWritten, VolumeIndex};
+use crate::bundle::writer::{self, BundleSpec, WriteOptions, Written};
+use crate::bundle::BundleError;
+use crate::error::{Classify, ExitKind};
+use crate::keys::SecretKey;
+use crate::mde::collect::{self, CollectError, Collected};
+use crate::mde::{self, Platform, Ring};
+use crate::progress::Observer;
+use crate::sequence::{self, SequenceError};
+
+/// What to export, checked by the caller.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    /// The download folder.
+    pub from: PathBuf,
+    /// Only these platforms and rings (all when empty).
+    pub platforms: Vec<Platform>,
+    pub rings: Vec<Ring>,
+    /// The bundle file (with `split`: the name the volumes and index take).
+    pub out: PathBuf,
+    pub channel: String,
+    pub expires_in: Duration,
+    /// Where the channel's sequence counter lives.
+    pub sequence_dir: PathBuf,
+    /// A sequence number to use instead of the next one.
+    pub sequence: Option<u64>,
+    /// The manifest's `producer`.
+    pub producer: String,
+    /// Split into volumes of at most this many bytes.
+    pub split: Option<u64>,
+    /// Compression level and whether to replace `out`.
+    pub write: WriteOptions,
+}
+
+/// What an export wrote.
+#[derive(Debug)]
+pub struct Exported {
+    /// The folders carried.
+    pub collected: Vec<Collected>,
+    /// The bundle (for a split one: the whole stream).
+    pub written: Written,
+    /// The volumes and index of a split bundle.
+    pub split: Option<SplitParts>,
+}
+
+/// The files of a split bundle.
+#[derive(Debug)]
+pub struct SplitParts {
+    pub index_path: PathBuf,
+    pub index: VolumeIndex,
+    pub volume_paths: Vec<PathBuf>,
+    pub signature_paths: Vec<PathBuf>,
+}
+
+/// Why an export did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    #[error(transparent)]
+    Collect(#[from] CollectError),
+    #[error("{} already exists; choose another --out or add --force to replace it", .path.display())]
+    Exists { path: PathBuf },
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    #[error("export to {} failed; nothing was written there", .out.display())]
+    Write {
+        out: PathBuf,
+        #[source]
+        source: BundleError,
+    },
+}
+
+impl Classify for ExportError {
+    fn exit_kind(&self) -> ExitKind {
+        match self {
+            ExportError::Collect(e) => e.exit_kind(),
+            ExportError::Exists { .. } => ExitKind::Operational,
+            ExportError::Sequence(e) => e.exit_kind(),
+            ExportError::Write { source, .. } => source.exit_kind(),
+        }
+    }
+}
+
+/// A fresh random bundle id: 32 hex digits.
+pub fn random_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).expect("the operating system's random source failed");
+    hex::encode(b)
+}
+
+/// Collects, numbers, writes and signs one bundle with every key in `keys`
+/// (at least one).
+pub fn export(
+    req: &ExportRequest,
+    keys: &[SecretKey],
+    observer: &dyn Observer,
+) -> Result<Exported, ExportError> {
+    let collected = collect::collect(&req.from, &req.platforms, &req.rings)?;
+    let (items, files) = collect::to_bundle_parts(&collected);
+    // Refuse an existing output before a sequence number is spent on it.
+    if !req.write.overwrite && req.out.exists() {
+        return Err(ExportError::Exists {
+            path: req.out.clone(),
+        });
+    }
+    let now = SystemTime::now();
+    let seq = sequence::allocate(&req.sequence_dir, &req.channel, now, req.sequence)?;
+    let spec = BundleSpec {
+        bundle_id: random_id(),
+        channel: req.channel.clone(),
+        sequence: seq,
+        created: now,
+        expires: now + req.expires_in,
+        producer: req.producer.clone(),
+        profile: mde::PROFILE.to_string(),
+        items,
+        files,
+    };
+    let failed = |source| ExportError::Write {
+        out: req.out.clone(),
+        source,
+    };
+    let (written, split) = match req.split {
+        None => (
+            writer::write_bundle(&spec, keys, &req.out, &req.write, observer).map_err(failed)?,
+            None,
+        ),
+        Some(size) => {
+            let SplitWritten {
+                written,
+                index_path,
+                index,
+                volume_paths,
+                signature_paths,
+            } = volumes::write_split(&spec, keys, &req.out, size, &req.write, observer)
+                .map_err(failed)?;
+            let parts = SplitParts {
+                index_path,
+                index,
+                volume_paths,
+                signature_paths,
+            };
+            (written, Some(parts))
+        }
+    };
+    Ok(Exported {
+        collected,
+        written,
+        split,
+    })
+}

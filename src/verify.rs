@@ -1,0 +1,223 @@
+//! Acceptance of a bundle head: the one place that decides whether a signed
+//! manifest may be used, for `verify`, `import`, the inbox and the demo.
+//!
+//! [`accept`] checks, in this order: signatures against the trust set and
+//! threshold, the profile's rules, the channel, the created time against
+//! the clock, the sequence bound, and expiry. It is the only way to obtain
+//! an [`Accepted`], so code holding one knows every check passed. It reads
+//! nothing but the head it is given and never writes.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::bundle::reader::{BundleReader, Head};
+use crate::bundle::{trust, BundleError};
+use crate::keys::{KeyId, TrustSet};
+use crate::profile::{self, Profile, Unit};
+use crate::timestamp::Timestamp;
+
+/// How far in the future `created` may lie before a bundle is refused.
+pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(24 * 3600);
+
+/// Who asks, which only changes the advice in refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `gapferry verify`: an audit; the created time and sequence bound are
+    /// the importer's concern and are not checked.
+    Verify,
+    /// An import into a mirror (the CLI, the inbox, the demo).
+    Import,
+}
+
+/// What a caller accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    pub trust: &'a TrustSet,
+    /// Distinct trusted keys that must have signed.
+    pub threshold: usize,
+    /// The channel the bundle must be for, if any.
+    pub channel: Option<&'a str>,
+    pub allow_expired: bool,
+    pub purpose: Purpose,
+    pub now: SystemTime,
+}
+
+/// A bundle head that passed every check of a [`Policy`].
+#[derive(Debug)]
+pub struct Accepted {
+    head: Head,
+    signers: Vec<KeyId>,
+    profile: &'static dyn Profile,
+    units: Vec<Unit>,
+    created: Timestamp,
+    expires: Timestamp,
+    expired: bool,
+}
+
+impl Accepted {
+    /// The head, manifest included.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+    /// The distinct trusted keys that signed, at least the threshold.
+    pub fn signers(&self) -> &[KeyId] {
+        &self.signers
+    }
+    /// The profile the manifest names.
+    pub fn profile(&self) -> &'static dyn Profile {
+        self.profile
+    }
+    /// The units the manifest carries, checked by its profile.
+    pub fn units(&self) -> &[Unit] {
+        &self.units
+    }
+    /// The manifest's `created`, parsed.
+    pub fn created(&self) -> &Timestamp {
+        &self.created
+    }
+    /// The manifest's `expires`, parsed.
+    pub fn expires(&self) -> &Timestamp {
+        &self.expires
+    }
+    /// Whether it had expired at the policy's `now` (accepted only with
+    /// `allow_expired`).
+    pub fn expired(&self) -> bool {
+        self.expired
+    }
+}
+
+/// Why a head was not accepted, with the signers counted before the
+/// refusal (a ledger line records who signed a refused bundle).
+#[derive(Debug)]
+pub struct NotAccepted {
+    pub signers: Vec<KeyId>,
+    pub error: BundleError,
+}
+
+/// Checks `head` (read from `bundle`) against `policy`.
+pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted, NotAccepted> {
+    let signers =
+        trust::require(&head, policy.trust, policy.threshold, bundle).map_err(|error| {
+            NotAccepted {
+                signers: Vec::new(),
+                error,
+            }
+        })?;
+    let refuse = |error: BundleError| NotAccepted {
+        signers: signers.clone(),
+        error,
+    };
+    let rejected = |reason: String| {
+        refuse(BundleError::Rejected {
+            path: bundle.to_path_buf(),
+            reason,
+        })
+    };
+    let refused = |reason: String| {
+        refuse(BundleError::Policy {
+            path: bundle.to_path_buf(),
+            reason,
+        })
+    };
+    let m = &head.manifest;
+    // Parsed once; a manifest whose times do not parse is rejected, never
+    // read as 1970.
+    let parse = |what: &str, text: &str| {
+        text.parse::<Timestamp>()
+            .map_err(|e| rejected(format!("invalid manifest: {what} {e}")))
+    };
+    let created = parse("created", &m.created)?;
+    let expires = parse("expires", &m.expires)?;
+    let (profile, units) = profile::find(&m.profile)
+        .and_then(|p| Ok((p, p.units(m)?)))
+        .map_err(|e| rejected(e.to_string()))?;
+    if let Some(c) = policy.channel {
+        if c != m.channel {
+            return Err(refused(match policy.purpose {
+                Purpose::Verify => format!("bundle is for channel {:?}, not {c:?}", m.channel),
+                Purpose::Import => format!(
+                    "the bundle is for channel {:?}, this import accepts {:?} (use --channel {:?} if this mirror belongs to that channel)",
+                    m.channel, c, m.channel
+                ),
+            }));
+        }
+    }
+    if policy.purpose == Purpose::Import {
+        if created.time() > policy.now + MAX_FUTURE_SKEW {
+            return Err(refused(format!(
+                "created {} is more than 24 hours in the future (check this machine's clock, or the exporter's)",
+                m.created
+            )));
+        }
+        // Sequences are Unix seconds: one far ahead of its own signed
+        // `created` would fast-forward the channel and lock every honest
+        // bundle out.
+        let max_sequence = crate::manifest::max_sequence_for(created.time());
+        if m.sequence > max_sequence {
+            return Err(refused(format!(
+                "sequence {} is more than {} seconds (one day) ahead of the bundle's created time {} \
+                 (at most {} allowed; gapferry's sequences are Unix seconds, docs/FORMAT.md section 3): \
+                 accepting it would lock every honest bundle out of channel {:?}. Nothing was changed; \
+                 have the producer export again without a hand-picked --sequence, and if nobody made \
+                 this bundle, treat its signing key as stolen and remove it from the trust set",
+                m.sequence,
+                crate::manifest::MAX_SEQUENCE_AHEAD,
+                m.created,
+                max_sequence,
+                m.channel
+            )));
+        }
+    }
+    let expired = expires.time() <= policy.now;
+    if expired && !policy.allow_expired {
+        return Err(refused(match policy.purpose {
+            Purpose::Verify => format!(
+                "expired at {}; add --allow-expired to check it anyway",
+                m.expires
+            ),
+            Purpose::Import => format!(
+                "expired at {}; ask for a fresh bundle, or add --allow-expired to import it anyway",
+                m.expires
+            ),
+        }));
+    }
+    Ok(Accepted {
+        head,
+        signers,
+        profile,
+        units,
+        created,
+        expires,
+        expired,
+    })
+}
+
+/// What [`verify_bundle`] checked.
+#[derive(Debug)]
+pub struct Verified {
+    pub accepted: Accepted,
+    pub files_checked: usize,
+    pub bytes_checked: u64,
+}
+
+/// The whole check of a bundle whose head `reader` has read: [`accept`],
+/// then every payload byte against the manifest. Writes nothing.
+pub fn verify_bundle<R: std::io::Read>(
+    reader: BundleReader<R>,
+    head: Head,
+    policy: &Policy<'_>,
+    bundle: &Path,
+    observer: &dyn crate::progress::Observer,
+) -> Result<Verified, BundleError> {
+    let accepted = accept(head, policy, bundle).map_err(|n| n.error)?;
+    let m = &accepted.head.manifest;
+    let (files_checked, bytes_checked) = (m.files.len(), m.total_size());
+    observer.start("verifying", bytes_checked);
+    reader.verify_payload(observer)?;
+    observer.finish();
+    Ok(Verified {
+        accepted,
+        files_checked,
+        bytes_checked,
+    })
+}
