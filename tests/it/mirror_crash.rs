@@ -79,14 +79,19 @@ fn child_entry() {
 /// Runs the child; true when it completed, false when it was SIGKILLed.
 fn child(root: &Path, state: &Path, version: &str, env: &[(&str, &str)]) -> bool {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_entry", "--test-threads=1", "--quiet"])
-        .env(
-            CHILD,
-            format!("{}|{}|{}", root.display(), state.display(), version),
-        )
-        .env_remove(ENV_CRASH_AT)
-        .env_remove(ENV_CRASH_AFTER_BYTES)
-        .env_remove(ENV_FORCE_FALLBACK);
+    cmd.args([
+        "--exact",
+        "mirror_crash::child_entry",
+        "--test-threads=1",
+        "--quiet",
+    ])
+    .env(
+        CHILD,
+        format!("{}|{}|{}", root.display(), state.display(), version),
+    )
+    .env_remove(ENV_CRASH_AT)
+    .env_remove(ENV_CRASH_AFTER_BYTES)
+    .env_remove(ENV_FORCE_FALLBACK);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -284,15 +289,20 @@ fn random_timed_kills() {
     for round in 3..23 {
         let v = round.to_string();
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", "child_entry", "--test-threads=1", "--quiet"])
-            .env(
-                CHILD,
-                format!("{}|{}|{}", root.display(), state.display(), v),
-            )
-            .env_remove(ENV_CRASH_AT)
-            .env_remove(ENV_CRASH_AFTER_BYTES)
-            .env_remove(ENV_FORCE_FALLBACK)
-            .stdout(std::process::Stdio::null());
+        cmd.args([
+            "--exact",
+            "mirror_crash::child_entry",
+            "--test-threads=1",
+            "--quiet",
+        ])
+        .env(
+            CHILD,
+            format!("{}|{}|{}", root.display(), state.display(), v),
+        )
+        .env_remove(ENV_CRASH_AT)
+        .env_remove(ENV_CRASH_AFTER_BYTES)
+        .env_remove(ENV_FORCE_FALLBACK)
+        .stdout(std::process::Stdio::null());
         let mut c = cmd.spawn().unwrap();
         std::thread::sleep(Duration::from_micros(next() % 40_000));
         let _ = c.kill();

@@ -1,15 +1,15 @@
 //! `--json` output of export, inspect and verify: one JSON document on
 //! stdout in the shape docs/FORMAT.md documents, read back with
-//! `deny_unknown_fields` (util::json), and nothing on stdout on failure.
+//! `deny_unknown_fields` (support::json), and nothing on stdout on failure.
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::io::Read;
 use std::time::{Duration, SystemTime};
 
-use util::craft::{self, Parts};
-use util::{json, tree_digest, FakeRelease, Sandbox};
+use support::craft::{self, Parts};
+use support::{json, tree_digest, FakeRelease, Sandbox};
 
 /// The manifest bytes inside a bundle, read with the `tar` crate (an
 /// independent reader).
@@ -55,7 +55,7 @@ fn export_inspect_verify_json_agree() {
     );
     assert_eq!(
         e.manifest_sha256,
-        util::sha256_hex(&manifest_bytes(&bundle))
+        support::sha256_hex(&manifest_bytes(&bundle))
     );
     assert_eq!(e.signers, [a.id().to_string(), b.id().to_string()]);
     assert_eq!(
@@ -106,7 +106,7 @@ fn export_inspect_verify_json_agree() {
         .map(|(p, d)| json::File {
             path: p.clone(),
             size: d.len() as u64,
-            sha256: util::sha256_hex(d),
+            sha256: support::sha256_hex(d),
         })
         .collect();
     assert_eq!(i.files, want_files);
@@ -244,7 +244,7 @@ fn export_json_failure_prints_nothing_on_stdout() {
         .arg(sb.join("x.tar.zst"))
         .arg("--json");
     let before = tree_digest(sb.path());
-    let r = util::run(cmd).fails(1, &["nothing to carry"]);
+    let r = support::run(cmd).fails(1, &["nothing to carry"]);
     assert!(r.stdout.is_empty(), "{r:#?}");
     assert_eq!(tree_digest(sb.path()), before);
 }

@@ -2,7 +2,7 @@
 //! directory and its hash-chained ledger, a full filesystem, the `--json`
 //! report, and the default state directory.
 
-mod util_import;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use gapferry::mirror::state::StateDir;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use util_import::*;
+use support::import::*;
 
 const LX: &str = "linux/production/arch_x86_64";
 const LA: &str = "linux/production/arch_arm64";

@@ -3,15 +3,15 @@
 //! target's input format. Ignored in the normal suite; fuzz/run.sh runs it
 //! with `GAPFERRY_FUZZ_CORPUS=fuzz/corpus`. Nothing it writes is committed.
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use gapferry::keys::SecretKey;
 
-use util::craft::{self, Header, Parts, Tar};
-use util::FakeRelease;
+use support::craft::{self, Header, Parts, Tar};
+use support::FakeRelease;
 
 fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
     let d = dir.join(target);

@@ -3,7 +3,7 @@
 //! partial files left alone; `--watch` picks up bundles dropped later and
 //! stops cleanly on SIGTERM.
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{tree_digest, FakeRelease, Keys, Sandbox};
+use support::{tree_digest, FakeRelease, Keys, Sandbox};
 
 fn release(defs: &str) -> Vec<FakeRelease> {
     vec![FakeRelease::new("linux", "production", "x86_64").versions("1.1.24090.4", defs)]
@@ -57,14 +57,14 @@ impl Fx {
         ]
     }
 
-    fn inbox_pass(&self, extra: &[&str]) -> util::Run {
+    fn inbox_pass(&self, extra: &[&str]) -> support::Run {
         let mut c = self.sb.cmd();
         c.args(self.import_args())
             .arg("--inbox")
             .arg(&self.inbox)
             .args(["--settle", "0s"])
             .args(extra);
-        util::run(c)
+        support::run(c)
     }
 
     fn served_defs(&self) -> String {
@@ -115,7 +115,7 @@ fn inbox_imports_in_sequence_order_and_sorts_good_from_bad() {
     let first = fx.bundle("first.tar.zst", "1.419.100.0", 10, &[]);
     let mut c = fx.sb.cmd();
     c.args(fx.import_args()).arg(&first);
-    util::run(c).ok();
+    support::run(c).ok();
 
     let good = fx.bundle("good.tar.zst", "1.419.200.0", 20, &[]);
     let bad = fx.bundle("bad.tar.zst", "1.419.250.0", 25, &[]);
@@ -284,7 +284,7 @@ fn files_younger_than_the_settle_time_are_left_alone() {
         .arg("--inbox")
         .arg(&fx.inbox)
         .args(["--settle", "1h"]);
-    let run = util::run(c).ok();
+    let run = support::run(c).ok();
     assert!(run.stderr.contains("b.tar.zst: left alone"), "{run:#?}");
     assert_eq!(tree_digest(&fx.inbox), before);
     assert!(!fx.sb.join("mirror").exists());
@@ -327,10 +327,10 @@ fn inbox_must_be_a_directory() {
     c.args(fx.import_args())
         .arg("--inbox")
         .arg(fx.sb.join("nowhere"));
-    util::run(c).fails(2, &["nowhere", "not a directory"]);
+    support::run(c).fails(2, &["nowhere", "not a directory"]);
     let mut c = fx.sb.cmd();
     c.args(fx.import_args()).arg("--watch");
-    assert_eq!(util::run(c).code, 2, "--watch needs --inbox");
+    assert_eq!(support::run(c).code, 2, "--watch needs --inbox");
 }
 
 #[test]
@@ -426,7 +426,7 @@ fn std_cmd(fx: &Fx) -> Command {
 /// Runs an inbox pass as a child and fails the test (instead of hanging
 /// the suite) if it has not finished after a generous limit: a hang
 /// detector, not a timing assertion.
-fn pass_must_finish(fx: &Fx, extra: &[&str]) -> util::Run {
+fn pass_must_finish(fx: &Fx, extra: &[&str]) -> support::Run {
     let mut child = std_cmd(fx)
         .args(fx.import_args())
         .arg("--inbox")
@@ -440,7 +440,7 @@ fn pass_must_finish(fx: &Fx, extra: &[&str]) -> util::Run {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if child.try_wait().unwrap().is_some() {
-            return util::Run::from_output(child.wait_with_output().unwrap());
+            return support::Run::from_output(child.wait_with_output().unwrap());
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -454,7 +454,7 @@ fn pass_must_finish(fx: &Fx, extra: &[&str]) -> util::Run {
     }
 }
 
-fn json_lines(run: &util::Run) -> Vec<serde_json::Value> {
+fn json_lines(run: &support::Run) -> Vec<serde_json::Value> {
     run.stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
@@ -777,7 +777,7 @@ fn inbox_folders_and_reason_files_ignore_the_umask() {
             sh.env(k, v);
         }
     }
-    let run = util::Run::from_output(sh.output().unwrap());
+    let run = support::Run::from_output(sh.output().unwrap());
     assert_eq!(run.code, 3, "{run:#?}");
     assert_eq!(mode(&fx.inbox.join("processed")), 0o755);
     assert_eq!(mode(&fx.inbox.join("rejected")), 0o755);
@@ -806,7 +806,7 @@ fn a_hostile_file_being_refused_does_not_hold_the_import_lock() {
     let good = fx.bundle("good.tar.zst", "1.419.100.0", 10, &[]);
     let mut c = fx.sb.cmd();
     c.args(fx.import_args()).arg(&good);
-    util::run(c).ok();
+    support::run(c).ok();
     let stranger = fx.sb.keygen("stranger");
     let from = fx.sb.download_folder("dl-h", &release("1.419.300.0"));
     let signed = fx.sb.join("out/h.tar.zst");
@@ -838,14 +838,14 @@ fn a_hostile_file_being_refused_does_not_hold_the_import_lock() {
         c.args(fx.import_args())
             .arg(&good)
             .args(["--lock-wait", "3s"]);
-        let run = util::run(c);
+        let run = support::run(c);
         assert_eq!(run.code, 0, "an import beside the inbox failed: {run:#?}");
         runs += 1;
         if child.try_wait().unwrap().is_some() {
             break;
         }
     }
-    let out = util::Run::from_output(child.wait_with_output().unwrap());
+    let out = support::Run::from_output(child.wait_with_output().unwrap());
     assert_eq!(out.code, 3, "{out:#?}");
     let lines = json_lines(&out);
     let l = line_for(&lines, "hostile.tar.zst");

@@ -3,8 +3,7 @@
 //! no bundle at all when any fetch item failed, and fetch flags refused
 //! without `--fetch`.
 
-#[path = "util/fetch_mock.rs"]
-mod fetch_mock;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,7 +11,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use serde_json::Value;
 
-use fetch_mock::{gapferry, Fault, Mock, Release};
+use support::fetch_mock::{gapferry, Fault, Mock, Release};
 
 struct Run {
     code: i32,

@@ -2,13 +2,13 @@
 //! exit 1, a message naming the folder, and nothing written (no bundle, no
 //! temporary file) in the output directory, the download folder untouched.
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use util::{tree_digest, FakeRelease, Keys, Run, Sandbox};
+use support::{tree_digest, FakeRelease, Keys, Run, Sandbox};
 
 struct Case {
     sb: Sandbox,
@@ -58,15 +58,15 @@ impl Case {
             .arg("--state-dir")
             .arg(self.sb.join("export-state"))
             .args(extra);
-        let r = util::run(cmd);
+        let r = support::run(cmd);
         assert_ne!(r.code, 0, "{r:#?}");
         let after = tree_digest(self.sb.path());
         // The sequence counter may have moved; nothing else may.
-        let strip = |t: &util::TreeDigest| {
+        let strip = |t: &support::TreeDigest| {
             t.iter()
                 .filter(|(k, _)| !k.starts_with("export-state"))
                 .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<util::TreeDigest>()
+                .collect::<support::TreeDigest>()
         };
         assert_eq!(strip(&after), strip(&before), "something changed on disk");
         assert!(
@@ -199,7 +199,7 @@ fn from_is_not_a_directory() {
         .arg(&c.key.secret)
         .arg("--out")
         .arg(c.out_dir.join("b.tar.zst"));
-    util::run(cmd).fails(1, &["no-such-folder", "not a directory"]);
+    support::run(cmd).fails(1, &["no-such-folder", "not a directory"]);
     assert!(fs::read_dir(&c.out_dir).unwrap().next().is_none());
 }
 
@@ -217,7 +217,7 @@ fn existing_out_without_force() {
         .arg(&c.key.secret)
         .arg("--out")
         .arg(&out);
-    util::run(cmd).fails(1, &["b.tar.zst", "already exists", "--force"]);
+    support::run(cmd).fails(1, &["b.tar.zst", "already exists", "--force"]);
     let after = tree_digest(c.sb.path());
     assert_eq!(after.get("out/b.tar.zst"), before.get("out/b.tar.zst"));
     assert_eq!(fs::read_dir(&c.out_dir).unwrap().count(), 1);

@@ -15,7 +15,7 @@
 //!
 //! Planted symlinks in the mirror (not the bundle's doing) are at the end.
 
-mod util;
+use crate::support;
 
 use std::cell::Cell;
 use std::fs;
@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use gapferry::keys::{KeyId, PublicKey, SecretKey};
 use gapferry::manifest::{self, Manifest};
-use util::craft::{self, mde_manifest, payload_name, sig_name, Header, Parts, Tar};
-use util::{FakeRelease, Keys, Run, Sandbox, TreeDigest};
+use support::craft::{self, mde_manifest, payload_name, sig_name, Header, Parts, Tar};
+use support::{FakeRelease, Keys, Run, Sandbox, TreeDigest};
 
 const LX: &str = "linux/production/arch_x86_64";
 const LA: &str = "linux/production/arch_arm64";
@@ -130,9 +130,9 @@ fn setup() -> Fx {
     fx
 }
 
-/// [`util::tree_digest`] without folder mtimes (see the module docs).
+/// [`support::tree_digest`] without folder mtimes (see the module docs).
 fn digest(root: &Path) -> TreeDigest {
-    util::tree_digest(root)
+    support::tree_digest(root)
         .into_iter()
         .map(|(k, v)| {
             let v = if v.starts_with("dir ") {
@@ -259,7 +259,7 @@ impl Fx {
             }
         }
         c.args(extra).timeout(Duration::from_secs(60));
-        let r = util::run(c);
+        let r = support::run(c);
         let report = serde_json::from_str(&r.stdout)
             .unwrap_or_else(|e| panic!("no JSON report ({e}): {r:#?}"));
         (r, report)
@@ -1340,7 +1340,7 @@ fn zstd_bombs_write_nothing_like_their_size() {
     let (mut m, mut payload) = fx.manifest();
     payload.truncate(0);
     m.files[0].size = 4 << 30;
-    m.files[0].sha256 = util::sha256_hex(b"not the zeros");
+    m.files[0].sha256 = support::sha256_hex(b"not the zeros");
     let signed = Parts::signed(&m, &payload, &[&fx.skb]);
     let mut t = signed.tar();
     t = t.header(&Header::file(
@@ -1493,7 +1493,7 @@ fn planted_symlink_beside_a_target() {
         .arg(fx.sb.join("target-state"))
         .arg("--trust")
         .arg(&fx.a.public);
-    let r = util::run(c);
+    let r = support::run(c);
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(
         r.stderr.contains("production_back is a symbolic link"),

@@ -5,12 +5,12 @@
 //! item. Every refusal asserts the exit code, the message, and that nothing
 //! but the state dir changed.
 
-mod util_import;
+use crate::support;
 
 use std::fs;
 use std::time::{Duration, SystemTime};
 
-use util_import::*;
+use support::import::*;
 
 const LX: &str = "linux/production/arch_x86_64";
 const LA: &str = "linux/production/arch_arm64";

@@ -13,7 +13,7 @@
 //!
 //! Skipped, with a note, when `python3` is not installed.
 
-mod util_crash;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util_crash::*;
+use support::crash::*;
 
 const ZIP_SIZE: usize = 512 * 1024;
 const VERSIONS: u32 = 6;

@@ -3,7 +3,7 @@
 //! through the library, on bundles crafted in memory, so the whole file runs
 //! in a few seconds; the 16 MiB manifest is the largest input.
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::io::Cursor;
@@ -27,8 +27,8 @@ use gapferry::progress::NoProgress;
 use gapferry::safepath::{SafePath, MAX_COMPONENT_LEN, MAX_DEPTH as MAX_PATH_DEPTH, MAX_PATH_LEN};
 use gapferry::sign::{Signature, MAX_SIGNATURE_FILE};
 
-use util::craft::{self, Header, Parts, Tar};
-use util::FakeRelease;
+use support::craft::{self, Header, Parts, Tar};
+use support::FakeRelease;
 
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

@@ -4,14 +4,14 @@
 //! Encrypted keys cost a 1 GiB, multi-second scrypt each; only the two
 //! `encrypted_*` tests use them (two derivations each).
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use util::craft::{self, Parts};
-use util::{FakeRelease, Keys, Sandbox};
+use support::craft::{self, Parts};
+use support::{FakeRelease, Keys, Sandbox};
 
 const MINISIGN: &str = "minisign";
 
@@ -62,7 +62,7 @@ fn auditor_procedure() -> String {
 }
 
 /// Runs the documented procedure on `bundle` with `pubkey`.
-fn audit(sb: &Sandbox, bundle: &Path, pubkey: &Path) -> util::Run {
+fn audit(sb: &Sandbox, bundle: &Path, pubkey: &Path) -> support::Run {
     let tmp = sb.mkdir("audit-tmp");
     let o = Command::new("bash")
         .arg("-c")
@@ -73,7 +73,7 @@ fn audit(sb: &Sandbox, bundle: &Path, pubkey: &Path) -> util::Run {
         .current_dir(sb.path())
         .output()
         .unwrap();
-    util::Run::from_output(o)
+    support::Run::from_output(o)
 }
 
 fn one_release() -> Vec<FakeRelease> {
@@ -202,8 +202,8 @@ fn minisign_key_signs_gapferry_bundles() {
 
     let from = sb.download_folder("dl", &one_release());
     let bundle = sb.join("b.tar.zst");
-    let e: util::json::Export =
-        util::json::parse(&sb.export(&from, &[&k], &bundle, &["--json"]).stdout);
+    let e: support::json::Export =
+        support::json::parse(&sb.export(&from, &[&k], &bundle, &["--json"]).stdout);
     assert_eq!(e.signers.len(), 1);
     assert_eq!(e.signers[0], shown_id);
     sb.verify(&bundle, &[&k.public], &[]).ok();
@@ -306,10 +306,10 @@ fn manifest_signed_by_stock_minisign_verifies_in_gapferry() {
     minisign_ok(os!["-S", "-s", k.secret, "-m", manifest, "-x", sig2], b"");
     p.signatures[0].1 = fs::read(&sig2).unwrap();
     p.write(&bundle);
-    let before = util::tree_digest(sb.path());
+    let before = support::tree_digest(sb.path());
     sb.verify(&bundle, &[&k.public], &[])
         .fails(3, &["trusted comment", "does not describe this manifest"]);
-    assert_eq!(util::tree_digest(sb.path()), before);
+    assert_eq!(support::tree_digest(sb.path()), before);
 }
 
 #[test]

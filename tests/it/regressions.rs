@@ -1,7 +1,7 @@
 //! Regression tests for defects found while hardening (property tests, the
 //! limits review and fuzzing). Each names what went wrong.
 
-mod util;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,8 +14,8 @@ use gapferry::mirror::publish::PublishOptions;
 use gapferry::progress::NoProgress;
 use gapferry::safepath::SafePath;
 
-use util::craft::{self, Parts};
-use util::FakeRelease;
+use support::craft::{self, Parts};
+use support::FakeRelease;
 
 fn data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

@@ -6,11 +6,14 @@
 //! [`craft`] builds bundles byte by byte (tar headers by hand, zstd, minisign
 //! signatures) so tests can make hostile ones.
 //!
-//! Use from a test file with `mod util;`.
+//! Every test module reaches it as `crate::support`.
 
 #![allow(dead_code)]
 
 pub mod craft;
+pub mod crash;
+pub mod fetch_mock;
+pub mod import;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -5,13 +5,13 @@
 //! with nothing written to the mirror; and stock `cat | zstd -d | tar -x`
 //! and `minisign -V` on the volumes and index.
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use util::{json, standard_releases, tree_digest, FakeRelease, Keys, Sandbox};
+use support::{json, standard_releases, tree_digest, FakeRelease, Keys, Sandbox};
 
 /// Small enough that the tiny test bundles make several volumes.
 const SPLIT: &str = "400";
@@ -62,11 +62,11 @@ fn index(out: &Path) -> PathBuf {
 }
 
 impl Split {
-    fn verify(&self, bundle: &Path) -> util::Run {
+    fn verify(&self, bundle: &Path) -> support::Run {
         self.sb.verify(bundle, &[&self.keys.public], &[])
     }
 
-    fn import(&self, bundle: &Path) -> util::Run {
+    fn import(&self, bundle: &Path) -> support::Run {
         let mirror = self.sb.join("mirror");
         let state = self.sb.join("state");
         self.sb.run([
@@ -113,7 +113,7 @@ fn split_export_writes_numbered_volumes_and_a_signed_index() {
         let data = fs::read(vol(&s.out, i + 1)).unwrap();
         assert_eq!(v["number"], i + 1);
         assert_eq!(v["size"], data.len());
-        assert_eq!(v["sha256"], util::sha256_hex(&data).as_str());
+        assert_eq!(v["sha256"], support::sha256_hex(&data).as_str());
         assert!(data.len() <= 400);
         total += data.len() as u64;
     }
@@ -252,9 +252,9 @@ fn a_tampered_index_fails_its_signature() {
     let data = fs::read(&last).unwrap();
     let mut damaged = data.clone();
     damaged[0] ^= 0xff;
-    let old = util::sha256_hex(&data);
+    let old = support::sha256_hex(&data);
     assert!(text.contains(&old));
-    fs::write(&p, text.replace(&old, &util::sha256_hex(&damaged))).unwrap();
+    fs::write(&p, text.replace(&old, &support::sha256_hex(&damaged))).unwrap();
     fs::write(&last, damaged).unwrap();
     s.refused(&[
         "volume index signature is invalid",
@@ -328,7 +328,7 @@ fn split_export_refuses_to_overwrite_and_force_removes_stale_volumes() {
         .arg(&s.out)
         .arg("--secret-key")
         .arg(&s.keys.secret);
-    util::run(c).fails(1, &["already exists", "--force"]);
+    support::run(c).fails(1, &["already exists", "--force"]);
     // A larger split makes fewer volumes; the old extra ones must go.
     s.sb.export(&from, &[&s.keys], &s.out, &["--split", "100K", "--force"]);
     assert!(vol(&s.out, 1).exists());
@@ -351,7 +351,7 @@ fn split_size_must_be_a_size() {
     ])
     .arg("--secret-key")
     .arg(&s.keys.secret);
-    util::run(c).fails(2, &["not a size", "650M"]);
+    support::run(c).fails(2, &["not a size", "650M"]);
 }
 
 #[test]

@@ -2,8 +2,7 @@
 //! Microsoft's fwlink endpoints. Every failure case checks the exit code,
 //! the message, and that the download folder is byte-for-byte unchanged.
 
-#[path = "util/fetch_mock.rs"]
-mod fetch_mock;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,7 +11,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use serde::Deserialize;
 
-use fetch_mock::{gapferry, Fault, Mock, Release, TestCa, PROXY_VARS};
+use support::fetch_mock::{gapferry, Fault, Mock, Release, TestCa, PROXY_VARS};
 
 /// `gapferry fetch` into `dir` from `mock`, with fast retries.
 fn fetch(mock: &Mock, dir: &Path) -> Command {

@@ -9,7 +9,7 @@
 //! file others can read is refused. Tests needing a second user are skipped
 //! with a note when not run as root (CI runs as root).
 
-mod util_import;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use gapferry::mirror::lock::LockError;
 use gapferry::mirror::state::StateDir;
 use std::io::BufRead;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use util_import::*;
+use support::import::*;
 
 const CHILD: &str = "GAPFERRY_TEST_CHILD_LOCK";
 
@@ -46,7 +46,12 @@ fn child_entry() {
 #[allow(clippy::zombie_processes)]
 fn spawn_holder(dir: &Path) -> (Child, u32) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--test-threads=1", "--quiet"])
+        .args([
+            "--exact",
+            "mirror_lock::child_entry",
+            "--test-threads=1",
+            "--quiet",
+        ])
         .env(CHILD, dir)
         .stdout(Stdio::null())
         .spawn()
@@ -162,7 +167,7 @@ fn imported_mirror() -> (Fx, Key, PathBuf) {
     (fx, k, b2)
 }
 
-fn rollback(fx: &Fx) -> util_import::Run {
+fn rollback(fx: &Fx) -> support::import::Run {
     let mut c = fx.cmd();
     c.args([
         "rollback",

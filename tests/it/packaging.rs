@@ -4,7 +4,7 @@
 //! importer really needs nothing more (an inbox pass as an unprivileged user
 //! that owns only those folders imports the bundle).
 
-mod util;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use util::{FakeRelease, Sandbox};
+use support::{FakeRelease, Sandbox};
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

@@ -2,12 +2,12 @@
 //! the state directory; `inspect BUNDLE --receipt TEXT` on the online side
 //! says whether it names that bundle (0), another one (1), or is no receipt (2).
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use util::{standard_releases, FakeRelease, Keys, Sandbox};
+use support::{standard_releases, FakeRelease, Keys, Sandbox};
 
 struct Setup {
     sb: Sandbox,
@@ -25,7 +25,7 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    fn import(&self, bundle: &Path) -> util::Run {
+    fn import(&self, bundle: &Path) -> support::Run {
         let mirror = self.sb.join("mirror");
         let state = self.sb.join("state");
         self.sb
@@ -42,19 +42,19 @@ impl Setup {
             .ok()
     }
 
-    fn check(&self, bundle: &Path, receipt: &str, extra: &[&str]) -> util::Run {
+    fn check(&self, bundle: &Path, receipt: &str, extra: &[&str]) -> support::Run {
         let mut c = self.sb.cmd();
         c.arg("inspect")
             .arg(bundle)
             .arg("--receipt")
             .arg(receipt)
             .args(extra);
-        util::run(c)
+        support::run(c)
     }
 }
 
 /// The receipt on an import's stderr.
-fn receipt_of(run: &util::Run) -> String {
+fn receipt_of(run: &support::Run) -> String {
     let line = run
         .stderr
         .lines()
@@ -67,7 +67,7 @@ fn manifest_sha(s: &Setup) -> (u64, String) {
     let run =
         s.sb.run(["inspect".as_ref(), s.bundle.as_os_str(), "--json".as_ref()])
             .ok();
-    let i: util::json::Inspect = util::json::parse(&run.stdout);
+    let i: support::json::Inspect = support::json::parse(&run.stdout);
     (i.sequence, i.manifest_sha256)
 }
 
@@ -118,7 +118,7 @@ fn a_refused_import_gets_no_receipt() {
         .arg(s.sb.join("mirror"))
         .arg("--state-dir")
         .arg(s.sb.join("state"));
-    let run = util::run(c).fails(3, &["no signature by a trusted key"]);
+    let run = support::run(c).fails(3, &["no signature by a trusted key"]);
     assert!(!run.stderr.contains("receipt"), "{run:#?}");
     assert!(!s.sb.join("state/receipts.jsonl").exists());
 }
@@ -200,7 +200,7 @@ fn import_json_carries_the_receipt_and_stderr_stays_quiet() {
         .arg("--state-dir")
         .arg(s.sb.join("state"))
         .arg("--json");
-    let run = util::run(c).ok();
+    let run = support::run(c).ok();
     let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let receipt = v["receipt"].as_str().expect("a receipt in --json");
     assert!(receipt.starts_with("GF1-") && receipt.ends_with("-OK"));

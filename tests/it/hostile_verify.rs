@@ -3,7 +3,7 @@
 //! must be refused with exit 3 (rejected) or 4 (policy), a message naming
 //! the problem, and nothing changed on disk.
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use gapferry::keys::{KeyId, PublicKey, SecretKey};
 use gapferry::manifest::{self, Manifest};
-use util::craft::{self, mde_manifest, payload_name, sig_name, Header, Parts, Tar};
-use util::{tree_digest, FakeRelease, Keys, Run, Sandbox};
+use support::craft::{self, mde_manifest, payload_name, sig_name, Header, Parts, Tar};
+use support::{tree_digest, FakeRelease, Keys, Run, Sandbox};
 
 struct H {
     sb: Sandbox,
@@ -78,7 +78,7 @@ impl H {
             cmd.arg("--trust").arg(t);
         }
         cmd.args(extra).timeout(Duration::from_secs(60));
-        let r = util::run(cmd);
+        let r = support::run(cmd);
         assert_eq!(
             tree_digest(self.sb.path()),
             before,
@@ -1197,7 +1197,7 @@ fn split_bundle_reads_through_the_same_bounded_reader() {
             VolumeEntry {
                 number: i + 1,
                 size: v.len() as u64,
-                sha256: util::sha256_hex(v),
+                sha256: support::sha256_hex(v),
             }
         })
         .collect();
@@ -1208,7 +1208,7 @@ fn split_bundle_reads_through_the_same_bounded_reader() {
         bundle_id: manifest.bundle_id.clone(),
         channel: manifest.channel.clone(),
         sequence: manifest.sequence,
-        manifest_sha256: util::sha256_hex(&p.manifest_bytes),
+        manifest_sha256: support::sha256_hex(&p.manifest_bytes),
         volume_size: half as u64,
         total_size: joined.len() as u64,
         volumes,
@@ -1225,7 +1225,7 @@ fn split_bundle_reads_through_the_same_bounded_reader() {
         let before = tree_digest(h.sb.path());
         let mut c = h.sb.cmd();
         c.arg(cmd).arg(&idx).arg("--trust").arg(&h.a.public);
-        util::run(c).fails(3, &["hostile.tar.zst", "zstd frame 1 decodes to nothing"]);
+        support::run(c).fails(3, &["hostile.tar.zst", "zstd frame 1 decodes to nothing"]);
         assert_eq!(tree_digest(h.sb.path()), before);
     }
 }

@@ -10,7 +10,7 @@
 //! test is how it was made, kept for the record and for a future
 //! `golden-v2`.)
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use gapferry::mirror::ledger::Outcome;
 use gapferry::mirror::publish::PublishOptions;
 use gapferry::progress::NoProgress;
 
-use util::{json, sha256_hex, Sandbox};
+use support::{json, sha256_hex, Sandbox};
 
 const BUNDLE: &str = "tests/data/golden-v1.tar.zst";
 const PUBKEY: &str = "tests/data/golden-v1.pub";
@@ -228,9 +228,9 @@ fn cli_imports_golden() {
         assert_eq!(fs::read(mirror.join(&path)).unwrap(), bytes, "{path}");
     }
     // The same bundle again: a success that changes nothing.
-    let before = util::tree_digest(&mirror);
+    let before = support::tree_digest(&mirror);
     sb.run(args).ok();
-    assert_eq!(util::tree_digest(&mirror), before);
+    assert_eq!(support::tree_digest(&mirror), before);
 }
 
 #[test]

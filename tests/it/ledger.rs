@@ -4,7 +4,7 @@
 //! issue 11: a file name that forges a row (item 5), a rechained ledger
 //! against a head kept elsewhere, and a flood of junk (item 11).
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::path::Path;
@@ -252,7 +252,7 @@ fn missing_ledger_or_state_dir_exits_1_and_usage_exits_2() {
 
 use std::path::PathBuf;
 
-use util::{standard_releases, Keys, Sandbox};
+use support::{standard_releases, Keys, Sandbox};
 
 /// A sandbox with a trusted key, a stranger's key and a bundle signed by the
 /// trusted one.
@@ -283,7 +283,7 @@ impl Site {
         self.sb.join("state")
     }
 
-    fn import(&self, bundle: &Path, trust: &Keys) -> util::Run {
+    fn import(&self, bundle: &Path, trust: &Keys) -> support::Run {
         let mut c = self.sb.cmd();
         c.arg("import")
             .arg(bundle)
@@ -293,16 +293,16 @@ impl Site {
             .arg(self.sb.join("mirror"))
             .arg("--state-dir")
             .arg(self.state());
-        util::run(c)
+        support::run(c)
     }
 
-    fn ledger(&self, args: &[&str]) -> util::Run {
+    fn ledger(&self, args: &[&str]) -> support::Run {
         let mut c = self.sb.cmd();
         c.arg("ledger")
             .args(args)
             .arg("--state-dir")
             .arg(self.state());
-        util::run(c)
+        support::run(c)
     }
 }
 
@@ -412,7 +412,7 @@ fn the_inbox_log_line_cannot_be_forged_by_a_file_name() {
         .arg(s.sb.join("mirror"))
         .arg("--state-dir")
         .arg(s.state());
-    let run = util::run(c);
+    let run = support::run(c);
     assert!(
         !run.stderr
             .lines()
@@ -471,7 +471,7 @@ fn a_rechained_ledger_passes_verify_but_not_the_head_a_receipt_carried() {
         let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
         v["prev_hash"] = serde_json::Value::String(prev);
         let l = serde_json::to_string(&v).unwrap();
-        prev = util::sha256_hex(l.as_bytes());
+        prev = support::sha256_hex(l.as_bytes());
         out.push_str(&l);
         out.push('\n');
     }

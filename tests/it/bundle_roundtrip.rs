@@ -1,13 +1,13 @@
 //! keygen -> export -> inspect -> verify through the real binary, and the
 //! export options that shape a bundle (signers, sequence, expiry, filters).
 
-mod util;
+use crate::support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use util::{json, tree_digest, FakeRelease, Sandbox};
+use support::{json, tree_digest, FakeRelease, Sandbox};
 
 fn rfc3339(s: &str) -> std::time::SystemTime {
     humantime::parse_rfc3339(s).unwrap_or_else(|e| panic!("{s:?} is not RFC 3339: {e}"))
@@ -24,7 +24,7 @@ fn inspect_json(sb: &Sandbox, bundle: &std::path::Path) -> json::Inspect {
 fn keygen_export_inspect_verify_round_trip() {
     let sb = Sandbox::new();
     let key = sb.keygen("signer");
-    let releases = util::standard_releases();
+    let releases = support::standard_releases();
     let from = sb.download_folder("download", &releases);
     // n-1 copies are never carried.
     releases[0].write_back_into(&from);
@@ -67,7 +67,7 @@ fn keygen_export_inspect_verify_round_trip() {
         "linux/production/arch_arm64",
         "mac/production/arch_x86_64",
         "1.419.100.0",
-        &util::sha256_hex(&releases[2].updates_zip()),
+        &support::sha256_hex(&releases[2].updates_zip()),
     ] {
         assert!(
             r.stdout.contains(needle),
@@ -102,7 +102,7 @@ fn keygen_export_inspect_verify_round_trip() {
     for rel in &releases {
         for (path, data) in rel.payload() {
             want.push(json::File {
-                sha256: util::sha256_hex(&data),
+                sha256: support::sha256_hex(&data),
                 size: data.len() as u64,
                 path,
             });
@@ -213,7 +213,7 @@ fn two_signers_and_a_threshold_of_two() {
         .arg(&a.secret)
         .arg("--secret-key")
         .arg(&a.secret);
-    util::run(cmd).fails(2, &["same key"]);
+    support::run(cmd).fails(2, &["same key"]);
     assert_eq!(tree_digest(sb.path()), before, "refusals change nothing");
 }
 
@@ -299,7 +299,7 @@ fn sequence_strictly_increases_per_channel() {
         .args(["--channel", "site-a", "--state-dir"])
         .arg(&state)
         .args(["--sequence", &want_s]);
-    util::run(cmd).fails(1, &["not above", "site-a"]);
+    support::run(cmd).fails(1, &["not above", "site-a"]);
     assert_eq!(tree_digest(sb.path()), before, "no bundle, state unchanged");
 
     // GAPFERRY_STATE_DIR is honoured when --state-dir is absent.
@@ -352,7 +352,7 @@ fn expires_in_sets_the_expiry() {
         .arg("--secret-key")
         .arg(&k.secret)
         .args(["--expires-in", "10s"]);
-    util::run(cmd).fails(2, &["--expires-in"]);
+    support::run(cmd).fails(2, &["--expires-in"]);
     let mut cmd = sb.cmd();
     cmd.arg("export")
         .arg("--from")
@@ -362,7 +362,7 @@ fn expires_in_sets_the_expiry() {
         .arg("--secret-key")
         .arg(&k.secret)
         .args(["--expires-in", "soon"]);
-    util::run(cmd).fails(2, &["--expires-in"]);
+    support::run(cmd).fails(2, &["--expires-in"]);
     assert_eq!(tree_digest(sb.path()), before);
 }
 
@@ -446,7 +446,7 @@ fn platform_and_ring_filters() {
         .arg("--secret-key")
         .arg(&k.secret)
         .args(["--platform", "windows"]);
-    util::run(cmd).fails(2, &["windows"]);
+    support::run(cmd).fails(2, &["windows"]);
     assert_eq!(tree_digest(sb.path()), before);
 }
 
@@ -490,18 +490,18 @@ fn inspect_reads_only_the_head() {
         ])
         .ok();
     assert!(r.stdout.contains("trusted, valid"), "{r:#?}");
-    assert!(r.stdout.contains(&util::sha256_hex(&zip)), "{r:#?}");
+    assert!(r.stdout.contains(&support::sha256_hex(&zip)), "{r:#?}");
     sb.verify(&cut, &[&key.public], &[])
         .fails(3, &["cut.tar.zst", "truncated"]);
     assert_eq!(tree_digest(sb.path()), before);
 
     // A crafted bundle whose zstd frame is broken (a reserved block type)
     // well after the head: inspect never decodes that far, verify does.
-    let (mut m, mut payload) = util::craft::mde_manifest(&[rel]);
+    let (mut m, mut payload) = support::craft::mde_manifest(&[rel]);
     payload[0].1 = zip.clone();
-    m.files = util::craft::files_for(&payload);
-    let tar = util::craft::Parts::signed(&m, &payload, &[&key.secret_key()]).tar_bytes();
-    let mut frame = util::craft::zstd_raw_frame(&tar, 0);
+    m.files = support::craft::files_for(&payload);
+    let tar = support::craft::Parts::signed(&m, &payload, &[&key.secret_key()]).tar_bytes();
+    let mut frame = support::craft::zstd_raw_frame(&tar, 0);
     // Raw blocks of 128 KiB: the block header of block 6 is at
     // 6 (frame header) + 6 * (3 + 128 KiB).
     let at = 6 + 6 * (3 + 128 * 1024);
@@ -511,7 +511,7 @@ fn inspect_reads_only_the_head() {
     fs::write(&broken, &frame).unwrap();
     let before = tree_digest(sb.path());
     let info = inspect_json(&sb, &broken);
-    assert_eq!(info.files[0].sha256, util::sha256_hex(&zip));
+    assert_eq!(info.files[0].sha256, support::sha256_hex(&zip));
     sb.verify(&broken, &[&key.public], &[])
         .fails(3, &["broken.tar.zst", "damaged compressed data"]);
     assert_eq!(tree_digest(sb.path()), before);
@@ -550,7 +550,7 @@ fn inspect_with_trust_shows_each_signers_status() {
 
     // A trusted key id whose signature does not verify is shown as such
     // (inspect reports; verify refuses).
-    let mut p = util::craft::Parts::mde(
+    let mut p = support::craft::Parts::mde(
         &[FakeRelease::new("mac", "preview", "arm64")],
         &[&a.secret_key()],
     );

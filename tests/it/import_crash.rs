@@ -10,14 +10,14 @@
 //! fallback's included, is reached once per slot), then v2 is killed, then
 //! v2 runs again, then v3 must import and v1 must be refused.
 
-mod util_crash;
+use crate::support;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use util_crash::*;
+use support::crash::*;
 
 /// Small payloads: the deterministic matrix runs hundreds of imports.
 const ZIP_SIZE: usize = 256 * 1024;

@@ -2,14 +2,14 @@
 //! layout with n-1 rotation, world-readable modes whatever the umask, the
 //! `--platform`/`--ring` filters, and `--target` for one platform and ring.
 
-mod util_import;
+use crate::support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use util_import::*;
+use support::import::*;
 
 const LX: &str = "linux/production/arch_x86_64";
 const LA: &str = "linux/production/arch_arm64";
