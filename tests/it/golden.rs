@@ -264,7 +264,7 @@ fn library_imports_golden() {
 }
 
 /// How the golden bundle was made (once, in 2026). Run with
-/// `GAPFERRY_WRITE_GOLDEN=<dir> cargo test --test golden -- --ignored`; it
+/// `GAPFERRY_WRITE_GOLDEN=<dir> cargo test --test it golden:: -- --ignored`; it
 /// writes `golden-v1.tar.zst` and `golden-v1.pub` into `<dir>` and prints
 /// the constants above. The secret key lives only in memory.
 #[test]

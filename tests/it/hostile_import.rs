@@ -305,7 +305,7 @@ impl Fx {
         let all_before = self.outside_state();
         let mirror_before = digest(&self.mirror);
         // Each case gets its own ledger line: start the ledger's flood limit
-        // afresh (more than its 20 lines an hour run here; tests/ledger.rs
+        // afresh (more than its 20 lines an hour run here; tests/it/ledger.rs
         // covers the limit itself).
         let _ = fs::remove_file(self.state.join("ledger-quota.json"));
         let (r, report) = self.import_path(&path, c.trust.as_deref(), &c.extra);
