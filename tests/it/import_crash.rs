@@ -100,7 +100,7 @@ impl Fixture {
     }
 
     fn in_world(world: World) -> Self {
-        let versions = (0..4).map(|n| world.make_version(n, ZIP_SIZE)).collect();
+        let versions = world.chain(0..=3, ZIP_SIZE);
         Fixture { world, versions }
     }
 
@@ -156,8 +156,7 @@ fn kill_then_check(f: &mut Fixture, site: &str, hook: (&str, &str), at: At, fall
     );
     let env = mode_env(fallback);
     f.world.reset_site(site);
-    f.world.import_ok(&f.versions[0], &env);
-    f.world.import_ok(&f.versions[1], &env);
+    f.world.import_all(&f.versions[..2], &env);
     assert_eq!(f.snapshot(), vec![(Some(1), Some(0)); 4], "{ctx}: setup");
 
     // The killed import.
@@ -402,8 +401,7 @@ fn partial_publish_then_killed_again_during_recovery() {
     for (first, second, third_publishes) in cases {
         let ctx = format!("{first} then {second}");
         f.world.reset_site(&format!("{first}-{second}"));
-        f.world.import_ok(&f.versions[0], &[]);
-        f.world.import_ok(&f.versions[1], &[]);
+        f.world.import_all(&f.versions[..2], &[]);
         let out = f.world.import(&f.versions[2].bundle, &[(CRASH_AT, first)]);
         assert!(killed(&out), "{ctx}: first: {}", describe(&out));
         let pending = f.world.state_json()["pending"].clone();
@@ -610,8 +608,7 @@ fn kill_then_import_a_newer_bundle() {
         let ctx = format!("{point} then v3 (fallback {fallback})");
         let env = mode_env(fallback);
         f.world.reset_site(&format!("newer-{point}"));
-        f.world.import_ok(&f.versions[0], &env);
-        f.world.import_ok(&f.versions[1], &env);
+        f.world.import_all(&f.versions[..2], &env);
         let mut hooked = env.clone();
         hooked.push((CRASH_AT, point));
         let out = f.world.import(&f.versions[2].bundle, &hooked);
@@ -718,8 +715,7 @@ fn stale_journal_never_rolls_back_a_newer_publish() {
         let env = mode_env(fallback);
         let ctx = format!("fallback {fallback}");
         f.world.reset_site(&format!("stale-{fallback}"));
-        f.world.import_ok(&f.versions[0], &env);
-        f.world.import_ok(&f.versions[1], &env);
+        f.world.import_all(&f.versions[..2], &env);
         let point = if fallback {
             "fallback-aside#1"
         } else {
@@ -755,8 +751,7 @@ fn kill_between_the_state_and_its_ledger_line() {
     for point in ["ledger-due", "ledger-appended"] {
         // An import killed there has published everything.
         f.world.reset_site(&format!("import-{point}"));
-        f.world.import_ok(&f.versions[0], &[]);
-        f.world.import_ok(&f.versions[1], &[]);
+        f.world.import_all(&f.versions[..2], &[]);
         let out = f.world.import(&f.versions[2].bundle, &[(CRASH_AT, point)]);
         assert!(killed(&out), "{point}: {}", describe(&out));
         assert_eq!(f.snapshot(), vec![(Some(2), Some(1)); 4], "{point}");
@@ -764,7 +759,7 @@ fn kill_between_the_state_and_its_ledger_line() {
         let lines = if point == "ledger-due" { 2 } else { 3 };
         assert_eq!(f.ledger().len(), lines, "{point}: before the next run");
         // `ledger verify` (read-only) says a line is still due, and which.
-        let out = std::process::Command::new(BIN)
+        let out = support::command()
             .args(["ledger", "verify", "--json", "--state-dir"])
             .arg(&f.world.state)
             .output()
@@ -806,7 +801,7 @@ fn kill_between_the_state_and_its_ledger_line() {
 
         // A rollback killed there: the next rollback settles it first.
         let rollback = |env: &[(&str, &str)]| {
-            let mut cmd = std::process::Command::new(BIN);
+            let mut cmd = support::command();
             cmd.args(["rollback", "--platform", "linux", "--ring", "production"])
                 .arg("--mirror")
                 .arg(&f.world.mirror)

@@ -49,7 +49,7 @@ fn assert_world_readable(dir: &Path) {
     assert!(n > 1, "{} is empty", dir.display());
 }
 
-fn import_077(fx: &Fx, bundle: &Path, key: &Key, extra: &[&str]) -> Run {
+fn import_077(fx: &Fx, bundle: &Path, key: &Keys, extra: &[&str]) -> Run {
     let mut c = fx.import_cmd(bundle, &[&key.public], extra);
     c.arg("--mirror")
         .arg(&fx.mirror)
@@ -98,9 +98,9 @@ fn mirror_layout_modes_and_back_rotation() {
     fs::create_dir_all(fx.mirror.join("linux/preview_back/arch_arm64")).unwrap();
     fs::write(fx.mirror.join("linux/production/README"), b"ops notes").unwrap();
     let untouched = |fx: &Fx| {
-        let mut t = tree_digest(&fx.mirror.join("mac"));
+        let mut t = content_digest(&fx.mirror.join("mac"));
         t.extend(
-            tree_digest(&fx.mirror.join("linux/preview_back"))
+            content_digest(&fx.mirror.join("linux/preview_back"))
                 .into_iter()
                 .map(|(k, v)| (format!("pb{k}"), v)),
         );
@@ -177,12 +177,15 @@ fn platform_and_ring_filters() {
     assert!(!fx.mirror.join("linux/production").exists());
 
     // The rest of the same bundle, later: only the missing folder is written.
-    let before_mac = tree_digest(&fx.mirror.join("mac"));
-    let before_pre = tree_digest(&fx.mirror.join("linux/preview"));
+    let before_mac = content_digest(&fx.mirror.join("mac"));
+    let before_pre = content_digest(&fx.mirror.join("linux/preview"));
     fx.import(&b, &[&key.public], &[]).ok();
     assert_same_files(&fx.mirror.join(LX), &dl.join(LX));
-    assert_trees_eq(&before_mac, &tree_digest(&fx.mirror.join("mac")));
-    assert_trees_eq(&before_pre, &tree_digest(&fx.mirror.join("linux/preview")));
+    assert_trees_eq(&before_mac, &content_digest(&fx.mirror.join("mac")));
+    assert_trees_eq(
+        &before_pre,
+        &content_digest(&fx.mirror.join("linux/preview")),
+    );
     assert!(!fx.mirror.join("mac/production_back").exists());
     // Now every carried folder serves it: already imported.
     fx.import(&b, &[&key.public], &[])
@@ -285,7 +288,7 @@ fn target_needs_one_platform_and_ring() {
             .arg(&state);
         fx.run(c)
     };
-    let before = tree_digest_except(&fx.root, &[&state]);
+    let before = content_digest_except(&fx.root, &[&state]);
     run(&[]).expect(
         2,
         &[
@@ -297,7 +300,7 @@ fn target_needs_one_platform_and_ring() {
             "mac/production/arch_x86_64",
         ],
     );
-    assert_trees_eq(&before, &tree_digest_except(&fx.root, &[&state]));
+    assert_trees_eq(&before, &content_digest_except(&fx.root, &[&state]));
     assert!(!fx.root.join("srv").exists());
 
     run(&["--platform", "mac", "--ring", "production"]).ok();

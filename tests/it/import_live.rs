@@ -195,9 +195,7 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
 
 fn live_imports(fallback: bool) {
     let w = World::new();
-    let versions: Vec<Version> = (1..=VERSIONS)
-        .map(|n| w.make_version(n, ZIP_SIZE))
-        .collect();
+    let versions = w.chain(1..=VERSIONS, ZIP_SIZE);
     let env: Vec<(&str, &str)> = if fallback {
         vec![(FORCE_FALLBACK, "1")]
     } else {
@@ -230,9 +228,7 @@ fn live_imports(fallback: bool) {
             latest.load(Ordering::SeqCst) >= 1
         });
     }
-    for v in &versions[1..] {
-        w.import_ok(v, &env);
-    }
+    w.import_all(&versions[1..], &env);
     // ...and the last version after the last one.
     for (file, latest, _) in &pollers {
         wait_for(&format!("{file} of v{VERSIONS}"), || {

@@ -161,7 +161,7 @@ fn imports_with_different_state_dirs_are_refused_on_one_mirror() {
     fs::create_dir_all(&fx.state).unwrap();
     let claim = gapferry::mirror::lock::claim_served(&fx.mirror, &fx.state).unwrap();
     assert_eq!(claim, gapferry::mirror::lock::Claim::Claimed);
-    let before = tree_digest(&fx.mirror);
+    let before = content_digest(&fx.mirror);
     let r = import(&other_state);
     assert_eq!(r.code, 1, "{r:#?}");
     for want in [
@@ -173,7 +173,7 @@ fn imports_with_different_state_dirs_are_refused_on_one_mirror() {
     ] {
         assert!(r.stderr.contains(want), "{want}: {r:#?}");
     }
-    assert_trees_eq(&before, &tree_digest(&fx.mirror));
+    assert_trees_eq(&before, &content_digest(&fx.mirror));
 
     // The owner imports; the other is still refused.
     import(&fx.state).ok();
@@ -224,7 +224,7 @@ fn ledger_records_every_attempt_and_verifies() {
     c.args(["ledger", "show", "--json", "--state-dir"])
         .arg(&fx.state);
     let r = fx.run(c);
-    r.ok();
+    r.expect(0, &[]);
     let shown: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
     let lines = fs::read_to_string(fx.state.join("ledger.jsonl")).unwrap();
     let raw: Vec<&str> = lines.lines().collect();
@@ -256,7 +256,7 @@ fn ledger_records_every_attempt_and_verifies() {
         .collect();
     assert_eq!(seqs, [100, 200, 200, 50, 300]);
     for e in &shown[..4] {
-        assert_eq!(e["signer_key_ids"], serde_json::json!([k.id()]));
+        assert_eq!(e["signer_key_ids"], serde_json::json!([k.id().to_string()]));
         assert_eq!(e["manifest_sha256"].as_str().unwrap().len(), 64);
         assert!(e["bundle_id"].is_string() && e["time"].is_string());
     }
@@ -286,7 +286,7 @@ fn ledger_records_every_attempt_and_verifies() {
     let mut c = fx.cmd();
     c.args(["ledger", "show", "--state-dir"]).arg(&fx.state);
     let r = fx.run(c);
-    r.ok();
+    r.expect(0, &[]);
     for o in [
         "imported",
         "already_imported",
@@ -324,7 +324,7 @@ fn ledger_records_every_attempt_and_verifies() {
     let mut c = fx.cmd();
     c.args(["ledger", "verify", "--state-dir"]).arg(&fx.state);
     let head = fx.run(c);
-    head.ok();
+    head.expect(0, &[]);
     assert!(
         !head.stderr.contains(&prev),
         "the head hash must change when the last line is edited"
@@ -534,7 +534,7 @@ fn json_report_for_every_outcome() {
     assert_eq!(rep.bundle, b1);
     assert_eq!(rep.sequence, Some(10));
     assert_eq!(rep.channel.as_deref(), Some("default"));
-    assert_eq!(rep.signers, [k.id()]);
+    assert_eq!(rep.signers, [k.id().to_string()]);
     assert_eq!(rep.manifest_sha256.as_ref().map(String::len), Some(64));
     assert!(rep.bundle_id.is_some() && rep.error.is_none());
     assert!(rep.downgrades.is_empty() && rep.recovered.is_empty() && rep.discarded.is_empty());

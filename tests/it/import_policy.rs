@@ -49,7 +49,7 @@ fn trust_directory_and_threshold() {
     fx.assert_unchanged(&before);
 
     let r = fx.import(&two, &[&trust], &["--threshold", "2", "--json"]);
-    r.ok();
+    r.expect(0, &[]);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let mut signers: Vec<String> = report["signers"]
         .as_array()
@@ -58,7 +58,7 @@ fn trust_directory_and_threshold() {
         .map(|s| s.as_str().unwrap().to_string())
         .collect();
     signers.sort();
-    let mut want = vec![a.id(), b.id()];
+    let mut want = vec![a.id().to_string(), b.id().to_string()];
     want.sort();
     assert_eq!(signers, want);
     assert_same_files(&fx.mirror.join(LX), &dl2.join(LX));
@@ -83,8 +83,8 @@ fn untrusted_signer_is_rejected() {
         &[
             "bundle rejected",
             "no signature by a trusted key",
-            &evil.id(),
-            &good.id(),
+            &evil.id().to_string(),
+            &good.id().to_string(),
             "--trust",
         ],
     );
@@ -385,7 +385,7 @@ fn one_sequence_with_two_manifests_is_rejected() {
 fn mismatched(
     fx: &Fx,
     name: &str,
-    k: &Key,
+    k: &Keys,
     seq: u64,
     item: (&str, &str),
     carried: (&str, &str),
@@ -490,7 +490,7 @@ fn same_bundle_again_restores_a_folder_that_no_longer_serves_it() {
 /// `created` (whole seconds), carrying `LX` at definitions `def`.
 fn crafted_at(
     fx: &Fx,
-    k: &Key,
+    k: &Keys,
     name: &str,
     sequence: u64,
     created: SystemTime,

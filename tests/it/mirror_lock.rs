@@ -155,7 +155,7 @@ print('held', flush=True)\ntime.sleep(60)\n";
 
 /// An imported mirror and a newer bundle for it, under a root folder other
 /// users may enter (as `/var/lib` is).
-fn imported_mirror() -> (Fx, Key, PathBuf) {
+fn imported_mirror() -> (Fx, Keys, PathBuf) {
     let fx = Fx::new();
     fs::set_permissions(&fx.root, fs::Permissions::from_mode(0o755)).unwrap();
     let k = fx.key("k");
@@ -245,7 +245,7 @@ fn a_state_directory_of_another_user_is_refused_and_a_shared_one_made_private() 
     // Owned by someone else: refused, nothing changed.
     std::os::unix::fs::chown(&fx.state, Some(65534), Some(65534)).unwrap();
     let before = fx.snapshot();
-    let state_before = tree_digest(&fx.state);
+    let state_before = content_digest(&fx.state);
     let r = fx.import(&b3, &[&k.public], &[]);
     r.expect(
         1,
@@ -257,7 +257,7 @@ fn a_state_directory_of_another_user_is_refused_and_a_shared_one_made_private() 
         ],
     );
     fx.assert_unchanged(&before);
-    assert_trees_eq(&state_before, &tree_digest(&fx.state));
+    assert_trees_eq(&state_before, &content_digest(&fx.state));
 }
 
 /// Runs `c` under `sh -c 'umask 000; exec ...'`.
@@ -326,7 +326,7 @@ fn modes_do_not_depend_on_the_umask() {
         assert_mode(e.path(), want);
     }
 
-    // Keys: the secret key 0600, the public key 0644.
+    // Key: the secret key 0600, the public key 0644.
     let pw = fx.root.join("pw");
     fs::write(&pw, "correct horse\n").unwrap();
     fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();

@@ -1,8 +1,10 @@
-//! Helpers for the end-to-end import tests (`import_crash`, `import_live`):
-//! synthetic download folders (Microsoft's layout, a valid zip and
-//! `manifest.json` per arch folder), an unencrypted test key, exports
-//! through the real binary, imports through the real binary, and checks
-//! that every arch folder holds one complete imported version.
+//! The world of the end-to-end import tests (`import_crash`,
+//! `import_live`): numbered versions (Microsoft's layout, a valid zip and
+//! `manifest.json` per arch folder) exported and imported through the real
+//! binary, the scenario builder for "v1, v2, v3 exported and imported"
+//! ([`World::chain`], [`World::import_all`]), and checks that every arch
+//! folder holds one complete imported version. Runner, keys and staging
+//! checks are the parent module's.
 
 #![allow(dead_code)]
 
@@ -13,13 +15,7 @@ use std::process::{Command, Output, Stdio};
 
 use gapferry::mde::zipcheck::tiny_zip;
 
-/// The real binary.
-pub const BIN: &str = env!("CARGO_BIN_EXE_gapferry");
-
-/// The test-only environment variables of `mirror::publish`.
-pub const CRASH_AT: &str = "GAPFERRY_TEST_CRASH_AT";
-pub const CRASH_AFTER_BYTES: &str = "GAPFERRY_TEST_CRASH_AFTER_BYTES";
-pub const FORCE_FALLBACK: &str = "GAPFERRY_TEST_FORCE_FALLBACK";
+pub use super::{staging_leftovers, Keys, CRASH_AFTER_BYTES, CRASH_AT, FORCE_FALLBACK};
 
 /// The arch folders every test bundle carries, in the bundle's (and so the
 /// publish's) order.
@@ -90,8 +86,8 @@ impl Version {
 #[derive(Debug)]
 pub struct World {
     pub tmp: tempfile::TempDir,
-    pub secret_key: PathBuf,
-    pub public_key: PathBuf,
+    /// The one signing key, `keys/test.{key,pub}`.
+    pub key: Keys,
     pub export_state: PathBuf,
     pub mirror: PathBuf,
     pub state: PathBuf,
@@ -110,25 +106,30 @@ impl World {
     }
 
     fn in_dir(tmp: tempfile::TempDir) -> Self {
-        let secret_key = tmp.path().join("test.sec");
-        let public_key = tmp.path().join("test.pub");
-        let out = Command::new(BIN)
-            .arg("keygen")
-            .arg("--secret-key")
-            .arg(&secret_key)
-            .arg("--public-key")
-            .arg(&public_key)
-            .arg("--unencrypted")
-            .output()
-            .unwrap();
-        assert_success(&out, "keygen");
+        let key = super::keygen(&tmp.path().join("keys"), "test");
         World {
             export_state: tmp.path().join("export-state"),
             mirror: tmp.path().join("mirror"),
             state: tmp.path().join("state"),
-            secret_key,
-            public_key,
+            key,
             tmp,
+        }
+    }
+
+    /// The scenario builder: versions `ns` (e.g. `1..=3`) written as
+    /// download folders of about `zip_size` bytes per zip and exported, in
+    /// order (the exports' sequence numbers follow it). Import them with
+    /// [`World::import_all`].
+    pub fn chain(&self, ns: impl IntoIterator<Item = u32>, zip_size: usize) -> Vec<Version> {
+        ns.into_iter()
+            .map(|n| self.make_version(n, zip_size))
+            .collect()
+    }
+
+    /// Imports `versions` in order with `env`, insisting on exit 0 for each.
+    pub fn import_all(&self, versions: &[Version], env: &[(&str, &str)]) {
+        for v in versions {
+            self.import_ok(v, env);
         }
     }
 
@@ -162,12 +163,12 @@ impl World {
             files.push((zip, manifest));
         }
         let bundle = self.tmp.path().join(format!("v{n}.tar.zst"));
-        let out = Command::new(BIN)
+        let out = super::command()
             .arg("export")
             .arg("--from")
             .arg(&download)
             .arg("--secret-key")
-            .arg(&self.secret_key)
+            .arg(&self.key.secret)
             .arg("--out")
             .arg(&bundle)
             .arg("--state-dir")
@@ -200,19 +201,16 @@ impl World {
     /// `gapferry import BUNDLE --trust PUB --mirror M --state-dir S --quiet`
     /// with the test hooks cleared and `env` set; not yet run.
     pub fn import_cmd(&self, bundle: &Path, env: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = super::command();
         cmd.arg("import")
             .arg(bundle)
             .arg("--trust")
-            .arg(&self.public_key)
+            .arg(&self.key.public)
             .arg("--mirror")
             .arg(&self.mirror)
             .arg("--state-dir")
             .arg(&self.state)
             .arg("--quiet")
-            .env_remove(CRASH_AT)
-            .env_remove(CRASH_AFTER_BYTES)
-            .env_remove(FORCE_FALLBACK)
             .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
@@ -233,7 +231,7 @@ impl World {
 
     /// `gapferry ledger verify` must pass.
     pub fn ledger_verify(&self) {
-        let out = Command::new(BIN)
+        let out = super::command()
             .args(["ledger", "verify", "--state-dir"])
             .arg(&self.state)
             .output()
@@ -352,28 +350,6 @@ pub fn snapshot(mirror: &Path, versions: &[&Version]) -> Vec<(Option<u32>, Optio
             )
         })
         .collect()
-}
-
-/// Every path under `root` whose name starts with `.gapferry-staging-`.
-pub fn staging_leftovers(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(".gapferry-staging-")
-            {
-                out.push(p.clone());
-            }
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// The mirror holds nothing but the served tree: `<platform>/{production,

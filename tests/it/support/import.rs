@@ -1,7 +1,9 @@
-//! Shared fixtures for the import integration tests: synthetic download
-//! folders, keys, bundles (through the binary, or crafted through the
-//! library when the case cannot be made with `export`), running `import`,
-//! and a recursive tree digest for "nothing changed" assertions.
+//! The mirror-and-state fixture of the import integration tests
+//! ([`Fx`]): synthetic download folders, keys, bundles (through the binary,
+//! or crafted through the library when the case cannot be made with
+//! `export`) and running `import`, on the runner, [`Run`], [`Keys`] and
+//! tree digests of the parent module (re-exported here for the tests that
+//! glob-import this module).
 //!
 //! Every fixture lives in one temporary directory; children run with their
 //! working directory inside it, so "nothing created outside the mirror and
@@ -11,9 +13,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+pub use super::{
+    assert_no_staging, assert_trees_eq, content_digest, content_digest_except, Keys, Run,
+    TreeDigest,
+};
 use std::time::{Duration, SystemTime};
 
 use gapferry::bundle::writer::{self, BundleSpec, SourceFile, WriteOptions};
@@ -24,67 +30,8 @@ use gapferry::progress::NoProgress;
 use gapferry::safepath::SafePath;
 use sha2::{Digest, Sha256};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_gapferry");
-
 /// Default size of a synthetic `updates.zip` payload (kept small: tests are fast).
 pub const PAYLOAD: usize = 2048;
-
-/// A key pair written by `gapferry keygen --unencrypted`.
-#[derive(Debug, Clone)]
-pub struct Key {
-    pub secret: PathBuf,
-    pub public: PathBuf,
-}
-
-impl Key {
-    /// The secret key, loaded through the library.
-    pub fn load(&self) -> SecretKey {
-        let text = SecretKey::read_text(&self.secret).unwrap();
-        SecretKey::parse(&text, &self.secret, None).unwrap()
-    }
-
-    /// The 16 upper-case hex digits of the key id.
-    pub fn id(&self) -> String {
-        self.load().key_id.to_string()
-    }
-}
-
-/// One finished child process.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    fn from(out: std::process::Output) -> Run {
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Asserts the exit code and that stderr contains every needle.
-    #[track_caller]
-    pub fn expect(&self, code: i32, needles: &[&str]) -> &Run {
-        assert_eq!(self.code, code, "exit code; stderr:\n{}", self.stderr);
-        for n in needles {
-            assert!(
-                self.stderr.contains(n),
-                "stderr lacks {n:?}:\n{}",
-                self.stderr
-            );
-        }
-        self
-    }
-
-    #[track_caller]
-    pub fn ok(&self) -> &Run {
-        self.expect(0, &[])
-    }
-}
 
 /// One synthetic download folder: `(layout path, engine, definitions)`,
 /// e.g. `("linux/production/arch_x86_64", "1.1.24080.9", "1.417.30.0")`.
@@ -133,36 +80,20 @@ impl Fx {
     /// A `gapferry` command run from the work folder, with a clean
     /// environment as far as gapferry cares.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = super::command();
         c.current_dir(&self.work)
-            .env_remove("GAPFERRY_STATE_DIR")
-            .env_remove("GAPFERRY_TEST_FORCE_FALLBACK")
-            .env_remove("GAPFERRY_TEST_CRASH_AT")
-            .env_remove("GAPFERRY_TEST_CRASH_AFTER_BYTES")
             .env("HOME", self.root.join("home"))
             .env("XDG_STATE_HOME", self.root.join("home/.state"));
         c
     }
 
     pub fn run(&self, mut c: Command) -> Run {
-        Run::from(c.output().unwrap())
+        Run::from_output(c.output().unwrap())
     }
 
     /// `gapferry keygen --unencrypted` into `keys/<name>.{key,pub}`.
-    pub fn key(&self, name: &str) -> Key {
-        let k = Key {
-            secret: self.root.join("keys").join(format!("{name}.key")),
-            public: self.root.join("keys").join(format!("{name}.pub")),
-        };
-        let mut c = self.cmd();
-        c.arg("keygen")
-            .arg("--secret-key")
-            .arg(&k.secret)
-            .arg("--public-key")
-            .arg(&k.public)
-            .arg("--unencrypted");
-        self.run(c).ok();
-        k
+    pub fn key(&self, name: &str) -> Keys {
+        super::keygen(&self.root.join("keys"), name)
     }
 
     /// A download folder `dl/<name>` as Microsoft's script leaves it.
@@ -184,7 +115,7 @@ impl Fx {
 
     /// Exports `from` into `bundles/<name>.tar.zst`; `extra` may hold
     /// `--sequence`, `--expires-in`, `--channel`, another `--state-dir`, ...
-    pub fn export(&self, from: &Path, name: &str, keys: &[&Key], extra: &[&str]) -> PathBuf {
+    pub fn export(&self, from: &Path, name: &str, keys: &[&Keys], extra: &[&str]) -> PathBuf {
         let r = self.try_export(from, name, keys, extra);
         r.0.ok();
         r.1
@@ -194,7 +125,7 @@ impl Fx {
         &self,
         from: &Path,
         name: &str,
-        keys: &[&Key],
+        keys: &[&Keys],
         extra: &[&str],
     ) -> (Run, PathBuf) {
         let out = self.root.join("bundles").join(format!("{name}.tar.zst"));
@@ -239,14 +170,14 @@ impl Fx {
     /// Everything under the temporary directory except the state dir:
     /// the mirror, the bundles, the keys, the work folder, and anything a
     /// child might create beside them.
-    pub fn snapshot(&self) -> Tree {
-        tree_digest_except(&self.root, &[&self.state])
+    pub fn snapshot(&self) -> TreeDigest {
+        content_digest_except(&self.root, &[&self.state])
     }
 
     /// Asserts that nothing but the state dir changed since `before`, and
     /// that no staging folder is left anywhere.
     #[track_caller]
-    pub fn assert_unchanged(&self, before: &Tree) {
+    pub fn assert_unchanged(&self, before: &TreeDigest) {
         let after = self.snapshot();
         assert_trees_eq(before, &after);
         assert_no_staging(&self.root);
@@ -262,7 +193,13 @@ impl Fx {
     /// Writes a bundle through the library, for cases `export` cannot make
     /// (a `created` in the future, items that disagree with the payload).
     /// `files` are `(payload path, bytes)` in bundle order.
-    pub fn craft(&self, name: &str, keys: &[&Key], c: Craft, files: &[(&str, Vec<u8>)]) -> PathBuf {
+    pub fn craft(
+        &self,
+        name: &str,
+        keys: &[&Keys],
+        c: Craft,
+        files: &[(&str, Vec<u8>)],
+    ) -> PathBuf {
         let src = self.root.join("craft-src").join(name);
         let mut sources = Vec::new();
         for (i, (rel, bytes)) in files.iter().enumerate() {
@@ -285,7 +222,7 @@ impl Fx {
             items: c.items,
             files: sources,
         };
-        let sk: Vec<SecretKey> = keys.iter().map(|k| k.load()).collect();
+        let sk: Vec<SecretKey> = keys.iter().map(|k| k.secret_key()).collect();
         let out = self.root.join("bundles").join(format!("{name}.tar.zst"));
         let opts = WriteOptions {
             threads: 0,
@@ -362,88 +299,6 @@ pub fn zip_for(rel: &str, eng: &str, def: &str, size: usize) -> Vec<u8> {
     tiny_zip("mpavdlta.vdm", &data)
 }
 
-/// One entry of a tree digest: kind, permission bits and content hash.
-pub type Tree = BTreeMap<String, String>;
-
-/// A recursive digest of `dir`: every path (relative), its kind, its mode
-/// bits and, for files, the SHA-256 of its bytes (for symlinks, the
-/// target). A missing `dir` is the empty tree.
-pub fn tree_digest(dir: &Path) -> Tree {
-    tree_digest_except(dir, &[])
-}
-
-/// [`tree_digest`] skipping the subtrees in `skip`.
-pub fn tree_digest_except(dir: &Path, skip: &[&Path]) -> Tree {
-    let mut out = Tree::new();
-    if fs::symlink_metadata(dir).is_err() {
-        return out;
-    }
-    let walk = walkdir::WalkDir::new(dir)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| !skip.iter().any(|s| e.path() == *s));
-    for e in walk {
-        let e = e.unwrap();
-        let rel = e
-            .path()
-            .strip_prefix(dir)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let meta = fs::symlink_metadata(e.path()).unwrap();
-        let mode = meta.permissions().mode() & 0o7777;
-        let ft = meta.file_type();
-        let v = if ft.is_dir() {
-            format!("dir {mode:o}")
-        } else if ft.is_file() {
-            let bytes = fs::read(e.path()).unwrap();
-            format!("file {mode:o} {}", hex::encode(Sha256::digest(&bytes)))
-        } else if ft.is_symlink() {
-            format!("link {:?}", fs::read_link(e.path()).unwrap())
-        } else {
-            format!("other {mode:o}")
-        };
-        out.insert(format!("/{rel}"), v);
-    }
-    out
-}
-
-/// Asserts two digests are equal, showing only the differences.
-#[track_caller]
-pub fn assert_trees_eq(before: &Tree, after: &Tree) {
-    if before == after {
-        return;
-    }
-    let mut diff = String::new();
-    for (k, v) in before {
-        match after.get(k) {
-            None => diff.push_str(&format!("- {k} {v}\n")),
-            Some(w) if w != v => diff.push_str(&format!("~ {k} {v} -> {w}\n")),
-            _ => {}
-        }
-    }
-    for (k, v) in after {
-        if !before.contains_key(k) {
-            diff.push_str(&format!("+ {k} {v}\n"));
-        }
-    }
-    panic!("the tree changed:\n{diff}");
-}
-
-/// Asserts no `.gapferry-staging-*` folder exists anywhere under `dir`.
-#[track_caller]
-pub fn assert_no_staging(dir: &Path) {
-    for e in walkdir::WalkDir::new(dir) {
-        let Ok(e) = e else { continue };
-        let name = e.file_name().to_string_lossy();
-        assert!(
-            !name.starts_with(".gapferry-staging-"),
-            "staging left behind: {}",
-            e.path().display()
-        );
-    }
-}
-
 /// The `(engine, definitions)` a served folder's manifest.json names.
 pub fn served_versions(dir: &Path) -> (String, String) {
     let v: serde_json::Value =
@@ -458,9 +313,9 @@ pub fn served_versions(dir: &Path) -> (String, String) {
 /// (byte for byte), and nothing else.
 #[track_caller]
 pub fn assert_same_files(dir: &Path, src: &Path) {
-    let a = tree_digest(dir);
-    let b = tree_digest(src);
-    let strip = |t: &Tree| -> BTreeMap<String, String> {
+    let a = content_digest(dir);
+    let b = content_digest(src);
+    let strip = |t: &TreeDigest| -> BTreeMap<String, String> {
         t.iter()
             .filter(|(_, v)| v.starts_with("file "))
             .map(|(k, v)| (k.clone(), v.split(' ').next_back().unwrap().to_string()))

@@ -1,10 +1,16 @@
-//! Shared helpers for the integration tests: a sandbox directory with its
-//! own export state, the `gapferry` binary, keys made through the binary,
-//! synthetic download folders with tiny valid zips, and a recursive tree
-//! digest for "nothing changed on disk" assertions.
+//! The one harness of the integration tests: the `gapferry` binary with a
+//! clean environment ([`command`], [`gapferry`]), one [`Run`] result type,
+//! one [`Keys`] type made through `gapferry keygen`, synthetic download
+//! folders with tiny valid zips, and one tree walker for "nothing changed
+//! on disk" assertions ([`tree_digest`] exact, [`content_digest`] by
+//! content).
 //!
-//! [`craft`] builds bundles byte by byte (tar headers by hand, zstd, minisign
-//! signatures) so tests can make hostile ones.
+//! Submodules build on it: [`craft`] builds bundles byte by byte (tar
+//! headers by hand, zstd, minisign signatures) so tests can make hostile
+//! ones; [`import`] is the mirror-and-state fixture ([`import::Fx`]);
+//! [`crash`] is the crash and live-import world with its scenario builder
+//! ("v1, v2, v3 exported and imported", [`crash::World::chain`]);
+//! [`fetch_mock`] is the loopback upstream for `fetch`.
 //!
 //! Every test module reaches it as `crate::support`.
 
@@ -26,6 +32,15 @@ use sha2::{Digest, Sha256};
 
 use gapferry::keys::{KeyId, PublicKey, SecretKey};
 
+/// The real binary, built with the `fault-injection` feature.
+pub const BIN: &str = env!("CARGO_BIN_EXE_gapferry");
+
+/// The test-only crash hooks (src/faults.rs), cleared for every run unless
+/// a test sets them.
+pub const CRASH_AT: &str = "GAPFERRY_TEST_CRASH_AT";
+pub const CRASH_AFTER_BYTES: &str = "GAPFERRY_TEST_CRASH_AFTER_BYTES";
+pub const FORCE_FALLBACK: &str = "GAPFERRY_TEST_FORCE_FALLBACK";
+
 /// Proxy variables cleared for every run, so no test ever reaches a network.
 const PROXY_VARS: &[&str] = &[
     "HTTP_PROXY",
@@ -38,16 +53,47 @@ const PROXY_VARS: &[&str] = &[
     "no_proxy",
 ];
 
-/// The `gapferry` binary with a clean environment for `GAPFERRY_*`, proxies
-/// and the terminal (no progress bars: stderr is a pipe anyway).
-pub fn gapferry() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gapferry"));
+/// The one runner: the `gapferry` binary with a clean environment for
+/// `GAPFERRY_*` (state dir and crash hooks), proxies and the terminal (no
+/// progress bars: stderr is a pipe anyway). Every harness starts here.
+pub fn command() -> std::process::Command {
+    let mut c = std::process::Command::new(BIN);
     for v in PROXY_VARS {
         c.env_remove(v);
     }
-    c.env_remove("GAPFERRY_STATE_DIR");
+    for v in [
+        "GAPFERRY_STATE_DIR",
+        CRASH_AT,
+        CRASH_AFTER_BYTES,
+        FORCE_FALLBACK,
+    ] {
+        c.env_remove(v);
+    }
     c.env("NO_COLOR", "1");
     c
+}
+
+/// [`command`] as an `assert_cmd` command.
+pub fn gapferry() -> Command {
+    Command::from_std(command())
+}
+
+/// `gapferry keygen --unencrypted` into `dir/NAME.{key,pub}` (`dir` created).
+pub fn keygen(dir: &Path, name: &str) -> Keys {
+    fs::create_dir_all(dir).unwrap();
+    let keys = Keys {
+        secret: dir.join(format!("{name}.key")),
+        public: dir.join(format!("{name}.pub")),
+    };
+    let mut c = command();
+    c.arg("keygen")
+        .arg("--unencrypted")
+        .arg("--secret-key")
+        .arg(&keys.secret)
+        .arg("--public-key")
+        .arg(&keys.public);
+    Run::from_output(c.output().expect("cannot run gapferry")).ok();
+    keys
 }
 
 /// The result of a run, with stdout and stderr as text.
@@ -77,6 +123,13 @@ impl Run {
     /// Asserts the exit code and that stderr contains every one of `needles`.
     #[track_caller]
     pub fn fails(self, code: i32, needles: &[&str]) -> Run {
+        self.expect(code, needles);
+        self
+    }
+
+    /// [`Run::fails`] by reference, for a run looked at again afterwards.
+    #[track_caller]
+    pub fn expect(&self, code: i32, needles: &[&str]) -> &Run {
         assert_eq!(self.code, code, "wrong exit code; {self:#?}");
         for n in needles {
             assert!(
@@ -159,21 +212,7 @@ impl Sandbox {
 
     /// `gapferry keygen --unencrypted` into `root/keys/NAME.{key,pub}`.
     pub fn keygen(&self, name: &str) -> Keys {
-        let dir = self.mkdir("keys");
-        let keys = Keys {
-            secret: dir.join(format!("{name}.key")),
-            public: dir.join(format!("{name}.pub")),
-        };
-        self.run([
-            "keygen".as_ref(),
-            "--unencrypted".as_ref(),
-            "--secret-key".as_ref(),
-            keys.secret.as_os_str(),
-            "--public-key".as_ref(),
-            keys.public.as_os_str(),
-        ])
-        .ok();
-        keys
+        keygen(&self.join("keys"), name)
     }
 
     /// A download folder `root/NAME` holding `releases`.
@@ -335,21 +374,50 @@ pub fn standard_releases() -> Vec<FakeRelease> {
     ]
 }
 
-/// Everything about a directory tree that a test may care about: for each
-/// path (relative, sorted) its type, permission bits, and content hash or
-/// link target. Compare two snapshots with `assert_eq!` to prove nothing
-/// changed on disk.
+/// A snapshot of a directory tree: for each path (relative, sorted) a
+/// description. Compare two snapshots with `assert_eq!` or
+/// [`assert_trees_eq`] to prove nothing changed on disk.
 pub type TreeDigest = BTreeMap<String, String>;
 
-/// Digests the tree under `root` (the root itself included as `.`). A
-/// missing root digests to `{".": "missing"}`.
+/// How much of each entry a digest records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Type, permission bits, content hash or link target, and for files
+    /// and folders the mtime (files also size and inode): a rewrite with the
+    /// same bytes, or a file created and removed again, still shows.
+    Exact,
+    /// Type, permission bits and content hash or link target only: for
+    /// trees that may be legitimately rewritten with the same content.
+    Content,
+}
+
+/// The exact digest of the tree under `root` (the root itself included as
+/// `.`). A missing root digests to `{".": "missing"}`.
 pub fn tree_digest(root: &Path) -> TreeDigest {
+    digest(root, Detail::Exact, &[])
+}
+
+/// The content digest of the tree under `root` (see [`Detail::Content`]).
+pub fn content_digest(root: &Path) -> TreeDigest {
+    digest(root, Detail::Content, &[])
+}
+
+/// [`content_digest`] skipping the subtrees in `skip`.
+pub fn content_digest_except(root: &Path, skip: &[&Path]) -> TreeDigest {
+    digest(root, Detail::Content, skip)
+}
+
+/// The one tree walker: `root` at `detail`, without the subtrees in `skip`.
+pub fn digest(root: &Path, detail: Detail, skip: &[&Path]) -> TreeDigest {
     let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
+    walk(root, root, detail, skip, &mut out);
     out
 }
 
-fn walk(root: &Path, p: &Path, out: &mut TreeDigest) {
+fn walk(root: &Path, p: &Path, detail: Detail, skip: &[&Path], out: &mut TreeDigest) {
+    if skip.iter().any(|s| p == *s) {
+        return;
+    }
     let rel = match p.strip_prefix(root).unwrap().to_string_lossy().into_owned() {
         s if s.is_empty() => ".".to_string(),
         s => s,
@@ -363,19 +431,26 @@ fn walk(root: &Path, p: &Path, out: &mut TreeDigest) {
     };
     let mode = meta.permissions().mode() & 0o7777;
     let ft = meta.file_type();
+    let exact = detail == Detail::Exact;
     let mtime = format!("mtime {}.{:09}", meta.mtime(), meta.mtime_nsec());
     let desc = if ft.is_symlink() {
         format!("symlink -> {}", fs::read_link(p).unwrap().display())
-    } else if ft.is_dir() {
+    } else if ft.is_dir() && exact {
         format!("dir {mode:04o} {mtime}")
+    } else if ft.is_dir() {
+        format!("dir {mode:04o}")
     } else if ft.is_file() {
         let data = fs::read(p).unwrap();
-        format!(
-            "file {mode:04o} {} {} ino {} {mtime}",
-            data.len(),
-            hex::encode(Sha256::digest(&data)),
-            meta.ino()
-        )
+        let hash = hex::encode(Sha256::digest(&data));
+        if exact {
+            format!(
+                "file {mode:04o} {} {hash} ino {} {mtime}",
+                data.len(),
+                meta.ino()
+            )
+        } else {
+            format!("file {mode:04o} {hash}")
+        }
     } else if ft.is_fifo() {
         format!("fifo {mode:04o}")
     } else {
@@ -389,9 +464,60 @@ fn walk(root: &Path, p: &Path, out: &mut TreeDigest) {
             .collect();
         children.sort();
         for c in children {
-            walk(root, &c, out);
+            walk(root, &c, detail, skip, out);
         }
     }
+}
+
+/// Asserts two digests are equal, showing only the differences.
+#[track_caller]
+pub fn assert_trees_eq(before: &TreeDigest, after: &TreeDigest) {
+    if before == after {
+        return;
+    }
+    let mut diff = String::new();
+    for (k, v) in before {
+        match after.get(k) {
+            None => diff.push_str(&format!("- {k} {v}\n")),
+            Some(w) if w != v => diff.push_str(&format!("~ {k} {v} -> {w}\n")),
+            _ => {}
+        }
+    }
+    for (k, v) in after {
+        if !before.contains_key(k) {
+            diff.push_str(&format!("+ {k} {v}\n"));
+        }
+    }
+    panic!("the tree changed:\n{diff}");
+}
+
+/// Every path under `root` whose name starts with `.gapferry-staging-`.
+pub fn staging_leftovers(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(".gapferry-staging-")
+            {
+                out.push(p.clone());
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Asserts no `.gapferry-staging-*` folder exists anywhere under `dir`.
+#[track_caller]
+pub fn assert_no_staging(dir: &Path) {
+    let left = staging_leftovers(dir);
+    assert!(left.is_empty(), "staging left behind: {left:?}");
 }
 
 /// SHA-256 of bytes as lower-case hex.
