@@ -733,7 +733,8 @@ fn the_chmod_race_on_reason_files_changes_no_other_file() {
     for i in 0..10 {
         tampered_copy(&b, &fx.inbox.join(format!("t{i}.tar.zst")));
         let run = pass_must_finish(&fx, &[]);
-        assert_ne!(run.code, 0, "{run:#?}");
+        // Rejected (3), or left in place when the racing swap wins (1).
+        assert!(matches!(run.code, 1 | 3), "{run:#?}");
         assert_eq!(
             mode(&secret),
             0o600,

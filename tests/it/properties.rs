@@ -107,6 +107,17 @@ fn unix_component_ok(comp: &str) -> bool {
         && !comp.contains(['\0', '/', ':'])
 }
 
+/// How a refused path shows in its [`safepath::PathError`]: escaped, at most
+/// 120 characters.
+fn shown(s: &str) -> String {
+    s.as_bytes()
+        .escape_ascii()
+        .to_string()
+        .chars()
+        .take(120)
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2048))]
 
@@ -159,9 +170,24 @@ proptest! {
             (false, true) => format!("{pre}/{bad}"),
             (false, false) => format!("{pre}/{bad}/{post}"),
         };
-        prop_assert!(SafePath::new(&s).is_err(), "accepted {:?}", s);
+        let e = SafePath::new(&s).map(|_| ()).unwrap_err();
+        prop_assert_eq!(&e.shown, &shown(&s), "the error names the refused path");
         let absolute = format!("/{s}");
-        prop_assert!(SafePath::new(&absolute).is_err());
+        let e = SafePath::new(&absolute).map(|_| ()).unwrap_err();
+        prop_assert_eq!(&e.shown, &shown(&absolute));
+        // The checks that come before the leading '/' may name another reason.
+        prop_assert!(
+            [
+                "absolute path",
+                "contains a NUL byte",
+                "contains a backslash",
+                "longer than 200 bytes",
+            ]
+            .contains(&e.reason),
+            "refused {:?} for {:?}",
+            absolute,
+            e.reason
+        );
     }
 
     /// Arbitrary bytes never panic the checker, and what it accepts is ASCII.
@@ -224,11 +250,16 @@ proptest! {
             .map(|(i, c)| if flips >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c })
             .collect();
         let q = SafePath::new(&variant).unwrap();
-        prop_assert!(safepath::check_set(&[p.clone(), q]).is_err());
+        let e = safepath::check_set(&[p.clone(), q]).unwrap_err();
+        prop_assert_eq!(e.reason, "listed twice (ignoring case)");
         // And a file that is also the directory of another.
         let child = variant.clone() + "/x";
         if let Ok(child) = SafePath::new(&child) {
-            prop_assert!(safepath::check_set(&[p, child]).is_err());
+            let e = safepath::check_set(&[p, child]).unwrap_err();
+            prop_assert_eq!(
+                e.reason,
+                "is a file and also a directory of another listed file"
+            );
         }
     }
 }
