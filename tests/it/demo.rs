@@ -1,11 +1,7 @@
 //! `gapferry demo` runs the whole journey on a fresh folder and leaves a
 //! mirror with n-1, a ledger that verifies, and bundles that verify.
 
-use assert_cmd::Command;
-
-fn gapferry() -> Command {
-    Command::cargo_bin("gapferry").unwrap()
-}
+use crate::support::gapferry;
 
 #[test]
 fn demo_runs_end_to_end_and_can_be_rerun() {

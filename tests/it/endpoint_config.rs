@@ -8,14 +8,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use assert_cmd::Command;
+use crate::support::gapferry;
 use quick_xml::events::Event;
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-fn gapferry() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gapferry"))
-}
 
 struct Run {
     code: i32,

@@ -3,11 +3,7 @@
 
 use std::fs;
 
-use assert_cmd::Command;
-
-fn gapferry() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gapferry"))
-}
+use crate::support::gapferry;
 
 #[test]
 fn man_pages_generate() {

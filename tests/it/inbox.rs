@@ -337,7 +337,7 @@ fn inbox_must_be_a_directory() {
 fn watch_picks_up_a_bundle_dropped_later_and_stops_on_sigterm() {
     let fx = Fx::new();
     let b = fx.bundle("late.tar.zst", "1.419.100.0", 10, &[]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gapferry"))
+    let mut child = support::command()
         .current_dir(fx.sb.path())
         .env("GAPFERRY_STATE_DIR", fx.sb.state_dir())
         .args(fx.import_args())
@@ -416,7 +416,7 @@ fn mode(p: &Path) -> u32 {
 
 /// `gapferry` as a plain `std` command (to spawn), set up like `Sandbox::cmd`.
 fn std_cmd(fx: &Fx) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gapferry"));
+    let mut c = support::command();
     c.current_dir(fx.sb.path())
         .env("GAPFERRY_STATE_DIR", fx.sb.state_dir())
         .env("NO_COLOR", "1");

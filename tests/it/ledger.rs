@@ -9,7 +9,7 @@ use crate::support;
 use std::fs;
 use std::path::Path;
 
-use assert_cmd::Command;
+use crate::support::gapferry;
 use serde::Deserialize;
 
 use gapferry::mirror::ledger::{Ledger, LedgerEntry, Outcome, SlotChange, Versions};
@@ -52,10 +52,6 @@ fn state_with(n: u64) -> (tempfile::TempDir, StateDir) {
         l.append(&entry(i)).unwrap();
     }
     (t, sd)
-}
-
-fn gapferry() -> Command {
-    Command::cargo_bin("gapferry").unwrap()
 }
 
 fn dir_listing(p: &Path) -> Vec<(String, Vec<u8>)> {

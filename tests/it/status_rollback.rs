@@ -3,11 +3,7 @@
 
 use std::path::PathBuf;
 
-use assert_cmd::Command;
-
-fn gapferry() -> Command {
-    Command::cargo_bin("gapferry").unwrap()
-}
+use crate::support::gapferry;
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -18,13 +14,7 @@ impl Env {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        gapferry()
-            .args(["keygen", "--unencrypted", "--secret-key"])
-            .arg(root.join("k.key"))
-            .arg("--public-key")
-            .arg(root.join("k.pub"))
-            .assert()
-            .success();
+        crate::support::keygen(&root, "k");
         Env { _tmp: tmp, root }
     }
 

@@ -587,25 +587,12 @@ impl TestCa {
     }
 }
 
-/// Proxy variables that would send the mock's loopback traffic elsewhere.
-pub const PROXY_VARS: &[&str] = &[
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "no_proxy",
-];
+pub use super::PROXY_VARS;
 
 /// The binary, with the caller's proxy settings removed so that requests
 /// reach the in-process mock.
 pub fn gapferry() -> assert_cmd::Command {
-    let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_gapferry"));
-    for v in PROXY_VARS {
-        c.env_remove(v);
-    }
+    let mut c = super::gapferry();
     // The system's trust store stays the machine's own: a test CA gets in
     // only where a test puts it.
     c.env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");

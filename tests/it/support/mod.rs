@@ -42,7 +42,7 @@ pub const CRASH_AFTER_BYTES: &str = "GAPFERRY_TEST_CRASH_AFTER_BYTES";
 pub const FORCE_FALLBACK: &str = "GAPFERRY_TEST_FORCE_FALLBACK";
 
 /// Proxy variables cleared for every run, so no test ever reaches a network.
-const PROXY_VARS: &[&str] = &[
+pub const PROXY_VARS: &[&str] = &[
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "ALL_PROXY",
