@@ -162,11 +162,9 @@ fn imported_mirror() -> (Fx, Keys, PathBuf) {
     let fx = Fx::new();
     fs::set_permissions(&fx.root, fs::Permissions::from_mode(0o755)).unwrap();
     let k = fx.key("k");
-    let v1 = fx.download("v1", &[(LX, "1.1.1.0", "1.400.1.0")]);
-    let v2 = fx.download("v2", &[(LX, "1.1.2.0", "1.400.2.0")]);
-    let b1 = fx.export(&v1, "b1", &[&k], &["--sequence", "100"]);
-    let b2 = fx.export(&v2, "b2", &[&k], &["--sequence", "200"]);
-    fx.import(&b1, &[&k.public], &[]).ok();
+    let mut bundles = fx.chain(&k, LX, 1..=2);
+    let b2 = bundles.pop().unwrap();
+    fx.import_all(&bundles, &[&k.public]);
     (fx, k, b2)
 }
 

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -111,6 +112,29 @@ impl Fx {
             fs::write(d.join("manifest.json"), folder_manifest(eng, def)).unwrap();
         }
         dir
+    }
+
+    /// The scenario builder of the mirror tests, "v1, v2, ... exported":
+    /// for each `n` in `ns`, a download folder `v<n>` holding `rel` at engine
+    /// `1.1.<n>.0` and definitions `1.400.<n>.0`, exported by `key` as
+    /// `b<n>` with `--sequence <n * 100>`. Returns the bundles in order;
+    /// [`Fx::import_all`] imports them.
+    pub fn chain(&self, key: &Keys, rel: &str, ns: RangeInclusive<u32>) -> Vec<PathBuf> {
+        ns.map(|n| {
+            let (eng, def) = (format!("1.1.{n}.0"), format!("1.400.{n}.0"));
+            let dl = self.download(&format!("v{n}"), &[(rel, &eng, &def)]);
+            let seq = (u64::from(n) * 100).to_string();
+            self.export(&dl, &format!("b{n}"), &[key], &["--sequence", &seq])
+        })
+        .collect()
+    }
+
+    /// Imports `bundles` in order into the mirror, trusting `trust`,
+    /// insisting on exit 0 for each.
+    pub fn import_all(&self, bundles: &[PathBuf], trust: &[&Path]) {
+        for b in bundles {
+            self.import(b, trust, &[]).ok();
+        }
     }
 
     /// Exports `from` into `bundles/<name>.tar.zst`; `extra` may hold
