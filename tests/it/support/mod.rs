@@ -415,7 +415,7 @@ pub fn digest(root: &Path, detail: Detail, skip: &[&Path]) -> TreeDigest {
 }
 
 fn walk(root: &Path, p: &Path, detail: Detail, skip: &[&Path], out: &mut TreeDigest) {
-    if skip.iter().any(|s| p == *s) {
+    if skip.contains(&p) {
         return;
     }
     let rel = match p.strip_prefix(root).unwrap().to_string_lossy().into_owned() {
