@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::support::gapferry;
+use crate::support::{self, gapferry};
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -26,19 +26,13 @@ impl Env {
     fn release(&self, definitions: &str, n: u8) {
         let dl = self.p(&format!("dl{n}"));
         for arch in ["x86_64", "arm64"] {
-            let d = dl.join(format!("linux/production/arch_{arch}"));
+            let rel = format!("linux/production/arch_{arch}");
+            let d = dl.join(&rel);
             std::fs::create_dir_all(&d).unwrap();
-            let body = format!("release {definitions} {arch}").repeat(100);
-            std::fs::write(
-                d.join("updates.zip"),
-                gapferry::mde::zipcheck::tiny_zip("x", body.as_bytes()),
-            )
-            .unwrap();
-            std::fs::write(
-                d.join("manifest.json"),
-                format!(r#"{{"EngineVersion": "1.1.1.1", "DefinitionVersion": "{definitions}"}}"#),
-            )
-            .unwrap();
+            let zip = support::import::zip_for(&rel, "1.1.1.1", definitions, 2000);
+            std::fs::write(d.join("updates.zip"), zip).unwrap();
+            let manifest = support::import::folder_manifest("1.1.1.1", definitions);
+            std::fs::write(d.join("manifest.json"), manifest).unwrap();
         }
         let bundle = self.bundle(n);
         gapferry()
