@@ -8,16 +8,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use crate::support::gapferry;
+use crate::support::{gapferry, Run};
 use quick_xml::events::Event;
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 fn run(args: &[&str]) -> Run {
     let out = gapferry()
@@ -25,11 +19,7 @@ fn run(args: &[&str]) -> Run {
         .args(args)
         .output()
         .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(out)
 }
 
 fn check(path: &Path, extra: &[&str]) -> Run {

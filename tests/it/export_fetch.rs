@@ -12,20 +12,11 @@ use assert_cmd::Command;
 use serde_json::Value;
 
 use support::fetch_mock::{gapferry, Fault, Mock, Release};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use support::Run;
 
 fn run(cmd: &mut Command) -> Run {
     let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(out)
 }
 
 /// A scratch area with an unencrypted key pair and a state folder.

@@ -12,6 +12,7 @@ use assert_cmd::Command;
 use serde::Deserialize;
 
 use support::fetch_mock::{gapferry, Fault, Mock, Release, TestCa, PROXY_VARS};
+use support::Run;
 
 /// `gapferry fetch` into `dir` from `mock`, with fast retries.
 fn fetch(mock: &Mock, dir: &Path) -> Command {
@@ -24,19 +25,9 @@ fn fetch(mock: &Mock, dir: &Path) -> Command {
     c
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn run(cmd: &mut Command) -> Run {
     let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(out)
 }
 
 /// Every file and folder under `dir` with its bytes (folders map to None).

@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use gapferry::keys::{KeyId, PublicKey, SecretKey};
 use gapferry::manifest::{self, Manifest};
-use support::craft::{self, mde_manifest, payload_name, sig_name, Header, Parts, Tar};
+use support::craft::{
+    self, mde_manifest, payload_name, sig_name, tar_with, with_line, Header, Parts, Tar,
+};
 use support::{FakeRelease, Keys, Run, Sandbox, TreeDigest};
 
 const LX: &str = "linux/production/arch_x86_64";
@@ -396,25 +398,6 @@ impl Fx {
     }
 }
 
-/// The valid bundle's tar with `insert` placed just before payload entry `at`.
-fn tar_with(p: &Parts, at: usize, insert: impl FnOnce(Tar) -> Tar) -> Vec<u8> {
-    let mut t = Tar::new().file(&p.manifest_name, &p.manifest_bytes);
-    for (n, d) in &p.signatures {
-        t = t.file(n, d);
-    }
-    let mut insert = Some(insert);
-    for (i, (n, d)) in p.payload.iter().enumerate() {
-        if i == at {
-            t = (insert.take().unwrap())(t);
-        }
-        t = t.file(n, d);
-    }
-    if let Some(f) = insert {
-        t = f(t);
-    }
-    craft::zstd(&t.end().into_bytes())
-}
-
 /// The valid bundle's tar with payload entry `at` written by `entry`.
 fn tar_replacing(p: &Parts, at: usize, entry: impl FnOnce(Tar, &[u8], &[u8]) -> Tar) -> Tar {
     let mut t = Tar::new().file(&p.manifest_name, &p.manifest_bytes);
@@ -430,14 +413,6 @@ fn tar_replacing(p: &Parts, at: usize, entry: impl FnOnce(Tar, &[u8], &[u8]) -> 
         };
     }
     t
-}
-
-/// Replaces line `n` (0-based) of a `.minisig` file.
-fn with_line(sig: &[u8], n: usize, line: &str) -> Vec<u8> {
-    let text = String::from_utf8(sig.to_vec()).unwrap();
-    let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    lines[n] = line.to_string();
-    (lines.join("\n") + "\n").into_bytes()
 }
 
 fn line(sig: &[u8], n: usize) -> String {

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use gapferry::keys::{KeyId, PublicKey, SecretKey};
 use gapferry::manifest::{self, Manifest};
-use support::craft::{self, mde_manifest, payload_name, sig_name, Header, Parts, Tar};
+use support::craft::{
+    self, mde_manifest, payload_name, sig_name, tar_with, with_line, Header, Parts, Tar,
+};
 use support::{tree_digest, FakeRelease, Keys, Run, Sandbox};
 
 struct H {
@@ -224,14 +226,6 @@ fn trusted_key_id_on_a_signature_by_another_key() {
     let b = p.bundle();
     h.verify_with(&b, &[&h.a.public, &b_pub], &[])
         .fails(3, &["is invalid"]);
-}
-
-/// Replaces line `n` (0-based) of a `.minisig` file.
-fn with_line(sig: &[u8], n: usize, line: &str) -> Vec<u8> {
-    let text = String::from_utf8(sig.to_vec()).unwrap();
-    let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    lines[n] = line.to_string();
-    (lines.join("\n") + "\n").into_bytes()
 }
 
 fn line(sig: &[u8], n: usize) -> String {
@@ -621,28 +615,6 @@ fn links_devices_fifos_and_directories() {
         t = t.file(n, d);
     }
     h.rejected(&craft::zstd(&t.end().into_bytes()), &["a directory"]);
-}
-
-/// The valid bundle's tar with `insert` placed just before payload entry `at`.
-fn tar_with(p: &Parts, at: usize, insert: impl FnOnce(Tar) -> Tar) -> Vec<u8> {
-    let mut t = Tar::new().file(&p.manifest_name, &p.manifest_bytes);
-    for (n, d) in &p.signatures {
-        t = t.file(n, d);
-    }
-    for (i, (n, d)) in p.payload.iter().enumerate() {
-        if i == at {
-            t = insert(t);
-            return craft::zstd(
-                &p.payload[i..]
-                    .iter()
-                    .fold(t, |t, (n, d)| t.file(n, d))
-                    .end()
-                    .into_bytes(),
-            );
-        }
-        t = t.file(n, d);
-    }
-    craft::zstd(&insert(t).end().into_bytes())
 }
 
 #[test]

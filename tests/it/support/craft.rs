@@ -406,3 +406,30 @@ impl Parts {
         std::fs::write(path, self.bundle()).unwrap();
     }
 }
+
+/// The valid bundle's tar with `insert` placed just before payload entry `at`.
+pub fn tar_with(p: &Parts, at: usize, insert: impl FnOnce(Tar) -> Tar) -> Vec<u8> {
+    let mut t = Tar::new().file(&p.manifest_name, &p.manifest_bytes);
+    for (n, d) in &p.signatures {
+        t = t.file(n, d);
+    }
+    let mut insert = Some(insert);
+    for (i, (n, d)) in p.payload.iter().enumerate() {
+        if i == at {
+            t = (insert.take().unwrap())(t);
+        }
+        t = t.file(n, d);
+    }
+    if let Some(f) = insert {
+        t = f(t);
+    }
+    zstd(&t.end().into_bytes())
+}
+
+/// Replaces line `n` (0-based) of a `.minisig` file.
+pub fn with_line(sig: &[u8], n: usize, line: &str) -> Vec<u8> {
+    let text = String::from_utf8(sig.to_vec()).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines[n] = line.to_string();
+    (lines.join("\n") + "\n").into_bytes()
+}
