@@ -161,6 +161,13 @@ fn auditor_procedure_catches_tampering() {
     let stranger = sb.keygen("stranger");
     let r = audit(&sb, &good, &stranger.public);
     assert_ne!(r.code, 0, "{r:#?}");
+    // It failed at the signature step, for the stranger's key.
+    assert!(
+        r.stdout.contains(&format!("key id {}", stranger.id())),
+        "{r:#?}"
+    );
+    assert!(!r.stdout.contains("verified"), "{r:#?}");
+    assert!(!r.stdout.contains("bundle OK"), "{r:#?}");
 
     for b in [&flipped, &edited, &extra, &lying] {
         assert_eq!(sb.verify(b, &[&k.public], &[]).code, 3);
