@@ -6,10 +6,10 @@
 #   fuzz/run.sh 1800 bundle manifest    # just these two
 #
 # Seeds fuzz/corpus/<target>/ first from bundles the tool makes and the
-# hostile cases of the tests (tests/fuzz_seeds.rs). cargo-fuzz needs
+# hostile cases of the tests (tests/it/fuzz_seeds.rs). cargo-fuzz needs
 # nightly-only flags: on a stable toolchain RUSTC_BOOTSTRAP=1 lets rustc
 # accept them. Crashes land in fuzz/artifacts/<target>/; each one found must
-# become a regression test in tests/ (see tests/regressions.rs).
+# become a regression test in tests/ (see tests/it/regressions.rs).
 set -euo pipefail
 
 secs=${1:-60}
@@ -35,7 +35,7 @@ mkdir -p "$here/corpus"
 # Plain cargo here: RUSTC_BOOTSTRAP in the environment would make cargo
 # rebuild the whole root target directory.
 (cd "$root" && GAPFERRY_FUZZ_CORPUS="$here/corpus" \
-    cargo test --test fuzz_seeds -- --ignored --quiet >/dev/null)
+    cargo test --test it fuzz_seeds:: -- --ignored --quiet >/dev/null)
 
 cd "$here"
 export RUSTC_BOOTSTRAP=1
