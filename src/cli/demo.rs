@@ -258,7 +258,7 @@ impl DemoArgs {
             .ok()
             .filter(|p| !p.starts_with(std::env::current_dir().unwrap_or_default().join("target")))
             .map(|_| "gapferry".to_string())
-            .unwrap_or_else(|| "cargo run --release --".to_string());
+            .unwrap_or_else(|| "cargo run --".to_string());
         eprintln!("\nDone. Try next:");
         eprintln!(
             "  {exe} inspect {} --trust {}",
