@@ -30,6 +30,18 @@ fn run(cmd: &mut Command) -> Run {
     Run::from_output(out)
 }
 
+/// A run the test kills on purpose: the signal that ended it (None when it
+/// exited) and its exit code otherwise, with stderr.
+fn run_killable(cmd: &mut Command) -> (Option<i32>, Option<i32>, String) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = cmd.output().unwrap();
+    (
+        out.status.signal(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Every file and folder under `dir` with its bytes (folders map to None).
 fn snapshot(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Option<Vec<u8>>>) {
@@ -801,10 +813,14 @@ fn a_fetch_killed_at_any_publish_step_is_recovered_and_never_loses_the_old_set()
             if fallback {
                 killed.env(ENV_FORCE_FALLBACK, "1");
             }
-            let r = run(&mut killed);
+            let (signal, code, stderr) = run_killable(&mut killed);
             // Every step is reached but the fallback's, unless it is forced.
             let reached = fallback || !step.ends_with("-aside");
-            assert_eq!(r.code, if reached { -1 } else { 0 }, "{case}: {}", r.stderr);
+            if reached {
+                assert_eq!(signal, Some(9), "{case}: not SIGKILLed: {stderr}");
+            } else {
+                assert_eq!(code, Some(0), "{case}: {stderr}");
+            }
             // Right after the kill: the served folder holds one whole set,
             // the old or the new, and n-1 one whole older set; only the
             // two-rename windows of the fallback may leave one of them
