@@ -123,4 +123,29 @@ mod tests {
     fn cli_debug_assert() {
         Cli::command().debug_assert();
     }
+
+    /// The binary's one mapping, on errors as the subcommands raise them:
+    /// `bail!` of a usage error, a library error under `.context(..)`, the
+    /// crate error, and an I/O error of the binary's own.
+    #[test]
+    fn exit_code_reads_the_chain() {
+        use anyhow::Context;
+        use gapferry::bundle::BundleError;
+        let usage = anyhow::Error::from(UsageError("give exactly one of A or B".into()));
+        assert_eq!(exit_code(&usage), 2);
+        let rejected: anyhow::Result<()> = Err(BundleError::Rejected {
+            path: "b".into(),
+            reason: "x".into(),
+        })
+        .context("verifying b");
+        assert_eq!(exit_code(&rejected.unwrap_err()), 3);
+        let policy = anyhow::Error::from(gapferry::Error::from(BundleError::Policy {
+            path: "b".into(),
+            reason: "expired".into(),
+        }));
+        assert_eq!(exit_code(&policy), 4);
+        let io: anyhow::Result<()> =
+            Err(std::io::Error::other("disk full")).context("writing out.json");
+        assert_eq!(exit_code(&io.unwrap_err()), 1);
+    }
 }
