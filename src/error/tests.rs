@@ -86,7 +86,8 @@ fn samples() -> Vec<(Error, i32)> {
         (
             SequenceError {
                 path: p("/s/seq"),
-                reason: "locked".into(),
+                reason: "cannot write it".into(),
+                source: Some(Box::new(io::Error::other("disk full"))),
             }
             .into(),
             1,
