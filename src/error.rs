@@ -86,6 +86,7 @@ macro_rules! crate_error {
         /// The crate error: any module error, with its message and source
         /// chain unchanged (`transparent`).
         #[derive(Debug, thiserror::Error)]
+        #[non_exhaustive]
         pub enum Error {
             $($(#[$doc])* #[error(transparent)] $variant(#[from] $ty),)*
         }
