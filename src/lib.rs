@@ -27,4 +27,4 @@ pub mod text;
 pub mod timestamp;
 pub mod verify;
 
-pub use error::ExitKind;
+pub use error::{Error, ExitKind};

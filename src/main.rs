@@ -14,7 +14,7 @@ fn main() {
                 0
             } else {
                 eprintln!("gapferry: {}", cli::describe(&err));
-                cli::exit_kind(&err).code()
+                cli::exit_code(&err)
             }
         }
     };

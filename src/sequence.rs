@@ -25,12 +25,17 @@ use crate::mirror::lock::{ImportLock, LockError};
 /// How long an export waits for another one choosing a sequence.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
-/// A sequence file that cannot be read or written.
+/// A sequence file that cannot be read or written, or a sequence that
+/// cannot be allocated. `source` is the underlying failure when there is
+/// one (an I/O or lock error), kept as the error's cause rather than
+/// flattened into `reason`.
 #[derive(Debug, thiserror::Error)]
 #[error("export sequence state {path}: {reason}")]
 pub struct SequenceError {
     pub path: PathBuf,
     pub reason: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl crate::error::Classify for SequenceError {
@@ -73,14 +78,20 @@ pub fn allocate(
     let err = |reason: String| SequenceError {
         path: path.clone(),
         reason,
+        source: None,
+    };
+    let caused = |reason: &str, source: Box<dyn std::error::Error + Send + Sync>| SequenceError {
+        path: path.clone(),
+        reason: reason.to_string(),
+        source: Some(source),
     };
     // Private whatever the umask: a lock file another user can open is a
     // lock they can hold.
     fsx::ensure_private_dir(state_dir).map_err(|e| {
-        err(format!(
-            "cannot use the directory {}: {e}",
-            state_dir.display()
-        ))
+        caused(
+            &format!("cannot use the directory {}", state_dir.display()),
+            e.into(),
+        )
     })?;
     // The mirror's lock discipline: 0600, never through a symbolic link, a
     // 0644 one from an older release replaced, and a bounded wait.
@@ -92,12 +103,13 @@ pub fn allocate(
             lock_path.display(),
             holder.map(|h| format!(" by {h}")).unwrap_or_default()
         )),
-        e => err(e.to_string()),
+        e => caused("cannot take the export lock", e.into()),
     })?;
     let mut map: BTreeMap<String, u64> = match File::open(&path) {
         Ok(mut f) => {
             let mut s = String::new();
-            f.read_to_string(&mut s).map_err(|e| err(e.to_string()))?;
+            f.read_to_string(&mut s)
+                .map_err(|e| caused("cannot read it", e.into()))?;
             serde_json::from_str(&s).map_err(|e| {
                 err(format!(
                     "is damaged ({e}); fix or remove it (sequences then restart from the clock)"
@@ -105,7 +117,7 @@ pub fn allocate(
             })?
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(err(e.to_string())),
+        Err(e) => return Err(caused("cannot open it", e.into())),
     };
     let last = map.get(channel).copied().unwrap_or(0);
     let clock = now
@@ -157,7 +169,7 @@ pub fn allocate(
         crate::durable::PRIVATE_FILE_MODE,
         crate::durable::Clobber::Replace,
     )
-    .map_err(|e| err(e.to_string()))?;
+    .map_err(|e| caused("cannot write it", e.into()))?;
     Ok(seq)
 }
 

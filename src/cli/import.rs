@@ -10,7 +10,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 
-use gapferry::error::Classify;
 use gapferry::keys::TrustSet;
 use gapferry::manifest;
 use gapferry::mde::{Platform, Ring};
@@ -116,7 +115,7 @@ impl ImportArgs {
             // --json promises one report on stdout, even when the command
             // line or a key file is wrong.
             Err(e) if self.json => {
-                let code = super::exit_kind(&e).code();
+                let code = super::exit_code(&e);
                 let msg = super::describe(&e);
                 print_json(&ImportReport {
                     outcome: Outcome::Failed,
@@ -160,9 +159,9 @@ impl ImportArgs {
         match err {
             None => Ok(0),
             Some(e) if self.json => {
-                let code = e.exit_kind().code();
-                eprintln!("gapferry: {}", super::describe(&anyhow::Error::from(e)));
-                Ok(code)
+                let e = anyhow::Error::from(gapferry::Error::from(e));
+                eprintln!("gapferry: {}", super::describe(&e));
+                Ok(super::exit_code(&e))
             }
             Some(e) => Err(e.into()),
         }

@@ -4,8 +4,6 @@
 
 use clap::{Parser, Subcommand};
 
-use gapferry::error::{Classify, ExitKind};
-
 mod demo;
 mod endpoint_config;
 mod export;
@@ -76,48 +74,16 @@ impl Cli {
     }
 }
 
-/// A problem with the command line found after parsing (conflicting or
-/// impossible options): exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use gapferry::error::UsageError;
 
-impl Classify for UsageError {
-    fn exit_kind(&self) -> ExitKind {
-        ExitKind::Usage
-    }
-}
-
-/// The exit kind of the first error in the chain that knows its own.
-pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
-    for cause in err.chain() {
-        macro_rules! try_types {
-            ($($t:ty),* $(,)?) => {
-                $(if let Some(e) = cause.downcast_ref::<$t>() {
-                    return e.exit_kind();
-                })*
-            };
-        }
-        try_types!(
-            UsageError,
-            gapferry::bundle::BundleError,
-            gapferry::keys::KeyError,
-            gapferry::mde::collect::CollectError,
-            gapferry::sequence::SequenceError,
-            gapferry::mirror::ledger::LedgerError,
-            gapferry::mirror::lock::LockError,
-            gapferry::mirror::publish::PublishError,
-            gapferry::mirror::state::StateError,
-            gapferry::mirror::state::PolicyError,
-            gapferry::mde::fetch::FetchError,
-            gapferry::mirror::import::ImportError,
-            gapferry::mirror::inbox::InboxError,
-            gapferry::mirror::rollback::RollbackError,
-            gapferry::mde::endpoint::EndpointError,
-            gapferry::export::ExportError,
-        );
-    }
-    ExitKind::Operational
+/// The exit code of a failed command: the one place the binary maps an
+/// error to the documented codes. Library errors carry their kind through
+/// the crate error ([`gapferry::Error`]), found anywhere in the chain (so a
+/// `.context(..)` added by a subcommand does not hide it); the binary's own
+/// usage errors are [`UsageError`], one of its variants. An error with no
+/// crate error in its chain (the binary's own I/O) is operational.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    gapferry::error::exit_kind_of_chain(err.chain()).code()
 }
 
 /// The error and its causes on one line, skipping a cause whose text the
@@ -156,5 +122,30 @@ mod tests {
     #[test]
     fn cli_debug_assert() {
         Cli::command().debug_assert();
+    }
+
+    /// The binary's one mapping, on errors as the subcommands raise them:
+    /// `bail!` of a usage error, a library error under `.context(..)`, the
+    /// crate error, and an I/O error of the binary's own.
+    #[test]
+    fn exit_code_reads_the_chain() {
+        use anyhow::Context;
+        use gapferry::bundle::BundleError;
+        let usage = anyhow::Error::from(UsageError("give exactly one of A or B".into()));
+        assert_eq!(exit_code(&usage), 2);
+        let rejected: anyhow::Result<()> = Err(BundleError::Rejected {
+            path: "b".into(),
+            reason: "x".into(),
+        })
+        .context("verifying b");
+        assert_eq!(exit_code(&rejected.unwrap_err()), 3);
+        let policy = anyhow::Error::from(gapferry::Error::from(BundleError::Policy {
+            path: "b".into(),
+            reason: "expired".into(),
+        }));
+        assert_eq!(exit_code(&policy), 4);
+        let io: anyhow::Result<()> =
+            Err(std::io::Error::other("disk full")).context("writing out.json");
+        assert_eq!(exit_code(&io.unwrap_err()), 1);
     }
 }

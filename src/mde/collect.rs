@@ -17,6 +17,13 @@ use super::{MANIFEST_JSON, UPDATES_ZIP};
 pub enum CollectError {
     #[error("{folder}: {reason}")]
     Folder { folder: PathBuf, reason: String },
+    /// A file of the folder could not be read to check it.
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{root}: nothing to carry: no <platform>/<ring>/arch_<arch>/ folder with updates.zip and manifest.json{filter} (is this the downloadFolder of Microsoft's script, or has gapferry fetch run yet?)")]
     Nothing { root: PathBuf, filter: String },
 }
@@ -87,7 +94,12 @@ pub fn collect(
                     format!("updates.zip {why}; re-run the download before exporting"),
                 ))
             }
-            Err(e) => return Err(folder_err(&zip, e.to_string())),
+            Err(source) => {
+                return Err(CollectError::Read {
+                    path: zip.clone(),
+                    source,
+                })
+            }
         }
         let versions = FolderManifest::read(&manifest)
             .map_err(|e| folder_err(&dir, format!("{e}; re-run the download before exporting")))?;

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use super::ledger::{LedgerEntry, Outcome, SlotChange, Versions};
 use super::publish::{self, Destination, PublishOptions, StagedSlot, Staging};
-use super::session::Session;
+use super::session::{Session, SessionError};
 use super::setcheck;
 use super::state::{
     AcceptedBundle, Baseline, Go, Incoming, IncomingItem, PendingImport, PendingSlot, ServedFile,
@@ -165,14 +165,9 @@ pub struct ImportReport {
 pub enum ImportError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The lock, the state, the ledger or recovery failed.
     #[error(transparent)]
-    Publish(#[from] publish::PublishError),
-    #[error(transparent)]
-    State(#[from] super::state::StateError),
-    #[error(transparent)]
-    Lock(#[from] super::lock::LockError),
-    #[error(transparent)]
-    Ledger(#[from] super::ledger::LedgerError),
+    Session(#[from] SessionError),
     #[error("{bundle}: {policy}")]
     Rollback {
         bundle: PathBuf,
@@ -193,16 +188,15 @@ impl Classify for ImportError {
     fn exit_kind(&self) -> ExitKind {
         match self {
             ImportError::Bundle(e) => e.exit_kind(),
-            ImportError::Publish(e) => e.exit_kind(),
-            ImportError::State(e) => e.exit_kind(),
-            ImportError::Lock(e) => e.exit_kind(),
-            ImportError::Ledger(e) => e.exit_kind(),
+            ImportError::Session(e) => e.exit_kind(),
             ImportError::Rollback { policy, .. } => policy.exit_kind(),
             ImportError::Usage { .. } => ExitKind::Usage,
             ImportError::Receipt { .. } => ExitKind::Operational,
         }
     }
 }
+
+super::session::from_session_parts!(ImportError);
 
 /// What the attempt learned before it ended, for the ledger and the report.
 #[derive(Debug, Default)]
@@ -252,7 +246,7 @@ pub fn import_opened(
     let mut attempt = Attempt::default();
     let session = match Session::open(&opts.state_dir, opts.target.served_root(), opts.lock_wait) {
         Ok(s) => s,
-        Err(e) => return report(opts, attempt, Outcome::Failed, Some(e.into_error())),
+        Err(e) => return report(opts, attempt, Outcome::Failed, Some(e.into())),
     };
     let (outcome, err) = match run(opts, &session, opened, &mut attempt, observer) {
         Ok(o) => (o, None),
@@ -459,8 +453,7 @@ fn run(
     observer: &dyn Observer,
 ) -> Result<Outcome, ImportError> {
     // Finish whatever a crashed import left before looking at anything.
-    let (mut state, recovered) =
-        session.recover::<ImportError>(&areas(&opts.target), &opts.publish)?;
+    let (mut state, recovered) = session.recover(&areas(&opts.target), &opts.publish)?;
     attempt.recovered = recovered;
     let (reader, accepted) = accept(opts, opened, attempt)?;
     let Some(plan) = plan(opts, &state, &accepted, attempt)? else {
@@ -643,7 +636,7 @@ fn check_free_space(bundle: &Path, plan: &Plan, accepted: &Accepted) -> Result<(
     let free = st.f_bavail.saturating_mul(st.f_frsize);
     let margin = 1 << 20;
     if need.saturating_add(margin) > free {
-        return Err(ImportError::Publish(publish::PublishError::Write {
+        return Err(ImportError::from(publish::PublishError::Write {
             path: probe,
             source: std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
@@ -739,7 +732,7 @@ fn stage(
                 .copy_file(&mut file, &path, observer)
                 .map_err(|e| match e {
                     BundleError::Io { path, source } => {
-                        ImportError::Publish(publish::PublishError::Write { path, source })
+                        ImportError::from(publish::PublishError::Write { path, source })
                     }
                     other => other.into(),
                 })?;
@@ -847,8 +840,8 @@ fn commit(
     let entry = ledger_entry(opts, attempt, Outcome::Imported, None);
     super::session::save_due(state_dir, state, entry)?;
     attempt.logged = true;
-    if let Err(e) = super::session::settle::<ImportError>(state_dir, state) {
-        attempt.ledger_error = Some(e);
+    if let Err(e) = super::session::settle(state_dir, state) {
+        attempt.ledger_error = Some(e.into());
     }
     Ok(Outcome::Imported)
 }

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::ledger::{LedgerEntry, Outcome, SlotChange, Versions};
 use super::publish::{self, Destination, PublishOptions, Staging};
-use super::session::Session;
+use super::session::{Session, SessionError};
 use super::setcheck;
 use super::state::State;
 use crate::error::{Classify, ExitKind};
@@ -80,14 +80,9 @@ pub enum RollbackError {
          a newer bundle (the served set then becomes n-1), or add --force to roll back anyway"
     )]
     BackDamaged { mismatch: String },
+    /// The lock, the state, the ledger or recovery failed.
     #[error(transparent)]
-    Publish(#[from] publish::PublishError),
-    #[error(transparent)]
-    State(#[from] super::state::StateError),
-    #[error(transparent)]
-    Lock(#[from] super::lock::LockError),
-    #[error(transparent)]
-    Ledger(#[from] super::ledger::LedgerError),
+    Session(#[from] SessionError),
     #[error("cannot copy {path} into staging: {source}")]
     Copy {
         path: PathBuf,
@@ -98,25 +93,24 @@ pub enum RollbackError {
 impl Classify for RollbackError {
     fn exit_kind(&self) -> ExitKind {
         match self {
-            RollbackError::Publish(e) => e.exit_kind(),
-            RollbackError::State(e) => e.exit_kind(),
-            RollbackError::Lock(e) => e.exit_kind(),
-            RollbackError::Ledger(e) => e.exit_kind(),
+            RollbackError::Session(e) => e.exit_kind(),
             RollbackError::BackDamaged { .. } => ExitKind::Rejected,
-            _ => ExitKind::Operational,
+            RollbackError::NoBack { .. }
+            | RollbackError::NotServed { .. }
+            | RollbackError::Copy { .. } => ExitKind::Operational,
         }
     }
 }
 
+super::session::from_session_parts!(RollbackError);
+
 /// Swaps every requested slot with its n-1, under the import lock.
 pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError> {
-    let session = Session::open(&opts.state_dir, &opts.mirror, opts.lock_wait)
-        .map_err(|e| e.into_error::<RollbackError>())?;
+    let session = Session::open(&opts.state_dir, &opts.mirror, opts.lock_wait)?;
     let state_dir = session.dir();
     // An import killed while publishing: record what recovery completed
     // (including what n-1 now holds) before judging n-1.
-    let (mut state, _) =
-        session.recover::<RollbackError>(&publish::mirror_areas(&opts.mirror), &opts.publish)?;
+    let (mut state, _) = session.recover(&publish::mirror_areas(&opts.mirror), &opts.publish)?;
     let on_disk = |dir: &Path| opts.profile.versions_on_disk(dir);
     // Check every slot before moving anything.
     let mut dests = Vec::new();
@@ -150,7 +144,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
                     reason: Some(format!("gapferry rollback {err}")),
                     ..LedgerEntry::new(Outcome::Rejected)
                 };
-                super::session::commit::<RollbackError>(state_dir, &mut state, entry)?;
+                super::session::commit(state_dir, &mut state, entry)?;
                 return Err(err);
             }
             m => forced.push(m.map(|m| format!("n-1 {}", m.by_file_name()))),
@@ -209,7 +203,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
             Outcome::Failed
         })
     };
-    super::session::commit::<RollbackError>(state_dir, &mut state, entry)?;
+    super::session::commit(state_dir, &mut state, entry)?;
     result.map(|()| report)
 }
 

@@ -15,6 +15,7 @@ use super::lock::{ImportLock, LockError};
 use super::publish::{self, PublishOptions};
 use super::setcheck;
 use super::state::{ServedSlot, State, StateDir, StateError};
+use crate::error::{Classify, ExitKind};
 use crate::faults::crash_point;
 use crate::profile::UnitKey;
 
@@ -26,31 +27,71 @@ pub struct Session {
     _lock: ImportLock,
 }
 
-/// Why a session could not start (nothing is recorded: the ledger is only
-/// written under the lock).
-#[derive(Debug)]
-pub enum OpenError {
-    State(StateError),
-    Lock(LockError),
+/// Why the session phase failed: taking the state directory or the lock,
+/// recovering an interrupted publish, or writing a change with its ledger
+/// line. Shared by [`super::import::ImportError`] and
+/// [`super::rollback::RollbackError`] (each converts from it and from its
+/// four parts), so the variants are written once. Transparent: the message
+/// and the source chain are the part's own.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+    #[error(transparent)]
+    Publish(#[from] publish::PublishError),
 }
 
-impl OpenError {
-    /// The error in the caller's error type.
-    pub fn into_error<E: From<StateError> + From<LockError>>(self) -> E {
+impl Classify for SessionError {
+    fn exit_kind(&self) -> ExitKind {
         match self {
-            OpenError::State(e) => e.into(),
-            OpenError::Lock(e) => e.into(),
+            SessionError::State(e) => e.exit_kind(),
+            SessionError::Lock(e) => e.exit_kind(),
+            SessionError::Ledger(e) => e.exit_kind(),
+            SessionError::Publish(e) => e.exit_kind(),
         }
     }
 }
 
+/// Lets `?` turn each part of a [`SessionError`] into an error type that
+/// holds a `Session(SessionError)` variant.
+macro_rules! from_session_parts {
+    ($target:ty) => {
+        impl From<$crate::mirror::state::StateError> for $target {
+            fn from(e: $crate::mirror::state::StateError) -> Self {
+                $crate::mirror::session::SessionError::from(e).into()
+            }
+        }
+        impl From<$crate::mirror::lock::LockError> for $target {
+            fn from(e: $crate::mirror::lock::LockError) -> Self {
+                $crate::mirror::session::SessionError::from(e).into()
+            }
+        }
+        impl From<$crate::mirror::ledger::LedgerError> for $target {
+            fn from(e: $crate::mirror::ledger::LedgerError) -> Self {
+                $crate::mirror::session::SessionError::from(e).into()
+            }
+        }
+        impl From<$crate::mirror::publish::PublishError> for $target {
+            fn from(e: $crate::mirror::publish::PublishError) -> Self {
+                $crate::mirror::session::SessionError::from(e).into()
+            }
+        }
+    };
+}
+pub(crate) use from_session_parts;
+
 impl Session {
     /// Opens `state_dir`, takes the lock (waiting at most `wait`) and claims
     /// `served` for it.
-    pub fn open(state_dir: &Path, served: &Path, wait: Duration) -> Result<Session, OpenError> {
-        let dir = StateDir::open(state_dir).map_err(OpenError::State)?;
-        let lock = dir.lock(wait).map_err(OpenError::Lock)?;
-        super::lock::claim_served(served, dir.path()).map_err(OpenError::Lock)?;
+    pub fn open(state_dir: &Path, served: &Path, wait: Duration) -> Result<Session, SessionError> {
+        let dir = StateDir::open(state_dir)?;
+        let lock = dir.lock(wait)?;
+        super::lock::claim_served(served, dir.path())?;
         Ok(Session { dir, _lock: lock })
     }
 
@@ -62,14 +103,11 @@ impl Session {
     /// Finishes what an interrupted run left in `areas` and in the state,
     /// and returns the state to work from with the folders whose publish
     /// it completed.
-    pub fn recover<E>(
+    pub fn recover(
         &self,
         areas: &[PathBuf],
         opts: &PublishOptions,
-    ) -> Result<(State, Vec<PathBuf>), E>
-    where
-        E: From<publish::PublishError> + From<StateError> + From<ledger::LedgerError>,
-    {
+    ) -> Result<(State, Vec<PathBuf>), SessionError> {
         let mut completed = Vec::new();
         for area in areas {
             for r in publish::recover(area, opts)? {
@@ -81,7 +119,7 @@ impl Session {
             }
         }
         let mut state = self.dir.load()?;
-        settle_interrupted::<E>(&self.dir, &mut state)?;
+        settle_interrupted(&self.dir, &mut state)?;
         Ok((state, completed))
     }
 }
@@ -91,10 +129,7 @@ impl Session {
 /// import lock. A kill after the first save leaves the entry in
 /// `state.json`; the next run's [`settle`] appends it (once), so a change
 /// the state holds is never missing from the ledger.
-pub fn commit<E>(dir: &StateDir, state: &mut State, entry: LedgerEntry) -> Result<(), E>
-where
-    E: From<StateError> + From<ledger::LedgerError>,
-{
+pub fn commit(dir: &StateDir, state: &mut State, entry: LedgerEntry) -> Result<(), SessionError> {
     save_due(dir, state, entry)?;
     settle(dir, state)
 }
@@ -110,10 +145,7 @@ pub fn save_due(dir: &StateDir, state: &mut State, entry: LedgerEntry) -> Result
 
 /// Appends the entry an interrupted [`commit`] left in `state`, unless the
 /// ledger already ends with it, and saves the state without it.
-pub fn settle<E>(dir: &StateDir, state: &mut State) -> Result<(), E>
-where
-    E: From<StateError> + From<ledger::LedgerError>,
-{
+pub fn settle(dir: &StateDir, state: &mut State) -> Result<(), SessionError> {
     let Some(entry) = state.ledger_due.clone() else {
         return Ok(());
     };
@@ -129,14 +161,11 @@ where
 /// and an import killed while publishing, whose ledger line is written now
 /// (or the ledger would never show that bundle as imported). Rollback runs
 /// it too, so that it checks n-1 against an up-to-date record.
-fn settle_interrupted<E>(state_dir: &StateDir, state: &mut State) -> Result<(), E>
-where
-    E: From<StateError> + From<ledger::LedgerError>,
-{
-    settle::<E>(state_dir, state)?;
+fn settle_interrupted(state_dir: &StateDir, state: &mut State) -> Result<(), SessionError> {
+    settle(state_dir, state)?;
     if state.pending.is_some() {
         match reconcile(state) {
-            Some(entry) => commit::<E>(state_dir, state, entry)?,
+            Some(entry) => commit(state_dir, state, entry)?,
             None => state_dir.save(state)?,
         }
     }
