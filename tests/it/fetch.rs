@@ -25,15 +25,9 @@ fn fetch(mock: &Mock, dir: &Path) -> Command {
     c
 }
 
-/// Runs gapferry; a process killed by a crash point (SIGKILL) reports code
-/// -1, which the crash tests assert, instead of failing the helper.
 fn run(cmd: &mut Command) -> Run {
     let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from_output(out)
 }
 
 /// A run the test kills on purpose: the signal that ended it (None when it
