@@ -303,10 +303,10 @@ fn report(
     let report = ImportReport {
         outcome,
         bundle: opts.bundle.clone(),
-        bundle_id: head.map(|h| h.manifest.bundle_id.clone()),
+        bundle_id: head.map(|h| h.manifest.bundle_id.to_string()),
         channel: head.map(|h| h.manifest.channel.clone()),
         sequence: head.map(|h| h.manifest.sequence),
-        manifest_sha256: head.map(|h| h.manifest_sha256.clone()),
+        manifest_sha256: head.map(|h| h.manifest_sha256.to_string()),
         signers: attempt.signers,
         slots: attempt.slots,
         bytes_written: attempt.bytes_written,
@@ -382,8 +382,8 @@ fn ledger_entry(
     LedgerEntry {
         reason,
         bundle_path: Some(opts.bundle.display().to_string()),
-        bundle_id: head.map(|h| h.manifest.bundle_id.clone()),
-        manifest_sha256: head.map(|h| h.manifest_sha256.clone()),
+        bundle_id: head.map(|h| h.manifest.bundle_id.to_string()),
+        manifest_sha256: head.map(|h| h.manifest_sha256.to_string()),
         signer_key_ids: attempt.signers.clone(),
         channel: head.map(|h| h.manifest.channel.clone()),
         sequence: head.map(|h| h.manifest.sequence),
@@ -561,7 +561,7 @@ fn plan(
                 None => Baseline::Empty,
             },
         };
-        let publish = baseline.manifest_sha256() != Some(head.manifest_sha256.as_str());
+        let publish = baseline.manifest_sha256() != Some(&head.manifest_sha256);
         attempt.slots.push(SlotReport {
             slot: unit.key.clone(),
             dir: dest.current(),
@@ -751,10 +751,7 @@ fn stage(
         staged.files[i].push(ServedFile {
             name: name.to_string(),
             size: entry.size,
-            sha256: entry
-                .sha256
-                .parse()
-                .map_err(|e| rejected(&opts.bundle, format!("{name}: {e}")))?,
+            sha256: entry.sha256.clone(),
         });
     }
     reader.finish()?;
@@ -823,7 +820,9 @@ fn commit(
                 Some(_) => publish::OldSet::Discard,
                 None => publish::OldSet::KeepAsBack,
             };
-            let published = staged.staging.publish_with(folder, &m.bundle_id, old_set)?;
+            let published = staged
+                .staging
+                .publish_with(folder, m.bundle_id.as_str(), old_set)?;
             attempt.slots[i].published = true;
             if let (true, Some(why)) = (published.discarded_old, &u.damaged) {
                 attempt.discarded.push(format!("{}: {why}", u.unit.key));
@@ -863,10 +862,10 @@ fn served_slot(
     ServedSlot {
         engine_version: unit.versions.engine_version.clone(),
         definition_version: unit.versions.definition_version.clone(),
-        bundle_id: head.manifest.bundle_id.clone(),
-        channel: head.manifest.channel.clone(),
-        sequence: head.manifest.sequence,
-        manifest_sha256: head.manifest_sha256.clone(),
+        bundle_id: Some(head.manifest.bundle_id.clone()),
+        channel: Some(head.manifest.channel.clone()),
+        sequence: Some(head.manifest.sequence),
+        manifest_sha256: Some(head.manifest_sha256.clone()),
         files: files.to_vec(),
         imported_at: now.clone(),
         expires: Some(accepted.expires().clone()),

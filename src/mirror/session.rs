@@ -172,8 +172,8 @@ fn reconcile(state: &mut State) -> Option<LedgerEntry> {
              recording it; recorded by the next import"
                 .into(),
         ),
-        bundle_id: Some(p.accepted.bundle_id.clone()),
-        manifest_sha256: Some(p.accepted.manifest_sha256.clone()),
+        bundle_id: Some(p.accepted.bundle_id.to_string()),
+        manifest_sha256: Some(p.accepted.manifest_sha256.to_string()),
         signer_key_ids: p.signers,
         channel: Some(p.channel.clone()),
         sequence: Some(p.sequence),
