@@ -45,6 +45,7 @@ use crate::error::{Classify, ExitKind};
 use crate::keys::{KeyId, TrustSet};
 use crate::profile::{Unit, UnitKey};
 use crate::progress::Observer;
+use crate::sha256hex::Sha256Hex;
 use crate::timestamp::Timestamp;
 use crate::verify::{self, Accepted, Policy, Purpose};
 
@@ -134,7 +135,7 @@ pub struct ImportReport {
     pub bundle_id: Option<String>,
     pub channel: Option<String>,
     pub sequence: Option<u64>,
-    pub manifest_sha256: Option<String>,
+    pub manifest_sha256: Option<Sha256Hex>,
     pub signers: Vec<KeyId>,
     pub slots: Vec<SlotReport>,
     /// Payload bytes written to the mirror.
@@ -306,7 +307,7 @@ fn report(
         bundle_id: head.map(|h| h.manifest.bundle_id.to_string()),
         channel: head.map(|h| h.manifest.channel.clone()),
         sequence: head.map(|h| h.manifest.sequence),
-        manifest_sha256: head.map(|h| h.manifest_sha256.to_string()),
+        manifest_sha256: head.map(|h| h.manifest_sha256.clone()),
         signers: attempt.signers,
         slots: attempt.slots,
         bytes_written: attempt.bytes_written,
@@ -383,7 +384,7 @@ fn ledger_entry(
         reason,
         bundle_path: Some(opts.bundle.display().to_string()),
         bundle_id: head.map(|h| h.manifest.bundle_id.to_string()),
-        manifest_sha256: head.map(|h| h.manifest_sha256.to_string()),
+        manifest_sha256: head.map(|h| h.manifest_sha256.clone()),
         signer_key_ids: attempt.signers.clone(),
         channel: head.map(|h| h.manifest.channel.clone()),
         sequence: head.map(|h| h.manifest.sequence),

@@ -173,7 +173,7 @@ fn reconcile(state: &mut State) -> Option<LedgerEntry> {
                 .into(),
         ),
         bundle_id: Some(p.accepted.bundle_id.to_string()),
-        manifest_sha256: Some(p.accepted.manifest_sha256.to_string()),
+        manifest_sha256: Some(p.accepted.manifest_sha256.clone()),
         signer_key_ids: p.signers,
         channel: Some(p.channel.clone()),
         sequence: Some(p.sequence),
