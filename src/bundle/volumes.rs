@@ -462,7 +462,7 @@ pub fn write_split(
         bundle_id: m.bundle_id.to_string(),
         channel: m.channel.clone(),
         sequence: m.sequence,
-        manifest_sha256: written.manifest_sha256.clone(),
+        manifest_sha256: written.manifest_sha256.to_string(),
         volume_size,
         total_size: total,
         volumes: parts

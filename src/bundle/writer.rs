@@ -72,7 +72,7 @@ impl Default for WriteOptions {
 #[derive(Debug, Clone)]
 pub struct Written {
     pub manifest: Manifest,
-    pub manifest_sha256: String,
+    pub manifest_sha256: crate::sha256hex::Sha256Hex,
     /// Size of the bundle file.
     pub bundle_size: u64,
 }
@@ -551,7 +551,7 @@ pub fn write_bundle(
     };
     durable::persist(tmp, out, clobber).map_err(BundleError::io(out))?;
     Ok(Written {
-        manifest_sha256: to_hex(&Sha256::digest(&manifest_bytes).into()),
+        manifest_sha256: crate::sha256hex::Sha256Hex::of(&manifest_bytes),
         manifest,
         bundle_size,
     })

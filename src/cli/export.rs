@@ -340,7 +340,7 @@ impl ExportArgs {
             sequence: m.sequence,
             created: m.created.to_string(),
             expires: m.expires.to_string(),
-            manifest_sha256: written.manifest_sha256.clone(),
+            manifest_sha256: written.manifest_sha256.to_string(),
             bundle_size: written.bundle_size,
             payload_size: m.total_size(),
             signers: keys.iter().map(|k| k.key_id.to_string()).collect(),
