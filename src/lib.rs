@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod bundleid;
 pub mod durable;
 pub mod error;
 pub mod export;

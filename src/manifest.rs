@@ -11,7 +11,10 @@ use std::time::{Duration, SystemTime};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::bundleid::BundleId;
 use crate::safepath::{self, SafePath};
+use crate::sha256hex::Sha256Hex;
+use crate::timestamp::Timestamp;
 
 /// The `format` value of this version of the bundle format.
 pub const FORMAT: &str = "gapferry-bundle/1";
@@ -60,21 +63,21 @@ pub struct FileEntry {
     /// Relative to `payload/`.
     pub path: SafePath,
     pub size: u64,
-    /// Lower-case hex SHA-256.
-    pub sha256: String,
+    /// Lower-case hex SHA-256, checked when read.
+    pub sha256: Sha256Hex,
 }
 
 /// The manifest. Field names are a public contract.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
-    pub bundle_id: String,
+    pub bundle_id: BundleId,
     pub channel: String,
     pub sequence: u64,
-    /// RFC 3339 UTC.
-    pub created: String,
-    /// RFC 3339 UTC.
-    pub expires: String,
+    /// RFC 3339 UTC, parsed when read; keeps its exact text.
+    pub created: Timestamp,
+    /// RFC 3339 UTC, parsed when read; keeps its exact text.
+    pub expires: Timestamp,
     pub producer: String,
     pub profile: String,
     pub items: Vec<Item>,
@@ -161,13 +164,10 @@ impl Manifest {
                 self.format
             )));
         }
-        plain_field("bundle_id", &self.bundle_id)?;
         check_channel(&self.channel)?;
         plain_field("producer", &self.producer)?;
         plain_field("profile", &self.profile)?;
-        let created = self.created_time()?;
-        let expires = self.expires_time()?;
-        if expires <= created {
+        if self.expires_time() <= self.created_time() {
             return Err(bad("expires is not after created"));
         }
         if self.files.is_empty() {
@@ -181,17 +181,6 @@ impl Manifest {
         }
         let mut total: u64 = 0;
         for f in &self.files {
-            if f.sha256.len() != 64
-                || !f
-                    .sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return Err(bad(format!(
-                    "sha256 of {} is not 64 lower-case hex digits",
-                    f.path
-                )));
-            }
             total = total
                 .checked_add(f.size)
                 .filter(|t| *t <= MAX_TOTAL_SIZE)
@@ -217,41 +206,30 @@ impl Manifest {
         self.files.iter().map(|f| f.size).sum()
     }
 
-    /// `created` as a time. Checked at parse; a manifest built in memory
-    /// with a time that does not parse is an error here too, never 1970.
-    pub fn created_time(&self) -> Result<SystemTime, ManifestError> {
-        parse_time(&self.created).ok_or_else(|| {
-            bad(format!(
-                "created {:?} is not an RFC 3339 time",
-                self.created
-            ))
-        })
+    /// `created` as a time (parsed once, when the manifest was read).
+    pub fn created_time(&self) -> SystemTime {
+        self.created.time()
     }
 
     /// `expires` as a time (see [`Manifest::created_time`]).
-    pub fn expires_time(&self) -> Result<SystemTime, ManifestError> {
-        parse_time(&self.expires).ok_or_else(|| {
-            bad(format!(
-                "expires {:?} is not an RFC 3339 time",
-                self.expires
-            ))
-        })
+    pub fn expires_time(&self) -> SystemTime {
+        self.expires.time()
     }
 
     /// Whether the bundle has expired at `now`.
-    pub fn is_expired(&self, now: SystemTime) -> Result<bool, ManifestError> {
-        Ok(self.expires_time()? <= now)
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires_time() <= now
     }
 
     /// The highest sequence this manifest's signed `created` allows (see
     /// [`MAX_SEQUENCE_AHEAD`]).
-    pub fn max_sequence(&self) -> Result<u64, ManifestError> {
-        Ok(max_sequence_for(self.created_time()?))
+    pub fn max_sequence(&self) -> u64 {
+        max_sequence_for(self.created_time())
     }
 
     /// Whether `created` lies more than `skew` after `now`.
-    pub fn is_from_future(&self, now: SystemTime, skew: Duration) -> Result<bool, ManifestError> {
-        Ok(self.created_time()? > now + skew)
+    pub fn is_from_future(&self, now: SystemTime, skew: Duration) -> bool {
+        self.created_time() > now + skew
     }
 
     /// The trusted comment every signature of this manifest carries, so that
@@ -351,18 +329,18 @@ pub(crate) mod tests {
     pub(crate) fn sample() -> Manifest {
         Manifest {
             format: FORMAT.into(),
-            bundle_id: "b-1".into(),
+            bundle_id: "b-1".parse().unwrap(),
             channel: "default".into(),
             sequence: 7,
-            created: "2026-01-01T00:00:00Z".into(),
-            expires: "2026-01-31T00:00:00Z".into(),
+            created: "2026-01-01T00:00:00Z".parse().unwrap(),
+            expires: "2026-01-31T00:00:00Z".parse().unwrap(),
             producer: "gapferry 0.1.0".into(),
             profile: "mde".into(),
             items: vec![],
             files: vec![FileEntry {
                 path: SafePath::new("a/b").unwrap(),
                 size: 3,
-                sha256: "0".repeat(64),
+                sha256: "0".repeat(64).parse().unwrap(),
             }],
         }
     }
@@ -414,19 +392,19 @@ pub(crate) mod tests {
     fn sequence_bound_is_created_plus_one_day() {
         let mut m = sample();
         // 2026-01-01T00:00:00Z
-        assert_eq!(
-            m.max_sequence().unwrap(),
-            1_767_225_600 + MAX_SEQUENCE_AHEAD
-        );
-        m.created = "2026-01-01T00:00:00.999Z".into();
-        assert_eq!(
-            m.max_sequence().unwrap(),
-            1_767_225_600 + 86_400,
-            "whole seconds"
-        );
-        m.created = "yesterday".into();
+        assert_eq!(m.max_sequence(), 1_767_225_600 + MAX_SEQUENCE_AHEAD);
+        m.created = "2026-01-01T00:00:00.999Z".parse().unwrap();
+        assert_eq!(m.max_sequence(), 1_767_225_600 + 86_400, "whole seconds");
+        // A time that does not parse cannot be held at all: the manifest
+        // that carries it is refused where it is read, never read as 1970.
+        let text = String::from_utf8(m.to_bytes())
+            .unwrap()
+            .replace("\"2026-01-01T00:00:00.999Z\"", "\"yesterday\"");
         assert!(
-            m.max_sequence().unwrap_err().0.contains("RFC 3339"),
+            Manifest::parse(text.as_bytes())
+                .unwrap_err()
+                .0
+                .contains("RFC 3339"),
             "no silent 1970"
         );
         assert_eq!(

@@ -38,7 +38,7 @@ impl FromStr for Sha256Hex {
             Ok(Sha256Hex(s.to_string()))
         } else {
             Err(format!(
-                "{:?} is not a SHA-256 (64 lower-case hex digits)",
+                "{:?} is not a SHA-256: not 64 lower-case hex digits",
                 crate::text::escape(&s.chars().take(80).collect::<String>())
             ))
         }
@@ -48,6 +48,12 @@ impl FromStr for Sha256Hex {
 impl PartialEq<str> for Sha256Hex {
     fn eq(&self, other: &str) -> bool {
         self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Sha256Hex {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
     }
 }
 

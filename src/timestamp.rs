@@ -54,6 +54,12 @@ impl FromStr for Timestamp {
     }
 }
 
+impl PartialEq<&str> for Timestamp {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -90,6 +96,6 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_767_225_600_500);
         let ts = Timestamp::from_time(t);
         assert_eq!(ts.as_str(), "2026-01-01T00:00:00Z");
-        assert_eq!(ts, ts.as_str().parse().unwrap());
+        assert_eq!(ts, ts.as_str().parse::<Timestamp>().unwrap());
     }
 }

@@ -23,8 +23,6 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use super::frames::{Frames, FramingError};
 use super::hashing::{to_hex, BackgroundHasher, CHUNK};
 use super::{
@@ -42,7 +40,7 @@ pub struct Head {
     /// The exact signed bytes.
     pub manifest_bytes: Vec<u8>,
     /// Lower-case hex SHA-256 of `manifest_bytes`.
-    pub manifest_sha256: String,
+    pub manifest_sha256: crate::sha256hex::Sha256Hex,
     pub signatures: Vec<Signature>,
 }
 
@@ -271,7 +269,7 @@ impl<R: Read> BundleReader<R> {
             )));
         }
         let head = Head {
-            manifest_sha256: to_hex(&Sha256::digest(&manifest_bytes).into()),
+            manifest_sha256: crate::sha256hex::Sha256Hex::of(&manifest_bytes),
             manifest,
             manifest_bytes,
             signatures,
@@ -350,7 +348,7 @@ impl<R: Read> BundleReader<R> {
         }
         self.skip_padding(entry.size, &want)?;
         let got = to_hex(&hasher.finish());
-        if got != entry.sha256 {
+        if entry.sha256 != got {
             return Err(self.reject(format!(
                 "{want}: SHA-256 is {got}, the manifest says {} (altered or damaged)",
                 entry.sha256

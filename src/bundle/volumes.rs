@@ -459,10 +459,10 @@ pub fn write_split(
     let index = VolumeIndex {
         format: INDEX_FORMAT.into(),
         bundle: name.clone(),
-        bundle_id: m.bundle_id.clone(),
+        bundle_id: m.bundle_id.to_string(),
         channel: m.channel.clone(),
         sequence: m.sequence,
-        manifest_sha256: written.manifest_sha256.clone(),
+        manifest_sha256: written.manifest_sha256.to_string(),
         volume_size,
         total_size: total,
         volumes: parts
@@ -884,7 +884,7 @@ impl SplitBundle {
         let m = &head.manifest;
         let i = &self.index;
         if head.manifest_sha256 != i.manifest_sha256
-            || m.bundle_id != i.bundle_id
+            || m.bundle_id != *i.bundle_id
             || m.sequence != i.sequence
             || m.channel != i.channel
         {

@@ -20,6 +20,7 @@ use crate::manifest::{FileEntry, Item, Manifest};
 use crate::progress::Observer;
 use crate::safepath::SafePath;
 use crate::sign::Signature;
+use crate::timestamp::Timestamp;
 
 /// One payload file to carry.
 #[derive(Debug, Clone)]
@@ -71,7 +72,7 @@ impl Default for WriteOptions {
 #[derive(Debug, Clone)]
 pub struct Written {
     pub manifest: Manifest,
-    pub manifest_sha256: String,
+    pub manifest_sha256: crate::sha256hex::Sha256Hex,
     /// Size of the bundle file.
     pub bundle_size: u64,
 }
@@ -375,16 +376,19 @@ fn build_manifest(
         .map(|(f, (size, sha, _))| FileEntry {
             path: f.path.clone(),
             size: *size,
-            sha256: sha.clone(),
+            sha256: sha.parse().expect("a SHA-256 we computed"),
         })
         .collect();
     let manifest = Manifest {
         format: crate::manifest::FORMAT.to_string(),
-        bundle_id: spec.bundle_id.clone(),
+        bundle_id: spec
+            .bundle_id
+            .parse()
+            .map_err(|e: String| input_err(Path::new(&spec.bundle_id), e))?,
         channel: spec.channel.clone(),
         sequence: spec.sequence,
-        created: crate::manifest::format_time(spec.created),
-        expires: crate::manifest::format_time(spec.expires),
+        created: Timestamp::from_time(spec.created),
+        expires: Timestamp::from_time(spec.expires),
         producer: spec.producer.clone(),
         profile: spec.profile.clone(),
         items: spec.items.clone(),
@@ -547,7 +551,7 @@ pub fn write_bundle(
     };
     durable::persist(tmp, out, clobber).map_err(BundleError::io(out))?;
     Ok(Written {
-        manifest_sha256: to_hex(&Sha256::digest(&manifest_bytes).into()),
+        manifest_sha256: crate::sha256hex::Sha256Hex::of(&manifest_bytes),
         manifest,
         bundle_size,
     })

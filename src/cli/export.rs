@@ -312,10 +312,10 @@ impl ExportArgs {
             eprintln!(
                 "gapferry: wrote {what} ({} bytes): bundle {} channel {} sequence {}, expires {}",
                 written.bundle_size,
-                gapferry::text::Esc(&m.bundle_id),
+                gapferry::text::Esc(m.bundle_id.as_str()),
                 gapferry::text::Esc(&m.channel),
                 m.sequence,
-                gapferry::text::Esc(&m.expires)
+                gapferry::text::Esc(m.expires.as_str())
             );
             for c in &collected {
                 eprintln!(
@@ -335,12 +335,12 @@ impl ExportArgs {
         }
         Ok(ExportSummary {
             bundle: self.out.clone(),
-            bundle_id: m.bundle_id.clone(),
+            bundle_id: m.bundle_id.to_string(),
             channel: m.channel.clone(),
             sequence: m.sequence,
-            created: m.created.clone(),
-            expires: m.expires.clone(),
-            manifest_sha256: written.manifest_sha256.clone(),
+            created: m.created.to_string(),
+            expires: m.expires.to_string(),
+            manifest_sha256: written.manifest_sha256.to_string(),
             bundle_size: written.bundle_size,
             payload_size: m.total_size(),
             signers: keys.iter().map(|k| k.key_id.to_string()).collect(),

@@ -83,17 +83,15 @@ pub fn describe(bundle: PathBuf, head: &Head, trust: Option<&TrustSet>) -> Inspe
     InspectOutput {
         bundle,
         format: m.format.clone(),
-        bundle_id: m.bundle_id.clone(),
+        bundle_id: m.bundle_id.to_string(),
         channel: m.channel.clone(),
         sequence: m.sequence,
-        created: m.created.clone(),
-        expires: m.expires.clone(),
-        // The reader validated the times; one that did not parse would count
-        // as expired, never as current.
-        expired: m.is_expired(SystemTime::now()).unwrap_or(true),
+        created: m.created.to_string(),
+        expires: m.expires.to_string(),
+        expired: m.is_expired(SystemTime::now()),
         producer: m.producer.clone(),
         profile: m.profile.clone(),
-        manifest_sha256: head.manifest_sha256.clone(),
+        manifest_sha256: head.manifest_sha256.to_string(),
         payload_size: m.total_size(),
         signatures: check_signatures(head, trust),
         items: m.items.clone(),
@@ -104,8 +102,8 @@ pub fn describe(bundle: PathBuf, head: &Head, trust: Option<&TrustSet>) -> Inspe
 impl InspectArgs {
     fn check_receipt(&self, r: &receipt::Receipt, head: &Head) -> anyhow::Result<i32> {
         let m = &head.manifest;
-        let matches = r.matches(m.sequence, &head.manifest_sha256);
-        let expected = receipt::Receipt::new(m.sequence, &head.manifest_sha256, r.outcome);
+        let matches = r.matches(m.sequence, head.manifest_sha256.as_str());
+        let expected = receipt::Receipt::new(m.sequence, head.manifest_sha256.as_str(), r.outcome);
         let out = ReceiptCheck {
             bundle: self.bundle.clone(),
             receipt: r.to_string(),
@@ -114,9 +112,9 @@ impl InspectArgs {
                 receipt::ReceiptOutcome::Imported => "imported",
                 receipt::ReceiptOutcome::AlreadyImported => "already_imported",
             },
-            bundle_id: m.bundle_id.clone(),
+            bundle_id: m.bundle_id.to_string(),
             sequence: m.sequence,
-            manifest_sha256: head.manifest_sha256.clone(),
+            manifest_sha256: head.manifest_sha256.to_string(),
             expected: expected.to_string(),
         };
         if self.json {
@@ -126,7 +124,7 @@ impl InspectArgs {
                 "gapferry: receipt {} matches {}: bundle {} sequence {} was {} on the disconnected side",
                 out.receipt,
                 escape_path(&self.bundle),
-                Esc(&m.bundle_id),
+                Esc(m.bundle_id.as_str()),
                 m.sequence,
                 if out.outcome == "imported" { "imported" } else { "already imported (imported earlier)" }
             );
@@ -221,7 +219,7 @@ impl InspectArgs {
                 s,
                 "  {:>12}  {}  {}",
                 f.size,
-                Esc(&f.sha256),
+                f.sha256,
                 Esc(&f.path.to_string())
             );
         }

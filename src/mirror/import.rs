@@ -43,8 +43,9 @@ use crate::bundle::volumes::{self, BundleInput};
 use crate::bundle::BundleError;
 use crate::error::{Classify, ExitKind};
 use crate::keys::{KeyId, TrustSet};
-use crate::profile::{Unit, UnitKey};
+use crate::profile::{Profile, Unit, UnitKey};
 use crate::progress::Observer;
+use crate::sha256hex::Sha256Hex;
 use crate::timestamp::Timestamp;
 use crate::verify::{self, Accepted, Policy, Purpose};
 
@@ -134,7 +135,7 @@ pub struct ImportReport {
     pub bundle_id: Option<String>,
     pub channel: Option<String>,
     pub sequence: Option<u64>,
-    pub manifest_sha256: Option<String>,
+    pub manifest_sha256: Option<Sha256Hex>,
     pub signers: Vec<KeyId>,
     pub slots: Vec<SlotReport>,
     /// Payload bytes written to the mirror.
@@ -297,7 +298,7 @@ fn report(
     let report = ImportReport {
         outcome,
         bundle: opts.bundle.clone(),
-        bundle_id: head.map(|h| h.manifest.bundle_id.clone()),
+        bundle_id: head.map(|h| h.manifest.bundle_id.to_string()),
         channel: head.map(|h| h.manifest.channel.clone()),
         sequence: head.map(|h| h.manifest.sequence),
         manifest_sha256: head.map(|h| h.manifest_sha256.clone()),
@@ -376,7 +377,7 @@ fn ledger_entry(
     LedgerEntry {
         reason,
         bundle_path: Some(opts.bundle.display().to_string()),
-        bundle_id: head.map(|h| h.manifest.bundle_id.clone()),
+        bundle_id: head.map(|h| h.manifest.bundle_id.to_string()),
         manifest_sha256: head.map(|h| h.manifest_sha256.clone()),
         signer_key_ids: attempt.signers.clone(),
         channel: head.map(|h| h.manifest.channel.clone()),
@@ -528,48 +529,88 @@ fn plan(
     accepted: &Accepted,
     attempt: &mut Attempt,
 ) -> Result<Option<Plan>, ImportError> {
-    let head = accepted.head();
-    let profile = accepted.profile();
     let mut units = Vec::new();
     for unit in select(opts, accepted.units())? {
-        let dest = match &opts.target {
-            Target::Mirror(root) => Destination::in_mirror(root, &unit.placement)?,
-            Target::Ring(dir) => Destination::in_target(dir, &unit.placement.leaf)?,
-        };
-        // Before anything is read from or staged next to these folders.
-        dest.check_folders()?;
-        // What the state says a folder serves only counts while the folder
-        // still holds it (size and SHA-256 of every file): one removed or
-        // damaged since is judged by what is on disk, so importing the
-        // bundle again restores it rather than answering "already
-        // imported"; and a damaged set is discarded, never kept as n-1.
-        let recorded = state.served(&unit.key).filter(|s| !s.files.is_empty());
-        let damaged = recorded
-            .and_then(|s| setcheck::check(&dest.current(), &s.files, setcheck::Depth::Hashes).err())
-            .map(|m| m.to_string());
-        let baseline = match state.served(&unit.key) {
-            Some(s) if damaged.is_none() => Baseline::Recorded(s.clone()),
-            _ => match profile.versions_on_disk(&dest.current()) {
-                Some(v) => Baseline::OnDiskOnly(v),
-                None => Baseline::Empty,
-            },
-        };
-        let publish = baseline.manifest_sha256() != Some(head.manifest_sha256.as_str());
+        let planned = plan_unit(opts, state, accepted, unit)?;
         attempt.slots.push(SlotReport {
-            slot: unit.key.clone(),
-            dir: dest.current(),
-            before: baseline.versions(),
-            after: Some(unit.versions.clone()),
+            slot: planned.unit.key.clone(),
+            dir: planned.dest.current(),
+            before: planned.baseline.versions(),
+            after: Some(planned.unit.versions.clone()),
             published: false,
         });
-        units.push(PlannedUnit {
-            unit,
-            dest,
-            baseline,
-            damaged,
-            publish,
-        });
+        units.push(planned);
     }
+    match judge(opts, state, accepted, &units)? {
+        Go::AlreadyImported => Ok(None),
+        Go::Import { downgrades } => {
+            attempt.downgrades = downgrades;
+            Ok(Some(Plan { units }))
+        }
+    }
+}
+
+/// Where `unit` goes, what its folder serves now, and whether it must be
+/// published.
+fn plan_unit(
+    opts: &ImportOptions,
+    state: &State,
+    accepted: &Accepted,
+    unit: Unit,
+) -> Result<PlannedUnit, ImportError> {
+    let dest = match &opts.target {
+        Target::Mirror(root) => Destination::in_mirror(root, &unit.placement)?,
+        Target::Ring(dir) => Destination::in_target(dir, &unit.placement.leaf)?,
+    };
+    // Before anything is read from or staged next to these folders.
+    dest.check_folders()?;
+    let (baseline, damaged) = baseline_of(state, accepted.profile(), &unit.key, &dest.current());
+    let publish = baseline.manifest_sha256() != Some(&accepted.head().manifest_sha256);
+    Ok(PlannedUnit {
+        unit,
+        dest,
+        baseline,
+        damaged,
+        publish,
+    })
+}
+
+/// What the folder `current` of unit `key` serves, and why a record of it
+/// no longer holds, if it does not.
+///
+/// What the state says a folder serves only counts while the folder still
+/// holds it (size and SHA-256 of every file): one removed or damaged since
+/// is judged by what is on disk, so importing the bundle again restores it
+/// rather than answering "already imported"; and a damaged set is
+/// discarded, never kept as n-1.
+fn baseline_of(
+    state: &State,
+    profile: &dyn Profile,
+    key: &UnitKey,
+    current: &Path,
+) -> (Baseline, Option<String>) {
+    let recorded = state.served(key).filter(|s| !s.files.is_empty());
+    let damaged = recorded
+        .and_then(|s| setcheck::check(current, &s.files, setcheck::Depth::Hashes).err())
+        .map(|m| m.to_string());
+    let baseline = match state.served(key) {
+        Some(s) if damaged.is_none() => Baseline::Recorded(s.clone()),
+        _ => match profile.versions_on_disk(current) {
+            Some(v) => Baseline::OnDiskOnly(v),
+            None => Baseline::Empty,
+        },
+    };
+    (baseline, damaged)
+}
+
+/// The rollback policy and the withdrawn set, over the planned units.
+fn judge(
+    opts: &ImportOptions,
+    state: &State,
+    accepted: &Accepted,
+    units: &[PlannedUnit],
+) -> Result<Go, ImportError> {
+    let head = accepted.head();
     let items: Vec<IncomingItem> = units
         .iter()
         .map(|u| IncomingItem {
@@ -585,7 +626,7 @@ fn plan(
         bundle_id: &m.bundle_id,
         manifest_sha256: &head.manifest_sha256,
         items: &items,
-        profile,
+        profile: accepted.profile(),
     };
     let go = state
         .check_rollback(&incoming)?
@@ -600,13 +641,7 @@ fn plan(
             "this bundle was withdrawn by `gapferry rollback`; run `gapferry rollback` again to roll forward, import a newer bundle, or add --allow-downgrade to publish it anyway".into(),
         ));
     }
-    match go {
-        Go::AlreadyImported => Ok(None),
-        Go::Import { downgrades } => {
-            attempt.downgrades = downgrades;
-            Ok(Some(Plan { units }))
-        }
-    }
+    Ok(go)
 }
 
 /// Refuses early, before staging a byte, when the mirror's filesystem
@@ -744,10 +779,7 @@ fn stage(
         staged.files[i].push(ServedFile {
             name: name.to_string(),
             size: entry.size,
-            sha256: entry
-                .sha256
-                .parse()
-                .map_err(|e| rejected(&opts.bundle, format!("{name}: {e}")))?,
+            sha256: entry.sha256.clone(),
         });
     }
     reader.finish()?;
@@ -788,8 +820,36 @@ fn commit(
         .zip(&staged.files)
         .map(|(u, files)| served_slot(&u.unit, accepted, files, &now))
         .collect();
+    // What is about to be published, saved before the first folder moves,
+    // so that a run killed mid-publish is settled by the next one.
+    state.pending = Some(intent(accepted, plan, &staged, &served, &record, attempt));
+    state_dir.save(state)?;
+    publish_units(state, accepted, plan, &mut staged, served, attempt)?;
+    state.record_accepted(&m.channel, m.sequence, record);
+    state.withdrawn.remove(&head.manifest_sha256);
+    state.pending = None;
+    let entry = ledger_entry(opts, attempt, Outcome::Imported, None);
+    super::session::save_due(state_dir, state, entry)?;
+    attempt.logged = true;
+    if let Err(e) = super::session::settle(state_dir, state) {
+        attempt.ledger_error = Some(e.into());
+    }
+    Ok(Outcome::Imported)
+}
+
+/// What the import is about to publish: the folders staged and what each
+/// will serve.
+fn intent(
+    accepted: &Accepted,
+    plan: &Plan,
+    staged: &Staged,
+    served: &[ServedSlot],
+    record: &AcceptedBundle,
+    attempt: &Attempt,
+) -> PendingImport {
+    let m = &accepted.head().manifest;
     let mut pending_slots = BTreeMap::new();
-    for ((u, folder), s) in plan.units.iter().zip(&staged.folders).zip(&served) {
+    for ((u, folder), s) in plan.units.iter().zip(&staged.folders).zip(served) {
         if folder.is_some() {
             pending_slots.insert(
                 u.unit.key.clone(),
@@ -800,14 +860,26 @@ fn commit(
             );
         }
     }
-    state.pending = Some(PendingImport {
+    PendingImport {
         channel: m.channel.clone(),
         sequence: m.sequence,
         accepted: record.clone(),
         slots: pending_slots,
         signers: attempt.signers.clone(),
-    });
-    state_dir.save(state)?;
+    }
+}
+
+/// Publishes the staged units one by one and records in `state` what each
+/// folder and its n-1 now serve.
+fn publish_units(
+    state: &mut State,
+    accepted: &Accepted,
+    plan: &Plan,
+    staged: &mut Staged,
+    served: Vec<ServedSlot>,
+    attempt: &mut Attempt,
+) -> Result<(), ImportError> {
+    let bundle_id = accepted.head().manifest.bundle_id.as_str();
     for (i, (u, s)) in plan.units.iter().zip(served).enumerate() {
         if let Some(folder) = staged.folders[i].take() {
             // A set that no longer matches its record must never become
@@ -816,7 +888,7 @@ fn commit(
                 Some(_) => publish::OldSet::Discard,
                 None => publish::OldSet::KeepAsBack,
             };
-            let published = staged.staging.publish_with(folder, &m.bundle_id, old_set)?;
+            let published = staged.staging.publish_with(folder, bundle_id, old_set)?;
             attempt.slots[i].published = true;
             if let (true, Some(why)) = (published.discarded_old, &u.damaged) {
                 attempt.discarded.push(format!("{}: {why}", u.unit.key));
@@ -834,16 +906,7 @@ fn commit(
         }
         state.record_served(&u.unit.key, s);
     }
-    state.record_accepted(&m.channel, m.sequence, record);
-    state.withdrawn.remove(&head.manifest_sha256);
-    state.pending = None;
-    let entry = ledger_entry(opts, attempt, Outcome::Imported, None);
-    super::session::save_due(state_dir, state, entry)?;
-    attempt.logged = true;
-    if let Err(e) = super::session::settle(state_dir, state) {
-        attempt.ledger_error = Some(e.into());
-    }
-    Ok(Outcome::Imported)
+    Ok(())
 }
 
 fn served_slot(
@@ -856,10 +919,10 @@ fn served_slot(
     ServedSlot {
         engine_version: unit.versions.engine_version.clone(),
         definition_version: unit.versions.definition_version.clone(),
-        bundle_id: head.manifest.bundle_id.clone(),
-        channel: head.manifest.channel.clone(),
-        sequence: head.manifest.sequence,
-        manifest_sha256: head.manifest_sha256.clone(),
+        bundle_id: Some(head.manifest.bundle_id.clone()),
+        channel: Some(head.manifest.channel.clone()),
+        sequence: Some(head.manifest.sequence),
+        manifest_sha256: Some(head.manifest_sha256.clone()),
         files: files.to_vec(),
         imported_at: now.clone(),
         expires: Some(accepted.expires().clone()),

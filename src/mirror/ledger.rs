@@ -129,7 +129,7 @@ pub struct LedgerEntry {
     /// The bundle file as named on the command line.
     pub bundle_path: Option<String>,
     pub bundle_id: Option<String>,
-    pub manifest_sha256: Option<String>,
+    pub manifest_sha256: Option<crate::sha256hex::Sha256Hex>,
     /// Key ids (16 upper-case hex) whose valid signatures counted.
     pub signer_key_ids: Vec<crate::keys::KeyId>,
     pub channel: Option<String>,
@@ -692,7 +692,7 @@ mod tests {
             bundle_id: Some(format!("bundle-{i}")),
             channel: Some("default".into()),
             sequence: Some(i),
-            manifest_sha256: Some(format!("{i:064x}")),
+            manifest_sha256: Some(format!("{i:064x}").parse().unwrap()),
             signer_key_ids: vec!["0123456789ABCDEF".parse().unwrap()],
             slots: vec![SlotChange {
                 slot: "linux/production/arch_x86_64".into(),

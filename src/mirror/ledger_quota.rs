@@ -85,7 +85,7 @@ fn key(entry: &LedgerEntry) -> String {
     for part in [
         Some(entry.outcome.as_str()),
         entry.bundle_path.as_deref(),
-        entry.manifest_sha256.as_deref(),
+        entry.manifest_sha256.as_ref().map(|s| s.as_str()),
         entry.reason.as_deref(),
     ] {
         let part = part.unwrap_or("");

@@ -171,7 +171,7 @@ pub fn for_report(
         Outcome::AlreadyImported => ReceiptOutcome::AlreadyImported,
         _ => return None,
     };
-    let sha = report.manifest_sha256.as_deref()?;
+    let sha = report.manifest_sha256.as_ref()?.as_str();
     let sequence = report.sequence?;
     let receipt = Receipt::new(sequence, sha, outcome);
     let rec = ReceiptRecord {

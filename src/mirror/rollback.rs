@@ -251,13 +251,11 @@ fn swap_state(state: &mut State, key: &UnitKey) {
     let key = key.clone();
     let served = state.served.remove(&key);
     let back = state.back.remove(&key);
-    if let Some(s) = &served {
-        if !s.manifest_sha256.is_empty() {
-            state.withdrawn.insert(s.manifest_sha256.clone());
-        }
+    if let Some(sha) = served.as_ref().and_then(|s| s.manifest_sha256.clone()) {
+        state.withdrawn.insert(sha);
     }
-    if let Some(b) = &back {
-        state.withdrawn.remove(&b.manifest_sha256);
+    if let Some(sha) = back.as_ref().and_then(|b| b.manifest_sha256.as_ref()) {
+        state.withdrawn.remove(sha);
     }
     if let Some(b) = back {
         state.served.insert(key.clone(), b);

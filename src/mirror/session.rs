@@ -201,7 +201,7 @@ fn reconcile(state: &mut State) -> Option<LedgerEntry> {
              recording it; recorded by the next import"
                 .into(),
         ),
-        bundle_id: Some(p.accepted.bundle_id.clone()),
+        bundle_id: Some(p.accepted.bundle_id.to_string()),
         manifest_sha256: Some(p.accepted.manifest_sha256.clone()),
         signer_key_ids: p.signers,
         channel: Some(p.channel.clone()),

@@ -37,8 +37,10 @@ use sha2::{Digest, Sha256};
 
 use super::fsx::{self, fix};
 use super::lock::{ImportLock, LockError, LOCK_FILE};
+use crate::bundleid::BundleId;
 use crate::error::{Classify, ExitKind};
 use crate::profile::{Older, Profile, UnitKey, Versions};
+use crate::sha256hex::Sha256Hex;
 use crate::timestamp::Timestamp;
 
 /// The state file inside the state directory.
@@ -100,10 +102,35 @@ pub struct ServedFile {
 pub struct ServedSlot {
     pub engine_version: String,
     pub definition_version: String,
-    pub bundle_id: String,
-    pub channel: String,
-    pub sequence: u64,
-    pub manifest_sha256: String,
+    /// The bundle the set came from. Absent only in records older
+    /// gapferry wrote for a folder it found on disk, with a blank here
+    /// (read as absent; see [`legacy`]).
+    #[serde(
+        default,
+        deserialize_with = "legacy::blank_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bundle_id: Option<BundleId>,
+    #[serde(
+        default,
+        deserialize_with = "legacy::blank_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub channel: Option<String>,
+    /// Absent where older records wrote 0 (see `bundle_id`).
+    #[serde(
+        default,
+        deserialize_with = "legacy::zero_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sequence: Option<u64>,
+    /// Absent where older records wrote a blank (see `bundle_id`).
+    #[serde(
+        default,
+        deserialize_with = "legacy::blank_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub manifest_sha256: Option<Sha256Hex>,
     pub files: Vec<ServedFile>,
     pub imported_at: Timestamp,
     /// The bundle's expiry, when known.
@@ -114,8 +141,8 @@ pub struct ServedSlot {
 /// A bundle a channel has accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcceptedBundle {
-    pub manifest_sha256: String,
-    pub bundle_id: String,
+    pub manifest_sha256: Sha256Hex,
+    pub bundle_id: BundleId,
     pub accepted_at: Timestamp,
 }
 
@@ -146,7 +173,7 @@ pub struct State {
     /// again needs `--allow-downgrade`, so a re-delivered bad release does
     /// not silently roll forward.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
-    pub withdrawn: std::collections::BTreeSet<String>,
+    pub withdrawn: std::collections::BTreeSet<Sha256Hex>,
     /// The ledger entry recording the change this state holds, saved with it
     /// and cleared once the ledger has it, so that a kill between the two
     /// writes cannot lose the line: the next run under the lock appends it
@@ -278,8 +305,8 @@ impl State {
 pub struct Incoming<'a> {
     pub channel: &'a str,
     pub sequence: u64,
-    pub bundle_id: &'a str,
-    pub manifest_sha256: &'a str,
+    pub bundle_id: &'a BundleId,
+    pub manifest_sha256: &'a Sha256Hex,
     pub items: &'a [IncomingItem],
     /// Orders the versions of `items`.
     pub profile: &'a dyn Profile,
@@ -320,9 +347,9 @@ impl Baseline {
     }
 
     /// The manifest of the bundle whose set is served, when recorded.
-    pub fn manifest_sha256(&self) -> Option<&str> {
+    pub fn manifest_sha256(&self) -> Option<&Sha256Hex> {
         match self {
-            Baseline::Recorded(s) => Some(&s.manifest_sha256),
+            Baseline::Recorded(s) => s.manifest_sha256.as_ref(),
             _ => None,
         }
     }
@@ -541,12 +568,12 @@ pub fn check_rollback(state: &State, incoming: &Incoming<'_>) -> Result<Decision
     let mut downgrades = Vec::new();
     let mut superseded = false;
     match state.accepted(incoming.channel, incoming.sequence) {
-        Some(acc) if acc.manifest_sha256 != incoming.manifest_sha256 => {
+        Some(acc) if acc.manifest_sha256 != *incoming.manifest_sha256 => {
             return Ok(Decision::SequenceConflict {
                 channel: incoming.channel.to_string(),
                 sequence: incoming.sequence,
-                accepted_bundle_id: acc.bundle_id.clone(),
-                accepted_manifest_sha256: acc.manifest_sha256.clone(),
+                accepted_bundle_id: acc.bundle_id.to_string(),
+                accepted_manifest_sha256: acc.manifest_sha256.to_string(),
                 incoming_manifest_sha256: incoming.manifest_sha256.to_string(),
             });
         }
@@ -850,6 +877,33 @@ fn default_base() -> Result<PathBuf, StateError> {
     Ok(home()?.join(".local/state/gapferry"))
 }
 
+/// Reading records older gapferry wrote for a folder it found on disk,
+/// with blanks (`""`, `0`) where a bundle's id, channel, sequence and
+/// manifest digest go: a blank is read as absent, so that no code after the
+/// read compares against a sentinel. Anything else must parse.
+mod legacy {
+    use std::str::FromStr;
+
+    use serde::{de, Deserialize, Deserializer};
+
+    pub(super) fn blank_is_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) if s.is_empty() => Ok(None),
+            Some(s) => s.parse().map(Some).map_err(de::Error::custom),
+        }
+    }
+
+    pub(super) fn zero_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.filter(|n| *n != 0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -875,14 +929,19 @@ mod tests {
         }
     }
 
+    /// A stand-in manifest digest named by a label (`"m5"`).
+    fn digest(label: &str) -> Sha256Hex {
+        Sha256Hex::of(label.as_bytes())
+    }
+
     fn served(eng: &str, def: &str, sha: &str, seq: u64) -> ServedSlot {
         ServedSlot {
             engine_version: eng.into(),
             definition_version: def.into(),
-            bundle_id: format!("b{seq}"),
-            channel: "default".into(),
-            sequence: seq,
-            manifest_sha256: sha.into(),
+            bundle_id: Some(format!("b{seq}").parse().unwrap()),
+            channel: Some("default".into()),
+            sequence: Some(seq),
+            manifest_sha256: Some(digest(sha)),
             files: vec![ServedFile {
                 name: "updates.zip".into(),
                 size: 3,
@@ -901,8 +960,8 @@ mod tests {
             "default",
             5,
             AcceptedBundle {
-                manifest_sha256: "m5".into(),
-                bundle_id: "b5".into(),
+                manifest_sha256: digest("m5"),
+                bundle_id: "b5".parse().unwrap(),
                 accepted_at: "2024-05-01T00:00:00Z".parse().unwrap(),
             },
         );
@@ -928,8 +987,8 @@ mod tests {
         st.check_rollback(&Incoming {
             channel: "default",
             sequence: seq,
-            bundle_id: "x",
-            manifest_sha256: sha,
+            bundle_id: &"x".parse().unwrap(),
+            manifest_sha256: &digest(sha),
             items: &judged(st, items),
             profile: &crate::mde::profile::Mde,
         })
@@ -1011,8 +1070,8 @@ mod tests {
             .check_rollback(&Incoming {
                 channel: "lab",
                 sequence: 1,
-                bundle_id: "x",
-                manifest_sha256: "l1",
+                bundle_id: &"x".parse().unwrap(),
+                manifest_sha256: &digest("l1"),
                 items: &judged(&st, &x("1.1.100.0", "1.400.11.0")),
                 profile: &crate::mde::profile::Mde,
             })
@@ -1104,5 +1163,24 @@ mod tests {
         let d = default_state_dir(&t.path().join("not/yet")).unwrap();
         assert!(!is_inside(&d, t.path()));
         assert!(d.file_name().unwrap().to_string_lossy().starts_with("yet-"));
+    }
+
+    #[test]
+    fn blanks_of_older_records_load_as_absent() {
+        let old = r#"{"engine_version":"1.1.1.0","definition_version":"1.2.3.0","bundle_id":"","channel":"","sequence":0,"manifest_sha256":"","files":[],"imported_at":"2024-05-01T00:00:00Z"}"#;
+        let r: ServedSlot = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (r.bundle_id, r.channel, r.sequence, r.manifest_sha256),
+            (None, None, None, None)
+        );
+        let bad = old.replace(r#""manifest_sha256":"""#, r#""manifest_sha256":"m5""#);
+        let e = serde_json::from_str::<ServedSlot>(&bad).unwrap_err();
+        assert!(
+            e.to_string().contains("not 64 lower-case hex digits"),
+            "{e}"
+        );
+        let new = served("1.1.1.0", "1.2.3.0", "m5", 5);
+        let text = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<ServedSlot>(&text).unwrap(), new);
     }
 }

@@ -210,12 +210,10 @@ pub fn status(
             engine_version: fm.as_ref().map(|m| m.engine_version.clone()),
             definition_version: fm.as_ref().map(|m| m.definition_version.clone()),
             bundle_id: recorded
-                .map(|r| r.bundle_id.clone())
-                .filter(|s| !s.is_empty()),
-            channel: recorded
-                .map(|r| r.channel.clone())
-                .filter(|s| !s.is_empty()),
-            sequence: recorded.map(|r| r.sequence).filter(|s| *s > 0),
+                .and_then(|r| r.bundle_id.as_ref())
+                .map(|b| b.to_string()),
+            channel: recorded.and_then(|r| r.channel.clone()),
+            sequence: recorded.and_then(|r| r.sequence),
             imported_at: recorded.map(|r| r.imported_at.to_string()),
             age_seconds,
             expires: expires.map(|t| t.to_string()),

@@ -255,7 +255,10 @@ fn library_imports_golden() {
     assert!(err.is_none(), "{err:?}");
     assert_eq!(report.outcome, Outcome::Imported);
     assert_eq!(report.bundle_id.as_deref(), Some(BUNDLE_ID));
-    assert_eq!(report.manifest_sha256.as_deref(), Some(MANIFEST_SHA256));
+    assert_eq!(
+        report.manifest_sha256.as_ref().map(|s| s.as_str()),
+        Some(MANIFEST_SHA256)
+    );
     let signers: Vec<String> = report.signers.iter().map(|k| k.to_string()).collect();
     assert_eq!(signers, vec![KEY_ID.to_string()]);
     for (path, bytes) in payload() {

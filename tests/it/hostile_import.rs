@@ -182,7 +182,7 @@ impl Fx {
     fn manifest_of(&self, sequence: u64, v: (&str, &str)) -> (Manifest, Vec<(String, Vec<u8>)>) {
         let (mut m, payload) = mde_manifest(&releases(v));
         m.sequence = sequence;
-        m.bundle_id = format!("crafted-{sequence}");
+        m.bundle_id = format!("crafted-{sequence}").parse().unwrap();
         (m, payload)
     }
 
@@ -1315,7 +1315,7 @@ fn zstd_bombs_write_nothing_like_their_size() {
     let (mut m, mut payload) = fx.manifest();
     payload.truncate(0);
     m.files[0].size = 4 << 30;
-    m.files[0].sha256 = support::sha256_hex(b"not the zeros");
+    m.files[0].sha256 = support::sha256_hex(b"not the zeros").parse().unwrap();
     let signed = Parts::signed(&m, &payload, &[&fx.skb]);
     let mut t = signed.tar();
     t = t.header(&Header::file(

@@ -939,8 +939,8 @@ fn manifest_field_rules() {
 fn dated(h: &H, created_ago: u64, expires_ago: u64) -> Parts {
     let (mut m, payload) = h.manifest();
     let now = SystemTime::now();
-    m.created = manifest::format_time(now - Duration::from_secs(created_ago));
-    m.expires = manifest::format_time(now - Duration::from_secs(expires_ago));
+    m.created = gapferry::timestamp::Timestamp::from_time(now - Duration::from_secs(created_ago));
+    m.expires = gapferry::timestamp::Timestamp::from_time(now - Duration::from_secs(expires_ago));
     Parts::signed(&m, &payload, &[&h.ska])
 }
 
@@ -1177,7 +1177,7 @@ fn split_bundle_reads_through_the_same_bounded_reader() {
     let index = VolumeIndex {
         format: INDEX_FORMAT.into(),
         bundle: "hostile.tar.zst".into(),
-        bundle_id: manifest.bundle_id.clone(),
+        bundle_id: manifest.bundle_id.to_string(),
         channel: manifest.channel.clone(),
         sequence: manifest.sequence,
         manifest_sha256: support::sha256_hex(&p.manifest_bytes),

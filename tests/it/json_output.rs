@@ -207,8 +207,8 @@ fn json_for_invalid_and_expired_signatures() {
     // An expired bundle: inspect says so; verify --allow-expired too.
     let (mut m, payload) = craft::mde_manifest(&rel);
     let now = SystemTime::now();
-    m.created = gapferry::manifest::format_time(now - Duration::from_secs(9 * 86400));
-    m.expires = gapferry::manifest::format_time(now - Duration::from_secs(2 * 86400));
+    m.created = gapferry::timestamp::Timestamp::from_time(now - Duration::from_secs(9 * 86400));
+    m.expires = gapferry::timestamp::Timestamp::from_time(now - Duration::from_secs(2 * 86400));
     let old = sb.join("old.tar.zst");
     Parts::signed(&m, &payload, &[&sk]).write(&old);
     let r = sb

@@ -21,7 +21,7 @@ fn entry(i: u64) -> LedgerEntry {
         bundle_path: Some(format!("/media/usb/b{i}.tar.zst")),
         channel: Some("default".into()),
         sequence: Some(i),
-        manifest_sha256: Some(format!("{i:064x}")),
+        manifest_sha256: Some(format!("{i:064x}").parse().unwrap()),
         signer_key_ids: vec!["0123456789ABCDEF".parse().unwrap()],
         allow_downgrade: i == 3,
         reason: (i == 2).then(|| "older than served".to_string()),

@@ -156,7 +156,7 @@ pub struct BundleResult {
     pub moved_to: Option<PathBuf>,
     pub bundle_id: Option<String>,
     pub sequence: Option<u64>,
-    pub manifest_sha256: Option<String>,
+    pub manifest_sha256: Option<crate::sha256hex::Sha256Hex>,
     pub receipt: Option<String>,
     pub error: Option<String>,
     /// Why its files were left in the inbox although the outcome is
@@ -178,7 +178,7 @@ pub struct Reason {
     pub time: String,
     pub bundle_id: Option<String>,
     pub sequence: Option<u64>,
-    pub manifest_sha256: Option<String>,
+    pub manifest_sha256: Option<crate::sha256hex::Sha256Hex>,
 }
 
 /// The summary of one pass.

@@ -19,6 +19,7 @@ use gapferry::keys::{KeyId, SecretKey};
 use gapferry::manifest::{self, FileEntry, Item, Manifest};
 use gapferry::safepath::SafePath;
 use gapferry::sign::Signature;
+use gapferry::timestamp::Timestamp;
 
 use super::FakeRelease;
 
@@ -275,11 +276,11 @@ pub fn mde_manifest(releases: &[FakeRelease]) -> (Manifest, Vec<(String, Vec<u8>
     let now = SystemTime::now();
     let m = Manifest {
         format: manifest::FORMAT.into(),
-        bundle_id: "crafted-bundle-0001".into(),
+        bundle_id: "crafted-bundle-0001".parse().expect("a bundle id"),
         channel: "default".into(),
         sequence: 1000,
-        created: manifest::format_time(now - Duration::from_secs(3600)),
-        expires: manifest::format_time(now + Duration::from_secs(30 * 86400)),
+        created: Timestamp::from_time(now - Duration::from_secs(3600)),
+        expires: Timestamp::from_time(now + Duration::from_secs(30 * 86400)),
         producer: "gapferry-tests craft".into(),
         profile: "mde".into(),
         items: releases
@@ -304,7 +305,7 @@ pub fn files_for(payload: &[(String, Vec<u8>)]) -> Vec<FileEntry> {
         .map(|(p, d)| FileEntry {
             path: SafePath::new(p).expect("a safe path"),
             size: d.len() as u64,
-            sha256: super::sha256_hex(d),
+            sha256: super::sha256_hex(d).parse().expect("a SHA-256"),
         })
         .collect()
 }
