@@ -1,7 +1,8 @@
-//! Export as a library call, used by `gapferry export` and the demo: collect
-//! a download folder through its profile (`mde` today), take the channel's
-//! next sequence number, and write and sign the bundle (one file, or split
-//! into volumes with a signed index).
+//! Export as a library call, used by `gapferry export` and the demo: take
+//! what a profile collected ([`Collection`]: items and payload files), take
+//! the channel's next sequence number, and write and sign the bundle (one
+//! file, or split into volumes with a signed index). It never names a
+//! profile: the caller collects through one (`mde::collect` today).
 //!
 //! It owns the order of those steps: an existing output is refused before a
 //! sequence number is spent on it, and nothing is written at the output on
@@ -15,19 +16,15 @@ use crate::bundle::writer::{self, BundleSpec, WriteOptions, Written};
 use crate::bundle::BundleError;
 use crate::error::{Classify, ExitKind};
 use crate::keys::SecretKey;
-use crate::mde::collect::{self, CollectError, Collected};
-use crate::mde::{self, Platform, Ring};
+use crate::profile::Collection;
 use crate::progress::Observer;
 use crate::sequence::{self, SequenceError};
 
 /// What to export, checked by the caller.
 #[derive(Debug, Clone)]
 pub struct ExportRequest {
-    /// The download folder.
-    pub from: PathBuf,
-    /// Only these platforms and rings (all when empty).
-    pub platforms: Vec<Platform>,
-    pub rings: Vec<Ring>,
+    /// What to carry, collected by the caller through its profile.
+    pub collection: Collection,
     /// The bundle file (with `split`: the name the volumes and index take).
     pub out: PathBuf,
     pub channel: String,
@@ -47,8 +44,6 @@ pub struct ExportRequest {
 /// What an export wrote.
 #[derive(Debug)]
 pub struct Exported {
-    /// The folders carried.
-    pub collected: Vec<Collected>,
     /// The bundle (for a split one: the whole stream).
     pub written: Written,
     /// The volumes and index of a split bundle.
@@ -68,8 +63,6 @@ pub struct SplitParts {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExportError {
-    #[error(transparent)]
-    Collect(#[from] CollectError),
     #[error("{} already exists; choose another --out or add --force to replace it", .path.display())]
     Exists { path: PathBuf },
     #[error(transparent)]
@@ -85,7 +78,6 @@ pub enum ExportError {
 impl Classify for ExportError {
     fn exit_kind(&self) -> ExitKind {
         match self {
-            ExportError::Collect(e) => e.exit_kind(),
             ExportError::Exists { .. } => ExitKind::Operational,
             ExportError::Sequence(e) => e.exit_kind(),
             ExportError::Write { source, .. } => source.exit_kind(),
@@ -100,15 +92,13 @@ pub fn random_id() -> String {
     hex::encode(b)
 }
 
-/// Collects, numbers, writes and signs one bundle with every key in `keys`
-/// (at least one).
+/// Numbers, writes and signs one bundle of `req.collection` with every key
+/// in `keys` (at least one).
 pub fn export(
     req: &ExportRequest,
     keys: &[SecretKey],
     observer: &dyn Observer,
 ) -> Result<Exported, ExportError> {
-    let collected = collect::collect(&req.from, &req.platforms, &req.rings)?;
-    let (items, files) = collect::to_bundle_parts(&collected);
     // Refuse an existing output before a sequence number is spent on it.
     if !req.write.overwrite && req.out.exists() {
         return Err(ExportError::Exists {
@@ -124,9 +114,9 @@ pub fn export(
         created: now,
         expires: now + req.expires_in,
         producer: req.producer.clone(),
-        profile: mde::PROFILE.to_string(),
-        items,
-        files,
+        profile: req.collection.profile.to_string(),
+        items: req.collection.items.clone(),
+        files: req.collection.files.clone(),
     };
     let failed = |source| ExportError::Write {
         out: req.out.clone(),
@@ -155,9 +145,5 @@ pub fn export(
             (written, Some(parts))
         }
     };
-    Ok(Exported {
-        collected,
-        written,
-        split,
-    })
+    Ok(Exported { written, split })
 }

@@ -284,10 +284,9 @@ impl DemoArgs {
         export_state: &Path,
         out: &Path,
     ) -> anyhow::Result<gapferry::manifest::Manifest> {
+        let collected = gapferry::mde::collect::collect(download, &[], &[Ring::Production])?;
         let req = ExportRequest {
-            from: download.to_path_buf(),
-            platforms: Vec::new(),
-            rings: vec![Ring::Production],
+            collection: gapferry::mde::collect::to_collection(&collected),
             out: out.to_path_buf(),
             channel: "default".into(),
             expires_in: Duration::from_secs(30 * 86400),

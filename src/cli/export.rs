@@ -257,10 +257,9 @@ impl ExportArgs {
         platforms: &[Platform],
         rings: &[Ring],
     ) -> anyhow::Result<ExportSummary> {
+        let collected = gapferry::mde::collect::collect(&self.from, platforms, rings)?;
         let req = ExportRequest {
-            from: self.from.clone(),
-            platforms: platforms.to_vec(),
-            rings: rings.to_vec(),
+            collection: gapferry::mde::collect::to_collection(&collected),
             out: self.out.clone(),
             channel: self.channel.clone(),
             expires_in: self.expires_in,
@@ -278,11 +277,7 @@ impl ExportArgs {
             },
         };
         let bar = Bar::new(self.quiet || self.json);
-        let Exported {
-            collected,
-            written,
-            split,
-        } = export::export(&req, keys, &bar)?;
+        let Exported { written, split } = export::export(&req, keys, &bar)?;
         let split = split.zip(self.split).map(|(w, size)| SplitSummary {
             index: w.index_path.clone(),
             volume_size: size,

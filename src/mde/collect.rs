@@ -143,6 +143,17 @@ pub fn collect(
     Ok(out)
 }
 
+/// The collected folders as what export carries: the `mde` profile's
+/// items and payload files.
+pub fn to_collection(collected: &[Collected]) -> crate::profile::Collection {
+    let (items, files) = to_bundle_parts(collected);
+    crate::profile::Collection {
+        profile: super::PROFILE,
+        items,
+        files,
+    }
+}
+
 /// The manifest items and payload files for the collected folders.
 pub fn to_bundle_parts(collected: &[Collected]) -> (Vec<Item>, Vec<SourceFile>) {
     let mut items = Vec::new();

@@ -135,6 +135,20 @@ impl Unit {
 }
 
 /// What a kind of content tells the core. Implementations are stateless.
+/// What a profile collected from a folder for export: the signed items and
+/// the payload files of one bundle, and the profile name its manifest
+/// carries (the one that reads it back on import). Export takes this and
+/// never looks inside: collecting is the profile's business.
+#[derive(Debug, Clone)]
+pub struct Collection {
+    /// The manifest's `profile` value.
+    pub profile: &'static str,
+    /// The signed items, in manifest order.
+    pub items: Vec<crate::manifest::Item>,
+    /// The payload files, with where to read each one.
+    pub files: Vec<crate::bundle::writer::SourceFile>,
+}
+
 pub trait Profile: fmt::Debug + Send + Sync {
     /// The `profile` value of its manifests.
     fn name(&self) -> &'static str;
