@@ -1342,6 +1342,36 @@ mod tests {
         assert!(msg.contains(&path.display().to_string()), "{msg}");
     }
 
+    #[test]
+    fn no_proxy_matches_as_reqwest_did() {
+        let np = NoProxy::parse(" .corp.example , relay.example.net,10.0.0.0/8, ::1 ,192.168.1.7");
+        let m = |u: &str| np.matches(&Url::parse(u).unwrap());
+        assert!(m("https://corp.example/"));
+        assert!(m("https://a.b.corp.example:8443/"));
+        assert!(m("https://relay.example.net/"));
+        assert!(m("https://cdn.relay.example.net/"));
+        assert!(m("https://10.20.30.40/"));
+        assert!(m("https://[::1]:8443/"));
+        assert!(m("https://192.168.1.7/"));
+        assert!(!m("https://192.168.1.8/"));
+        assert!(!m("https://11.0.0.1/"));
+        assert!(!m("https://go.microsoft.com/fwlink/"));
+        assert!(!m("https://notcorp.example/"));
+        assert!(!m("https://relay.example.net.evil.com/"));
+        assert!(NoProxy::parse("*").matches(&Url::parse("https://x/").unwrap()));
+        assert!(!NoProxy::parse("").matches(&Url::parse("https://x/").unwrap()));
+    }
+
+    #[test]
+    fn only_the_statuses_that_redirect_a_get_are_followed() {
+        for s in [301, 302, 303, 307, 308] {
+            assert!(is_redirect(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [200, 300, 304, 305, 404] {
+            assert!(!is_redirect(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+    }
+
     fn urls(list: &[&str]) -> Vec<Url> {
         list.iter().map(|u| Url::parse(u).unwrap()).collect()
     }
