@@ -18,15 +18,18 @@ use std::fmt;
 use std::io::{Read, Seek, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quick_xml::events::Event;
-use reqwest::blocking::{Client, Response};
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use reqwest::{StatusCode, Url};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
+use ureq::http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use ureq::http::{Response, StatusCode};
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::{Agent, Body, Proxy};
+use url::Url;
 
 use super::layout::{Arch, FolderManifest, Platform, Ring, Slot};
 use super::version::Version;
@@ -448,9 +451,21 @@ pub struct Download {
 /// A client for one upstream base URL.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client,
+    /// Straight to the server: plain http (loopback only), a loopback
+    /// base, and hosts NO_PROXY names.
+    direct: Agent,
+    /// Through the proxy the environment names for https, if any.
+    proxied: Option<ProxiedAgent>,
     base: String,
     config: HttpConfig,
+}
+
+/// The agent for https requests that go through a proxy, and the rule
+/// that sends some hosts around it.
+#[derive(Debug, Clone)]
+struct ProxiedAgent {
+    agent: Agent,
+    no_proxy: NoProxy,
 }
 
 impl Upstream {
@@ -463,33 +478,41 @@ impl Upstream {
     /// `config.extra_roots`.
     pub fn new(base: &str, config: HttpConfig) -> Result<Self, UpstreamError> {
         let url = check_base(base)?;
-        let mut builder = Client::builder()
-            .user_agent(concat!("gapferry/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.read_timeout)
-            .redirect(redirect_policy());
-        if is_loopback(&url) {
-            // Plain http to this machine must not travel to a proxy.
-            builder = builder.no_proxy();
-        }
-        for file in config.extra_roots.files() {
-            for der in &file.certs {
-                let cert =
-                    reqwest::Certificate::from_der(der).map_err(|e| UpstreamError::CaCert {
-                        path: file.path.clone(),
-                        reason: error_chain(&e),
-                    })?;
-                builder = builder.add_root_certificate(cert);
+        let tls = tls_config(&config.extra_roots);
+        let direct = agent(&config, tls.clone(), None);
+        // Plain http to this machine must not travel to a proxy, nor may
+        // anything else a loopback base redirects to.
+        let proxied = match proxy_var_for("https:") {
+            Some(var) if !is_loopback(&url) => {
+                let value = std::env::var(var).unwrap_or_default();
+                let proxy = Proxy::new(&value).map_err(|e| {
+                    // The value is not shown: it may hold credentials.
+                    UpstreamError::Client(format!(
+                        "{var} is not a usable proxy URL ({e}); set it to http://[user:pass@]host:port"
+                    ))
+                })?;
+                Some(ProxiedAgent {
+                    agent: agent(&config, tls, Some(proxy)),
+                    no_proxy: NoProxy::from_env(),
+                })
             }
-        }
-        let client = builder
-            .build()
-            .map_err(|e| UpstreamError::Client(error_chain(&e)))?;
+            _ => None,
+        };
         Ok(Upstream {
-            client,
+            direct,
+            proxied,
             base: base.to_string(),
             config,
         })
+    }
+
+    /// The agent for one request: https through the proxy unless NO_PROXY
+    /// names the host; plain http (loopback only) always direct.
+    fn agent_for(&self, url: &Url) -> &Agent {
+        match &self.proxied {
+            Some(p) if url.scheme() == "https" && !p.no_proxy.matches(url) => &p.agent,
+            _ => &self.direct,
+        }
     }
 
     /// The base URL query strings are appended to.
@@ -506,7 +529,7 @@ impl Upstream {
     ) -> Result<UpstreamInfo, UpstreamError> {
         let url = info_url(&self.base, slot);
         self.with_retries(on_retry, |_| {
-            let resp = self.get(&url)?;
+            let (resp, _) = self.get(&url)?;
             let body = read_small(resp, &url, MAX_INFO_SIZE, self.config.read_timeout)?;
             UpstreamInfo::parse(&body, &url)
         })
@@ -540,8 +563,7 @@ impl Upstream {
             };
             out.set_len(0).map_err(write_err)?;
             out.rewind().map_err(write_err)?;
-            let resp = self.get(&url)?;
-            let final_url = resp.url().to_string();
+            let (resp, final_url) = self.get(&url)?;
             let expected = header_len(&resp);
             if let Some(n) = expected.filter(|&n| n > cap) {
                 return Err(UpstreamError::TooLarge {
@@ -578,35 +600,72 @@ impl Upstream {
         Ok(d)
     }
 
-    fn get(&self, url: &str) -> Result<Response, UpstreamError> {
-        let resp = self
-            .client
-            .get(url)
-            .send()
-            .map_err(|e| self.classify(url, &e))?;
-        let status = resp.status();
-        if status != StatusCode::OK {
-            return Err(UpstreamError::Status {
-                url: url.to_string(),
-                status: status.as_u16(),
-                attempts: 1,
-            });
+    /// Sends a GET for `url` and follows redirects while [`check_redirect`]
+    /// allows them; returns the 200 response and the URL that answered.
+    /// Redirects are followed here, not inside the HTTP library, so every
+    /// hop is checked before any byte is sent to it.
+    fn get(&self, url: &str) -> Result<(Response<Body>, String), UpstreamError> {
+        let first = Url::parse(url).map_err(|e| UpstreamError::Connect {
+            url: url.to_string(),
+            attempts: 1,
+            reason: format!("not a valid URL: {e}"),
+        })?;
+        let mut chain = vec![first];
+        loop {
+            let current = chain.last().expect("never empty");
+            let resp = self
+                .agent_for(current)
+                .get(current.as_str())
+                .call()
+                .map_err(|e| self.classify(url, e))?;
+            let status = resp.status();
+            let location = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if let (true, Some(location)) = (is_redirect(status), location) {
+                let mut next = current
+                    .join(&location)
+                    .map_err(|e| UpstreamError::Connect {
+                        url: url.to_string(),
+                        attempts: 1,
+                        reason: format!("{current} redirected to an invalid URL {location:?}: {e}"),
+                    })?;
+                check_redirect(&chain, &next).map_err(|r| UpstreamError::Redirect {
+                    url: url.to_string(),
+                    from: r.from,
+                    to: r.to,
+                    why: r.why.to_string(),
+                })?;
+                // A fragment is never sent.
+                next.set_fragment(None);
+                chain.push(next);
+                continue;
+            }
+            if status != StatusCode::OK {
+                return Err(UpstreamError::Status {
+                    url: url.to_string(),
+                    status: status.as_u16(),
+                    attempts: 1,
+                });
+            }
+            return Ok((resp, current.to_string()));
         }
-        Ok(resp)
     }
 
-    fn classify(&self, url: &str, e: &reqwest::Error) -> UpstreamError {
-        if let Some(r) = find_in_chain::<RedirectRefused>(e) {
-            return UpstreamError::Redirect {
-                url: url.to_string(),
-                from: r.from.clone(),
-                to: r.to.clone(),
-                why: r.why.to_string(),
-            };
-        }
-        if let Some(rustls::Error::InvalidCertificate(why)) = find_in_chain::<rustls::Error>(e) {
+    fn classify(&self, url: &str, e: ureq::Error) -> UpstreamError {
+        let invalid_cert = match &e {
+            ureq::Error::Rustls(rustls::Error::InvalidCertificate(why)) => Some(why),
+            ureq::Error::Io(io) => match find_in_chain::<rustls::Error>(io) {
+                Some(rustls::Error::InvalidCertificate(why)) => Some(why),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(why) = invalid_cert {
             let mut reason = format!("{why:?}");
-            if let Some(var) = proxy_var_for(url) {
+            if let Some(var) = self.proxy_var(url) {
                 reason.push_str(&format!(" (through the proxy named by {var})"));
             }
             return UpstreamError::Certificate {
@@ -614,19 +673,18 @@ impl Upstream {
                 reason,
             };
         }
-        if e.is_timeout() || chain_has_timeout(e) {
+        if is_timeout(&e) {
             UpstreamError::Timeout {
                 url: url.to_string(),
                 attempts: 1,
                 timeout: self.config.read_timeout,
             }
         } else {
-            // reqwest's own message repeats the URL; its causes say what failed.
-            let mut reason = match std::error::Error::source(e) {
-                Some(cause) => error_chain(cause),
-                None => e.to_string(),
+            let mut reason = match &e {
+                ureq::Error::Io(io) => error_chain(io),
+                other => error_chain(other),
             };
-            if let Some(var) = proxy_var_for(url) {
+            if let Some(var) = self.proxy_var(url) {
                 reason.push_str(&format!(" (through the proxy named by {var})"));
             }
             UpstreamError::Connect {
@@ -634,6 +692,18 @@ impl Upstream {
                 attempts: 1,
                 reason,
             }
+        }
+    }
+
+    /// The proxy variable in use for `url` (by name only: its value may
+    /// hold credentials), or None when the request goes direct.
+    fn proxy_var(&self, url: &str) -> Option<&'static str> {
+        let parsed = Url::parse(url).ok()?;
+        match &self.proxied {
+            Some(p) if parsed.scheme() == "https" && !p.no_proxy.matches(&parsed) => {
+                proxy_var_for(url)
+            }
+            _ => None,
         }
     }
 
@@ -750,13 +820,146 @@ pub fn check_redirect(previous: &[Url], next: &Url) -> Result<(), RedirectRefuse
     }
 }
 
-fn redirect_policy() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        match check_redirect(attempt.previous(), attempt.url()) {
-            Ok(()) => attempt.follow(),
-            Err(refused) => attempt.error(refused),
+/// The statuses that redirect a GET (as browsers and curl follow them).
+fn is_redirect(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
+}
+
+/// One agent: timeouts from `config`, no redirects of its own (see
+/// [`Upstream::get`]), HTTP errors as responses, no gzip, and exactly the
+/// proxy given (ureq would otherwise read the environment itself).
+fn agent(config: &HttpConfig, tls: TlsConfig, proxy: Option<Proxy>) -> Agent {
+    Agent::config_builder()
+        .user_agent(concat!("gapferry/", env!("CARGO_PKG_VERSION")))
+        .timeout_connect(Some(config.connect_timeout))
+        .timeout_recv_response(Some(config.read_timeout))
+        .timeout_per_read(Some(config.read_timeout))
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .proxy(proxy)
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
+/// The roots a server certificate may chain to: the built-in Mozilla set,
+/// the operating system's store (SSL_CERT_FILE and SSL_CERT_DIR replace
+/// its usual places, as for OpenSSL) and every `--ca-cert` certificate.
+/// Certificates of the system store that do not parse are skipped, as
+/// they were before; `--ca-cert` ones were checked when read.
+fn tls_config(extra: &ExtraRoots) -> TlsConfig {
+    let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    let native = rustls_native_certs::load_native_certs();
+    roots.extend(
+        native
+            .certs
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned()),
+    );
+    for file in extra.files() {
+        roots.extend(
+            file.certs
+                .iter()
+                .map(|der| Certificate::from_der(der).to_owned()),
+        );
+    }
+    TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .build()
+}
+
+/// NO_PROXY (or no_proxy) as reqwest read it: comma-separated; `*` for
+/// every host; an IP address or CIDR network matches addresses in it; a
+/// domain, with or without a leading dot, matches itself and every
+/// subdomain. Ports are ignored.
+#[derive(Debug, Clone, Default)]
+struct NoProxy {
+    entries: Vec<String>,
+}
+
+impl NoProxy {
+    fn from_env() -> Self {
+        let value = ["NO_PROXY", "no_proxy"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|x| !x.is_empty()))
+            .unwrap_or_default();
+        NoProxy::parse(&value)
+    }
+
+    fn parse(value: &str) -> Self {
+        NoProxy {
+            entries: value
+                .split(',')
+                .map(|e| e.trim().to_ascii_lowercase())
+                .filter(|e| !e.is_empty())
+                .collect(),
         }
-    })
+    }
+
+    fn matches(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let ip = host.parse::<IpAddr>().ok();
+        self.entries.iter().any(|entry| {
+            if entry == "*" {
+                return true;
+            }
+            if let Some(ip) = ip {
+                return ip_matches(ip, entry);
+            }
+            let domain = entry.trim_start_matches('.');
+            host == domain || host.ends_with(&format!(".{domain}"))
+        })
+    }
+}
+
+/// Whether `ip` is the address `entry` or inside the network `entry`.
+fn ip_matches(ip: IpAddr, entry: &str) -> bool {
+    let entry = entry.trim_start_matches('[').trim_end_matches(']');
+    let (addr, bits) = match entry.split_once('/') {
+        Some((a, b)) => match b.parse::<u32>() {
+            Ok(b) => (a, Some(b)),
+            Err(_) => return false,
+        },
+        None => (entry, None),
+    };
+    let Ok(net) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let bits = bits.unwrap_or(32).min(32);
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let bits = bits.unwrap_or(128).min(128);
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Whether a failed request or read ran out of time.
+fn is_timeout(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Timeout(_) => true,
+        ureq::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::TimedOut
+                || io.kind() == std::io::ErrorKind::WouldBlock
+                || io_chain_has_timeout(io)
+        }
+        _ => false,
+    }
 }
 
 /// The first error of type `T` in `e`'s cause chain, looking inside
@@ -782,7 +985,7 @@ fn find_in_chain<'a, T: std::error::Error + 'static>(
     None
 }
 
-fn header_len(resp: &Response) -> Option<u64> {
+fn header_len(resp: &Response<Body>) -> Option<u64> {
     resp.headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -790,7 +993,7 @@ fn header_len(resp: &Response) -> Option<u64> {
 }
 
 fn read_small(
-    resp: Response,
+    resp: Response<Body>,
     url: &str,
     cap: u64,
     timeout: Duration,
@@ -806,7 +1009,7 @@ fn read_small(
         });
     }
     let mut body = Vec::new();
-    let mut limited = resp.take(cap + 1);
+    let mut limited = body_reader(resp).take(cap + 1);
     if let Err(e) = limited.read_to_end(&mut body) {
         return Err(body_error(url, e, body.len() as u64, expected, timeout));
     }
@@ -827,6 +1030,12 @@ fn read_small(
     Ok(body)
 }
 
+/// The body of `resp` as a reader without ureq's own size limit: the caps
+/// are ours, checked while reading.
+fn body_reader(resp: Response<Body>) -> impl Read {
+    resp.into_body().into_with_config().limit(u64::MAX).reader()
+}
+
 /// A failed body read: a timeout, or the connection dropping mid-body.
 fn body_error(
     url: &str,
@@ -835,7 +1044,11 @@ fn body_error(
     expected: Option<u64>,
     timeout: Duration,
 ) -> UpstreamError {
-    if e.kind() == std::io::ErrorKind::TimedOut || io_chain_has_timeout(&e) {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    ) || io_chain_has_timeout(&e)
+    {
         UpstreamError::Timeout {
             url: url.to_string(),
             attempts: 1,
@@ -864,7 +1077,7 @@ struct Sink<'a> {
 impl Sink<'_> {
     fn stream(
         &self,
-        mut resp: Response,
+        resp: Response<Body>,
         out: &mut std::fs::File,
         observer: &dyn Observer,
     ) -> Result<(u64, String), UpstreamError> {
@@ -880,8 +1093,9 @@ impl Sink<'_> {
         let mut head: Vec<u8> = Vec::with_capacity(64);
         let mut total: u64 = 0;
         let mut hasher = Sha256::new();
+        let mut body = body_reader(resp);
         loop {
-            let n = match resp.read(&mut buf) {
+            let n = match body.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => return Err(body_error(url, e, total, expected, timeout)),
@@ -937,8 +1151,9 @@ fn not_zip(url: &str, content_type: &str, head: &[u8]) -> UpstreamError {
     }
 }
 
-/// The proxy variable reqwest would use for `url`, if one is set (by name
-/// only: its value may hold credentials). NO_PROXY is not evaluated here.
+/// The proxy variable for `url`'s scheme, if one is set (by name only: its
+/// value may hold credentials), in reqwest's order. NO_PROXY is not
+/// evaluated here.
 fn proxy_var_for(url: &str) -> Option<&'static str> {
     let vars: &[&'static str] = if url.starts_with("https:") {
         &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
@@ -981,8 +1196,12 @@ fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn io_chain_has_timeout(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .is_some_and(|inner| chain_has_timeout(inner as &(dyn std::error::Error + 'static)))
+    e.get_ref().is_some_and(|inner| {
+        inner
+            .downcast_ref::<ureq::Error>()
+            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
+            || chain_has_timeout(inner as &(dyn std::error::Error + 'static))
+    })
 }
 
 #[cfg(test)]
@@ -1121,6 +1340,36 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("larger than 4194304 bytes"), "{msg}");
         assert!(msg.contains(&path.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn no_proxy_matches_as_reqwest_did() {
+        let np = NoProxy::parse(" .corp.example , relay.example.net,10.0.0.0/8, ::1 ,192.168.1.7");
+        let m = |u: &str| np.matches(&Url::parse(u).unwrap());
+        assert!(m("https://corp.example/"));
+        assert!(m("https://a.b.corp.example:8443/"));
+        assert!(m("https://relay.example.net/"));
+        assert!(m("https://cdn.relay.example.net/"));
+        assert!(m("https://10.20.30.40/"));
+        assert!(m("https://[::1]:8443/"));
+        assert!(m("https://192.168.1.7/"));
+        assert!(!m("https://192.168.1.8/"));
+        assert!(!m("https://11.0.0.1/"));
+        assert!(!m("https://go.microsoft.com/fwlink/"));
+        assert!(!m("https://notcorp.example/"));
+        assert!(!m("https://relay.example.net.evil.com/"));
+        assert!(NoProxy::parse("*").matches(&Url::parse("https://x/").unwrap()));
+        assert!(!NoProxy::parse("").matches(&Url::parse("https://x/").unwrap()));
+    }
+
+    #[test]
+    fn only_the_statuses_that_redirect_a_get_are_followed() {
+        for s in [301, 302, 303, 307, 308] {
+            assert!(is_redirect(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [200, 300, 304, 305, 404] {
+            assert!(!is_redirect(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
     }
 
     fn urls(list: &[&str]) -> Vec<Url> {
