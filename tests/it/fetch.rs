@@ -27,15 +27,6 @@ fn fetch(mock: &Mock, dir: &Path) -> Command {
 
 fn run(cmd: &mut Command) -> Run {
     let out = cmd.output().unwrap();
-    if out.status.code().is_none() {
-        // Killed by a crash hook (SIGKILL): no exit code, so -1 stands for
-        // it, as the crash tests below expect.
-        return Run {
-            code: -1,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-    }
     Run::from_output(out)
 }
 
