@@ -12,7 +12,7 @@ use assert_cmd::Command;
 use serde::Deserialize;
 
 use support::fetch_mock::{gapferry, Fault, Mock, Release, TestCa, PROXY_VARS};
-use support::Run;
+use support::{attacker_flock, Run};
 
 /// `gapferry fetch` into `dir` from `mock`, with fast retries.
 fn fetch(mock: &Mock, dir: &Path) -> Command {
@@ -696,41 +696,6 @@ fn a_second_fetch_on_the_same_folder_is_refused() {
     assert_eq!(mock.with(|s| s.requests.len()), 0);
     drop(lock);
     assert_eq!(run(&mut fetch(&mock, dir.path())).code, 0);
-}
-
-/// `nobody` (through `setpriv`) opens `path` read-only and holds an
-/// exclusive `flock` on it; returns the process and what it says: `held`,
-/// or `denied <errno>`.
-fn attacker_flock(path: &Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    let script = "import fcntl,os,sys,time\n\
-try:\n    fd = os.open(sys.argv[1], os.O_RDONLY)\n    fcntl.flock(fd, fcntl.LOCK_EX)\n\
-except OSError as e:\n    print('denied', e.errno, flush=True)\n    sys.exit(1)\n\
-print('held', flush=True)\ntime.sleep(60)\n";
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            // A system Python: another user may not reach a per-user shim.
-            ["/usr/bin/python3", "/usr/local/bin/python3"]
-                .into_iter()
-                .find(|p| Path::new(p).exists())
-                .unwrap_or("python3"),
-            "-c",
-            script,
-        ])
-        .arg(path)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(!line.is_empty(), "the attacker process did not start");
-    (child, line.trim().to_string())
 }
 
 #[test]

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use gapferry::error::{Classify, ExitKind};
 use gapferry::mirror::lock::LockError;
 use gapferry::mirror::state::StateDir;
-use std::io::BufRead;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use support::attacker_flock;
 use support::import::*;
 
 const CHILD: &str = "GAPFERRY_TEST_CHILD_LOCK";
@@ -122,38 +122,6 @@ fn second_user() -> bool {
         return false;
     }
     true
-}
-
-/// `nobody` opens `path` read-only and holds an exclusive `flock` on it;
-/// returns the process and what it says: `held`, or `denied <errno>`.
-fn attacker_flock(path: &Path) -> (Child, String) {
-    let script = "import fcntl,os,sys,time\n\
-try:\n    fd = os.open(sys.argv[1], os.O_RDONLY)\n    fcntl.flock(fd, fcntl.LOCK_EX)\n\
-except OSError as e:\n    print('denied', e.errno, flush=True)\n    sys.exit(1)\n\
-print('held', flush=True)\ntime.sleep(60)\n";
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            // A system Python: another user may not reach a per-user shim.
-            ["/usr/bin/python3", "/usr/local/bin/python3"]
-                .into_iter()
-                .find(|p| Path::new(p).exists())
-                .unwrap_or("python3"),
-            "-c",
-            script,
-        ])
-        .arg(path)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(!line.is_empty(), "the attacker process did not start");
-    (child, line.trim().to_string())
 }
 
 /// An imported mirror and a newer bundle for it, under a root folder other

@@ -626,3 +626,38 @@ pub mod json {
         v
     }
 }
+
+/// `nobody` (through `setpriv`) opens `path` read-only and holds an
+/// exclusive `flock` on it, as any local user could; returns the process
+/// and what it says: `held`, or `denied <errno>`. Needs root.
+pub fn attacker_flock(path: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let script = "import fcntl,os,sys,time\n\
+try:\n    fd = os.open(sys.argv[1], os.O_RDONLY)\n    fcntl.flock(fd, fcntl.LOCK_EX)\n\
+except OSError as e:\n    print('denied', e.errno, flush=True)\n    sys.exit(1)\n\
+print('held', flush=True)\ntime.sleep(60)\n";
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            // A system Python: another user may not reach a per-user shim.
+            ["/usr/bin/python3", "/usr/local/bin/python3"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())
+                .unwrap_or("python3"),
+            "-c",
+            script,
+        ])
+        .arg(path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(!line.is_empty(), "the attacker process did not start");
+    (child, line.trim().to_string())
+}
