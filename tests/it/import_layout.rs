@@ -62,21 +62,8 @@ fn import_077(fx: &Fx, bundle: &Path, key: &Keys, extra: &[&str]) -> Run {
 fn mirror_layout_modes_and_back_rotation() {
     let fx = Fx::new();
     let key = fx.key("k");
-    let v1 = fx.download(
-        "v1",
-        &[(LX, "1.1.1.0", "1.400.1.0"), (LA, "1.1.1.0", "1.400.1.0")],
-    );
-    let v2 = fx.download(
-        "v2",
-        &[(LX, "1.1.2.0", "1.400.2.0"), (LA, "1.1.2.0", "1.400.2.0")],
-    );
-    let v3 = fx.download(
-        "v3",
-        &[(LX, "1.1.3.0", "1.400.3.0"), (LA, "1.1.3.0", "1.400.3.0")],
-    );
-    let b1 = fx.export(&v1, "b1", &[&key], &[]);
-    let b2 = fx.export(&v2, "b2", &[&key], &[]);
-    let b3 = fx.export(&v3, "b3", &[&key], &[]);
+    let [(v1, b1), (v2, b2), (v3, b3)]: [_; 3] =
+        fx.releases(&key, &[LX, LA], 1..=3).try_into().unwrap();
 
     // First import into a mirror that does not exist yet, under umask 077.
     import_077(&fx, &b1, &key, &[]).expect(0, &["1.400.1.0"]);
@@ -224,16 +211,7 @@ fn filters_matching_nothing_are_a_usage_error() {
 fn target_publishes_one_platform_and_ring() {
     let fx = Fx::new();
     let key = fx.key("k");
-    let v1 = fx.download(
-        "v1",
-        &[(LX, "1.1.1.0", "1.400.1.0"), (LA, "1.1.1.0", "1.400.1.0")],
-    );
-    let v2 = fx.download(
-        "v2",
-        &[(LX, "1.1.2.0", "1.400.2.0"), (LA, "1.1.2.0", "1.400.2.0")],
-    );
-    let b1 = fx.export(&v1, "b1", &[&key], &[]);
-    let b2 = fx.export(&v2, "b2", &[&key], &[]);
+    let [(v1, b1), (v2, b2)]: [_; 2] = fx.releases(&key, &[LX, LA], 1..=2).try_into().unwrap();
     let served = fx.root.join("srv");
     fs::create_dir_all(&served).unwrap();
     let target = served.join("mde-linux");

@@ -313,16 +313,7 @@ fn allow_downgrade_imports_and_is_recorded() {
 fn same_bundle_again_changes_nothing() {
     let fx = Fx::new();
     let k = fx.key("k");
-    let v1 = fx.download(
-        "v1",
-        &[(LX, "1.1.1.0", "1.400.1.0"), (LA, "1.1.1.0", "1.400.1.0")],
-    );
-    let v2 = fx.download(
-        "v2",
-        &[(LX, "1.1.2.0", "1.400.2.0"), (LA, "1.1.2.0", "1.400.2.0")],
-    );
-    let b1 = fx.export(&v1, "b1", &[&k], &[]);
-    let b2 = fx.export(&v2, "b2", &[&k], &[]);
+    let [(v1, b1), (_, b2)]: [_; 2] = fx.releases(&k, &[LX, LA], 1..=2).try_into().unwrap();
     fx.import(&b1, &[&k.public], &[]).ok();
     fx.import(&b2, &[&k.public], &[]).ok();
     let before = fx.snapshot();

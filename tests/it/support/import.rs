@@ -129,6 +129,29 @@ impl Fx {
         .collect()
     }
 
+    /// The same chain over several units at once, exported with the
+    /// exporter's own sequence (so bundles made later in a test stay newer):
+    /// download folder `vN` (engine 1.1.N.0, definitions 1.400.N.0 in every
+    /// unit of `rels`) and its bundle `bN`, for each N in `ns`.
+    pub fn releases(
+        &self,
+        key: &Keys,
+        rels: &[&str],
+        ns: RangeInclusive<u32>,
+    ) -> Vec<(PathBuf, PathBuf)> {
+        ns.map(|n| {
+            let (eng, def) = (format!("1.1.{n}.0"), format!("1.400.{n}.0"));
+            let units: Vec<(&str, &str, &str)> = rels
+                .iter()
+                .map(|r| (*r, eng.as_str(), def.as_str()))
+                .collect();
+            let dl = self.download(&format!("v{n}"), &units);
+            let b = self.export(&dl, &format!("b{n}"), &[key], &[]);
+            (dl, b)
+        })
+        .collect()
+    }
+
     /// Imports `bundles` in order into the mirror, trusting `trust`,
     /// insisting on exit 0 for each.
     pub fn import_all(&self, bundles: &[PathBuf], trust: &[&Path]) {
