@@ -25,6 +25,7 @@ use crate::mirror::import::ImportError;
 use crate::mirror::inbox::InboxError;
 use crate::mirror::ledger::LedgerError;
 use crate::mirror::lock::LockError;
+use crate::mirror::metrics::MetricsError;
 use crate::mirror::publish::PublishError;
 use crate::mirror::rollback::RollbackError;
 use crate::mirror::session::SessionError;
@@ -127,6 +128,7 @@ crate_error! {
     Import(ImportError),
     Rollback(RollbackError),
     Inbox(InboxError),
+    Metrics(MetricsError),
 }
 
 impl Classify for Error {
@@ -152,6 +154,7 @@ impl Classify for Error {
             Error::Import(e) => e.exit_kind(),
             Error::Rollback(e) => e.exit_kind(),
             Error::Inbox(e) => e.exit_kind(),
+            Error::Metrics(e) => e.exit_kind(),
         }
     }
 }

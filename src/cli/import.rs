@@ -16,6 +16,7 @@ use gapferry::mde::{Platform, Ring};
 use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target, UnitFilter};
 use gapferry::mirror::inbox::{self, BundleResult, InboxOptions, Tracker};
 use gapferry::mirror::ledger::Outcome;
+use gapferry::mirror::metrics;
 use gapferry::mirror::publish::{Destination, PublishOptions};
 use gapferry::mirror::receipt;
 use gapferry::mirror::state;
@@ -106,6 +107,12 @@ pub struct ImportArgs {
     /// No progress bar, no summary on stderr.
     #[arg(long)]
     quiet: bool,
+    /// After each attempt (with --inbox: after each bundle and each pass),
+    /// write the mirror's Prometheus metrics to FILE, as `gapferry status
+    /// --quick --prometheus FILE` does (served files checked by size; run
+    /// status on a timer for the SHA-256 check). The name must end in .prom.
+    #[arg(long, value_name = "FILE", conflicts_with = "target")]
+    prometheus: Option<PathBuf>,
 }
 
 impl ImportArgs {
@@ -149,6 +156,7 @@ impl ImportArgs {
         }
         let bar = Bar::new(self.quiet || self.json);
         let (report, err) = import::import(&opts, &bar);
+        self.refresh_metrics(&opts);
         if !self.json && !self.quiet {
             summary(&report);
         }
@@ -189,6 +197,9 @@ impl ImportArgs {
                 )
             }
         };
+        if let Some(file) = &self.prometheus {
+            metrics::check_path(file)?;
+        }
         let trust = TrustSet::load(&self.trust)?;
         if self.threshold > trust.len() {
             return Err(UsageError(format!(
@@ -225,6 +236,21 @@ impl ImportArgs {
 }
 
 impl ImportArgs {
+    /// `--prometheus FILE`: rewrites the metrics after an attempt. A
+    /// failure is a warning: the import's own outcome stands.
+    fn refresh_metrics(&self, opts: &ImportOptions) {
+        let (Some(file), Target::Mirror(mirror)) = (&self.prometheus, &opts.target) else {
+            return;
+        };
+        if let Err(e) = metrics::refresh(file, mirror, &opts.state_dir, false) {
+            eprintln!(
+                "gapferry: warning: metrics {}: {}",
+                escape_path(file),
+                Esc(&format!("{:#}", anyhow::Error::from(e)))
+            );
+        }
+    }
+
     /// `--inbox`: one pass, or with `--watch` passes until SIGTERM/SIGINT.
     fn run_inbox(&self, dir: PathBuf, import: ImportOptions) -> anyhow::Result<i32> {
         if !dir.is_dir() {
@@ -261,6 +287,7 @@ impl ImportArgs {
                 .map(receipt::short_head);
         };
         let mut on_result = |r: &BundleResult| {
+            self.refresh_metrics(&opts.import);
             if json {
                 let mut out = std::io::stdout().lock();
                 let _ = serde_json::to_writer(&mut out, r);
@@ -283,7 +310,10 @@ impl ImportArgs {
             inbox_line(r, head.borrow_mut().take());
         };
         loop {
-            match inbox::pass(&opts, &mut tracker, &stop, &bar, &mut after, &mut on_result) {
+            let passed = inbox::pass(&opts, &mut tracker, &stop, &bar, &mut after, &mut on_result);
+            // Also when nothing arrived: the ages in the file keep moving.
+            self.refresh_metrics(&opts.import);
+            match passed {
                 Ok(summary) if !self.watch => {
                     if !quiet && !json {
                         for w in &summary.waiting {

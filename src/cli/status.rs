@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use gapferry::mirror::state;
 use gapferry::mirror::status::{self, Severity};
+use gapferry::mirror::{metrics, state};
 use gapferry::text::{escape_path, Esc};
 
 use super::output::print_json;
@@ -36,6 +36,12 @@ pub struct StatusArgs {
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
+    /// Write Prometheus metrics to FILE (atomically, mode 0644, for
+    /// node_exporter's textfile collector; the name must end in .prom)
+    /// instead of printing the report (with --json: as well). The exit code
+    /// is the same.
+    #[arg(long, value_name = "FILE")]
+    prometheus: Option<PathBuf>,
 }
 
 fn age(secs: u64) -> String {
@@ -52,7 +58,13 @@ impl StatusArgs {
             Some(d) => d.clone(),
             None => state::default_state_dir(&self.mirror)?,
         };
-        let st = status::status(&self.mirror, &state_dir, !self.quick)?;
+        let st = match &self.prometheus {
+            Some(file) => {
+                metrics::check_path(file)?;
+                metrics::refresh(file, &self.mirror, &state_dir, !self.quick)?
+            }
+            None => status::status(&self.mirror, &state_dir, !self.quick)?,
+        };
         let warnings = st
             .slots
             .iter()
@@ -66,6 +78,8 @@ impl StatusArgs {
         }
         if self.json {
             print_json(&st)?;
+        } else if self.prometheus.is_some() {
+            // The metrics file is the report.
         } else {
             if st.slots.is_empty() {
                 line!(

@@ -34,9 +34,10 @@ fn variant(e: &Error) -> &'static str {
         Error::Import(_) => "Import",
         Error::Rollback(_) => "Rollback",
         Error::Inbox(_) => "Inbox",
+        Error::Metrics(_) => "Metrics",
     }
 }
-const VARIANTS: usize = 18;
+const VARIANTS: usize = 19;
 
 fn broken_ledger() -> LedgerError {
     LedgerError::Broken {
@@ -214,6 +215,21 @@ fn samples() -> Vec<(Error, i32)> {
             }
             .into(),
             1,
+        ),
+        (
+            crate::mirror::metrics::MetricsError::Write {
+                path: p("/var/lib/node-exporter/gapferry.prom"),
+                source: io::Error::other("x"),
+            }
+            .into(),
+            1,
+        ),
+        (
+            crate::mirror::metrics::MetricsError::NotProm {
+                path: p("/var/lib/node-exporter/gapferry.txt"),
+            }
+            .into(),
+            2,
         ),
     ]
 }

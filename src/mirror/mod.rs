@@ -7,7 +7,8 @@
 //! import ([`receipt`]); the inbox job that imports whatever arrives in a
 //! directory ([`inbox`]); the session every change starts with, under the
 //! lock, and the writing of a state change with its ledger line
-//! ([`session`]). These are building blocks: they never read bundles or
+//! ([`session`]); the Prometheus metrics of a mirror ([`metrics`]). These
+//! are building blocks: they never read bundles or
 //! check signatures; the import orchestration accepts first
 //! ([`crate::verify::accept`]) and then calls them. The mirror works on the
 //! profile seam's types ([`crate::profile`]) and never names a profile.
@@ -18,6 +19,7 @@ pub mod inbox;
 pub mod ledger;
 pub mod ledger_quota;
 pub mod lock;
+pub mod metrics;
 pub mod publish;
 pub mod receipt;
 pub mod rollback;
