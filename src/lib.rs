@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod bundleid;
 pub mod durable;
 pub mod error;
+pub mod eventlog;
 pub mod export;
 pub mod faults;
 pub mod keys;

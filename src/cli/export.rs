@@ -181,7 +181,8 @@ impl ExportArgs {
             return Ok(0);
         };
 
-        let report = fetch_cli::execute(&plan, self.quiet, self.json)?;
+        let report =
+            fetch_cli::execute(&plan, self.quiet, self.json, self.fetch_source.log_format)?;
         let fetch_json = fetch_cli::json::Report::new(&report);
         if report.failed() {
             // Said even with --quiet or --json: cron and systemd must see

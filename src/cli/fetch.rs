@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use gapferry::eventlog::{Event, Level as EvLevel, LogFormat};
 use gapferry::mde::fetch::{
     self as lib, FetchObserver, FetchOptions, FetchPlan, FetchReport, Level, SlotOutcome,
 };
@@ -117,6 +118,12 @@ pub struct FetchSourceArgs {
     /// Largest updates.zip accepted (bytes, or with K, M, G, KiB, MiB, GiB).
     #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
     pub max_package_size: u64,
+
+    /// Form of the log lines on stderr, one per event: text (sentences),
+    /// kv (key=value), json (one object per line); auto is kv when stderr
+    /// is the systemd journal, else text. The log file keeps the text form.
+    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = LogFormat::parse_flag)]
+    pub log_format: LogFormat,
 }
 
 impl FetchSourceArgs {
@@ -151,7 +158,7 @@ impl FetchArgs {
             arches: self.arches.clone(),
             ..self.source.options()
         })?;
-        let report = execute(&plan, self.quiet, self.json)?;
+        let report = execute(&plan, self.quiet, self.json, self.source.log_format)?;
         if self.json {
             print_json(&json::Report::new(&report))?;
         }
@@ -163,8 +170,14 @@ impl FetchArgs {
 /// plan's log file, progress bars on a terminal (not with `quiet` or
 /// `json`), and the per-item summary on stderr. The caller decides the exit
 /// code from [`FetchReport::failed`].
-pub fn execute(plan: &FetchPlan, quiet: bool, json: bool) -> anyhow::Result<FetchReport> {
-    let ui = Ui::new(plan.log_file.as_deref(), quiet, json)?;
+pub fn execute(
+    plan: &FetchPlan,
+    quiet: bool,
+    json: bool,
+    format: LogFormat,
+) -> anyhow::Result<FetchReport> {
+    let mut ui = Ui::new(plan.log_file.as_deref(), quiet, json)?;
+    ui.format = format;
     let report = lib::fetch(plan, &ui)?;
     ui.summary(&report);
     Ok(report)
@@ -177,6 +190,7 @@ struct Ui {
     quiet: bool,
     terminal: bool,
     log_file: Option<(PathBuf, Mutex<File>)>,
+    format: LogFormat,
 }
 
 impl Ui {
@@ -215,6 +229,7 @@ impl Ui {
             quiet,
             terminal: std::io::stderr().is_terminal(),
             log_file,
+            format: LogFormat::Text,
         })
     }
 
@@ -227,6 +242,10 @@ impl Ui {
         );
         self.log(Level::Info, &format!("done: {counts}"));
         if self.quiet && !report.failed() {
+            return;
+        }
+        if self.format != LogFormat::Text {
+            self.summary_events(report);
             return;
         }
         let mut err = std::io::stderr().lock();
@@ -269,6 +288,43 @@ impl Ui {
     }
 }
 
+impl Ui {
+    /// The summary as events (kv, json): one `fetch.item` per folder.
+    fn summary_events(&self, report: &FetchReport) {
+        let now = std::time::SystemTime::now();
+        for item in &report.items {
+            let (outcome, current, error) = match &item.outcome {
+                SlotOutcome::Updated { current, .. } => ("updated", Some(current), None),
+                SlotOutcome::Unchanged { current } => ("unchanged", Some(current), None),
+                SlotOutcome::Failed { error } => ("failed", None, Some(error.to_string())),
+                _ => ("unknown", None, None),
+            };
+            let level = if error.is_some() {
+                EvLevel::Error
+            } else {
+                EvLevel::Info
+            };
+            let e = Event::new(
+                level,
+                "fetch.item",
+                format!("{}: {outcome}", item.slot.rel()),
+            )
+            .text("path", Some(&item.slot.rel()))
+            .text("platform", Some(&item.slot.platform.to_string()))
+            .text("ring", Some(&item.slot.ring.to_string()))
+            .text("arch", Some(&item.slot.arch.to_string()))
+            .text("outcome", Some(outcome))
+            .text("engine_version", current.map(|c| c.engine_version.as_str()))
+            .text(
+                "definition_version",
+                current.map(|c| c.definition_version.as_str()),
+            )
+            .text("error", error.as_deref());
+            eprintln!("{}", e.line(self.format, now));
+        }
+    }
+}
+
 impl Observer for Ui {
     fn start(&self, label: &str, total: u64) {
         self.bar.start(label, total);
@@ -282,9 +338,9 @@ impl Observer for Ui {
 }
 
 impl FetchObserver for Ui {
-    fn log(&self, level: Level, line: &str) {
+    fn log(&self, level: Level, raw: &str) {
         // Lines quote what the network sent (versions, URLs): escaped, one line each.
-        let line = gapferry::text::escape(line);
+        let line = gapferry::text::escape(raw);
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
         if let Some((_, f)) = &self.log_file {
             if let Ok(mut f) = f.lock() {
@@ -292,6 +348,16 @@ impl FetchObserver for Ui {
             }
         }
         if self.quiet && level == Level::Info {
+            return;
+        }
+        if self.format != LogFormat::Text {
+            let level = match level {
+                Level::Info => EvLevel::Info,
+                Level::Warn => EvLevel::Warning,
+                _ => EvLevel::Error,
+            };
+            let e = Event::new(level, "fetch.log", raw);
+            eprintln!("{}", e.line(self.format, std::time::SystemTime::now()));
             return;
         }
         // On a terminal people read along; elsewhere (cron, systemd) each

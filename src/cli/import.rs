@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 
+use gapferry::eventlog::{Event, Level, LogFormat};
 use gapferry::keys::TrustSet;
 use gapferry::manifest;
 use gapferry::mde::{Platform, Ring};
@@ -113,6 +114,11 @@ pub struct ImportArgs {
     /// status on a timer for the SHA-256 check). The name must end in .prom.
     #[arg(long, value_name = "FILE", conflicts_with = "target")]
     prometheus: Option<PathBuf>,
+    /// With --inbox: the form of the log lines on stderr, one per event:
+    /// text (sentences), kv (key=value), json (one object per line); auto
+    /// is kv when stderr is the systemd journal, else text.
+    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = LogFormat::parse_flag, requires = "inbox")]
+    log_format: LogFormat,
 }
 
 impl ImportArgs {
@@ -286,6 +292,7 @@ impl ImportArgs {
                 .and_then(Option::as_ref)
                 .map(receipt::short_head);
         };
+        let log = self.log_format;
         let mut on_result = |r: &BundleResult| {
             self.refresh_metrics(&opts.import);
             if json {
@@ -295,6 +302,12 @@ impl ImportArgs {
                 let _ = out.flush();
             }
             if json || quiet {
+                if log != LogFormat::Text {
+                    if (r.exit_code > 0 && r.error.is_some()) || r.not_moved.is_some() {
+                        emit(log, &bundle_event(r, head.borrow_mut().take()));
+                    }
+                    return;
+                }
                 if let (1.., Some(e)) = (r.exit_code, &r.error) {
                     eprintln!("gapferry: inbox: {}: {}", Esc(&r.bundle), Esc(e));
                 }
@@ -307,7 +320,7 @@ impl ImportArgs {
                 }
                 return;
             }
-            inbox_line(r, head.borrow_mut().take());
+            emit(log, &bundle_event(r, head.borrow_mut().take()));
         };
         loop {
             let passed = inbox::pass(&opts, &mut tracker, &stop, &bar, &mut after, &mut on_result);
@@ -317,7 +330,7 @@ impl ImportArgs {
                 Ok(summary) if !self.watch => {
                     if !quiet && !json {
                         for w in &summary.waiting {
-                            eprintln!("gapferry: inbox: {}", Esc(w));
+                            emit(log, &Event::new(Level::Info, "inbox.waiting", w.clone()));
                         }
                     }
                     return Ok(summary.exit_code());
@@ -326,10 +339,15 @@ impl ImportArgs {
                 Err(e) if !self.watch => return Err(e.into()),
                 // A watcher keeps watching: the folder may come back (a
                 // remounted share); the next pass tries again.
-                Err(e) => eprintln!(
-                    "gapferry: inbox: {}; trying again in {:?}",
-                    Esc(&e.to_string()),
-                    self.interval
+                Err(e) => emit(
+                    log,
+                    &Event::new(
+                        Level::Error,
+                        "inbox.pass_failed",
+                        format!("{e}; trying again in {:?}", self.interval),
+                    )
+                    .text("error", Some(&e.to_string()))
+                    .field("retry_in_seconds", Some(self.interval.as_secs().into())),
                 ),
             }
             let until = std::time::Instant::now() + self.interval;
@@ -338,7 +356,10 @@ impl ImportArgs {
             }
             if stop.load(Ordering::Relaxed) {
                 if !quiet && !json {
-                    eprintln!("gapferry: inbox: stopping (signal received)");
+                    emit(
+                        log,
+                        &Event::new(Level::Info, "inbox.stopping", "stopping (signal received)"),
+                    );
                 }
                 return Ok(0);
             }
@@ -346,10 +367,21 @@ impl ImportArgs {
     }
 }
 
-/// The inbox's log line for one bundle (stderr, so journald under systemd).
-/// The file name and the error come from whoever wrote the inbox: escaped,
-/// so a name with a newline cannot forge a second line.
-fn inbox_line(r: &BundleResult, head: Option<String>) {
+/// Writes one inbox event on stderr (so journald under systemd): in the
+/// text form as the sentence after `gapferry: inbox: `.
+fn emit(format: LogFormat, e: &Event) {
+    let line = e.line(format, std::time::SystemTime::now());
+    match format {
+        LogFormat::Text => eprintln!("gapferry: inbox: {line}"),
+        _ => eprintln!("{line}"),
+    }
+}
+
+/// The inbox's event for one bundle. The file name and the error come from
+/// whoever wrote the inbox: every form escapes them (see
+/// [`gapferry::eventlog`]), so a name with a newline cannot forge a second
+/// line.
+fn bundle_event(r: &BundleResult, head: Option<String>) -> Event {
     let moved = match (&r.moved_to, &r.not_moved) {
         (Some(p), _) => format!("moved to {}", escape_path(p)),
         (None, Some(why)) => format!("left in the inbox: {}", Esc(why)),
@@ -357,40 +389,74 @@ fn inbox_line(r: &BundleResult, head: Option<String>) {
     };
     let bundle = Esc(&r.bundle);
     let error = Esc(r.error.as_deref().unwrap_or(""));
-    match r.outcome {
-        Outcome::Imported | Outcome::AlreadyImported => eprintln!(
-            "gapferry: inbox: {}: {} (sequence {}), receipt {}{}; {moved}",
-            bundle,
-            if r.outcome == Outcome::Imported {
-                "imported"
-            } else {
-                "already imported"
-            },
-            r.sequence.map(|s| s.to_string()).unwrap_or_default(),
-            Esc(r.receipt.as_deref().unwrap_or("(not kept)")),
-            head.map(|h| format!(", ledger head {h}"))
-                .unwrap_or_default()
+    let (level, message) = match r.outcome {
+        Outcome::Imported | Outcome::AlreadyImported => (
+            Level::Info,
+            format!(
+                "{}: {} (sequence {}), receipt {}{}; {moved}",
+                bundle,
+                if r.outcome == Outcome::Imported {
+                    "imported"
+                } else {
+                    "already imported"
+                },
+                r.sequence.map(|s| s.to_string()).unwrap_or_default(),
+                Esc(r.receipt.as_deref().unwrap_or("(not kept)")),
+                head.as_ref()
+                    .map(|h| format!(", ledger head {h}"))
+                    .unwrap_or_default()
+            ),
         ),
-        _ if r.moved_to.is_some() => eprintln!(
-            "gapferry: inbox: {}: {} (exit {}): {}; {moved} (see {}.reason.json)",
-            bundle,
-            r.outcome.as_str(),
-            r.exit_code,
-            error,
-            escape_path(r.moved_to.as_deref().unwrap_or(Path::new("")))
+        _ if r.moved_to.is_some() => (
+            Level::Warning,
+            format!(
+                "{}: {} (exit {}): {}; {moved} (see {}.reason.json)",
+                bundle,
+                r.outcome.as_str(),
+                r.exit_code,
+                error,
+                escape_path(r.moved_to.as_deref().unwrap_or(Path::new("")))
+            ),
         ),
-        _ if r.not_moved.is_some() => eprintln!(
-            "gapferry: inbox: {}: {} (exit {}): {}; {moved}",
-            bundle,
-            r.outcome.as_str(),
-            r.exit_code,
-            error
+        _ if r.not_moved.is_some() => (
+            Level::Error,
+            format!(
+                "{}: {} (exit {}): {}; {moved}",
+                bundle,
+                r.outcome.as_str(),
+                r.exit_code,
+                error
+            ),
         ),
-        _ => eprintln!(
-            "gapferry: inbox: {}: failed (exit {}): {}; left in place, tried again next pass",
-            bundle, r.exit_code, error
+        _ => (
+            Level::Error,
+            format!(
+                "{}: failed (exit {}): {}; left in place, tried again next pass",
+                bundle, r.exit_code, error
+            ),
         ),
-    }
+    };
+    Event::new(level, "inbox.bundle", message)
+        .text("bundle", Some(&r.bundle))
+        .text("outcome", Some(r.outcome.as_str()))
+        .field("exit_code", Some(r.exit_code.into()))
+        .field("sequence", r.sequence.map(Into::into))
+        .text("bundle_id", r.bundle_id.as_deref())
+        .text(
+            "manifest_sha256",
+            r.manifest_sha256.as_ref().map(|h| h.to_string()).as_deref(),
+        )
+        .text(
+            "moved_to",
+            r.moved_to
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .as_deref(),
+        )
+        .text("receipt", r.receipt.as_deref())
+        .text("ledger_head", head.as_deref())
+        .text("error", r.error.as_deref())
+        .text("not_moved", r.not_moved.as_deref())
 }
 
 /// Prints the receipt the import kept (unless quiet) and the ledger head

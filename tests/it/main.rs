@@ -31,6 +31,7 @@ mod inbox;
 mod json_output;
 mod ledger;
 mod limits;
+mod logs;
 mod metrics;
 mod minisign_interop;
 mod mirror_crash;

@@ -118,6 +118,9 @@ fn inbox_service_is_unprivileged_offline_and_writes_only_inbox_and_mirror() {
         one(&s, "Environment"),
         "GAPFERRY_STATE_DIR=/var/lib/gapferry"
     );
+    // One key=value line per event, found in the journal under one name.
+    assert_eq!(one(&s, "SyslogIdentifier"), "gapferry");
+    assert!(one(&s, "ExecStart").ends_with(" --log-format kv"));
 }
 
 #[test]
@@ -133,6 +136,8 @@ fn export_service_is_unprivileged_and_writes_only_download_and_outbox() {
     );
     let families = one(&s, "RestrictAddressFamilies");
     assert!(!families.contains("AF_PACKET"), "{families}");
+    assert_eq!(one(&s, "SyslogIdentifier"), "gapferry");
+    assert!(one(&s, "ExecStart").contains(" --log-format kv "));
 }
 
 /// `systemd-analyze security --offline` scores the units where it exists
