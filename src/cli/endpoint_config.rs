@@ -39,8 +39,11 @@ Without --check: 0 settings written, 1 --out cannot be written, 2 usage error.";
 /// Generates mdatp_managed.json (Linux, and macOS tools that take JSON) or,
 /// with --format plist, a macOS configuration profile with a
 /// com.microsoft.wdav payload: offline updates enabled, the URL ending at
-/// <platform>/<ring>/, signature checks on, automatic updates every
-/// --interval seconds, fallback to the cloud off unless asked for.
+/// <platform>/<ring>/, signature checks on (read by Defender for Mac and by
+/// Defender for Linux before 101.26062.0005, which deprecated the setting),
+/// automatic updates every --interval seconds, fallback to the cloud off
+/// unless asked for; for Linux also real-time enforcement, without which
+/// Defender for Linux never updates on its own.
 ///
 /// --url or --path may name the mirror root (gapferry appends
 /// <platform>/<ring>/) or already end at <platform>/<ring>/.
@@ -48,7 +51,9 @@ Without --check: 0 settings written, 1 --out cannot be written, 2 usage error.";
 /// --check FILE reads a managed JSON file, a plist or a .mobileconfig and
 /// reports misspelled or misplaced keys (such as the
 /// offlineDefintionUpdateFallbackToCloud of Microsoft's own sample), a
-/// missing or wrong URL, and offline updates left disabled.
+/// missing or wrong URL, offline updates left disabled, settings the agent
+/// version ignores or defaults differently, and for each finding which
+/// agents (platform and versions) it applies to.
 #[derive(Debug, Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct EndpointConfigArgs {
@@ -201,6 +206,9 @@ impl EndpointConfigArgs {
                 )?;
                 if let Some(fix) = &f.fix {
                     writeln!(err, "    fix: {}", gapferry::text::Esc(fix))?;
+                }
+                if let Some(a) = &f.applies_to {
+                    writeln!(err, "    applies to: {a}")?;
                 }
             }
             let problems = report.problems();

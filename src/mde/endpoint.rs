@@ -39,8 +39,34 @@ pub const OFFLINE_UPDATE: &str = "offlineDefinitionUpdate";
 pub const OFFLINE_UPDATE_URL: &str = "offlineDefinitionUpdateUrl";
 /// `antivirusEngine.offlineDefinitionUpdateFallbackToCloud` (bool).
 pub const FALLBACK_TO_CLOUD: &str = "offlineDefinitionUpdateFallbackToCloud";
-/// `features.offlineDefinitionUpdateVerifySig`: `"enabled"` checks the packages' signatures.
+/// `features.offlineDefinitionUpdateVerifySig`: `"enabled"` checks the
+/// packages' signatures. Deprecated and ignored by Defender for Linux from
+/// [`versions::LINUX_VERIFY_SIG_DEPRECATED`] on (the engine's signature is
+/// then always verified); still read by older Linux agents and by macOS.
 pub const VERIFY_SIG: &str = "offlineDefinitionUpdateVerifySig";
+/// `antivirusEngine.enforcementLevel`: Defender for Linux runs automatic
+/// offline updates only at [`REAL_TIME`].
+pub const ENFORCEMENT_LEVEL: &str = "enforcementLevel";
+/// The enforcement level automatic offline updates need on Linux.
+pub const REAL_TIME: &str = "real_time";
+
+/// Agent versions the settings depend on, from Microsoft's pages (cited in
+/// docs/OPERATIONS.md, "Endpoint settings and agent versions").
+pub mod versions {
+    /// First Defender for Linux with offline definition updates.
+    pub const LINUX_OFFLINE_UPDATES: &str = "101.24022.0001";
+    /// First Defender for Mac with offline definition updates.
+    pub const MAC_OFFLINE_UPDATES: &str = "101.25012.0003";
+    /// Defender for Linux from which `offlineDefinitionUpdateVerifySig` is
+    /// deprecated and has no effect.
+    pub const LINUX_VERIFY_SIG_DEPRECATED: &str = "101.26062.0005";
+    /// Defender for Linux from which `enforcementLevel` defaults to
+    /// `passive` (before: `real_time`).
+    pub const LINUX_PASSIVE_DEFAULT: &str = "101.23062.0001";
+}
+use versions::{
+    LINUX_OFFLINE_UPDATES, LINUX_PASSIVE_DEFAULT, LINUX_VERIFY_SIG_DEPRECATED, MAC_OFFLINE_UPDATES,
+};
 /// `cloudService.automaticDefinitionUpdateEnabled` (bool).
 pub const AUTOMATIC_UPDATES: &str = "automaticDefinitionUpdateEnabled";
 /// `cloudService.definitionUpdatesInterval` (seconds).
@@ -174,6 +200,13 @@ impl EndpointSettings {
             FALLBACK_TO_CLOUD.into(),
             Value::from(self.fallback_to_cloud),
         );
+        if self.platform == Platform::Linux {
+            // Since 101.23062.0001 the default is passive, where Defender for
+            // Linux never updates on its own.
+            av.insert(ENFORCEMENT_LEVEL.into(), Value::from(REAL_TIME));
+        }
+        // Kept for Linux agents before 101.26062.0005 and for macOS; later
+        // Linux agents ignore it.
         let mut features = Map::new();
         features.insert(VERIFY_SIG.into(), Value::from("enabled"));
         let mut cloud = Map::new();
@@ -429,6 +462,9 @@ pub struct Finding {
     pub message: String,
     /// What to change, when there is one thing to change.
     pub fix: Option<String>,
+    /// The Defender agents (platform and versions) the setting matters
+    /// for, when that is not every agent with offline updates.
+    pub applies_to: Option<String>,
 }
 
 /// The result of checking one file.
@@ -595,12 +631,14 @@ fn find_wdav_settings(root: Value) -> Result<Value, String> {
 /// The checks proper, on Defender's settings dict.
 pub fn check_settings(root: &Map<String, Value>, expect: &Expect) -> Vec<Finding> {
     let mut out = Vec::new();
+    let platform = platform_of(root, expect);
     let mut problem = |key: &str, message: String, fix: Option<String>| {
         out.push(Finding {
             severity: Severity::Problem,
             key: key.to_string(),
             message,
             fix,
+            applies_to: None,
         })
     };
 
@@ -729,6 +767,12 @@ pub fn check_settings(root: &Map<String, Value>, expect: &Expect) -> Vec<Finding
     let k = dotted(ANTIVIRUS_ENGINE, FALLBACK_TO_CLOUD);
     let mut notes = Vec::new();
     match get(ANTIVIRUS_ENGINE, FALLBACK_TO_CLOUD) {
+        None if platform == Some(Platform::Mac) => notes.push((
+            k,
+            "not set, and Defender for Mac's schema defaults it to true: endpoints that cannot reach the mirror try Microsoft's cloud, which an air-gapped network cannot reach".to_string(),
+            Some("set it to false on an air-gapped network".to_string()),
+        )),
+        // Microsoft documents no default for Linux.
         None | Some(Value::Bool(false)) => {}
         Some(Value::Bool(true)) => notes.push((
             k,
@@ -744,8 +788,16 @@ pub fn check_settings(root: &Map<String, Value>, expect: &Expect) -> Vec<Finding
 
     // Signature verification of the packages.
     let k = dotted(FEATURES, VERIFY_SIG);
+    let linux = platform == Some(Platform::Linux);
     match get(FEATURES, VERIFY_SIG) {
+        Some(Value::String(s)) if s == "enabled" && linux => notes.push((
+            k,
+            format!("deprecated since Defender for Linux {LINUX_VERIFY_SIG_DEPRECATED}, which ignores it and always verifies the engine's signature; only older agents read it"),
+            Some("keep it while agents older than that remain; drop it after".into()),
+        )),
         Some(Value::String(s)) if s == "enabled" => {}
+        // Deprecated on Linux: nothing to recommend.
+        None if linux => {}
         None => notes.push((
             k,
             "not set; gapferry recommends turning on signature checks of offline packages".into(),
@@ -755,11 +807,52 @@ pub fn check_settings(root: &Map<String, Value>, expect: &Expect) -> Vec<Finding
         )),
         Some(v) => problem(
             &k,
+            if linux {
+                format!(
+                    "is {}, so Defender for Linux agents before {LINUX_VERIFY_SIG_DEPRECATED} do not check the signatures of offline packages (later agents ignore the setting)",
+                    show(v)
+                )
+            } else {
+                format!(
+                    "is {}, so endpoints do not check the signatures of offline packages",
+                    show(v)
+                )
+            },
+            Some("set it to \"enabled\" (a string)".into()),
+        ),
+    }
+
+    // Real-time enforcement, without which Defender for Linux never runs
+    // an automatic offline update.
+    let k = dotted(ANTIVIRUS_ENGINE, ENFORCEMENT_LEVEL);
+    let why = format!(
+        "Defender for Linux runs automatic offline updates only at \"{REAL_TIME}\" \
+         (the default is \"passive\" since {LINUX_PASSIVE_DEFAULT}); otherwise endpoints \
+         update only when `mdatp definitions update` runs"
+    );
+    let fix = Some(format!(
+        "set \"{ENFORCEMENT_LEVEL}\": \"{REAL_TIME}\" in \"{ANTIVIRUS_ENGINE}\", or run `mdatp definitions update` on a schedule"
+    ));
+    match (get(ANTIVIRUS_ENGINE, ENFORCEMENT_LEVEL), platform) {
+        (Some(Value::String(s)), _) if s == REAL_TIME => {}
+        (_, Some(Platform::Mac)) => {}
+        (None, Some(Platform::Linux)) => problem(&k, format!("not set: {why}"), fix),
+        (None, _) => notes.push((k, format!("not set: on Linux, {why}"), fix)),
+        (Some(Value::String(s)), p) if s == "passive" || s == "on_demand" => {
+            let message = format!("is {s:?}: {why}");
+            if p == Some(Platform::Linux) {
+                problem(&k, message, fix);
+            } else {
+                notes.push((k, format!("on Linux, {message}"), fix));
+            }
+        }
+        (Some(v), _) => problem(
+            &k,
             format!(
-                "is {}, so endpoints do not check the signatures of offline packages",
+                "is {}, not one of \"real_time\", \"on_demand\", \"passive\"",
                 show(v)
             ),
-            Some("set it to \"enabled\" (a string)".into()),
+            fix,
         ),
     }
 
@@ -807,8 +900,59 @@ pub fn check_settings(root: &Map<String, Value>, expect: &Expect) -> Vec<Finding
         key,
         message,
         fix,
+        applies_to: None,
     }));
+    for f in &mut out {
+        f.applies_to = applies_to(&f.key, platform);
+    }
     out
+}
+
+/// The platform the settings are for: as expected, else the one the URL
+/// names (`.../<platform>/<ring>/`).
+fn platform_of(root: &Map<String, Value>, expect: &Expect) -> Option<Platform> {
+    expect.platform.or_else(|| {
+        let url = root
+            .get(ANTIVIRUS_ENGINE)?
+            .get(OFFLINE_UPDATE_URL)?
+            .as_str()?;
+        let segments: Vec<&str> = url.split('/').filter(|s| !s.is_empty()).collect();
+        segments.iter().rev().nth(1)?.parse().ok()
+    })
+}
+
+/// Which agents a finding's setting matters for (see [`versions`]); for
+/// `platform` only when it is known.
+pub fn applies_to(key: &str, platform: Option<Platform>) -> Option<String> {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let offline = (
+        format!("Defender for Linux {LINUX_OFFLINE_UPDATES} and later"),
+        Some(format!("Defender for Mac {MAC_OFFLINE_UPDATES} and later")),
+    );
+    let (linux, mac) = match leaf {
+        OFFLINE_UPDATE | OFFLINE_UPDATE_URL | FALLBACK_TO_CLOUD | MS_SAMPLE_MISSPELLING => offline,
+        VERIFY_SIG => (
+            format!(
+                "Defender for Linux {LINUX_OFFLINE_UPDATES} up to, not including, {LINUX_VERIFY_SIG_DEPRECATED} (ignored from then on)"
+            ),
+            offline.1,
+        ),
+        ENFORCEMENT_LEVEL => (
+            format!(
+                "Defender for Linux (automatic offline updates need {REAL_TIME}; the default is passive since {LINUX_PASSIVE_DEFAULT})"
+            ),
+            None,
+        ),
+        _ => return None,
+    };
+    match platform {
+        Some(Platform::Linux) => Some(linux),
+        Some(Platform::Mac) => mac,
+        _ => Some(match mac {
+            Some(m) => format!("{linux}; {m}"),
+            None => linux,
+        }),
+    }
 }
 
 /// Checks an `offlineDefinitionUpdateUrl` value; each problem comes with a fix.
@@ -1295,7 +1439,15 @@ mod tests {
             &Expect::default(),
         )
         .unwrap();
-        assert_eq!(r.findings, vec![]);
+        assert_eq!(r.problems(), 0, "{:?}", r.findings);
+        // The one note: the signature setting kept for older Linux agents.
+        let keys: Vec<&str> = r.findings.iter().map(|f| f.key.as_str()).collect();
+        assert_eq!(keys, ["features.offlineDefinitionUpdateVerifySig"]);
+        assert!(r.findings[0]
+            .applies_to
+            .as_deref()
+            .unwrap()
+            .contains(LINUX_VERIFY_SIG_DEPRECATED));
         let mac = EndpointSettings {
             platform: Platform::Mac,
             update_url: "http://mirror.example/mde/mac/production/".into(),
@@ -1312,6 +1464,108 @@ mod tests {
         assert_eq!(r.findings, vec![]);
         // Deterministic.
         assert_eq!(plist, mac.to_plist(DEFAULT_PROFILE_IDENTIFIER).unwrap());
+    }
+
+    fn findings(v: serde_json::Value, platform: Option<Platform>) -> Vec<Finding> {
+        check_settings(
+            v.as_object().unwrap(),
+            &Expect {
+                platform,
+                ring: None,
+            },
+        )
+    }
+
+    fn find<'a>(f: &'a [Finding], key: &str) -> Option<&'a Finding> {
+        f.iter().find(|x| x.key == key)
+    }
+
+    #[test]
+    fn current_agent_rules() {
+        let base = |url: &str| {
+            serde_json::json!({
+                "antivirusEngine": {
+                    "offlineDefinitionUpdate": "enabled",
+                    "offlineDefinitionUpdateUrl": url,
+                },
+                "features": { "offlineDefinitionUpdateVerifySig": "enabled" },
+            })
+        };
+        // Linux, told by the URL: no enforcementLevel is a problem, the
+        // signature setting a deprecation note, fallback unset is silent.
+        let f = findings(base("http://m/linux/production/"), None);
+        let e = find(&f, "antivirusEngine.enforcementLevel").unwrap();
+        assert_eq!(e.severity, Severity::Problem);
+        assert!(e.message.contains("passive") && e.message.contains(LINUX_PASSIVE_DEFAULT));
+        assert!(e
+            .applies_to
+            .as_deref()
+            .unwrap()
+            .starts_with("Defender for Linux"));
+        let v = find(&f, "features.offlineDefinitionUpdateVerifySig").unwrap();
+        assert_eq!(v.severity, Severity::Note);
+        assert!(
+            v.message.contains(LINUX_VERIFY_SIG_DEPRECATED),
+            "{}",
+            v.message
+        );
+        assert!(!v.applies_to.as_deref().unwrap().contains("Mac"));
+        assert!(find(&f, "antivirusEngine.offlineDefinitionUpdateFallbackToCloud").is_none());
+        // passive is a problem, real_time is fine.
+        let mut p = base("http://m/linux/production/");
+        p["antivirusEngine"]["enforcementLevel"] = "passive".into();
+        let f = findings(p.clone(), None);
+        assert_eq!(
+            find(&f, "antivirusEngine.enforcementLevel")
+                .unwrap()
+                .severity,
+            Severity::Problem
+        );
+        p["antivirusEngine"]["enforcementLevel"] = "real_time".into();
+        assert!(find(&findings(p, None), "antivirusEngine.enforcementLevel").is_none());
+
+        // macOS: fallback unset means true (the schema's default): a note;
+        // no enforcement rule, no deprecation.
+        let f = findings(base("http://m/mac/production/"), None);
+        let fb = find(&f, "antivirusEngine.offlineDefinitionUpdateFallbackToCloud").unwrap();
+        assert_eq!(fb.severity, Severity::Note);
+        assert!(fb.message.contains("defaults it to true"));
+        assert_eq!(
+            fb.applies_to.as_deref(),
+            Some(format!("Defender for Mac {MAC_OFFLINE_UPDATES} and later").as_str())
+        );
+        assert!(find(&f, "antivirusEngine.enforcementLevel").is_none());
+        assert!(find(&f, "features.offlineDefinitionUpdateVerifySig").is_none());
+
+        // Platform unknown: the Linux rule as a note, applies_to names both.
+        let mut u = base("/mnt/mirror/");
+        u["antivirusEngine"]["offlineDefinitionUpdateUrl"] = "/mnt/mirror/".into();
+        let f = findings(u, None);
+        let e = find(&f, "antivirusEngine.enforcementLevel").unwrap();
+        assert_eq!(e.severity, Severity::Note);
+        let a = find(&f, "antivirusEngine.offlineDefinitionUpdateUrl")
+            .map(|x| x.applies_to.clone().unwrap())
+            .unwrap();
+        assert!(
+            a.contains(LINUX_OFFLINE_UPDATES) && a.contains(MAC_OFFLINE_UPDATES),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn linux_settings_carry_real_time_mac_ones_do_not() {
+        let s = settings("http://mirror.example/mde");
+        assert_eq!(
+            s.to_value()["antivirusEngine"]["enforcementLevel"],
+            "real_time"
+        );
+        let mac = EndpointSettings {
+            platform: Platform::Mac,
+            ..s
+        };
+        assert!(mac.to_value()["antivirusEngine"]
+            .get("enforcementLevel")
+            .is_none());
     }
 
     #[test]

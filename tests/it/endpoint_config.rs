@@ -49,6 +49,9 @@ struct AntivirusEngine {
     offline_definition_update_url: String,
     #[serde(rename = "offlineDefinitionUpdateFallbackToCloud")]
     fallback_to_cloud: bool,
+    /// Linux only: automatic offline updates need real_time.
+    #[serde(rename = "enforcementLevel", default)]
+    enforcement_level: Option<String>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -85,6 +88,7 @@ fn json_for_linux_key_by_key() {
                 offline_definition_update_url: "http://mirror.example:8080/mde/linux/production/"
                     .into(),
                 fallback_to_cloud: false,
+                enforcement_level: Some("real_time".into()),
             },
             features: Features {
                 verify_sig: "enabled".into()
@@ -436,6 +440,7 @@ struct FindingJson {
     key: String,
     message: String,
     fix: Option<String>,
+    applies_to: Option<String>,
 }
 
 fn check_json(path: &Path, extra: &[&str]) -> (i32, CheckJson) {
@@ -480,8 +485,19 @@ fn check_good_config() {
     assert!(doc.ok);
     assert_eq!(doc.format, "json");
     assert_eq!(doc.problems, 0);
-    assert_eq!(doc.notes, 0);
-    assert!(doc.findings.is_empty(), "{:?}", doc.findings);
+    // The one note: the signature setting Defender for Linux deprecated.
+    assert_eq!(doc.notes, 1, "{:?}", doc.findings);
+    assert_eq!(
+        doc.findings[0].key,
+        "features.offlineDefinitionUpdateVerifySig"
+    );
+    assert!(doc.findings[0]
+        .message
+        .contains("deprecated since Defender for Linux 101.26062.0005"));
+    assert_eq!(
+        doc.findings[0].applies_to.as_deref(),
+        Some("Defender for Linux 101.24022.0001 up to, not including, 101.26062.0005 (ignored from then on)")
+    );
     assert_eq!(
         doc.update_url.as_deref(),
         Some("http://mirror.example/linux/production/")
@@ -490,7 +506,13 @@ fn check_good_config() {
     // Human output: one ok line on stderr.
     let r = check(&p, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("ok (json)"), "{}", r.stderr);
+    assert!(r.stderr.contains("ok (json, 1 note(s))"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("    applies to: Defender for Linux 101.24022.0001 up to"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stdout.is_empty());
     assert_eq!(fs::read(&p).unwrap(), before, "--check never writes");
 
@@ -585,8 +607,12 @@ fn check_flags_microsofts_misspelling_and_near_misses() {
         .find(|f| f.key == "antivirusEngine.offlineDefinitionUpdateVerifySig")
         .unwrap();
     assert!(misplaced.message.contains("belongs in \"features\""));
-    // Keys Defender has that gapferry does not set are left alone.
-    assert!(!keys.iter().any(|k| k.contains("enforcementLevel")));
+    // A Linux URL and no enforcementLevel: Defender for Linux defaults to
+    // passive and never updates on its own.
+    assert!(
+        keys.contains(&"antivirusEngine.enforcementLevel"),
+        "{keys:?}"
+    );
 }
 
 #[test]
@@ -833,4 +859,55 @@ fn check_unusable_input_is_exit_2() {
     let r = check(&dir.path().join("nope.json"), &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("cannot read") && r.stderr.contains("nope.json"));
+}
+
+#[test]
+fn check_names_the_agent_versions_a_setting_applies_to() {
+    let dir = tempfile::tempdir().unwrap();
+    // macOS without the fallback key: the schema's default is true.
+    let mac = json!({
+        "antivirusEngine": {
+            "offlineDefinitionUpdate": "enabled",
+            "offlineDefinitionUpdateUrl": "http://mirror.example/mac/production/"
+        },
+        "features": { "offlineDefinitionUpdateVerifySig": "enabled" }
+    });
+    let p = write(dir.path(), "mac.json", &mac);
+    let (code, doc) = check_json(&p, &[]);
+    assert_eq!(code, 0, "{:?}", doc.findings);
+    assert_eq!(doc.notes, 1, "{:?}", doc.findings);
+    let f = &doc.findings[0];
+    assert_eq!(
+        f.key,
+        "antivirusEngine.offlineDefinitionUpdateFallbackToCloud"
+    );
+    assert!(f.message.contains("defaults it to true"), "{}", f.message);
+    assert_eq!(
+        f.applies_to.as_deref(),
+        Some("Defender for Mac 101.25012.0003 and later")
+    );
+
+    // Linux in passive mode: a problem, naming why and the way out.
+    let mut linux = good();
+    linux["antivirusEngine"]["enforcementLevel"] = json!("passive");
+    let p = write(dir.path(), "passive.json", &linux);
+    let r = check(&p, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("problem: antivirusEngine.enforcementLevel: is \"passive\""),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("mdatp definitions update"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("applies to: Defender for Linux (automatic offline updates need real_time"),
+        "{}",
+        r.stderr
+    );
 }
