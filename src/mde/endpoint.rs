@@ -42,7 +42,7 @@ pub const FALLBACK_TO_CLOUD: &str = "offlineDefinitionUpdateFallbackToCloud";
 /// `features.offlineDefinitionUpdateVerifySig`: `"enabled"` checks the
 /// packages' signatures. Deprecated and ignored by Defender for Linux from
 /// [`versions::LINUX_VERIFY_SIG_DEPRECATED`] on (the engine's signature is
-/// then always verified); still read by older Linux agents and by macOS.
+/// verified by default); still read by older Linux agents and by macOS.
 pub const VERIFY_SIG: &str = "offlineDefinitionUpdateVerifySig";
 /// `antivirusEngine.enforcementLevel`: Defender for Linux runs automatic
 /// offline updates only at [`REAL_TIME`].
@@ -792,7 +792,7 @@ pub fn check_settings(root: &Map<String, Value>, expect: &Expect) -> Vec<Finding
     match get(FEATURES, VERIFY_SIG) {
         Some(Value::String(s)) if s == "enabled" && linux => notes.push((
             k,
-            format!("deprecated since Defender for Linux {LINUX_VERIFY_SIG_DEPRECATED}, which ignores it and always verifies the engine's signature; only older agents read it"),
+            format!("deprecated since Defender for Linux {LINUX_VERIFY_SIG_DEPRECATED}, which ignores it and verifies the engine's signature by default; only older agents read it"),
             Some("keep it while agents older than that remain; drop it after".into()),
         )),
         Some(Value::String(s)) if s == "enabled" => {}
