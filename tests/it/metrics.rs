@@ -355,3 +355,64 @@ fn bad_metrics_paths() {
     c.arg("--target").arg(fx.mirror.join("linux/production"));
     fx.run(c).fails(2, &["--prometheus"]);
 }
+
+/// node_exporter itself (Debian's prometheus-node-exporter) reading the
+/// textfile directory, where it is installed: its textfile collector must
+/// read the file without error, skip the temp-file name gapferry writes
+/// through, and export the samples. Skipped (with a message) elsewhere; the
+/// prometheus_client tests above always run.
+#[test]
+fn node_exporter_reads_the_file() {
+    use std::io::{Read as _, Write as _};
+    let exe = "prometheus-node-exporter";
+    if Command::new(exe).arg("--version").output().is_err() {
+        eprintln!("skipped: {exe} is not installed");
+        return;
+    }
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let rel = fx.releases(&k, &[X64], 1..=1);
+    fx.import_all(&[rel[0].1.clone()], &[&k.public]);
+    let file = prom(&fx);
+    status_prom(&fx, &file, &[]).ok();
+    // A leftover temp file (as a crash between write and rename leaves it)
+    // is not read.
+    fs::write(
+        file.parent().unwrap().join(".gapferry.prom.tmpABC"),
+        "garbage{\n",
+    )
+    .unwrap();
+    let port = crate::support::crash::free_port();
+    let mut child = Command::new(exe)
+        .arg("--collector.disable-defaults")
+        .arg("--collector.textfile")
+        .arg(format!(
+            "--collector.textfile.directory={}",
+            file.parent().unwrap().display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut body = String::new();
+    for _ in 0..200 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            s.read_to_string(&mut body).unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(body.contains("node_textfile_scrape_error 0"), "{body}");
+    assert!(
+        body.contains(
+            "gapferry_unit_info{definition_version=\"1.400.1.0\",engine_version=\"1.1.1.0\",unit=\"linux/production/arch_x86_64\"} 1"
+        ),
+        "{body}"
+    );
+    assert!(body.contains("gapferry_unit_files_match{unit=\"linux/production/arch_x86_64\"} 1"));
+}
