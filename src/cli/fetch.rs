@@ -240,12 +240,16 @@ impl Ui {
             report.count_unchanged(),
             report.count_failed()
         );
-        self.log(Level::Info, &format!("done: {counts}"));
-        if self.quiet && !report.failed() {
+        if self.format != LogFormat::Text {
+            // The counts as fields of one event instead of a sentence.
+            self.to_log_file(Level::Info, &format!("done: {counts}"));
+            if !self.quiet || report.failed() {
+                self.summary_events(report, &counts);
+            }
             return;
         }
-        if self.format != LogFormat::Text {
-            self.summary_events(report);
+        self.log(Level::Info, &format!("done: {counts}"));
+        if self.quiet && !report.failed() {
             return;
         }
         let mut err = std::io::stderr().lock();
@@ -290,7 +294,7 @@ impl Ui {
 
 impl Ui {
     /// The summary as events (kv, json): one `fetch.item` per folder.
-    fn summary_events(&self, report: &FetchReport) {
+    fn summary_events(&self, report: &FetchReport, counts: &str) {
         let now = std::time::SystemTime::now();
         for item in &report.items {
             let (outcome, current, error) = match &item.outcome {
@@ -322,6 +326,35 @@ impl Ui {
             .text("error", error.as_deref());
             eprintln!("{}", e.line(self.format, now));
         }
+        let level = if report.failed() {
+            EvLevel::Error
+        } else {
+            EvLevel::Info
+        };
+        let done = Event::new(level, "fetch.done", format!("done: {counts}"))
+            .text(
+                "download_folder",
+                Some(&report.download_folder.to_string_lossy()),
+            )
+            .field("updated", Some(report.count_updated().into()))
+            .field("unchanged", Some(report.count_unchanged().into()))
+            .field("failed", Some(report.count_failed().into()));
+        eprintln!("{}", done.line(self.format, now));
+    }
+
+    /// Appends a line to the log file only (the text form, as always).
+    fn to_log_file(&self, level: Level, raw: &str) {
+        if let Some((_, f)) = &self.log_file {
+            let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+            if let Ok(mut f) = f.lock() {
+                let _ = writeln!(
+                    f,
+                    "{stamp} {}: {}",
+                    level.as_str(),
+                    gapferry::text::escape(raw)
+                );
+            }
+        }
     }
 }
 
@@ -342,11 +375,7 @@ impl FetchObserver for Ui {
         // Lines quote what the network sent (versions, URLs): escaped, one line each.
         let line = gapferry::text::escape(raw);
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-        if let Some((_, f)) = &self.log_file {
-            if let Ok(mut f) = f.lock() {
-                let _ = writeln!(f, "{stamp} {}: {line}", level.as_str());
-            }
-        }
+        self.to_log_file(level, raw);
         if self.quiet && level == Level::Info {
             return;
         }

@@ -212,6 +212,18 @@ fn fetch_json_lines() {
     assert_eq!(items[0]["path"], X64);
     assert_eq!(items[0]["outcome"], "updated");
     assert_eq!(items[0]["definition_version"], "1.419.100.0");
+    let done: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "fetch.done")
+        .collect();
+    assert_eq!(done.len(), 1, "{r:#?}");
+    assert_eq!(done[0]["updated"], 1);
+    assert_eq!(done[0]["failed"], 0);
+    assert_eq!(
+        events.last().unwrap()["event"],
+        "fetch.done",
+        "the counts come last"
+    );
     assert!(
         !r.stderr.contains("fetch summary"),
         "no multi-line block in the event forms"
