@@ -610,6 +610,13 @@ impl Ledger {
         })
     }
 
+    /// Calls `f` with each entry in order, checking the chain as it goes,
+    /// without holding the whole ledger in memory; entries before a broken
+    /// line have been seen when the error comes back.
+    pub fn visit(&self, mut f: impl FnMut(LedgerEntry)) -> Result<(), LedgerError> {
+        self.walk(|_, e, _| f(e))
+    }
+
     /// Every entry, after checking the whole chain.
     pub fn read(&self) -> Result<Vec<LedgerEntry>, LedgerError> {
         let mut out = Vec::new();

@@ -106,40 +106,36 @@ pub fn ledger_view(state_dir: &Path, now: SystemTime) -> LedgerView {
     let Ok(dir) = StateDir::existing(state_dir) else {
         return LedgerView::Missing;
     };
-    match dir.ledger().read() {
-        Ok(entries) => {
-            let mut s = LedgerSummary {
-                entries: entries.len() as u64,
-                ..LedgerSummary::default()
-            };
-            let since = now.checked_sub(WINDOW).unwrap_or(SystemTime::UNIX_EPOCH);
-            for e in &entries {
-                let Some(t) = crate::manifest::parse_time(&e.time) else {
-                    continue;
-                };
-                if e.outcome == Outcome::Suppressed {
-                    if t >= since {
-                        let n = e
-                            .suppressed
-                            .as_ref()
-                            .map_or(0, |x| x.repeats + x.over_limit);
-                        *s.last_24h.entry("suppressed").or_default() += n;
-                    }
-                    continue;
-                }
-                if !ATTEMPTS.contains(&e.outcome) {
-                    continue;
-                }
-                s.last_attempt = Some((t, e.outcome));
-                if matches!(e.outcome, Outcome::Imported | Outcome::AlreadyImported) {
-                    s.last_success = Some(t);
-                }
-                if t >= since {
-                    *s.last_24h.entry(e.outcome.as_str()).or_default() += 1;
-                }
+    let since = now.checked_sub(WINDOW).unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut s = LedgerSummary::default();
+    let read = dir.ledger().visit(|e| {
+        s.entries += 1;
+        let Some(t) = crate::manifest::parse_time(&e.time) else {
+            return;
+        };
+        if e.outcome == Outcome::Suppressed {
+            if t >= since {
+                let n = e
+                    .suppressed
+                    .as_ref()
+                    .map_or(0, |x| x.repeats + x.over_limit);
+                *s.last_24h.entry("suppressed").or_default() += n;
             }
-            LedgerView::Read(s)
+            return;
         }
+        if !ATTEMPTS.contains(&e.outcome) {
+            return;
+        }
+        s.last_attempt = Some((t, e.outcome));
+        if matches!(e.outcome, Outcome::Imported | Outcome::AlreadyImported) {
+            s.last_success = Some(t);
+        }
+        if t >= since {
+            *s.last_24h.entry(e.outcome.as_str()).or_default() += 1;
+        }
+    });
+    match read {
+        Ok(()) => LedgerView::Read(s),
         Err(LedgerError::Missing { .. }) => LedgerView::Missing,
         Err(_) => LedgerView::Unreadable,
     }
