@@ -288,7 +288,10 @@ pub fn render(i: &Inputs<'_>) -> String {
             .and_then(crate::manifest::parse_time);
         if let Some(t) = imported_at {
             imported.add(u, unix(t));
-            age.add(u, i.now.duration_since(t).map_or(0, |d| d.as_secs()));
+            // An import time in the future (a clock set back) has no age.
+            if let Ok(d) = i.now.duration_since(t) {
+                age.add(u, d.as_secs());
+            }
         }
         if let Some(t) = s.expires.as_deref().and_then(crate::manifest::parse_time) {
             expiry.add(u, unix(t));
