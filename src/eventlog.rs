@@ -63,6 +63,9 @@ impl LogFormat {
         }
     }
 
+    /// The values `--log-format` takes.
+    pub const FLAG_VALUES: [&'static str; 4] = ["auto", "text", "kv", "json"];
+
     /// `auto` or a form's name.
     pub fn parse_flag(s: &str) -> Result<LogFormat, String> {
         if s == "auto" {

@@ -20,7 +20,7 @@ use gapferry::mde::upstream::HttpConfig;
 use gapferry::mde::{Arch, Platform, Ring};
 use gapferry::progress::Observer;
 
-use super::output::{print_json, Bar};
+use super::output::{log_format_parser, print_json, Bar};
 
 /// Download Defender offline definition updates into a download folder, as
 /// Microsoft's xplat_offline_updates_download.sh does, but safely.
@@ -122,7 +122,7 @@ pub struct FetchSourceArgs {
     /// Form of the log lines on stderr, one per event: text (sentences),
     /// kv (key=value), json (one object per line); auto is kv when stderr
     /// is the systemd journal, else text. The log file keeps the text form.
-    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = LogFormat::parse_flag)]
+    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = log_format_parser())]
     pub log_format: LogFormat,
 }
 

@@ -24,7 +24,7 @@ use gapferry::mirror::state;
 
 use gapferry::text::{escape_path, Esc};
 
-use super::output::{print_json, Bar};
+use super::output::{log_format_parser, print_json, Bar};
 use super::UsageError;
 
 /// Verify a bundle and publish it into the mirror endpoints read.
@@ -117,7 +117,7 @@ pub struct ImportArgs {
     /// With --inbox: the form of the log lines on stderr, one per event:
     /// text (sentences), kv (key=value), json (one object per line); auto
     /// is kv when stderr is the systemd journal, else text.
-    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = LogFormat::parse_flag, requires = "inbox")]
+    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = log_format_parser(), requires = "inbox")]
     log_format: LogFormat,
 }
 

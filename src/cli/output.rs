@@ -85,3 +85,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         },
     )
 }
+
+/// The `--log-format` parser: clap lists (and completes) the values, then
+/// `auto` is resolved for this process.
+pub fn log_format_parser(
+) -> impl clap::builder::TypedValueParser<Value = gapferry::eventlog::LogFormat> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(gapferry::eventlog::LogFormat::FLAG_VALUES).map(|s| {
+        gapferry::eventlog::LogFormat::parse_flag(&s).unwrap_or(gapferry::eventlog::LogFormat::Text)
+    })
+}

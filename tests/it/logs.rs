@@ -235,5 +235,6 @@ fn bad_log_format_is_a_usage_error() {
     let fx = Fx::new();
     let mut c = fx.cmd();
     c.args(["fetch", "--log-format", "xml", "--download-folder", "x"]);
-    fx.run(c).fails(2, &["xml", "auto, text, kv or json"]);
+    fx.run(c)
+        .fails(2, &["xml", "possible values: auto, text, kv, json"]);
 }
