@@ -378,17 +378,17 @@ fn emit(format: LogFormat, e: &Event) {
 }
 
 /// The inbox's event for one bundle. The file name and the error come from
-/// whoever wrote the inbox: every form escapes them (see
-/// [`gapferry::eventlog`]), so a name with a newline cannot forge a second
-/// line.
+/// whoever wrote the inbox: the sentence holds them raw and every form
+/// escapes it once when it is written (see [`gapferry::eventlog`]), so a
+/// name with a newline cannot forge a second line.
 fn bundle_event(r: &BundleResult, head: Option<String>) -> Event {
     let moved = match (&r.moved_to, &r.not_moved) {
-        (Some(p), _) => format!("moved to {}", escape_path(p)),
-        (None, Some(why)) => format!("left in the inbox: {}", Esc(why)),
+        (Some(p), _) => format!("moved to {}", p.to_string_lossy()),
+        (None, Some(why)) => format!("left in the inbox: {why}"),
         (None, None) => String::new(),
     };
-    let bundle = Esc(&r.bundle);
-    let error = Esc(r.error.as_deref().unwrap_or(""));
+    let bundle = &r.bundle;
+    let error = r.error.as_deref().unwrap_or("");
     let (level, message) = match r.outcome {
         Outcome::Imported | Outcome::AlreadyImported => (
             Level::Info,
@@ -401,7 +401,7 @@ fn bundle_event(r: &BundleResult, head: Option<String>) -> Event {
                     "already imported"
                 },
                 r.sequence.map(|s| s.to_string()).unwrap_or_default(),
-                Esc(r.receipt.as_deref().unwrap_or("(not kept)")),
+                r.receipt.as_deref().unwrap_or("(not kept)"),
                 head.as_ref()
                     .map(|h| format!(", ledger head {h}"))
                     .unwrap_or_default()
@@ -415,7 +415,10 @@ fn bundle_event(r: &BundleResult, head: Option<String>) -> Event {
                 r.outcome.as_str(),
                 r.exit_code,
                 error,
-                escape_path(r.moved_to.as_deref().unwrap_or(Path::new("")))
+                r.moved_to
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .to_string_lossy()
             ),
         ),
         _ if r.not_moved.is_some() => (

@@ -90,6 +90,8 @@ fn inbox_kv_lines_keep_a_hostile_name_in_its_field() {
         assert_eq!(*keys.last().unwrap(), "msg");
         let get = |k: &str| pairs.iter().find(|(x, _)| x == k).unwrap().1.clone();
         outcomes.push((get("bundle"), get("outcome"), get("level")));
+        // The sentence is escaped once, like the fields (not \\n).
+        assert!(get("msg").starts_with(&get("bundle")), "{}", get("msg"));
     }
     outcomes.sort();
     assert_eq!(
@@ -129,6 +131,11 @@ fn inbox_json_lines_round_trip_the_name() {
     assert_eq!(events.len(), 2, "{r:#?}");
     let bad = events.iter().find(|e| e["outcome"] == "rejected").unwrap();
     assert_eq!(bad["bundle"], HOSTILE);
+    assert!(
+        bad["msg"].as_str().unwrap().starts_with(HOSTILE),
+        "the sentence holds the raw name: {}",
+        bad["msg"]
+    );
     assert_eq!(bad["exit_code"], 3);
     assert_eq!(bad["event"], "inbox.bundle");
     assert!(bad["moved_to"].as_str().unwrap().contains("rejected"));
