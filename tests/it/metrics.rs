@@ -416,3 +416,23 @@ fn node_exporter_reads_the_file() {
     );
     assert!(body.contains("gapferry_unit_files_match{unit=\"linux/production/arch_x86_64\"} 1"));
 }
+
+#[test]
+fn an_unreadable_state_still_writes_a_problem() {
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let rel = fx.releases(&k, &[X64], 1..=1);
+    fx.import_all(&[rel[0].1.clone()], &[&k.public]);
+    let file = prom(&fx);
+    status_prom(&fx, &file, &[]).ok();
+    fs::write(fx.state.join("state.json"), b"{ not json").unwrap();
+    let r = status_prom(&fx, &file, &[]);
+    assert_ne!(r.code, 0, "{r:#?}");
+    assert!(r.stderr.contains("state.json"), "{r:#?}");
+    // Not left stale with the healthy picture: the file says "problem".
+    let (s, _) = parse(&file);
+    assert_eq!(value(&s, "gapferry_mirror_problem", &[]), Some(1.0));
+    assert_eq!(value(&s, "gapferry_mirror_units", &[]), Some(0.0));
+    assert_eq!(unit(&s, "gapferry_unit_files_match", X64), None);
+    assert_eq!(value(&s, "gapferry_ledger_ok", &[]), Some(1.0));
+}
