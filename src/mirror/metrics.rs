@@ -44,7 +44,7 @@ const ATTEMPTS: &[Outcome] = &[
     Outcome::Failed,
 ];
 
-/// The metrics file cannot be written.
+/// The metrics file is misnamed or cannot be written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetricsError {
@@ -64,7 +64,8 @@ impl Classify for MetricsError {
 }
 
 /// Checks a `--prometheus FILE` argument before any work: the collector
-/// only reads `*.prom`, and a temp file must be creatable beside it.
+/// only reads `*.prom`. (Whether its folder is writable shows when the file
+/// is written.)
 pub fn check_path(path: &Path) -> Result<(), MetricsError> {
     if path.extension().and_then(|e| e.to_str()) != Some("prom") {
         return Err(MetricsError::NotProm {
@@ -660,6 +661,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = StateDir::open(&t.path().join("s")).unwrap();
         let ledger = dir.ledger();
+        assert_eq!(
+            ledger_view(dir.path(), SystemTime::now()),
+            LedgerView::Missing,
+            "a state directory with no ledger yet"
+        );
         let line = |time: &str, outcome| LedgerEntry {
             time: time.into(),
             ..LedgerEntry::new(outcome)
