@@ -11,7 +11,6 @@ use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
-use gapferry::bundle::volumes;
 use gapferry::bundle::writer::WriteOptions;
 use gapferry::export::{self, ExportRequest, Exported};
 use gapferry::keys::SecretKey;
@@ -52,8 +51,9 @@ pub struct ExportArgs {
     /// Channel: the air-gapped network or feed this bundle is for.
     #[arg(long, default_value = "default")]
     pub channel: String,
-    /// How long the bundle stays importable (e.g. 30d, 12h).
-    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    /// How long the bundle stays importable: 30d, 12h, 90m, 2w (at least 1m;
+    /// 1y is 365.25 days).
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = gapferry::units::parse_lifetime)]
     pub expires_in: Duration,
     /// Only carry this platform (linux, mac); repeatable.
     #[arg(long = "platform", value_name = "P", value_parser = clap::value_parser!(Platform))]
@@ -76,7 +76,7 @@ pub struct ExportArgs {
     /// ... and last a signed index OUT.volumes.json (with
     /// OUT.volumes.json.<KEYID>.minisig). `cat OUT.0* | zstd -d | tar -x`
     /// still reads it. For FAT32 sticks use at most 4G.
-    #[arg(long, value_name = "SIZE", value_parser = volumes::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = gapferry::units::parse_size)]
     pub split: Option<u64>,
     /// zstd compression level (low levels suit already-compressed zips).
     #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19))]
@@ -161,9 +161,6 @@ impl ExportArgs {
     pub fn run(self) -> anyhow::Result<i32> {
         manifest::check_channel(&self.channel)
             .map_err(|e| UsageError(format!("--channel: {}", e.0)))?;
-        if self.expires_in < Duration::from_secs(60) {
-            bail!(UsageError("--expires-in must be at least 1m".into()));
-        }
         // The fetch plan (settings.json included) and the keys (passwords
         // included) are settled before the first download, so a typo or a
         // wrong password fails in a second, not after a gigabyte.

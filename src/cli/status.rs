@@ -9,6 +9,7 @@ use gapferry::mirror::status::{self, Severity};
 use gapferry::text::{escape_path, Esc};
 
 use super::output::print_json;
+use super::UsageError;
 
 /// Show what each arch folder of a mirror serves and whether it is healthy.
 ///
@@ -48,6 +49,20 @@ fn age(secs: u64) -> String {
 
 impl StatusArgs {
     pub fn run(self) -> anyhow::Result<i32> {
+        if !self.mirror.is_dir() {
+            // Said plainly rather than "nothing is served": a typo, or a
+            // mirror that was never created or is not mounted.
+            return Err(UsageError(format!(
+                "--mirror {}: {}; check the path (import creates a new mirror only with --create)",
+                self.mirror.display(),
+                if self.mirror.exists() {
+                    "not a folder"
+                } else {
+                    "does not exist"
+                }
+            ))
+            .into());
+        }
         let state_dir = match &self.state_dir {
             Some(d) => d.clone(),
             None => state::default_state_dir(&self.mirror)?,
@@ -144,6 +159,13 @@ impl StatusArgs {
                     line!(out, "  {tag}: {}", Esc(&f.message));
                 }
             }
+        }
+        if !self.json {
+            let dir = escape_path(&state_dir);
+            line!(
+                out,
+                "state directory: {dir}  (gapferry ledger show --state-dir {dir})"
+            );
         }
         super::output::print_text(&out)?;
         Ok(if st.problems || (self.strict && warnings) {

@@ -65,7 +65,7 @@ fn samples() -> Vec<(Error, i32)> {
                 source: io::Error::other("x"),
             }
             .into(),
-            1,
+            2,
         ),
         (
             BundleError::Rejected {
@@ -213,7 +213,7 @@ fn samples() -> Vec<(Error, i32)> {
                 source: io::Error::other("x"),
             }
             .into(),
-            1,
+            2,
         ),
     ]
 }

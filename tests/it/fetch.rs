@@ -485,7 +485,7 @@ fn a_package_over_the_cap_is_refused() {
     let only = ["--platform", "linux", "--arch", "x86_64"];
     let r = run(fetch(&mock, dir.path())
         .args(only)
-        .args(["--max-package-size", "2K"]));
+        .args(["--max-package-size", "2KiB"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("over the cap of 2048"), "{}", r.stderr);
     assert!(r.stderr.contains("--max-package-size"), "{}", r.stderr);
@@ -495,7 +495,7 @@ fn a_package_over_the_cap_is_refused() {
     mock.with(|s| s.package_fault = Some((Fault::NoLength, None)));
     let r = run(fetch(&mock, dir.path())
         .args(only)
-        .args(["--max-package-size", "2K"]));
+        .args(["--max-package-size", "2KiB"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stderr.contains("larger than the cap of 2048"),

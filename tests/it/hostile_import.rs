@@ -246,6 +246,7 @@ impl Fx {
             .arg("import")
             .arg(path)
             .arg("--json")
+            .arg("--create")
             .arg("--mirror")
             .arg(&self.mirror)
             .arg("--state-dir")
@@ -1462,6 +1463,7 @@ fn planted_symlink_beside_a_target() {
     let mut c = fx.sb.cmd();
     c.arg("import")
         .arg(&path)
+        .arg("--create")
         .arg("--target")
         .arg(&target)
         .arg("--state-dir")

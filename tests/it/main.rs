@@ -35,6 +35,7 @@ mod minisign_interop;
 mod mirror_crash;
 mod mirror_lock;
 mod mirror_publish;
+mod newuser;
 mod packaging;
 mod properties;
 mod receipt;
