@@ -157,10 +157,35 @@ pub fn load_secret_key(path: &Path, password_file: Option<&Path>) -> anyhow::Res
     )?)
 }
 
+/// Refuses an `--out` whose folder does not exist, naming the folder and
+/// the fix (the writer would otherwise fail on its temporary file's name).
+fn out_folder_exists(out: &Path) -> Result<(), UsageError> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(UsageError(format!(
+            "--out {}: {} is not a folder; choose another --out",
+            out.display(),
+            dir.display()
+        ))),
+        Err(_) => Err(UsageError(format!(
+            "--out {}: the folder {} does not exist; create it (mkdir -p {}) or choose another --out",
+            out.display(),
+            dir.display(),
+            dir.display()
+        ))),
+    }
+}
+
 impl ExportArgs {
     pub fn run(self) -> anyhow::Result<i32> {
         manifest::check_channel(&self.channel)
             .map_err(|e| UsageError(format!("--channel: {}", e.0)))?;
+        // Before the password prompt: a typo in --out must not cost one.
+        out_folder_exists(&self.out)?;
         // The fetch plan (settings.json included) and the keys (passwords
         // included) are settled before the first download, so a typo or a
         // wrong password fails in a second, not after a gigabyte.

@@ -7,7 +7,7 @@ use clap::Args;
 
 use gapferry::mde::{Arch, Platform, Ring, Slot};
 use gapferry::mirror::publish::PublishOptions;
-use gapferry::mirror::rollback::{self, RollbackOptions};
+use gapferry::mirror::rollback::{self, RollbackError, RollbackOptions};
 use gapferry::mirror::state;
 
 use super::output::print_json;
@@ -50,7 +50,44 @@ pub struct RollbackArgs {
     force: bool,
 }
 
+/// An error followed by advice; its exit code is the inner error's.
+#[derive(Debug, thiserror::Error)]
+#[error("{inner}; {hint}")]
+struct Hinted {
+    #[source]
+    inner: gapferry::Error,
+    hint: String,
+}
+
 impl RollbackArgs {
+    /// Without --arch every arch is rolled back or none: when one of them
+    /// cannot be (no n-1, not served), says how to roll back the others.
+    fn with_arch_hint(&self, e: RollbackError, tried: &[Arch]) -> anyhow::Error {
+        let dir = match &e {
+            RollbackError::NoBack { dir, .. } | RollbackError::NotServed { dir } => dir.clone(),
+            _ => return gapferry::Error::from(e).into(),
+        };
+        let failed = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let others: Vec<String> = tried
+            .iter()
+            .filter(|a| format!("arch_{a}") != failed)
+            .map(|a| format!("--arch {a}"))
+            .collect();
+        let inner = gapferry::Error::from(e);
+        if !self.arches.is_empty() || others.is_empty() {
+            return inner.into();
+        }
+        Hinted {
+            inner,
+            hint: format!(
+                "nothing was rolled back: without --arch every arch is rolled back together; \
+                 to roll back only the others, add {}",
+                others.join(" ")
+            ),
+        }
+        .into()
+    }
+
     pub fn run(self) -> anyhow::Result<i32> {
         let arches: Vec<Arch> = if self.arches.is_empty() {
             Arch::ALL.to_vec()
@@ -72,7 +109,7 @@ impl RollbackArgs {
             Some(d) => d.clone(),
             None => state::default_state_dir(&self.mirror)?,
         };
-        let report = rollback::rollback(&RollbackOptions {
+        let report = match rollback::rollback(&RollbackOptions {
             mirror: self.mirror.clone(),
             state_dir,
             slots,
@@ -80,7 +117,10 @@ impl RollbackArgs {
             lock_wait: self.lock_wait,
             publish: PublishOptions::from_env(),
             force: self.force,
-        })?;
+        }) {
+            Ok(r) => r,
+            Err(e) => return Err(self.with_arch_hint(e, &arches)),
+        };
         if self.json {
             print_json(&report)?;
         } else {

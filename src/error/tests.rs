@@ -213,7 +213,7 @@ fn samples() -> Vec<(Error, i32)> {
                 source: io::Error::other("x"),
             }
             .into(),
-            2,
+            1,
         ),
     ]
 }

@@ -1199,7 +1199,7 @@ fn truncated_archives_and_trailing_garbage() {
     cases.push(rejected(
         "not zstd at all",
         fx.valid().tar_bytes(),
-        &["damaged compressed data"],
+        &["not a gapferry bundle"],
     ));
 
     let after_frame = "data after a zstd frame is not a zstd frame";

@@ -186,3 +186,208 @@ fn a_signature_file_given_as_a_key_says_so() {
     r.expect(2, &["manifest.json.minisig", "signature file", ".pub"]);
     assert!(!r.stderr.contains("extra lines"), "{r:?}");
 }
+
+#[test]
+fn export_into_a_missing_folder_says_create_it_before_any_password() {
+    let fx = Fx::new();
+    let dl = fx.download("v1", &[(REL, "1.1.1.0", "1.400.1.0")]);
+    // An encrypted key and no terminal: the folder is checked first, so
+    // the message is about the folder, not the password.
+    let pw = fx.root.join("keys/pw");
+    fs::write(&pw, b"correct horse\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut c = fx.cmd();
+    c.args(["keygen", "--secret-key"])
+        .arg(fx.root.join("keys/enc.key"))
+        .arg("--public-key")
+        .arg(fx.root.join("keys/enc.pub"))
+        .arg("--password-file")
+        .arg(&pw);
+    assert_eq!(fx.run(c).code, 0);
+    let mut c = fx.cmd();
+    c.arg("export")
+        .arg("--from")
+        .arg(&dl)
+        .arg("--secret-key")
+        .arg(fx.root.join("keys/enc.key"))
+        .arg("--out")
+        .arg(fx.root.join("outbox/b.tar.zst"))
+        .arg("--state-dir")
+        .arg(&fx.export_state);
+    let r = fx.run(c);
+    r.expect(2, &["outbox", "does not exist", "create it"]);
+    assert!(!r.stderr.contains("password"), "{r:?}");
+    assert!(!r.stderr.contains(".partial"), "{r:?}");
+    assert!(!fx.root.join("outbox").exists());
+}
+
+#[test]
+fn a_file_that_is_not_zstd_is_not_a_gapferry_bundle() {
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let junk = fx.root.join("bundles/holiday-photos.tar.zst");
+    fs::write(&junk, b"PK\x03\x04 this is a zip, not a bundle").unwrap();
+    let mut c = fx.cmd();
+    c.arg("verify").arg(&junk).arg("--trust").arg(&k.public);
+    let r = fx.run(c);
+    r.expect(3, &["holiday-photos.tar.zst", "not a gapferry bundle"]);
+    assert!(!r.stderr.contains("tar header"), "{r:?}");
+}
+
+#[test]
+fn a_damaged_manifest_says_copy_it_again() {
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let mut parts = craft::Parts::mde(
+        &[crate::support::FakeRelease::new(
+            "linux",
+            "production",
+            "x86_64",
+        )],
+        &[&k.secret_key()],
+    );
+    // One flipped bit turns a quote into something JSON cannot read, as a
+    // bad sector or a truncated copy would.
+    let at = parts
+        .manifest_bytes
+        .iter()
+        .rposition(|&b| b == b'"')
+        .unwrap();
+    parts.manifest_bytes[at] ^= 0x01;
+    let b = fx.root.join("bundles/damaged.tar.zst");
+    parts.write(&b);
+    let mut c = fx.cmd();
+    c.arg("verify").arg(&b).arg("--trust").arg(&k.public);
+    fx.run(c).expect(
+        3,
+        &["invalid manifest", "damaged in transit", "copy it again"],
+    );
+}
+
+#[test]
+fn the_lock_message_names_lock_wait_and_a_readable_wait() {
+    let fx = Fx::new();
+    let (k, b) = one_bundle(&fx);
+    let sd = gapferry::mirror::state::StateDir::open(&fx.state).unwrap();
+    let _lock = sd.lock(std::time::Duration::from_secs(5)).unwrap();
+    let r = fx.import(&b, &[&k.public], &["--lock-wait", "0s"]);
+    r.expect(
+        1,
+        &["another gapferry import", "--lock-wait", "under a second"],
+    );
+    assert!(!r.stderr.contains("ns)"), "{r:?}");
+    assert!(fx.mirror_is_empty());
+}
+
+#[test]
+fn the_inbox_names_settle_for_files_it_leaves_alone() {
+    let fx = Fx::new();
+    let (k, b) = one_bundle(&fx);
+    let inbox = fx.root.join("inbox");
+    fs::create_dir(&inbox).unwrap();
+    fs::copy(&b, inbox.join("b1.tar.zst")).unwrap();
+    let mut c = fx.cmd();
+    c.arg("import")
+        .arg("--inbox")
+        .arg(&inbox)
+        .arg("--settle")
+        .arg("1h")
+        .arg("--trust")
+        .arg(&k.public)
+        .arg("--mirror")
+        .arg(&fx.mirror)
+        .arg("--state-dir")
+        .arg(&fx.state);
+    let r = fx.run(c);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("b1.tar.zst: left alone"), "{r:?}");
+    assert!(r.stderr.contains("--settle"), "{r:?}");
+    assert!(fx.mirror_is_empty());
+}
+
+#[test]
+fn rollback_of_every_arch_suggests_arch_when_one_cannot() {
+    let fx = Fx::new();
+    let k = fx.key("k");
+    // Two releases of x86_64 only: arm64 has nothing to roll back.
+    let bundles = fx.chain(&k, REL, 1..=2);
+    fx.import_all(&bundles, &[&k.public]);
+    let rollback = |extra: &[&str]| {
+        let mut c = fx.cmd();
+        c.args([
+            "rollback",
+            "--platform",
+            "linux",
+            "--ring",
+            "production",
+            "--mirror",
+        ])
+        .arg(&fx.mirror)
+        .arg("--state-dir")
+        .arg(&fx.state)
+        .args(extra);
+        fx.run(c)
+    };
+    let before = fx.snapshot();
+    let r = rollback(&[]);
+    r.expect(
+        1,
+        &["arch_arm64", "nothing was rolled back", "--arch x86_64"],
+    );
+    fx.assert_unchanged(&before);
+    let r = rollback(&["--arch", "x86_64"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("now serves definitions 1.400.1.0"),
+        "{r:?}"
+    );
+}
+
+/// `keygen` on a terminal: two different passwords are refused with
+/// that reason alone (no advice about --password-file, which is for
+/// scripts). The terminal is a pty made by python3's `pty` module.
+#[test]
+fn keygen_password_mismatch_says_only_that() {
+    let fx = Fx::new();
+    let script = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out = b""
+answers = [b"first password\n", b"second password\n"]
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+    if answers and out.count(b"assword") > 2 - len(answers):
+        os.write(fd, answers.pop(0))
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(crate::support::BIN)
+        .arg("keygen")
+        .arg("--secret-key")
+        .arg(fx.root.join("keys/t.key"))
+        .arg("--public-key")
+        .arg(fx.root.join("keys/t.pub"))
+        .env("HOME", fx.root.join("home"))
+        .output()
+        .expect("python3 is needed for the terminal test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("the two passwords differ"), "{text}");
+    assert!(!text.contains("--password-file"), "{text}");
+    assert!(!fx.root.join("keys/t.key").exists());
+}
