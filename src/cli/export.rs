@@ -49,17 +49,17 @@ pub struct ExportArgs {
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Channel: the air-gapped network or feed this bundle is for.
-    #[arg(long, default_value = "default")]
+    #[arg(long, default_value = "default", value_name = "C")]
     pub channel: String,
     /// How long the bundle stays importable: 30d, 12h, 90m, 2w (at least 1m;
     /// 1y is 365.25 days).
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = gapferry::units::parse_lifetime)]
     pub expires_in: Duration,
     /// Only carry this platform (linux, mac); repeatable.
-    #[arg(long = "platform", value_name = "P", value_parser = clap::value_parser!(Platform))]
+    #[arg(long = "platform", value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
     pub platforms: Vec<Platform>,
     /// Only carry this ring (production, preview); repeatable.
-    #[arg(long = "ring", value_name = "R", value_parser = clap::value_parser!(Ring))]
+    #[arg(long = "ring", value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     pub rings: Vec<Ring>,
     /// Where the per-channel sequence counter lives [default: $GAPFERRY_STATE_DIR,
     /// /var/lib/gapferry as root, else ~/.local/state/gapferry].
@@ -79,7 +79,7 @@ pub struct ExportArgs {
     #[arg(long, value_name = "SIZE", value_parser = gapferry::units::parse_size)]
     pub split: Option<u64>,
     /// zstd compression level (low levels suit already-compressed zips).
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19))]
+    #[arg(long, default_value_t = 1, value_name = "LEVEL", allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19))]
     pub zstd_level: i32,
     /// Print a JSON summary on stdout.
     #[arg(long)]

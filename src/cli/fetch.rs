@@ -41,15 +41,15 @@ pub struct FetchArgs {
     pub download_folder: Option<PathBuf>,
 
     /// Only this platform: linux or mac (repeatable).
-    #[arg(long = "platform", value_name = "P")]
+    #[arg(long = "platform", value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
     pub platforms: Vec<Platform>,
 
     /// Only this ring: production or preview (repeatable).
-    #[arg(long = "ring", value_name = "R")]
+    #[arg(long = "ring", value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     pub rings: Vec<Ring>,
 
     /// Only this architecture: x86_64 or arm64 (repeatable).
-    #[arg(long = "arch", value_name = "A")]
+    #[arg(long = "arch", value_name = "A", value_parser = super::one_of(Arch::ALL, Arch::as_str))]
     pub arches: Vec<Arch>,
 
     #[command(flatten)]

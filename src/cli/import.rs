@@ -90,10 +90,10 @@ pub struct ImportArgs {
     #[arg(long, default_value = "default", value_name = "C")]
     channel: String,
     /// Only publish this platform (linux, mac); repeatable.
-    #[arg(long = "platform", value_name = "P", value_parser = clap::value_parser!(Platform))]
+    #[arg(long = "platform", value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
     platforms: Vec<Platform>,
     /// Only publish this ring (production, preview); repeatable.
-    #[arg(long = "ring", value_name = "R", value_parser = clap::value_parser!(Ring))]
+    #[arg(long = "ring", value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     rings: Vec<Ring>,
     /// Accept older definitions or a lower sequence than what is served (a
     /// deliberate rollback; recorded in the ledger).

@@ -31,16 +31,16 @@ pub struct RollbackArgs {
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Platform (linux, mac).
-    #[arg(long, value_parser = clap::value_parser!(Platform))]
+    #[arg(long, value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
     platform: Platform,
     /// Ring (production, preview).
-    #[arg(long, value_parser = clap::value_parser!(Ring))]
+    #[arg(long, value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     ring: Ring,
     /// Only this arch (x86_64, arm64); repeatable [default: both].
-    #[arg(long = "arch", value_parser = clap::value_parser!(Arch))]
+    #[arg(long = "arch", value_name = "A", value_parser = super::one_of(Arch::ALL, Arch::as_str))]
     arches: Vec<Arch>,
     /// How long to wait for a running import to finish.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     lock_wait: Duration,
     /// Print one JSON document on stdout.
     #[arg(long)]

@@ -21,6 +21,7 @@ use super::UsageError;
 /// served), so monitoring can call it; warnings (no n-1, expired bundle, not
 /// imported by gapferry) do not change the exit code unless --strict.
 #[derive(Debug, Args)]
+#[command(after_help = STATUS_EXIT_CODES)]
 pub struct StatusArgs {
     /// Mirror root.
     #[arg(long, value_name = "DIR")]
@@ -38,6 +39,13 @@ pub struct StatusArgs {
     #[arg(long)]
     json: bool,
 }
+
+const STATUS_EXIT_CODES: &str = "\
+Exit codes:
+  0  every served folder is healthy (warnings allowed unless --strict)
+  1  a problem was found (a file differs or is missing, versions disagree
+     with the record, nothing is served), or a warning with --strict
+  2  usage error (including a --mirror folder that does not exist)";
 
 fn age(secs: u64) -> String {
     match secs {
