@@ -1,26 +1,49 @@
 //! `gapferry demo` runs the whole journey on a fresh folder and leaves a
-//! mirror with n-1, a ledger that verifies, and bundles that verify.
+//! mirror with n-1, a ledger that verifies, and bundles that verify; its
+//! story is on stdout, and the commands it suggests run as printed.
 
-use crate::support::gapferry;
+use std::path::Path;
+
+use crate::support::{command, gapferry};
+
+/// Runs the demo in `dir` from the working folder `cwd`; returns stdout.
+fn demo(dir: &Path, cwd: &Path) -> String {
+    let out = command()
+        .args(["demo", "--dir"])
+        .arg(dir)
+        .current_dir(cwd)
+        .env_remove("CARGO_MANIFEST_DIR")
+        .output()
+        .unwrap();
+    let story = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {err}\n{story}");
+    assert!(err.is_empty(), "the story belongs on stdout: {err}");
+    story
+}
 
 #[test]
 fn demo_runs_end_to_end_and_can_be_rerun() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     for _ in 0..2 {
-        let out = gapferry()
-            .args(["demo", "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "demo failed: {err}");
-        assert!(err.contains("flipped byte: exit 3"), "{err}");
+        let out = demo(&dir, tmp.path());
+        assert!(out.contains("flipped byte: exit 3"), "{out}");
         assert!(
-            err.contains("older definitions (a rollback): exit 4"),
-            "{err}"
+            out.contains("older definitions (a rollback): exit 4"),
+            "{out}"
         );
-        assert!(err.contains("already imported, nothing changes"), "{err}");
+        assert!(out.contains("already imported, nothing changes"), "{out}");
+        assert!(out.contains("    receipt GF1-"), "{out}");
+        assert!(out.contains("healthy (gapferry status exits 0)"), "{out}");
+        assert!(
+            out.contains("rolled back: definitions 1.419.200.0 -> 1.419.100.0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("rolled forward: definitions 1.419.100.0 -> 1.419.200.0"),
+            "{out}"
+        );
     }
     let mirror = dir.join("mirror");
     for p in ["linux", "mac"] {
@@ -47,6 +70,61 @@ fn demo_runs_end_to_end_and_can_be_rerun() {
         .arg(dir.join("keys/demo.pub"))
         .assert()
         .success();
+}
+
+/// The "try next" commands name this binary in a form that runs from where
+/// the demo ran (here its absolute path: not on PATH, not under cargo), and
+/// the obvious next step, export download/ and import it into the demo
+/// mirror, succeeds: download/ holds a newer release, not an older one.
+#[test]
+fn demo_try_next_commands_run_as_printed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let out = demo(&dir, tmp.path());
+    let bin = std::fs::canonicalize(crate::support::BIN).unwrap();
+    let lines: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Done."))
+        .filter(|l| l.starts_with("  ") && !l.trim_start().starts_with('('))
+        .collect();
+    let ours: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.trim_start().starts_with(&*bin.to_string_lossy()))
+        .collect();
+    assert!(ours.len() >= 5, "commands without the binary's path: {out}");
+    assert!(!out.contains("  gapferry "), "{out}");
+    let run = |verb: &str| {
+        let line = ours
+            .iter()
+            .find(|l| l.contains(&format!(" {verb} ")))
+            .unwrap_or_else(|| panic!("no {verb} suggested: {out}"));
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(line.trim())
+            .current_dir(tmp.path())
+            .env_remove("GAPFERRY_STATE_DIR")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{line}:\n{text}");
+        text
+    };
+    run("export");
+    let imported = run("import");
+    assert!(imported.contains("1.419.300.0"), "{imported}");
+    let served =
+        std::fs::read_to_string(dir.join("mirror/linux/production/arch_x86_64/manifest.json"))
+            .unwrap();
+    assert!(served.contains("1.419.300.0"), "{served}");
+    let status = run("status");
+    assert!(status.contains("1.419.300.0"), "{status}");
+    run("rollback");
+    run("ledger");
 }
 
 #[test]

@@ -38,6 +38,7 @@ mod mirror_publish;
 mod newuser;
 mod packaging;
 mod properties;
+mod readme;
 mod receipt;
 mod regressions;
 mod status_rollback;
