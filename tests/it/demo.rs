@@ -143,3 +143,20 @@ fn demo_refuses_a_folder_that_is_not_a_demo() {
         b"keep me"
     );
 }
+
+/// Run by `cargo run` from the checkout (cargo sets CARGO_MANIFEST_DIR to
+/// the folder it runs in), the demo suggests `cargo run -- ...`.
+#[test]
+fn demo_under_cargo_run_suggests_cargo_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = command()
+        .args(["demo", "--dir", "demo"])
+        .current_dir(tmp.path())
+        .env("CARGO_MANIFEST_DIR", tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let story = String::from_utf8_lossy(&out.stdout);
+    assert!(story.contains("\n  cargo run -- export --from "), "{story}");
+    assert!(story.contains("`cargo run -- inspect "), "{story}");
+}

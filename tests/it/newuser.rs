@@ -391,3 +391,107 @@ sys.exit(os.waitstatus_to_exitcode(status))
     assert!(!text.contains("--password-file"), "{text}");
     assert!(!fx.root.join("keys/t.key").exists());
 }
+
+/// Runs gapferry with its stdin, stdout and stderr on a terminal (a pty
+/// made by python3's `pty` module); returns (exit code, everything shown).
+fn on_a_terminal(fx: &Fx, args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let script = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 65536)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(crate::support::BIN)
+        .args(args)
+        .current_dir(&fx.work)
+        .env("HOME", fx.root.join("home"))
+        .env_remove("GAPFERRY_STATE_DIR")
+        .output()
+        .expect("python3 is needed for the terminal tests");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The progress bar on a terminal: no empty `0 B/0 B` frame, and each
+/// phase's frames only go forward (the hashing bar does not show again at
+/// zero when writing starts).
+#[test]
+fn the_progress_bar_shows_each_phase_once_and_never_empty() {
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let dl = fx.download_sized("v1", &[(REL, "1.1.1.0", "1.400.1.0")], 4 << 20);
+    let out = fx.root.join("bundles/bar.tar.zst");
+    let (code, shown) = on_a_terminal(
+        &fx,
+        &[
+            "export".as_ref(),
+            "--from".as_ref(),
+            dl.as_os_str(),
+            "--secret-key".as_ref(),
+            k.secret.as_os_str(),
+            "--state-dir".as_ref(),
+            fx.export_state.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ],
+    );
+    assert_eq!(code, 0, "{shown}");
+    assert!(!shown.contains("0 B/0 B"), "an empty bar: {shown:?}");
+    // Frames in order: (label, bytes done as shown).
+    let mut frames: Vec<(String, String)> = Vec::new();
+    for frame in shown.split(['\r', '\n']) {
+        let frame = frame.replace("\u{1b}[2K", "");
+        let Some((label, rest)) = frame.trim_start().split_once(" [") else {
+            continue;
+        };
+        let Some(done) = rest.split_once("] ").and_then(|(_, r)| r.split('/').next()) else {
+            continue;
+        };
+        if label.is_empty() || label.contains(' ') {
+            continue;
+        }
+        frames.push((label.to_string(), done.to_string()));
+    }
+    let labels: Vec<&str> = {
+        let mut l: Vec<&str> = frames.iter().map(|(l, _)| l.as_str()).collect();
+        l.dedup();
+        l
+    };
+    assert!(
+        !labels.is_empty() && labels.iter().all(|l| ["hashing", "writing"].contains(l)),
+        "{labels:?} in {shown:?}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for l in &labels {
+        assert!(
+            seen.insert(*l),
+            "{l} shown again after another phase: {labels:?}"
+        );
+    }
+    // Within a phase, once bytes were shown done, it never shows 0 again.
+    let mut started = std::collections::HashSet::new();
+    for (label, done) in &frames {
+        if done == "0 B" {
+            assert!(!started.contains(label), "{label} restarted: {frames:?}");
+        } else {
+            started.insert(label.clone());
+        }
+    }
+}
