@@ -157,6 +157,15 @@ pub fn load_secret_key(path: &Path, password_file: Option<&Path>) -> anyhow::Res
     )?)
 }
 
+/// "1 volume OUT.001" or "3 volumes OUT.001 to OUT.003".
+fn volumes_phrase(n: usize, out: &Path) -> String {
+    let out = out.display();
+    match n {
+        1 => format!("1 volume {out}.001"),
+        n => format!("{n} volumes {out}.001 to {out}.{n:03}"),
+    }
+}
+
 /// Refuses an `--out` whose folder does not exist, naming the folder and
 /// the fix (the writer would otherwise fail on its temporary file's name).
 fn out_folder_exists(out: &Path) -> Result<(), UsageError> {
@@ -319,10 +328,8 @@ impl ExportArgs {
             let what = match &split {
                 None => self.out.display().to_string(),
                 Some(sp) => format!(
-                    "{} volumes {}.001..{:03} and index {}",
-                    sp.volumes.len(),
-                    self.out.display(),
-                    sp.volumes.len(),
+                    "{} and index {}",
+                    volumes_phrase(sp.volumes.len(), &self.out),
                     sp.index.display()
                 ),
             };
@@ -364,5 +371,20 @@ impl ExportArgs {
             items: m.items.clone(),
             split,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_are_counted_in_words() {
+        let out = Path::new("b.tar.zst");
+        assert_eq!(volumes_phrase(1, out), "1 volume b.tar.zst.001");
+        assert_eq!(
+            volumes_phrase(3, out),
+            "3 volumes b.tar.zst.001 to b.tar.zst.003"
+        );
     }
 }

@@ -221,7 +221,7 @@ impl Ui {
 
     fn summary(&self, report: &FetchReport) {
         let counts = format!(
-            "{} updated, {} up to date, {} failed",
+            "{} updated, {} unchanged, {} failed",
             report.count_updated(),
             report.count_unchanged(),
             report.count_failed()

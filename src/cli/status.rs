@@ -98,13 +98,16 @@ impl StatusArgs {
                 );
             }
             for s in &st.slots {
-                let healthy = !s.findings.iter().any(|f| f.severity == Severity::Problem);
-                line!(
-                    out,
-                    "{}  [{}]",
-                    Esc(s.slot.as_str()),
-                    if healthy { "ok" } else { "PROBLEM" }
-                );
+                let has = |sev: Severity| s.findings.iter().any(|f| f.severity == sev);
+                // [ok] only when nothing below needs a look.
+                let tag = if has(Severity::Problem) {
+                    "PROBLEM"
+                } else if has(Severity::Warning) {
+                    "warning"
+                } else {
+                    "ok"
+                };
+                line!(out, "{}  [{tag}]", Esc(s.slot.as_str()));
                 line!(
                     out,
                     "  engine_version          : {}",

@@ -220,7 +220,7 @@ fn first_fetch_lays_out_the_folder() {
         r.stderr
     );
     assert!(
-        r.stderr.contains("4 updated, 0 up to date, 0 failed"),
+        r.stderr.contains("4 updated, 0 unchanged, 0 failed"),
         "{}",
         r.stderr
     );
@@ -240,7 +240,7 @@ fn unchanged_versions_download_nothing() {
     assert_eq!(mock.package_hits(), hits, "nothing downloaded");
     assert_eq!(snapshot(dir.path()), before);
     assert!(
-        r.stderr.contains(&format!("{X64}: up to date")),
+        r.stderr.contains(&format!("{X64}: unchanged")),
         "{}",
         r.stderr
     );

@@ -495,3 +495,74 @@ fn the_progress_bar_shows_each_phase_once_and_never_empty() {
         }
     }
 }
+
+/// `status` says `[ok]` only for a folder with nothing to look at: a folder
+/// with a warning (here: no n-1 yet) is tagged `[warning]`.
+#[test]
+fn status_tags_warnings_as_warnings() {
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let bundles = fx.chain(&k, REL, 1..=2);
+    let status = || {
+        let mut c = fx.cmd();
+        c.args(["status", "--mirror"])
+            .arg(&fx.mirror)
+            .arg("--state-dir")
+            .arg(&fx.state);
+        fx.run(c)
+    };
+    fx.import_all(&bundles[..1], &[&k.public]);
+    let r = status();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains(&format!("{REL}  [warning]")), "{r:?}");
+    assert!(r.stdout.contains("  warning: "), "{r:?}");
+    assert!(!r.stdout.contains("[ok]"), "{r:?}");
+    fx.import_all(&bundles[1..], &[&k.public]);
+    let r = status();
+    assert!(r.stdout.contains(&format!("{REL}  [ok]")), "{r:?}");
+}
+
+/// A second rollback serves the newer set again and is recorded as a roll
+/// forward, not as another rollback.
+#[test]
+fn a_roll_forward_is_recorded_as_one() {
+    let fx = Fx::new();
+    let k = fx.key("k");
+    let bundles = fx.chain(&k, REL, 1..=2);
+    fx.import_all(&bundles, &[&k.public]);
+    for _ in 0..2 {
+        let mut c = fx.cmd();
+        c.args([
+            "rollback",
+            "--platform",
+            "linux",
+            "--ring",
+            "production",
+            "--arch",
+            "x86_64",
+            "--mirror",
+        ])
+        .arg(&fx.mirror)
+        .arg("--state-dir")
+        .arg(&fx.state);
+        assert_eq!(fx.run(c).code, 0);
+    }
+    let mut c = fx.cmd();
+    c.args(["ledger", "show", "--json", "--state-dir"])
+        .arg(&fx.state);
+    let r = fx.run(c);
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let outcomes: Vec<&str> = entries
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["imported", "imported", "rolled_back", "rolled_forward"]
+    );
+    let mut c = fx.cmd();
+    c.args(["ledger", "show", "--state-dir"]).arg(&fx.state);
+    let r = fx.run(c);
+    assert!(r.stdout.contains("rolled_forward"), "{r:?}");
+    assert!(r.stdout.contains("a roll forward"), "{r:?}");
+}
