@@ -213,3 +213,35 @@ fn completions_offer_values_and_hide_generate() {
     assert!(rollback_platform.contains("-f -a"), "{rollback_platform}");
     assert!(rollback_platform.contains("linux"), "{rollback_platform}");
 }
+
+/// Help placeholders are the short documented ones (`<DURATION>`, `<DIR>`,
+/// `<P>`...), never a field name such as `<EXPIRES_IN>` or `<ARCHES>`.
+#[test]
+fn help_placeholders_are_not_field_names() {
+    for cmd in [
+        &["keygen"][..],
+        &["fetch"],
+        &["export"],
+        &["inspect"],
+        &["verify"],
+        &["import"],
+        &["status"],
+        &["rollback"],
+        &["ledger", "show"],
+        &["ledger", "verify"],
+        &["endpoint-config"],
+        &["demo"],
+    ] {
+        let out = gapferry().args(cmd).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        for word in help.split('<').skip(1) {
+            let name = word.split('>').next().unwrap_or("");
+            let placeholder =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+            assert!(
+                !(placeholder && name.contains('_')),
+                "{cmd:?}: <{name}> in\n{help}"
+            );
+        }
+    }
+}
