@@ -11,6 +11,7 @@ use gapferry::mirror::rollback::{self, RollbackError, RollbackOptions};
 use gapferry::mirror::state;
 
 use super::output::print_json;
+use super::UsageError;
 
 /// Swap the served set with its n-1 (<ring>_back), atomically.
 ///
@@ -68,10 +69,13 @@ impl RollbackArgs {
             _ => return gapferry::Error::from(e).into(),
         };
         let failed = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // Only arches that are served: a hint must name something that can
+        // be rolled back.
         let others: Vec<String> = tried
             .iter()
-            .filter(|a| format!("arch_{a}") != failed)
-            .map(|a| format!("--arch {a}"))
+            .map(|a| format!("arch_{a}"))
+            .filter(|name| name != failed && dir.with_file_name(name).is_dir())
+            .map(|name| format!("--arch {}", &name["arch_".len()..]))
             .collect();
         let inner = gapferry::Error::from(e);
         if !self.arches.is_empty() || others.is_empty() {
@@ -89,6 +93,18 @@ impl RollbackArgs {
     }
 
     pub fn run(self) -> anyhow::Result<i32> {
+        if !self.mirror.is_dir() {
+            return Err(UsageError(format!(
+                "--mirror {}: {}; check the path",
+                self.mirror.display(),
+                if self.mirror.exists() {
+                    "not a folder"
+                } else {
+                    "does not exist"
+                }
+            ))
+            .into());
+        }
         let arches: Vec<Arch> = if self.arches.is_empty() {
             Arch::ALL.to_vec()
         } else {

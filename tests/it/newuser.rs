@@ -97,6 +97,22 @@ fn status_on_a_missing_folder_says_it_does_not_exist() {
     let r = fx.run(c);
     r.expect(2, &["nowhere", "does not exist"]);
     assert!(!r.stdout.contains("nothing is served"), "{r:?}");
+    // rollback too, without suggesting an --arch that is not there either.
+    let mut c = fx.cmd();
+    c.args([
+        "rollback",
+        "--platform",
+        "linux",
+        "--ring",
+        "production",
+        "--mirror",
+    ])
+    .arg(fx.root.join("nowhere"))
+    .arg("--state-dir")
+    .arg(&fx.state);
+    let r = fx.run(c);
+    r.expect(2, &["nowhere", "does not exist"]);
+    assert!(!r.stderr.contains("--arch"), "{r:?}");
     assert!(!fx.root.join("nowhere").exists());
 }
 
