@@ -106,9 +106,18 @@ struct Demo {
     trust: TrustSet,
 }
 
+/// One line of the story on stdout; a closed pipe (`gapferry demo | head`)
+/// ends the demo quietly instead of a panic of `println!`.
+macro_rules! say {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($t)*)?
+    };
+}
+
 /// The story goes to stdout (`gapferry demo | less`); errors to stderr.
-fn step(n: u32, text: &str) {
-    println!("\n[{n}] {text}");
+fn step(n: u32, text: &str) -> std::io::Result<()> {
+    say!("\n[{n}] {text}");
+    Ok(())
 }
 
 /// How to run this very binary from the current folder: `gapferry` when
@@ -151,7 +160,7 @@ fn sh_quote(p: &Path) -> String {
 impl DemoArgs {
     pub fn run(self) -> anyhow::Result<i32> {
         let abs = self.prepare()?;
-        println!(
+        say!(
             "gapferry demo: everything below happens in {} with FAKE updates.",
             abs.display()
         );
@@ -165,7 +174,7 @@ impl DemoArgs {
         d.status()?;
         d.rollback_and_forward()?;
         d.next_release()?;
-        d.try_next(&b2);
+        d.try_next(&b2)?;
         Ok(0)
     }
 
@@ -239,14 +248,14 @@ impl Demo {
         step(
             1,
             "Online side: a download folder as Microsoft's script leaves it",
-        );
+        )?;
         write_download_folder(&self.download, "1.1.24090.4", "1.419.100.0", 1)?;
-        println!(
+        say!(
             "    {}/<linux|mac>/production/arch_<x86_64|arm64>/{{updates.zip,manifest.json}}",
             self.download.display()
         );
-        step(2, "A throwaway signing key (minisign format)");
-        println!(
+        step(2, "A throwaway signing key (minisign format)")?;
+        say!(
             "    key {} -> {} (secret, unencrypted: demo only) and {}",
             self.sk.key_id,
             self.key_path.display(),
@@ -256,10 +265,10 @@ impl Demo {
     }
 
     fn export_first(&self) -> anyhow::Result<PathBuf> {
-        step(3, "Export: a signed .tar.zst bundle");
+        step(3, "Export: a signed .tar.zst bundle")?;
         let b1 = self.bundles.join("demo-1.tar.zst");
         let m1 = self.export(&self.download, &b1)?;
-        println!(
+        say!(
             "    {} (sequence {}, {} files)",
             b1.display(),
             m1.sequence,
@@ -272,7 +281,7 @@ impl Demo {
         step(
             4,
             "Verify: signature, structure and every hash, writing nothing",
-        );
+        )?;
         let mut r = BundleReader::open(b1)?;
         let head = r.read_head()?;
         let policy = Policy {
@@ -284,7 +293,7 @@ impl Demo {
             now: SystemTime::now(),
         };
         verify_bundle(r, head, &policy, b1, &NoProgress)?;
-        println!("    valid, signed by {}", self.sk.key_id);
+        say!("    valid, signed by {}", self.sk.key_id);
         Ok(())
     }
 
@@ -292,20 +301,20 @@ impl Demo {
         step(
             5,
             "Disconnected side: import into the mirror endpoints read",
-        );
+        )?;
         let report = self.import(b1)?;
-        println!(
+        say!(
             "    {}/linux/production/arch_x86_64/updates.zip is now served",
             self.mirror.display()
         );
         if let Some(r) = &report.receipt {
-            println!(
+            say!(
                 "    receipt {r}: read it back to the online side, where `{} inspect {} --receipt {r}` says it matches",
                 runnable(),
                 sh_quote(b1)
             );
         }
-        println!(
+        say!(
             "    every attempt is in the ledger in {}",
             self.state.display()
         );
@@ -316,12 +325,12 @@ impl Demo {
         step(
             6,
             "A newer release arrives; the previous one becomes n-1 (production_back)",
-        );
+        )?;
         write_download_folder(&self.download, "1.1.24090.4", "1.419.200.0", 2)?;
         let b2 = self.bundles.join("demo-2.tar.zst");
         let m2 = self.export(&self.download, &b2)?;
         self.import(&b2)?;
-        println!(
+        say!(
             "    definitions 1.419.100.0 -> 1.419.200.0 (sequence {})",
             m2.sequence
         );
@@ -329,7 +338,7 @@ impl Demo {
     }
 
     fn attacks(&self, b1: &Path) -> anyhow::Result<()> {
-        step(7, "Attacks are refused and change nothing");
+        step(7, "Attacks are refused and change nothing")?;
         let b3 = self.bundles.join("demo-3.tar.zst");
         self.export(&self.download, &b3)?;
         let tampered = self.bundles.join("demo-3-tampered.tar.zst");
@@ -352,7 +361,7 @@ impl Demo {
         if err.is_some() || report.outcome != Outcome::AlreadyImported {
             bail!("the demo expected a re-delivered demo-1 to be 'already imported'");
         }
-        println!("    demo-1 delivered again: already imported, nothing changes (exit 0)");
+        say!("    demo-1 delivered again: already imported, nothing changes (exit 0)");
         Ok(())
     }
 
@@ -363,7 +372,7 @@ impl Demo {
                 bail!("the demo expected {} to be refused", b.display())
             }
             (_, Some(e)) => {
-                println!("    {what}: exit {}: {}", report.exit_code, e);
+                say!("    {what}: exit {}: {}", report.exit_code, e);
                 Ok(())
             }
         }
@@ -373,10 +382,10 @@ impl Demo {
         step(
             8,
             "Status: what each folder serves, checked against the import",
-        );
+        )?;
         let st = status::status(&self.mirror, &self.state, true)?;
         for s in &st.slots {
-            println!(
+            say!(
                 "    {:<30} definitions {}, files {}, n-1 {}",
                 s.slot,
                 s.definition_version.as_deref().unwrap_or("-"),
@@ -388,7 +397,7 @@ impl Demo {
                 s.back_definition_version.as_deref().unwrap_or("none"),
             );
         }
-        println!(
+        say!(
             "    {}",
             if st.problems {
                 "problems found (gapferry status exits 1)"
@@ -403,7 +412,7 @@ impl Demo {
         step(
             9,
             "Rollback: serve n-1 again in one step, then roll forward",
-        );
+        )?;
         let slots: Vec<_> = Arch::ALL
             .iter()
             .map(|&arch| {
@@ -431,7 +440,7 @@ impl Demo {
                         .map(|v| v.definition_version.clone())
                         .unwrap_or_else(|| "?".into())
                 };
-                println!(
+                say!(
                     "    {:<30} {what}: definitions {} -> {}",
                     s.slot,
                     v(&s.before),
@@ -449,49 +458,50 @@ impl Demo {
         Ok(())
     }
 
-    fn try_next(&self, b2: &Path) {
+    fn try_next(&self, b2: &Path) -> anyhow::Result<()> {
         let exe = runnable();
         let q = |p: &Path| sh_quote(p);
         let next = self.bundles.join("demo-next.tar.zst");
-        println!(
+        say!(
             "\nDone. {} holds the next release (definitions 1.419.300.0). Try next:",
             self.download.display()
         );
-        println!(
+        say!(
             "  {exe} export --from {} --secret-key {} --state-dir {} --out {}",
             q(&self.download),
             q(&self.key_path),
             q(&self.export_state),
             q(&next)
         );
-        println!(
+        say!(
             "  {exe} import {} --trust {} --mirror {} --state-dir {}",
             q(&next),
             q(&self.pub_path),
             q(&self.mirror),
             q(&self.state)
         );
-        println!(
+        say!(
             "  {exe} status --mirror {} --state-dir {}",
             q(&self.mirror),
             q(&self.state)
         );
-        println!(
+        say!(
             "  {exe} rollback --mirror {} --state-dir {} --platform linux --ring production",
             q(&self.mirror),
             q(&self.state)
         );
-        println!("  {exe} ledger show --state-dir {}", q(&self.state));
-        println!("  {exe} inspect {} --trust {}", q(b2), q(&self.pub_path));
-        println!(
+        say!("  {exe} ledger show --state-dir {}", q(&self.state));
+        say!("  {exe} inspect {} --trust {}", q(b2), q(&self.pub_path));
+        say!(
             "  python3 -m http.server --directory {} 8080   # then offlineDefinitionUpdateUrl = http://HOST:8080/linux/production/",
             q(&self.mirror)
         );
-        println!("  by hand: zstd -dc {} | tar -t", q(b2));
-        println!(
+        say!("  by hand: zstd -dc {} | tar -t", q(b2));
+        say!(
             "  (everything is in {}; delete it when done)",
             self.abs.display()
         );
+        Ok(())
     }
 
     fn export(&self, download: &Path, out: &Path) -> anyhow::Result<gapferry::manifest::Manifest> {
@@ -543,7 +553,7 @@ impl Demo {
                 .as_ref()
                 .map(|v| v.definition_version.as_str())
                 .unwrap_or("");
-            println!("    {:<30} {before} -> {after}", s.slot);
+            say!("    {:<30} {before} -> {after}", s.slot);
         }
         Ok(report)
     }

@@ -160,3 +160,24 @@ fn demo_under_cargo_run_suggests_cargo_run() {
     assert!(story.contains("\n  cargo run -- export --from "), "{story}");
     assert!(story.contains("`cargo run -- inspect "), "{story}");
 }
+
+/// `gapferry demo | head`: the demo stops quietly when its reader goes.
+#[test]
+fn demo_into_a_closed_pipe_stops_quietly() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = command()
+        .args(["demo", "--dir"])
+        .arg(tmp.path().join("demo"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The read end is dropped here: later lines meet a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
