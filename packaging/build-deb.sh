@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds a .deb with the binary, man pages, shell completions and systemd
-# units: release build, generate the man pages and completions from the
-# clap definitions, then package with cargo-deb (`cargo install cargo-deb`).
+# units: release build, stage the stripped binary, the man pages and the
+# completions in target/assets (packaging/stage-assets.sh), then package
+# with cargo-deb (`cargo install cargo-deb`). Honours CARGO_TARGET_DIR for
+# the build; the staged assets are always in ./target/assets, where
+# Cargo.toml's [package.metadata.deb] finds them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target_dir=${CARGO_TARGET_DIR:-target}
 cargo build --release --locked
-rm -rf target/assets
-target/release/gapferry generate man --out target/assets/man
-target/release/gapferry generate completions bash zsh fish --out target/assets/completions
-gzip -9n target/assets/man/*.1
+packaging/stage-assets.sh "$target_dir/release/gapferry" target/assets
 cargo deb --no-build "$@"

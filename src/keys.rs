@@ -84,7 +84,7 @@ impl<'de> serde::Deserialize<'de> for KeyId {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
-    #[error("cannot read key file {path}: {source}")]
+    #[error("cannot read key file {path}: {source}; check the path and its permissions")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -116,8 +116,15 @@ pub enum KeyError {
 impl Classify for KeyError {
     fn exit_kind(&self) -> ExitKind {
         match self {
-            KeyError::Read { .. } => ExitKind::Operational,
-            _ => ExitKind::Usage,
+            // An unreadable key file is a usage error like a malformed one
+            // (docs/FORMAT.md section 6): the command line names a file
+            // that cannot serve as a key.
+            KeyError::Read { .. }
+            | KeyError::Malformed { .. }
+            | KeyError::WrongPassword { .. }
+            | KeyError::PasswordNeeded { .. }
+            | KeyError::EmptyTrustDir { .. }
+            | KeyError::ConflictingTrust { .. } => ExitKind::Usage,
         }
     }
 }
@@ -202,6 +209,14 @@ fn key_lines<'a>(
         what,
         reason: reason.to_string(),
     };
+    if text
+        .lines()
+        .any(|l| l.trim_end_matches('\r').starts_with("trusted comment: "))
+    {
+        return Err(bad(
+            "this is a signature file (.minisig), not a key; give the signer's public key (.pub) for --trust, or its secret key (.key) for --secret-key",
+        ));
+    }
     let mut lines = text.lines().map(|l| l.trim_end_matches('\r'));
     let first = lines.next().ok_or_else(|| bad("the file is empty"))?;
     let (comment, data) = match first.strip_prefix("untrusted comment: ") {

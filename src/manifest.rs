@@ -89,6 +89,10 @@ pub struct Manifest {
 #[error("invalid manifest: {0}")]
 pub struct ManifestError(pub String);
 
+/// The advice for bytes that cannot be what any exporter wrote.
+pub const DAMAGED_IN_TRANSIT: &str =
+    "the bundle was damaged in transit (or altered): copy it again from the export, and run gapferry verify on it before carrying";
+
 /// Longest error message kept: messages can quote manifest values (serde's
 /// "invalid type: string ..." quotes all of it), and a 16 MiB manifest must
 /// not become a 16 MiB message in the terminal, the JSON report or a
@@ -149,9 +153,10 @@ impl Manifest {
         if bytes.len() as u64 > MAX_MANIFEST_SIZE {
             return Err(bad(format!("{} bytes is larger than 16 MiB", bytes.len())));
         }
-        let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| bad(format!("not UTF-8; {DAMAGED_IN_TRANSIT}")))?;
         check_structure(text)?;
-        let m: Manifest = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let m: Manifest = serde_json::from_str(text).map_err(json_error)?;
         m.validate()?;
         Ok(m)
     }
@@ -254,10 +259,19 @@ impl Manifest {
 /// fields it ignores).
 pub(crate) fn check_structure(text: &str) -> Result<(), ManifestError> {
     let mut de = serde_json::Deserializer::from_str(text);
-    Walk { depth: 0 }
-        .deserialize(&mut de)
-        .map_err(|e| bad(e.to_string()))?;
-    de.end().map_err(|e| bad(e.to_string()))
+    Walk { depth: 0 }.deserialize(&mut de).map_err(json_error)?;
+    de.end().map_err(json_error)
+}
+
+/// A JSON error as a manifest error. gapferry writes valid JSON: broken
+/// syntax is damage, not a manifest with a wrong value, and says so.
+fn json_error(e: serde_json::Error) -> ManifestError {
+    match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            bad(format!("{e}: not valid JSON; {DAMAGED_IN_TRANSIT}"))
+        }
+        _ => bad(e.to_string()),
+    }
 }
 
 struct Walk {

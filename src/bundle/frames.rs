@@ -60,6 +60,19 @@ fn damaged(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
 
+/// The first bytes are not zstd at all: some other file, not a damaged
+/// bundle (a [`FramingError`], so the reader reports it as it is).
+fn not_a_bundle() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        FramingError(
+            "not a gapferry bundle: the file does not start with zstd data (a bundle is the \
+             .tar.zst gapferry export wrote, or the first volume or index of a split one)"
+                .into(),
+        ),
+    )
+}
+
 fn truncated() -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,
@@ -231,7 +244,7 @@ impl<R: Read> Frames<R> {
         }
         if n < 4 || magic != ZSTD_MAGIC {
             return Err(if self.frames == 0 {
-                damaged("not zstd: the file does not start with a zstd frame")
+                not_a_bundle()
             } else {
                 damaged("data after a zstd frame is not a zstd frame (skippable frames and trailing bytes are not allowed)")
             });

@@ -29,7 +29,7 @@ use super::{
     BundleError, MANIFEST_PATH, MAX_SIGNATURES, MAX_TRAILING_ZEROS, PAYLOAD_DIR, SIGNATURES_DIR,
 };
 use crate::keys::KeyId;
-use crate::manifest::{FileEntry, Manifest, MAX_MANIFEST_SIZE};
+use crate::manifest::{FileEntry, Manifest, DAMAGED_IN_TRANSIT, MAX_MANIFEST_SIZE};
 use crate::progress::Observer;
 use crate::sign::{Signature, MAX_SIGNATURE_FILE};
 
@@ -107,12 +107,13 @@ impl<R: Read> BundleReader<R> {
             return self.reject(rule.to_string());
         }
         match e.kind() {
-            io::ErrorKind::UnexpectedEof => {
-                self.reject(format!("truncated: the archive ends inside {what}"))
-            }
-            io::ErrorKind::Other | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
-                self.reject(format!("damaged compressed data in {what}: {e}"))
-            }
+            io::ErrorKind::UnexpectedEof => self.reject(format!(
+                "truncated: the archive ends inside {what}; {DAMAGED_IN_TRANSIT}"
+            )),
+            io::ErrorKind::Other | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => self
+                .reject(format!(
+                    "damaged compressed data in {what}: {e}; {DAMAGED_IN_TRANSIT}"
+                )),
             _ => BundleError::Io {
                 path: self.path.clone(),
                 source: e,
@@ -160,7 +161,9 @@ impl<R: Read> BundleReader<R> {
             })
             .sum();
         if stored != computed {
-            return Err(self.reject("tar header checksum mismatch (damaged or not a tar header)"));
+            return Err(self.reject(format!(
+                "tar header checksum mismatch (damaged or not a tar header); {DAMAGED_IN_TRANSIT}"
+            )));
         }
         if header.as_ustar().is_none() && header.as_gnu().is_none() {
             return Err(self.reject("tar header is not ustar or GNU format"));

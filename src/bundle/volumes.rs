@@ -177,36 +177,6 @@ impl VolumeIndex {
     }
 }
 
-/// Parses a volume size: a number of bytes with an optional unit. `K`, `M`,
-/// `G`, `T` (or `KB`...) are powers of 1000, so `4G` fits FAT32's limit of
-/// 4 GiB - 1 byte; `Ki`, `Mi`, `Gi`, `Ti` (or `KiB`...) are powers of 1024.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    let (num, unit) = t.split_at(digits);
-    let err = || {
-        format!("{s:?} is not a size; write bytes with an optional unit, e.g. 650M, 4G, 100K, 2GiB")
-    };
-    let n: u64 = num.parse().map_err(|_| err())?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "m" | "mb" => 1_000_000,
-        "g" | "gb" => 1_000_000_000,
-        "t" | "tb" => 1_000_000_000_000,
-        "ki" | "kib" => 1 << 10,
-        "mi" | "mib" => 1 << 20,
-        "gi" | "gib" => 1 << 30,
-        "ti" | "tib" => 1 << 40,
-        _ => return Err(err()),
-    };
-    let v = n.checked_mul(mult).ok_or_else(err)?;
-    if v == 0 {
-        return Err(format!("{s:?}: a volume must hold at least 1 byte"));
-    }
-    Ok(v)
-}
-
 fn append(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
@@ -372,7 +342,7 @@ pub fn write_split(
     observer: &dyn Observer,
 ) -> Result<SplitWritten, BundleError> {
     assert!(!keys.is_empty(), "at least one signing key");
-    assert!(volume_size > 0, "volume size checked by parse_size");
+    assert!(volume_size > 0, "volume size checked by units::parse_size");
     let idx_path = index_path(out);
     if !opts.overwrite {
         for p in [&idx_path, &volume_path(out, 1)] {
@@ -1044,18 +1014,6 @@ pub fn open_split(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("650M").unwrap(), 650_000_000);
-        assert_eq!(parse_size("4G").unwrap(), 4_000_000_000);
-        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
-        assert_eq!(parse_size("100k").unwrap(), 100_000);
-        assert_eq!(parse_size("1500").unwrap(), 1500);
-        for bad in ["", "0", "M", "1.5G", "4X", "-1", "99999999999999999999T"] {
-            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     fn sample() -> VolumeIndex {
         VolumeIndex {

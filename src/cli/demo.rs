@@ -12,20 +12,23 @@ use gapferry::bundle::writer::WriteOptions;
 use gapferry::export::{self, ExportRequest};
 use gapferry::keys::{SecretKey, TrustSet};
 use gapferry::mde::{self, Arch, FolderManifest, Platform, Ring, Slot};
-use gapferry::mirror::import::{self, ImportOptions, Target};
+use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target};
 use gapferry::mirror::ledger::Outcome;
 use gapferry::mirror::publish::PublishOptions;
+use gapferry::mirror::rollback::{self, RollbackOptions};
+use gapferry::mirror::status;
 use gapferry::progress::NoProgress;
 use gapferry::verify::{verify_bundle, Policy, Purpose};
 
 use super::UsageError;
 
 /// Run the whole journey on fake data: download folder, key, export,
-/// verify, import into a mirror, a second release with n-1, and a tampered
-/// bundle being refused.
+/// verify, import into a mirror with a receipt, a second release with n-1,
+/// attacks being refused, status, and a rollback and roll forward.
 ///
 /// Everything is written under DIR (re-running replaces an earlier demo
-/// there). Nothing here is a real Defender update.
+/// there), the story on stdout. Nothing here is a real Defender update. It
+/// ends with commands to try next, runnable as printed.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Folder for the demo's files.
@@ -88,12 +91,95 @@ fn write_download_folder(
     Ok(())
 }
 
-fn step(n: u32, text: &str) {
-    eprintln!("\n[{n}] {text}");
+/// The demo's folders, key and trust, shared by its steps.
+struct Demo {
+    abs: PathBuf,
+    download: PathBuf,
+    older: PathBuf,
+    bundles: PathBuf,
+    mirror: PathBuf,
+    state: PathBuf,
+    export_state: PathBuf,
+    key_path: PathBuf,
+    pub_path: PathBuf,
+    sk: SecretKey,
+    trust: TrustSet,
+}
+
+/// One line of the story on stdout; a closed pipe (`gapferry demo | head`)
+/// ends the demo quietly instead of a panic of `println!`.
+macro_rules! say {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($t)*)?
+    };
+}
+
+/// The story goes to stdout (`gapferry demo | less`); errors to stderr.
+fn step(n: u32, text: &str) -> std::io::Result<()> {
+    say!("\n[{n}] {text}");
+    Ok(())
+}
+
+/// How to run this very binary from the current folder: `gapferry` when
+/// that is it on PATH, `cargo run --` in the checkout it was run from by
+/// cargo, else its absolute path.
+fn runnable() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "gapferry".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths)
+            .filter_map(|d| d.join("gapferry").canonicalize().ok())
+            .next()
+            .is_some_and(|found| found == exe)
+    });
+    if on_path {
+        return "gapferry".into();
+    }
+    let cwd = std::env::current_dir().and_then(|d| d.canonicalize()).ok();
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").and_then(|d| PathBuf::from(d).canonicalize().ok());
+    if manifest_dir.is_some() && manifest_dir == cwd {
+        return "cargo run --".into();
+    }
+    sh_quote(&exe)
+}
+
+/// A path as one shell word.
+fn sh_quote(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 impl DemoArgs {
     pub fn run(self) -> anyhow::Result<i32> {
+        let abs = self.prepare()?;
+        say!(
+            "gapferry demo: everything below happens in {} with FAKE updates.",
+            abs.display()
+        );
+        let d = Demo::key(abs)?;
+        d.download_folder()?;
+        let b1 = d.export_first()?;
+        d.verify(&b1)?;
+        d.import_first(&b1)?;
+        let b2 = d.newer_release()?;
+        d.attacks(&b1)?;
+        d.status()?;
+        d.rollback_and_forward()?;
+        d.next_release()?;
+        d.try_next(&b2)?;
+        Ok(0)
+    }
+
+    /// Makes DIR (clearing an earlier demo there) and returns it absolute.
+    fn prepare(&self) -> anyhow::Result<PathBuf> {
         let dir = &self.dir;
         if dir.exists() {
             let is_demo = dir.join(MARKER).exists();
@@ -114,32 +200,19 @@ impl DemoArgs {
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         std::fs::write(dir.join(MARKER), b"made by gapferry demo; safe to delete\n")?;
-        let abs = std::path::absolute(dir)?;
-        let download = abs.join("download");
+        Ok(std::path::absolute(dir)?)
+    }
+}
+
+impl Demo {
+    /// Step 2 comes first in code: every later step needs the key.
+    fn key(abs: PathBuf) -> anyhow::Result<Demo> {
         let keys_dir = abs.join("keys");
         let bundles = abs.join("bundles");
         let mirror = abs.join("mirror");
-        let state = abs.join("state");
-        let export_state = abs.join("export-state");
-        for d in [&keys_dir, &bundles] {
+        for d in [&keys_dir, &bundles, &mirror] {
             std::fs::create_dir_all(d)?;
         }
-
-        eprintln!(
-            "gapferry demo: everything below happens in {} with FAKE updates.",
-            abs.display()
-        );
-        step(
-            1,
-            "Online side: a download folder as Microsoft's script leaves it",
-        );
-        write_download_folder(&download, "1.1.24090.4", "1.419.100.0", 1)?;
-        eprintln!(
-            "    {}/<linux|mac>/production/arch_<x86_64|arm64>/{{updates.zip,manifest.json}}",
-            download.display()
-        );
-
-        step(2, "A throwaway signing key (minisign format)");
         let sk = SecretKey::generate();
         let pk = sk.public();
         let key_path = keys_dir.join("demo.key");
@@ -154,165 +227,307 @@ impl DemoArgs {
             f.write_all(sk.to_file_text(None).as_bytes())?;
         }
         std::fs::write(&pub_path, pk.to_file_text())?;
-        eprintln!(
-            "    key {} -> {} (secret, unencrypted: demo only) and {}",
-            pk.key_id,
-            key_path.display(),
-            pub_path.display()
-        );
+        let mut trust = TrustSet::default();
+        trust.add(pk, pub_path.clone())?;
+        Ok(Demo {
+            download: abs.join("download"),
+            older: abs.join("download-older"),
+            state: abs.join("state"),
+            export_state: abs.join("export-state"),
+            abs,
+            bundles,
+            mirror,
+            key_path,
+            pub_path,
+            sk,
+            trust,
+        })
+    }
 
-        step(3, "Export: a signed .tar.zst bundle");
-        let b1 = bundles.join("demo-1.tar.zst");
-        let m1 = self.export(&download, &sk, &export_state, &b1)?;
-        eprintln!(
+    fn download_folder(&self) -> anyhow::Result<()> {
+        step(
+            1,
+            "Online side: a download folder as Microsoft's script leaves it",
+        )?;
+        write_download_folder(&self.download, "1.1.24090.4", "1.419.100.0", 1)?;
+        say!(
+            "    {}/<linux|mac>/production/arch_<x86_64|arm64>/{{updates.zip,manifest.json}}",
+            self.download.display()
+        );
+        step(2, "A throwaway signing key (minisign format)")?;
+        say!(
+            "    key {} -> {} (secret, unencrypted: demo only) and {}",
+            self.sk.key_id,
+            self.key_path.display(),
+            self.pub_path.display()
+        );
+        Ok(())
+    }
+
+    fn export_first(&self) -> anyhow::Result<PathBuf> {
+        step(3, "Export: a signed .tar.zst bundle")?;
+        let b1 = self.bundles.join("demo-1.tar.zst");
+        let m1 = self.export(&self.download, &b1)?;
+        say!(
             "    {} (sequence {}, {} files)",
             b1.display(),
             m1.sequence,
             m1.files.len()
         );
+        Ok(b1)
+    }
 
+    fn verify(&self, b1: &Path) -> anyhow::Result<()> {
         step(
             4,
             "Verify: signature, structure and every hash, writing nothing",
-        );
-        let mut trust_set = TrustSet::default();
-        trust_set.add(pk.clone(), pub_path.clone())?;
-        let mut r = BundleReader::open(&b1)?;
+        )?;
+        let mut r = BundleReader::open(b1)?;
         let head = r.read_head()?;
         let policy = Policy {
-            trust: &trust_set,
+            trust: &self.trust,
             threshold: 1,
             channel: Some("default"),
             allow_expired: false,
             purpose: Purpose::Verify,
             now: SystemTime::now(),
         };
-        verify_bundle(r, head, &policy, &b1, &NoProgress)?;
-        eprintln!("    valid, signed by {}", pk.key_id);
+        verify_bundle(r, head, &policy, b1, &NoProgress)?;
+        say!("    valid, signed by {}", self.sk.key_id);
+        Ok(())
+    }
 
+    fn import_first(&self, b1: &Path) -> anyhow::Result<()> {
         step(
             5,
             "Disconnected side: import into the mirror endpoints read",
-        );
-        self.import(&b1, &trust_set, &mirror, &state)?;
-        eprintln!(
+        )?;
+        let report = self.import(b1)?;
+        say!(
             "    {}/linux/production/arch_x86_64/updates.zip is now served",
-            mirror.display()
+            self.mirror.display()
         );
+        if let Some(r) = &report.receipt {
+            say!(
+                "    receipt {r}: read it back to the online side, where `{} inspect {} --receipt {r}` says it matches",
+                runnable(),
+                sh_quote(b1)
+            );
+        }
+        say!(
+            "    every attempt is in the ledger in {}",
+            self.state.display()
+        );
+        Ok(())
+    }
 
+    fn newer_release(&self) -> anyhow::Result<PathBuf> {
         step(
             6,
             "A newer release arrives; the previous one becomes n-1 (production_back)",
-        );
-        write_download_folder(&download, "1.1.24090.4", "1.419.200.0", 2)?;
-        let b2 = bundles.join("demo-2.tar.zst");
-        let m2 = self.export(&download, &sk, &export_state, &b2)?;
-        self.import(&b2, &trust_set, &mirror, &state)?;
-        eprintln!(
+        )?;
+        write_download_folder(&self.download, "1.1.24090.4", "1.419.200.0", 2)?;
+        let b2 = self.bundles.join("demo-2.tar.zst");
+        let m2 = self.export(&self.download, &b2)?;
+        self.import(&b2)?;
+        say!(
             "    definitions 1.419.100.0 -> 1.419.200.0 (sequence {})",
             m2.sequence
         );
+        Ok(b2)
+    }
 
-        step(7, "Attacks are refused and change nothing");
-        let b3 = bundles.join("demo-3.tar.zst");
-        self.export(&download, &sk, &export_state, &b3)?;
-        let tampered = bundles.join("demo-3-tampered.tar.zst");
+    fn attacks(&self, b1: &Path) -> anyhow::Result<()> {
+        step(7, "Attacks are refused and change nothing")?;
+        let b3 = self.bundles.join("demo-3.tar.zst");
+        self.export(&self.download, &b3)?;
+        let tampered = self.bundles.join("demo-3-tampered.tar.zst");
         let mut bytes = std::fs::read(&b3)?;
         std::fs::remove_file(&b3)?;
         let at = bytes.len() / 2;
         bytes[at] ^= 0x01;
         std::fs::write(&tampered, bytes)?;
-        let refused = |b: &Path, what: &str| -> anyhow::Result<()> {
-            let (report, err) = import::import(
-                &self.import_opts(b, &trust_set, &mirror, &state),
-                &NoProgress,
-            );
-            match (report.outcome, err) {
-                (Outcome::Imported, _) | (_, None) => {
-                    bail!("the demo expected {} to be refused", b.display())
-                }
-                (_, Some(e)) => {
-                    eprintln!("    {what}: exit {}: {}", report.exit_code, e);
-                    Ok(())
-                }
-            }
-        };
-        refused(&tampered, "a newer bundle with one flipped byte")?;
-        write_download_folder(&download, "1.1.24090.4", "1.419.50.0", 3)?;
-        let old = bundles.join("demo-older-definitions.tar.zst");
-        self.export(&download, &sk, &export_state, &old)?;
-        refused(
+        self.refused(&tampered, "a newer bundle with one flipped byte")?;
+        // The older release is built in a folder of its own, so download/
+        // never holds a set the next import would refuse.
+        write_download_folder(&self.older, "1.1.24090.4", "1.419.50.0", 3)?;
+        let old = self.bundles.join("demo-older-definitions.tar.zst");
+        self.export(&self.older, &old)?;
+        self.refused(
             &old,
             "a validly signed bundle with older definitions (a rollback)",
         )?;
-        let (report, err) = import::import(
-            &self.import_opts(&b1, &trust_set, &mirror, &state),
-            &NoProgress,
-        );
+        let (report, err) = import::import(&self.import_opts(b1), &NoProgress);
         if err.is_some() || report.outcome != Outcome::AlreadyImported {
             bail!("the demo expected a re-delivered demo-1 to be 'already imported'");
         }
-        eprintln!("    demo-1 delivered again: already imported, nothing changes (exit 0)");
-
-        let exe = std::env::current_exe()
-            .ok()
-            .filter(|p| !p.starts_with(std::env::current_dir().unwrap_or_default().join("target")))
-            .map(|_| "gapferry".to_string())
-            .unwrap_or_else(|| "cargo run --".to_string());
-        eprintln!("\nDone. Try next:");
-        eprintln!(
-            "  {exe} inspect {} --trust {}",
-            b2.display(),
-            pub_path.display()
-        );
-        eprintln!(
-            "  {exe} verify {} --trust {}",
-            b2.display(),
-            pub_path.display()
-        );
-        eprintln!("  {exe} ledger show --state-dir {}", state.display());
-        eprintln!("  {exe} ledger verify --state-dir {}", state.display());
-        eprintln!("  python3 -m http.server --directory {} 8080   # then offlineDefinitionUpdateUrl = http://HOST:8080/linux/production/", mirror.display());
-        eprintln!("  by hand: zstd -dc {} | tar -t", b2.display());
-        Ok(0)
+        say!("    demo-1 delivered again: already imported, nothing changes (exit 0)");
+        Ok(())
     }
 
-    fn export(
-        &self,
-        download: &Path,
-        sk: &SecretKey,
-        export_state: &Path,
-        out: &Path,
-    ) -> anyhow::Result<gapferry::manifest::Manifest> {
+    fn refused(&self, b: &Path, what: &str) -> anyhow::Result<()> {
+        let (report, err) = import::import(&self.import_opts(b), &NoProgress);
+        match (report.outcome, err) {
+            (Outcome::Imported, _) | (_, None) => {
+                bail!("the demo expected {} to be refused", b.display())
+            }
+            (_, Some(e)) => {
+                say!("    {what}: exit {}: {}", report.exit_code, e);
+                Ok(())
+            }
+        }
+    }
+
+    fn status(&self) -> anyhow::Result<()> {
+        step(
+            8,
+            "Status: what each folder serves, checked against the import",
+        )?;
+        let st = status::status(&self.mirror, &self.state, true)?;
+        for s in &st.slots {
+            say!(
+                "    {:<30} definitions {}, files {}, n-1 {}",
+                s.slot,
+                s.definition_version.as_deref().unwrap_or("-"),
+                match s.files_match {
+                    Some(true) => "match the import",
+                    Some(false) => "DIFFER from the import",
+                    None => "unchecked",
+                },
+                s.back_definition_version.as_deref().unwrap_or("none"),
+            );
+        }
+        say!(
+            "    {}",
+            if st.problems {
+                "problems found (gapferry status exits 1)"
+            } else {
+                "healthy (gapferry status exits 0)"
+            }
+        );
+        Ok(())
+    }
+
+    fn rollback_and_forward(&self) -> anyhow::Result<()> {
+        step(
+            9,
+            "Rollback: serve n-1 again in one step, then roll forward",
+        )?;
+        let slots: Vec<_> = Arch::ALL
+            .iter()
+            .map(|&arch| {
+                let slot = Slot {
+                    platform: Platform::Linux,
+                    ring: Ring::Production,
+                    arch,
+                };
+                (slot.key(), slot.placement())
+            })
+            .collect();
+        for what in ["rolled back", "rolled forward"] {
+            let report = rollback::rollback(&RollbackOptions {
+                mirror: self.mirror.clone(),
+                state_dir: self.state.clone(),
+                slots: slots.clone(),
+                profile: &mde::profile::Mde,
+                lock_wait: Duration::from_secs(5),
+                publish: PublishOptions::default(),
+                force: false,
+            })?;
+            for s in &report.slots {
+                let v = |x: &Option<gapferry::mirror::ledger::Versions>| {
+                    x.as_ref()
+                        .map(|v| v.definition_version.clone())
+                        .unwrap_or_else(|| "?".into())
+                };
+                say!(
+                    "    {:<30} {what}: definitions {} -> {}",
+                    s.slot,
+                    v(&s.before),
+                    v(&s.after)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the next release in download/, newer than what is served, so
+    /// the commands printed next carry it through as an operator would.
+    fn next_release(&self) -> anyhow::Result<()> {
+        write_download_folder(&self.download, "1.1.24090.4", "1.419.300.0", 4)?;
+        Ok(())
+    }
+
+    fn try_next(&self, b2: &Path) -> anyhow::Result<()> {
+        let exe = runnable();
+        let q = |p: &Path| sh_quote(p);
+        let next = self.bundles.join("demo-next.tar.zst");
+        say!(
+            "\nDone. {} holds the next release (definitions 1.419.300.0). Try next:",
+            self.download.display()
+        );
+        say!(
+            "  {exe} export --from {} --secret-key {} --state-dir {} --out {}",
+            q(&self.download),
+            q(&self.key_path),
+            q(&self.export_state),
+            q(&next)
+        );
+        say!(
+            "  {exe} import {} --trust {} --mirror {} --state-dir {}",
+            q(&next),
+            q(&self.pub_path),
+            q(&self.mirror),
+            q(&self.state)
+        );
+        say!(
+            "  {exe} status --mirror {} --state-dir {}",
+            q(&self.mirror),
+            q(&self.state)
+        );
+        say!(
+            "  {exe} rollback --mirror {} --state-dir {} --platform linux --ring production",
+            q(&self.mirror),
+            q(&self.state)
+        );
+        say!("  {exe} ledger show --state-dir {}", q(&self.state));
+        say!("  {exe} inspect {} --trust {}", q(b2), q(&self.pub_path));
+        say!(
+            "  python3 -m http.server --directory {} 8080   # then offlineDefinitionUpdateUrl = http://HOST:8080/linux/production/",
+            q(&self.mirror)
+        );
+        say!("  by hand: zstd -dc {} | tar -t", q(b2));
+        say!(
+            "  (everything is in {}; delete it when done)",
+            self.abs.display()
+        );
+        Ok(())
+    }
+
+    fn export(&self, download: &Path, out: &Path) -> anyhow::Result<gapferry::manifest::Manifest> {
         let collected = gapferry::mde::collect::collect(download, &[], &[Ring::Production])?;
         let req = ExportRequest {
             collection: gapferry::mde::collect::to_collection(&collected),
             out: out.to_path_buf(),
             channel: "default".into(),
             expires_in: Duration::from_secs(30 * 86400),
-            sequence_dir: export_state.to_path_buf(),
+            sequence_dir: self.export_state.clone(),
             sequence: None,
             producer: format!("gapferry {} (demo)", env!("CARGO_PKG_VERSION")),
             split: None,
             write: WriteOptions::default(),
         };
-        let written = export::export(&req, std::slice::from_ref(sk), &NoProgress)?.written;
+        let written = export::export(&req, std::slice::from_ref(&self.sk), &NoProgress)?.written;
         Ok(written.manifest)
     }
 
-    fn import_opts(
-        &self,
-        bundle: &Path,
-        trust_set: &TrustSet,
-        mirror: &Path,
-        state: &Path,
-    ) -> ImportOptions {
+    fn import_opts(&self, bundle: &Path) -> ImportOptions {
         ImportOptions {
             bundle: bundle.to_path_buf(),
-            trust: trust_set.clone(),
+            trust: self.trust.clone(),
             threshold: 1,
-            target: Target::Mirror(mirror.to_path_buf()),
-            state_dir: state.to_path_buf(),
+            target: Target::Mirror(self.mirror.clone()),
+            state_dir: self.state.clone(),
             channel: "default".into(),
             only: Default::default(),
             allow_downgrade: false,
@@ -322,17 +537,8 @@ impl DemoArgs {
         }
     }
 
-    fn import(
-        &self,
-        bundle: &Path,
-        trust_set: &TrustSet,
-        mirror: &Path,
-        state: &Path,
-    ) -> anyhow::Result<()> {
-        let (report, err) = import::import(
-            &self.import_opts(bundle, trust_set, mirror, state),
-            &NoProgress,
-        );
+    fn import(&self, bundle: &Path) -> anyhow::Result<ImportReport> {
+        let (report, err) = import::import(&self.import_opts(bundle), &NoProgress);
         if let Some(e) = err {
             return Err(e.into());
         }
@@ -347,8 +553,8 @@ impl DemoArgs {
                 .as_ref()
                 .map(|v| v.definition_version.as_str())
                 .unwrap_or("");
-            eprintln!("    {:<30} {before} -> {after}", s.slot);
+            say!("    {:<30} {before} -> {after}", s.slot);
         }
-        Ok(())
+        Ok(report)
     }
 }

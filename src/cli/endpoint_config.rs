@@ -66,11 +66,11 @@ pub struct EndpointConfigArgs {
     pub path: Option<PathBuf>,
     /// The endpoints' platform: linux or mac. Required to generate; with
     /// --check, the platform the URL must be for (a plist implies mac).
-    #[arg(long, value_name = "P", value_parser = clap::value_parser!(Platform))]
+    #[arg(long, value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
     pub platform: Option<Platform>,
     /// The ring: production or preview [default: production]. With
     /// --check, the ring the URL must be for (any when not given).
-    #[arg(long, value_name = "R", value_parser = clap::value_parser!(Ring))]
+    #[arg(long, value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     pub ring: Option<Ring>,
     /// Let endpoints fall back to Microsoft's cloud when the mirror fails
     /// (useless on a true air gap).

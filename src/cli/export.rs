@@ -11,7 +11,6 @@ use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
-use gapferry::bundle::volumes;
 use gapferry::bundle::writer::WriteOptions;
 use gapferry::export::{self, ExportRequest, Exported};
 use gapferry::keys::SecretKey;
@@ -50,16 +49,17 @@ pub struct ExportArgs {
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Channel: the air-gapped network or feed this bundle is for.
-    #[arg(long, default_value = "default")]
+    #[arg(long, default_value = "default", value_name = "C")]
     pub channel: String,
-    /// How long the bundle stays importable (e.g. 30d, 12h).
-    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    /// How long the bundle stays importable: 30d, 12h, 90m, 2w (at least 1m;
+    /// 1y is 365.25 days).
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = gapferry::units::parse_lifetime)]
     pub expires_in: Duration,
     /// Only carry this platform (linux, mac); repeatable.
-    #[arg(long = "platform", value_name = "P", value_parser = clap::value_parser!(Platform))]
+    #[arg(long = "platform", value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
     pub platforms: Vec<Platform>,
     /// Only carry this ring (production, preview); repeatable.
-    #[arg(long = "ring", value_name = "R", value_parser = clap::value_parser!(Ring))]
+    #[arg(long = "ring", value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     pub rings: Vec<Ring>,
     /// Where the per-channel sequence counter lives [default: $GAPFERRY_STATE_DIR,
     /// /var/lib/gapferry as root, else ~/.local/state/gapferry].
@@ -76,10 +76,10 @@ pub struct ExportArgs {
     /// ... and last a signed index OUT.volumes.json (with
     /// OUT.volumes.json.<KEYID>.minisig). `cat OUT.0* | zstd -d | tar -x`
     /// still reads it. For FAT32 sticks use at most 4G.
-    #[arg(long, value_name = "SIZE", value_parser = volumes::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = gapferry::units::parse_size)]
     pub split: Option<u64>,
     /// zstd compression level (low levels suit already-compressed zips).
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19))]
+    #[arg(long, default_value_t = 1, value_name = "LEVEL", allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19))]
     pub zstd_level: i32,
     /// Print a JSON summary on stdout.
     #[arg(long)]
@@ -157,13 +157,44 @@ pub fn load_secret_key(path: &Path, password_file: Option<&Path>) -> anyhow::Res
     )?)
 }
 
+/// "1 volume OUT.001" or "3 volumes OUT.001 to OUT.003".
+fn volumes_phrase(n: usize, out: &Path) -> String {
+    let out = out.display();
+    match n {
+        1 => format!("1 volume {out}.001"),
+        n => format!("{n} volumes {out}.001 to {out}.{n:03}"),
+    }
+}
+
+/// Refuses an `--out` whose folder does not exist, naming the folder and
+/// the fix (the writer would otherwise fail on its temporary file's name).
+fn out_folder_exists(out: &Path) -> Result<(), UsageError> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(UsageError(format!(
+            "--out {}: {} is not a folder; choose another --out",
+            out.display(),
+            dir.display()
+        ))),
+        Err(_) => Err(UsageError(format!(
+            "--out {}: the folder {} does not exist; create it (mkdir -p {}) or choose another --out",
+            out.display(),
+            dir.display(),
+            dir.display()
+        ))),
+    }
+}
+
 impl ExportArgs {
     pub fn run(self) -> anyhow::Result<i32> {
         manifest::check_channel(&self.channel)
             .map_err(|e| UsageError(format!("--channel: {}", e.0)))?;
-        if self.expires_in < Duration::from_secs(60) {
-            bail!(UsageError("--expires-in must be at least 1m".into()));
-        }
+        // Before the password prompt: a typo in --out must not cost one.
+        out_folder_exists(&self.out)?;
         // The fetch plan (settings.json included) and the keys (passwords
         // included) are settled before the first download, so a typo or a
         // wrong password fails in a second, not after a gigabyte.
@@ -298,10 +329,8 @@ impl ExportArgs {
             let what = match &split {
                 None => self.out.display().to_string(),
                 Some(sp) => format!(
-                    "{} volumes {}.001..{:03} and index {}",
-                    sp.volumes.len(),
-                    self.out.display(),
-                    sp.volumes.len(),
+                    "{} and index {}",
+                    volumes_phrase(sp.volumes.len(), &self.out),
                     sp.index.display()
                 ),
             };
@@ -343,5 +372,20 @@ impl ExportArgs {
             items: m.items.clone(),
             split,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_are_counted_in_words() {
+        let out = Path::new("b.tar.zst");
+        assert_eq!(volumes_phrase(1, out), "1 volume b.tar.zst.001");
+        assert_eq!(
+            volumes_phrase(3, out),
+            "3 volumes b.tar.zst.001 to b.tar.zst.003"
+        );
     }
 }

@@ -42,15 +42,15 @@ pub struct FetchArgs {
     pub download_folder: Option<PathBuf>,
 
     /// Only this platform: linux or mac (repeatable).
-    #[arg(long = "platform", value_name = "P")]
+    #[arg(long = "platform", value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
     pub platforms: Vec<Platform>,
 
     /// Only this ring: production or preview (repeatable).
-    #[arg(long = "ring", value_name = "R")]
+    #[arg(long = "ring", value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     pub rings: Vec<Ring>,
 
     /// Only this architecture: x86_64 or arm64 (repeatable).
-    #[arg(long = "arch", value_name = "A")]
+    #[arg(long = "arch", value_name = "A", value_parser = super::one_of(Arch::ALL, Arch::as_str))]
     pub arches: Vec<Arch>,
 
     #[command(flatten)]
@@ -115,8 +115,9 @@ pub struct FetchSourceArgs {
     #[arg(long = "ca-cert", value_name = "FILE")]
     pub ca_certs: Vec<PathBuf>,
 
-    /// Largest updates.zip accepted (bytes, or with K, M, G, KiB, MiB, GiB).
-    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    /// Largest updates.zip accepted: bytes with an optional unit (K, M, G
+    /// are powers of 1000, KiB, MiB, GiB of 1024; e.g. 500M, 2GiB).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = gapferry::units::parse_size)]
     pub max_package_size: u64,
 
     /// Form of the log lines on stderr, one per event: text (sentences),
@@ -235,7 +236,7 @@ impl Ui {
 
     fn summary(&self, report: &FetchReport) {
         let counts = format!(
-            "{} updated, {} up to date, {} failed",
+            "{} updated, {} unchanged, {} failed",
             report.count_updated(),
             report.count_unchanged(),
             report.count_failed()
@@ -402,29 +403,6 @@ impl FetchObserver for Ui {
     }
 }
 
-/// Parses "1073741824", "512M", "1GiB", "100KiB" (binary multiples).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 1073741824, 512MiB or 1GiB"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" | "k" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?}: use K, M, G, KiB, MiB or GiB"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
 /// The `--json` document of `gapferry fetch`: these types are its only
 /// definition (tests read it back with `deny_unknown_fields`).
 pub mod json {
@@ -557,13 +535,17 @@ mod tests {
         Wrap::command().debug_assert();
     }
 
+    /// `--max-package-size` reads sizes as `--split` does (units::parse_size).
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
-        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_size("100").unwrap(), 100);
-        assert!(parse_size("1TB").is_err());
-        assert!(parse_size("x").is_err());
-        assert!(parse_size("99999999999999999999G").is_err());
+    fn max_package_size_uses_the_one_size_rule() {
+        let size = |v: &str| {
+            Wrap::try_parse_from(["fetch", "--download-folder", "d", "--max-package-size", v])
+                .map(|w| w.args.source.max_package_size)
+        };
+        assert_eq!(size("10K").unwrap(), 10_000);
+        assert_eq!(size("10KiB").unwrap(), 10_240);
+        assert_eq!(size("1GB").unwrap(), 1_000_000_000);
+        assert_eq!(size("1gib").unwrap(), 1 << 30);
+        assert!(size("0").is_err());
     }
 }

@@ -74,6 +74,11 @@ pub struct ImportArgs {
     /// platform and ring): publishes DIR/arch_<arch>/, n-1 in DIR_back/.
     #[arg(long, value_name = "DIR")]
     target: Option<PathBuf>,
+    /// Create the --mirror (or --target) folder if it does not exist yet;
+    /// without it a missing folder is refused, so a typo cannot publish
+    /// where no endpoint looks.
+    #[arg(long)]
+    create: bool,
     /// State and ledger directory [default: <base>/<mirror>-<hash>, where
     /// <base> is $GAPFERRY_STATE_DIR if set, else /var/lib/gapferry as root,
     /// else $XDG_STATE_HOME/gapferry or ~/.local/state/gapferry; never inside
@@ -87,10 +92,10 @@ pub struct ImportArgs {
     #[arg(long, default_value = "default", value_name = "C")]
     channel: String,
     /// Only publish this platform (linux, mac); repeatable.
-    #[arg(long = "platform", value_name = "P", value_parser = clap::value_parser!(Platform))]
+    #[arg(long = "platform", value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
     platforms: Vec<Platform>,
     /// Only publish this ring (production, preview); repeatable.
-    #[arg(long = "ring", value_name = "R", value_parser = clap::value_parser!(Ring))]
+    #[arg(long = "ring", value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     rings: Vec<Ring>,
     /// Accept older definitions or a lower sequence than what is served (a
     /// deliberate rollback; recorded in the ledger).
@@ -165,6 +170,7 @@ impl ImportArgs {
         self.refresh_metrics(&opts);
         if !self.json && !self.quiet {
             summary(&report);
+            where_recorded(&report, &opts.state_dir);
         }
         show_receipt(&report, self.quiet || self.json);
         if self.json {
@@ -206,6 +212,14 @@ impl ImportArgs {
         if let Some(file) = &self.prometheus {
             metrics::check_path(file)?;
         }
+        if !self.create {
+            let flag = if self.mirror.is_some() {
+                "--mirror"
+            } else {
+                "--target"
+            };
+            existing_folder(flag, target.served_root())?;
+        }
         let trust = TrustSet::load(&self.trust)?;
         if self.threshold > trust.len() {
             return Err(UsageError(format!(
@@ -238,6 +252,27 @@ impl ImportArgs {
             lock_wait: self.lock_wait,
             publish: PublishOptions::from_env(),
         })
+    }
+}
+
+/// Refuses a served folder that does not exist (or is not a folder): the
+/// import creates one only with `--create`.
+fn existing_folder(flag: &str, dir: &Path) -> Result<(), UsageError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(UsageError(format!(
+            "{flag} {}: not a folder; give the mirror's folder",
+            dir.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UsageError(format!(
+            "{flag} {} does not exist; check the path (endpoints only read the folder they are \
+             configured with), or add --create to start a new mirror there",
+            dir.display()
+        ))),
+        Err(e) => Err(UsageError(format!(
+            "{flag} {}: {e}; check the path and its permissions",
+            dir.display()
+        ))),
     }
 }
 
@@ -485,6 +520,16 @@ fn show_receipt(report: &ImportReport, quiet: bool) {
             );
         }
     }
+}
+
+/// Names the state directory the attempt was recorded in, with the command
+/// that reads its ledger (auditors are told to pass it).
+fn where_recorded(r: &ImportReport, state_dir: &Path) {
+    if !matches!(r.outcome, Outcome::Imported | Outcome::AlreadyImported) {
+        return;
+    }
+    let dir = escape_path(state_dir);
+    eprintln!("gapferry: state and ledger in {dir}  (gapferry ledger show --state-dir {dir})");
 }
 
 fn summary(r: &ImportReport) {

@@ -1,5 +1,6 @@
 //! `gapferry keygen`: a minisign-compatible key pair.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
@@ -79,10 +80,17 @@ impl KeygenArgs {
             None
         } else if let Some(f) = &self.password_file {
             Some(password::from_file(f)?)
+        } else if !std::io::stdin().is_terminal() {
+            bail!(UsageError(
+                "a password is needed for the new secret key and there is no terminal to ask on; \
+                 give --password-file FILE, or --unencrypted for a key without a password"
+                    .into()
+            ));
         } else {
-            Some(password::prompt(&format!("new secret key {}", self.secret_key.display()), true).map_err(|e| {
-                e.context("choose --password-file FILE, or --unencrypted for a key without a password")
-            })?)
+            Some(password::prompt(
+                &format!("new secret key {}", self.secret_key.display()),
+                true,
+            )?)
         };
         let sk = SecretKey::generate();
         let pk = sk.public();

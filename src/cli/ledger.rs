@@ -207,21 +207,24 @@ impl LedgerArgs {
     }
 }
 
-fn versions(c: &SlotChange) -> String {
-    let v = |v: &Option<gapferry::mirror::ledger::Versions>| match v {
-        Some(v) => format!(
+/// One folder's change, its name padded to `width`: `before -> after`, or
+/// `..., not changed` when the attempt left it as it was (a refused or
+/// already imported bundle), never `X -> -`, which reads like a removal.
+fn versions(c: &SlotChange, width: usize) -> String {
+    let v = |v: &gapferry::mirror::ledger::Versions| {
+        format!(
             "definitions {} (engine {})",
             Esc(&v.definition_version),
             Esc(&v.engine_version)
-        ),
-        None => "-".to_string(),
+        )
     };
-    format!(
-        "{}  {} -> {}",
-        Esc(c.slot.as_str()),
-        v(&c.before),
-        v(&c.after)
-    )
+    let change = match (&c.before, &c.after) {
+        (Some(b), Some(a)) => format!("{} -> {}", v(b), v(a)),
+        (None, Some(a)) => format!("(none) -> {}", v(a)),
+        (Some(b), None) => format!("{}, not changed", v(b)),
+        (None, None) => "(none), not changed".to_string(),
+    };
+    format!("{:<width$}  {change}", Esc(c.slot.as_str()))
 }
 
 /// The human table: one row per entry, then one indented line per folder
@@ -258,8 +261,14 @@ fn table(entries: &[LedgerEntry]) -> String {
                  unsigned manifest claims\n",
             );
         }
+        let width = e
+            .slots
+            .iter()
+            .map(|c| Esc(c.slot.as_str()).to_string().chars().count())
+            .max()
+            .unwrap_or(0);
         for c in &e.slots {
-            s.push_str(&format!("        {}\n", versions(c)));
+            s.push_str(&format!("        {}\n", versions(c, width)));
         }
         if let Some(p) = &e.bundle_path {
             s.push_str(&format!("        file: {}\n", Esc(p)));
@@ -289,5 +298,51 @@ mod tests {
     #[test]
     fn ledger_args_debug_assert() {
         Wrap::command().debug_assert();
+    }
+
+    /// Folder lines are aligned, and a folder an attempt left alone says
+    /// "not changed" instead of `X -> -`.
+    #[test]
+    fn table_aligns_folders_and_says_not_changed() {
+        use gapferry::mirror::ledger::Outcome;
+        let v = |d: &str| gapferry::mirror::ledger::Versions {
+            engine_version: "1.1.1.0".into(),
+            definition_version: d.into(),
+        };
+        let change = |slot: &str, before, after| SlotChange {
+            slot: slot.parse().unwrap(),
+            before,
+            after,
+        };
+        let mut refused = LedgerEntry::new(Outcome::Refused);
+        refused.slots = vec![
+            change("linux/production/arch_x86_64", Some(v("1.400.2.0")), None),
+            change("linux/production/arch_arm64", Some(v("1.400.2.0")), None),
+        ];
+        let mut imported = LedgerEntry::new(Outcome::Imported);
+        imported.slots = vec![change(
+            "mac/production/arch_arm64",
+            None,
+            Some(v("1.400.1.0")),
+        )];
+        let text = table(&[imported, refused]);
+        assert!(!text.contains("-> -"), "{text}");
+        assert!(
+            text.contains(
+                "linux/production/arch_arm64   definitions 1.400.2.0 (engine 1.1.1.0), not changed"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("mac/production/arch_arm64  (none) -> definitions 1.400.1.0"),
+            "{text}"
+        );
+        let starts: Vec<usize> = text
+            .lines()
+            .filter(|l| l.contains("definitions 1.400.2.0"))
+            .map(|l| l.find("definitions").unwrap())
+            .collect();
+        assert_eq!(starts.len(), 2);
+        assert_eq!(starts[0], starts[1], "{text}");
     }
 }

@@ -76,6 +76,23 @@ impl Cli {
 
 pub use gapferry::error::UsageError;
 
+/// The parser of a flag whose values are a fixed list (`--platform`,
+/// `--ring`, `--arch`): clap lists them in help, errors and shell
+/// completions (a completion offers the values, not file names).
+pub fn one_of<T: Copy + Send + Sync + 'static>(
+    all: &'static [T],
+    name: fn(T) -> &'static str,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    PossibleValuesParser::new(all.iter().map(move |&v| PossibleValue::new(name(v)))).map(
+        move |s: String| {
+            *all.iter()
+                .find(|&&v| name(v) == s)
+                .expect("clap accepts listed values only")
+        },
+    )
+}
+
 /// The exit code of a failed command: the one place the binary maps an
 /// error to the documented codes. Library errors carry their kind through
 /// the crate error ([`gapferry::Error`]), found anywhere in the chain (so a

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Mutex;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use gapferry::durable;
 use gapferry::progress::Observer;
@@ -27,46 +29,63 @@ pub fn print_text(text: &str) -> std::io::Result<()> {
     out.flush()
 }
 
-/// An indicatif bar when stderr is a terminal and output is not quiet/JSON.
+/// An indicatif bar when stderr is a terminal and output is not quiet/JSON:
+/// a new bar for each phase, drawn from its first frame with its own label
+/// and total (so no phase shows the previous one's label at zero), and none
+/// for a phase of unknown or zero size.
 #[derive(Debug)]
 pub struct Bar {
-    bar: Option<ProgressBar>,
+    /// `None`: never draw. Else the current phase's bar, if it has one.
+    phase: Option<Mutex<Option<ProgressBar>>>,
 }
 
 impl Bar {
     pub fn new(quiet: bool) -> Self {
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let pb = ProgressBar::new(0);
-            pb.set_style(
-                ProgressStyle::with_template(
-                    "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
-            );
-            pb
-        });
-        Bar { bar }
+        let on = !quiet && std::io::stderr().is_terminal();
+        Bar {
+            phase: on.then(|| Mutex::new(None)),
+        }
+    }
+
+    fn current(&self) -> Option<std::sync::MutexGuard<'_, Option<ProgressBar>>> {
+        self.phase
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
 impl Observer for Bar {
     fn start(&self, label: &str, total: u64) {
-        if let Some(b) = &self.bar {
-            b.reset();
-            b.set_length(total);
-            b.set_position(0);
-            b.set_message(label.to_string());
+        if let Some(mut cur) = self.current() {
+            if let Some(old) = cur.take() {
+                old.finish_and_clear();
+            }
+            if total > 0 {
+                let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+                    .with_style(
+                        ProgressStyle::with_template(
+                            "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                        )
+                        .expect("static template")
+                        .progress_chars("=> "),
+                    )
+                    .with_message(label.to_string());
+                *cur = Some(pb);
+            }
         }
     }
     fn advance(&self, n: u64) {
-        if let Some(b) = &self.bar {
-            b.inc(n);
+        if let Some(cur) = self.current() {
+            if let Some(b) = cur.as_ref() {
+                b.inc(n);
+            }
         }
     }
     fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
+        if let Some(mut cur) = self.current() {
+            if let Some(b) = cur.take() {
+                b.finish_and_clear();
+            }
         }
     }
 }

@@ -73,7 +73,9 @@ pub fn prompt(what: &str, confirm: bool) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     if confirm {
         let again = Zeroizing::new(rpassword::prompt_password("Password (again): ")?);
         if again != p {
-            bail!(UsageError("the two passwords differ".into()));
+            bail!(UsageError(
+                "the two passwords differ; nothing was written: run the command again".into()
+            ));
         }
     }
     if p.is_empty() {

@@ -7,10 +7,11 @@ use clap::Args;
 
 use gapferry::mde::{Arch, Platform, Ring, Slot};
 use gapferry::mirror::publish::PublishOptions;
-use gapferry::mirror::rollback::{self, RollbackOptions};
+use gapferry::mirror::rollback::{self, RollbackError, RollbackOptions};
 use gapferry::mirror::state;
 
 use super::output::print_json;
+use super::UsageError;
 
 /// Swap the served set with its n-1 (<ring>_back), atomically.
 ///
@@ -31,16 +32,16 @@ pub struct RollbackArgs {
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Platform (linux, mac).
-    #[arg(long, value_parser = clap::value_parser!(Platform))]
+    #[arg(long, value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
     platform: Platform,
     /// Ring (production, preview).
-    #[arg(long, value_parser = clap::value_parser!(Ring))]
+    #[arg(long, value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     ring: Ring,
     /// Only this arch (x86_64, arm64); repeatable [default: both].
-    #[arg(long = "arch", value_parser = clap::value_parser!(Arch))]
+    #[arg(long = "arch", value_name = "A", value_parser = super::one_of(Arch::ALL, Arch::as_str))]
     arches: Vec<Arch>,
     /// How long to wait for a running import to finish.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     lock_wait: Duration,
     /// Print one JSON document on stdout.
     #[arg(long)]
@@ -50,8 +51,60 @@ pub struct RollbackArgs {
     force: bool,
 }
 
+/// An error followed by advice; its exit code is the inner error's.
+#[derive(Debug, thiserror::Error)]
+#[error("{inner}; {hint}")]
+struct Hinted {
+    #[source]
+    inner: gapferry::Error,
+    hint: String,
+}
+
 impl RollbackArgs {
+    /// Without --arch every arch is rolled back or none: when one of them
+    /// cannot be (no n-1, not served), says how to roll back the others.
+    fn with_arch_hint(&self, e: RollbackError, tried: &[Arch]) -> anyhow::Error {
+        let dir = match &e {
+            RollbackError::NoBack { dir, .. } | RollbackError::NotServed { dir } => dir.clone(),
+            _ => return gapferry::Error::from(e).into(),
+        };
+        let failed = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // Only arches that are served: a hint must name something that can
+        // be rolled back.
+        let others: Vec<String> = tried
+            .iter()
+            .map(|a| format!("arch_{a}"))
+            .filter(|name| name != failed && dir.with_file_name(name).is_dir())
+            .map(|name| format!("--arch {}", &name["arch_".len()..]))
+            .collect();
+        let inner = gapferry::Error::from(e);
+        if !self.arches.is_empty() || others.is_empty() {
+            return inner.into();
+        }
+        Hinted {
+            inner,
+            hint: format!(
+                "nothing was rolled back: without --arch every arch is rolled back together; \
+                 to roll back only the others, add {}",
+                others.join(" ")
+            ),
+        }
+        .into()
+    }
+
     pub fn run(self) -> anyhow::Result<i32> {
+        if !self.mirror.is_dir() {
+            return Err(UsageError(format!(
+                "--mirror {}: {}; check the path",
+                self.mirror.display(),
+                if self.mirror.exists() {
+                    "not a folder"
+                } else {
+                    "does not exist"
+                }
+            ))
+            .into());
+        }
         let arches: Vec<Arch> = if self.arches.is_empty() {
             Arch::ALL.to_vec()
         } else {
@@ -72,7 +125,7 @@ impl RollbackArgs {
             Some(d) => d.clone(),
             None => state::default_state_dir(&self.mirror)?,
         };
-        let report = rollback::rollback(&RollbackOptions {
+        let report = match rollback::rollback(&RollbackOptions {
             mirror: self.mirror.clone(),
             state_dir,
             slots,
@@ -80,7 +133,10 @@ impl RollbackArgs {
             lock_wait: self.lock_wait,
             publish: PublishOptions::from_env(),
             force: self.force,
-        })?;
+        }) {
+            Ok(r) => r,
+            Err(e) => return Err(self.with_arch_hint(e, &arches)),
+        };
         if self.json {
             print_json(&report)?;
         } else {

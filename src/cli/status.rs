@@ -9,6 +9,7 @@ use gapferry::mirror::{metrics, state};
 use gapferry::text::{escape_path, Esc};
 
 use super::output::print_json;
+use super::UsageError;
 
 /// Show what each arch folder of a mirror serves and whether it is healthy.
 ///
@@ -20,6 +21,7 @@ use super::output::print_json;
 /// served), so monitoring can call it; warnings (no n-1, expired bundle, not
 /// imported by gapferry) do not change the exit code unless --strict.
 #[derive(Debug, Args)]
+#[command(after_help = STATUS_EXIT_CODES)]
 pub struct StatusArgs {
     /// Mirror root.
     #[arg(long, value_name = "DIR")]
@@ -44,6 +46,13 @@ pub struct StatusArgs {
     prometheus: Option<PathBuf>,
 }
 
+const STATUS_EXIT_CODES: &str = "\
+Exit codes:
+  0  every served folder is healthy (warnings allowed unless --strict)
+  1  a problem was found (a file differs or is missing, versions disagree
+     with the record, nothing is served), or a warning with --strict
+  2  usage error (including a --mirror folder that does not exist)";
+
 fn age(secs: u64) -> String {
     match secs {
         s if s < 3600 => format!("{}m", s / 60),
@@ -54,6 +63,20 @@ fn age(secs: u64) -> String {
 
 impl StatusArgs {
     pub fn run(self) -> anyhow::Result<i32> {
+        if !self.mirror.is_dir() {
+            // Said plainly rather than "nothing is served": a typo, or a
+            // mirror that was never created or is not mounted.
+            return Err(UsageError(format!(
+                "--mirror {}: {}; check the path (import creates a new mirror only with --create)",
+                self.mirror.display(),
+                if self.mirror.exists() {
+                    "not a folder"
+                } else {
+                    "does not exist"
+                }
+            ))
+            .into());
+        }
         let state_dir = match &self.state_dir {
             Some(d) => d.clone(),
             None => state::default_state_dir(&self.mirror)?,
@@ -89,13 +112,16 @@ impl StatusArgs {
                 );
             }
             for s in &st.slots {
-                let healthy = !s.findings.iter().any(|f| f.severity == Severity::Problem);
-                line!(
-                    out,
-                    "{}  [{}]",
-                    Esc(s.slot.as_str()),
-                    if healthy { "ok" } else { "PROBLEM" }
-                );
+                let has = |sev: Severity| s.findings.iter().any(|f| f.severity == sev);
+                // [ok] only when nothing below needs a look.
+                let tag = if has(Severity::Problem) {
+                    "PROBLEM"
+                } else if has(Severity::Warning) {
+                    "warning"
+                } else {
+                    "ok"
+                };
+                line!(out, "{}  [{tag}]", Esc(s.slot.as_str()));
                 line!(
                     out,
                     "  engine_version          : {}",
@@ -158,6 +184,13 @@ impl StatusArgs {
                     line!(out, "  {tag}: {}", Esc(&f.message));
                 }
             }
+        }
+        if !self.json && self.prometheus.is_none() {
+            let dir = escape_path(&state_dir);
+            line!(
+                out,
+                "state directory: {dir}  (gapferry ledger show --state-dir {dir})"
+            );
         }
         super::output::print_text(&out)?;
         Ok(if st.problems || (self.strict && warnings) {

@@ -66,7 +66,7 @@ fn samples() -> Vec<(Error, i32)> {
                 source: io::Error::other("x"),
             }
             .into(),
-            1,
+            2,
         ),
         (
             BundleError::Rejected {

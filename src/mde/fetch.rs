@@ -654,7 +654,7 @@ fn log_outcome(slot: Slot, outcome: &SlotOutcome, observer: &dyn FetchObserver) 
         SlotOutcome::Unchanged { current } => observer.log(
             Level::Info,
             &format!(
-                "{slot}: up to date (engine {}, definitions {})",
+                "{slot}: unchanged, already the newest (engine {}, definitions {})",
                 current.engine_version, current.definition_version
             ),
         ),

@@ -73,6 +73,9 @@ pub enum Outcome {
     Failed,
     /// `gapferry rollback` swapped a served folder with its n-1 (exit 0).
     RolledBack,
+    /// `gapferry rollback` run again: the swap served the newer set again
+    /// (every folder's new versions are newer than the ones it replaced).
+    RolledForward,
     /// Not an attempt: how many attempts that changed nothing were left out
     /// by the flood limit since the previous line ([`Suppressed`]).
     Suppressed,
@@ -87,6 +90,7 @@ impl Outcome {
             Outcome::Refused => "refused",
             Outcome::Failed => "failed",
             Outcome::RolledBack => "rolled_back",
+            Outcome::RolledForward => "rolled_forward",
             Outcome::Suppressed => "suppressed",
         }
     }

@@ -55,6 +55,17 @@ const POLL: Duration = Duration::from_millis(100);
 /// Longest state directory path recorded in [`OWNER_XATTR`].
 const MAX_OWNER_LEN: usize = 4096;
 
+/// A wait as people read it: whole seconds, or "under a second" (the
+/// measured wait is never exactly the requested one).
+fn waited_text(waited: Duration) -> String {
+    if waited < Duration::from_secs(1) {
+        "under a second".into()
+    } else {
+        humantime::format_duration(Duration::from_secs(waited.as_secs_f64().round() as u64))
+            .to_string()
+    }
+}
+
 /// The lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -67,9 +78,10 @@ pub enum LockError {
     Unsafe { path: PathBuf, reason: String },
     #[error(
         "another gapferry import is running on this mirror: {path} is locked{} \
-         (waited {}); let it finish and run the command again, or wait longer{}",
+         (waited {}); let it finish and run the command again, or wait longer with \
+         --lock-wait (e.g. --lock-wait 10m){}",
         holder.as_ref().map(|h| format!(" by {h}")).unwrap_or_default(),
-        humantime::format_duration(*waited),
+        waited_text(*waited),
         if *legacy {
             ". The lock file was readable by other users (made by an older gapferry), so \
              another local user may be holding it: if no gapferry runs (`pgrep -a gapferry`), \
@@ -411,6 +423,14 @@ fn read_holder(file: &mut File) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_read_in_whole_seconds() {
+        assert_eq!(waited_text(Duration::from_nanos(2_566)), "under a second");
+        assert_eq!(waited_text(Duration::from_millis(30_004)), "30s");
+        assert_eq!(waited_text(Duration::from_millis(1_600)), "2s");
+        assert_eq!(waited_text(Duration::from_secs(600)), "10m");
+    }
 
     #[test]
     fn second_open_file_description_waits_then_fails_naming_holder() {

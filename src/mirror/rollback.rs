@@ -172,10 +172,14 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
             forced_past,
         });
     }
+    let forward = result.is_ok() && rolled_forward(opts.profile, &report.slots);
     let entry = LedgerEntry {
         reason: Some(match &result {
             Ok(()) => {
                 let mut r = "gapferry rollback: served set swapped with n-1".to_string();
+                if forward {
+                    r.push_str(" (a roll forward: the newer set is served again)");
+                }
                 for s in &report.slots {
                     if let Some(m) = &s.forced_past {
                         r.push_str(&format!(
@@ -197,14 +201,24 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
                 after: s.after.clone(),
             })
             .collect(),
-        ..LedgerEntry::new(if result.is_ok() {
-            Outcome::RolledBack
-        } else {
-            Outcome::Failed
+        ..LedgerEntry::new(match (&result, forward) {
+            (Ok(()), true) => Outcome::RolledForward,
+            (Ok(()), false) => Outcome::RolledBack,
+            (Err(_), _) => Outcome::Failed,
         })
     };
     super::session::commit(state_dir, &mut state, entry)?;
     result.map(|()| report)
+}
+
+/// Whether the swap served newer versions in every folder it swapped (a
+/// rollback run again); versions the profile cannot order count as not.
+fn rolled_forward(profile: &dyn Profile, slots: &[RolledSlot]) -> bool {
+    !slots.is_empty()
+        && slots.iter().all(|s| match (&s.before, &s.after) {
+            (Some(before), Some(after)) => matches!(profile.older(before, after), Ok(Some(_))),
+            _ => false,
+        })
 }
 
 fn swap_one(dest: &Destination, opts: &PublishOptions) -> Result<&'static str, RollbackError> {

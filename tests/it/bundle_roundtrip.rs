@@ -363,6 +363,18 @@ fn expires_in_sets_the_expiry() {
         .arg(&k.secret)
         .args(["--expires-in", "soon"]);
     support::run(cmd).fails(2, &["--expires-in"]);
+    // A bare number names units that would be accepted, not seconds.
+    let mut cmd = sb.cmd();
+    cmd.arg("export")
+        .arg("--from")
+        .arg(&from)
+        .arg("--out")
+        .arg(&out)
+        .arg("--secret-key")
+        .arg(&k.secret)
+        .args(["--expires-in", "30"]);
+    let r = support::run(cmd).fails(2, &["--expires-in", "no unit", "30d", "at least 1m"]);
+    assert!(!r.stderr.contains("30sec"), "{}", r.stderr);
     assert_eq!(tree_digest(sb.path()), before);
 }
 

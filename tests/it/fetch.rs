@@ -220,7 +220,7 @@ fn first_fetch_lays_out_the_folder() {
         r.stderr
     );
     assert!(
-        r.stderr.contains("4 updated, 0 up to date, 0 failed"),
+        r.stderr.contains("4 updated, 0 unchanged, 0 failed"),
         "{}",
         r.stderr
     );
@@ -240,7 +240,7 @@ fn unchanged_versions_download_nothing() {
     assert_eq!(mock.package_hits(), hits, "nothing downloaded");
     assert_eq!(snapshot(dir.path()), before);
     assert!(
-        r.stderr.contains(&format!("{X64}: up to date")),
+        r.stderr.contains(&format!("{X64}: unchanged")),
         "{}",
         r.stderr
     );
@@ -485,7 +485,7 @@ fn a_package_over_the_cap_is_refused() {
     let only = ["--platform", "linux", "--arch", "x86_64"];
     let r = run(fetch(&mock, dir.path())
         .args(only)
-        .args(["--max-package-size", "2K"]));
+        .args(["--max-package-size", "2KiB"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("over the cap of 2048"), "{}", r.stderr);
     assert!(r.stderr.contains("--max-package-size"), "{}", r.stderr);
@@ -495,7 +495,7 @@ fn a_package_over_the_cap_is_refused() {
     mock.with(|s| s.package_fault = Some((Fault::NoLength, None)));
     let r = run(fetch(&mock, dir.path())
         .args(only)
-        .args(["--max-package-size", "2K"]));
+        .args(["--max-package-size", "2KiB"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stderr.contains("larger than the cap of 2048"),

@@ -246,6 +246,7 @@ impl Fx {
             .arg("import")
             .arg(path)
             .arg("--json")
+            .arg("--create")
             .arg("--mirror")
             .arg(&self.mirror)
             .arg("--state-dir")
@@ -1198,7 +1199,7 @@ fn truncated_archives_and_trailing_garbage() {
     cases.push(rejected(
         "not zstd at all",
         fx.valid().tar_bytes(),
-        &["damaged compressed data"],
+        &["not a gapferry bundle"],
     ));
 
     let after_frame = "data after a zstd frame is not a zstd frame";
@@ -1462,6 +1463,7 @@ fn planted_symlink_beside_a_target() {
     let mut c = fx.sb.cmd();
     c.arg("import")
         .arg(&path)
+        .arg("--create")
         .arg("--target")
         .arg(&target)
         .arg("--state-dir")

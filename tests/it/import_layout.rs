@@ -217,7 +217,7 @@ fn target_publishes_one_platform_and_ring() {
     let target = served.join("mde-linux");
     let state = fx.root.join("tstate");
     let import = |b: &Path| {
-        let mut c = fx.import_cmd(b, &[&key.public], &[]);
+        let mut c = fx.import_cmd(b, &[&key.public], &["--create"]);
         c.arg("--target")
             .arg(&target)
             .arg("--state-dir")
@@ -230,7 +230,7 @@ fn target_publishes_one_platform_and_ring() {
         assert_same_files(&target.join(arch), &v1.join("linux/production").join(arch));
     }
     assert_world_readable(&target);
-    assert!(!fx.mirror.exists(), "nothing in a mirror root");
+    assert!(fx.mirror_is_empty(), "nothing in a mirror root");
 
     import(&b2).ok();
     let back = served.join("mde-linux_back");
@@ -260,7 +260,8 @@ fn target_needs_one_platform_and_ring() {
     let state = fx.root.join("tstate");
     let run = |extra: &[&str]| {
         let mut c = fx.import_cmd(&b, &[&key.public], extra);
-        c.arg("--target")
+        c.arg("--create")
+            .arg("--target")
             .arg(&target)
             .arg("--state-dir")
             .arg(&state);

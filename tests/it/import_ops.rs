@@ -45,7 +45,7 @@ fn second_import_waits_for_the_lock_then_fails_naming_it() {
         "gave up after {waited:?}"
     );
     fx.assert_unchanged(&before);
-    assert!(!fx.mirror.exists());
+    assert!(fx.mirror_is_empty());
     // Nothing under the lock happened, so nothing was recorded.
     assert!(ledger(&fx.state).is_empty());
 
@@ -74,7 +74,7 @@ fn a_waiting_import_runs_after_the_holder_not_during() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(700) {
         assert!(child.try_wait().unwrap().is_none(), "did not wait");
-        assert!(!fx.mirror.exists(), "wrote while another held the lock");
+        assert!(fx.mirror_is_empty(), "wrote while another held the lock");
         assert!(ledger(&fx.state).is_empty());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -410,7 +410,7 @@ fn disk_full_fails_cleanly() {
     let b_big = fx.export(&big, "big", &[&k], &[]);
     let b_big2 = fx.export(&big2, "big2", &[&k], &[]);
     let import = |b: &Path| {
-        let mut c = fx.import_cmd(b, &[&k.public], &[]);
+        let mut c = fx.import_cmd(b, &[&k.public], &["--create"]);
         c.arg("--mirror")
             .arg(&mirror)
             .arg("--state-dir")
@@ -602,7 +602,8 @@ fn json_report_for_every_outcome() {
     // Errors found before the import starts still give one report.
     let missing = fx.root.join("keys/missing.pub");
     let r = fx.import(&b2, &[&missing], &json);
-    let rep = report(&r, 1);
+    // An unreadable key file is a usage error (docs/FORMAT.md section 6).
+    let rep = report(&r, 2);
     assert_eq!(rep.outcome, "failed");
     assert_eq!(rep.bundle, b2);
     assert!(rep.error.unwrap().contains("missing.pub"));

@@ -41,7 +41,7 @@ fn trust_directory_and_threshold() {
         ],
     );
     fx.assert_unchanged(&before);
-    assert!(!fx.mirror.exists());
+    assert!(fx.mirror_is_empty());
 
     // More than the trust set can ever give: usage.
     fx.import(&two, &[&trust], &["--threshold", "3"])
@@ -89,7 +89,7 @@ fn untrusted_signer_is_rejected() {
         ],
     );
     fx.assert_unchanged(&before);
-    assert!(!fx.mirror.exists());
+    assert!(fx.mirror_is_empty());
 }
 
 #[test]
@@ -420,8 +420,8 @@ fn carried_manifest_json_must_match_the_signed_item() {
     );
     fx.assert_unchanged(&before);
     assert!(
-        !fx.mirror.exists(),
-        "the rejected import created the mirror"
+        fx.mirror_is_empty(),
+        "the rejected import wrote into the mirror"
     );
 
     // Into a served mirror: the old set stays, n-1 untouched.
@@ -566,7 +566,7 @@ fn sequence_at_the_one_day_bound_is_accepted_one_past_is_refused() {
         ],
     );
     fx.assert_unchanged(&before);
-    assert!(!fx.mirror.exists());
+    assert!(fx.mirror_is_empty());
     let at = crafted_at(&fx, &k, "at", bound, now, "1.400.1.0");
     fx.import(&at, &[&k.public], &[]).ok();
     assert_eq!(

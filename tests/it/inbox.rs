@@ -50,6 +50,7 @@ impl Fx {
             "import".into(),
             "--trust".into(),
             self.keys.public.clone().into(),
+            "--create".into(),
             "--mirror".into(),
             self.sb.join("mirror").into(),
             "--state-dir".into(),

@@ -277,3 +277,96 @@ fn an_unprivileged_user_owning_only_its_folders_imports_from_the_inbox() {
     assert!(inbox.join("processed").is_dir());
     assert_eq!(fs::metadata(svc.join("state")).unwrap().uid(), NOBODY);
 }
+
+/// `packaging/build-deb.sh` with `CARGO_TARGET_DIR` set: the binary is
+/// taken from that folder (not ./target), staged stripped, with gzipped
+/// man pages and completions, before `cargo deb --no-build`. A stand-in
+/// `cargo` on PATH plays the build (copying the test binary where cargo
+/// would put it) and records the `deb` call; the scripts run from a copy
+/// of packaging/, so nothing is written into the checkout.
+#[test]
+fn build_deb_honours_cargo_target_dir_and_strips_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let checkout = tmp.path().join("checkout");
+    fs::create_dir_all(checkout.join("packaging")).unwrap();
+    for script in ["build-deb.sh", "stage-assets.sh"] {
+        fs::copy(
+            repo(&format!("packaging/{script}")),
+            checkout.join("packaging").join(script),
+        )
+        .unwrap();
+    }
+    let bin_dir = tmp.path().join("bin");
+    fs::create_dir(&bin_dir).unwrap();
+    let log = tmp.path().join("cargo.log");
+    let fake = format!(
+        "#!/bin/sh\n\
+         echo \"$@\" >> {log}\n\
+         case \"$1\" in\n\
+         build) mkdir -p \"$CARGO_TARGET_DIR/release\" && cp {bin} \"$CARGO_TARGET_DIR/release/gapferry\" ;;\n\
+         deb) test -x target/assets/gapferry || exit 9 ;;\n\
+         esac\n",
+        log = log.display(),
+        bin = support::BIN,
+    );
+    fs::write(bin_dir.join("cargo"), fake).unwrap();
+    fs::set_permissions(bin_dir.join("cargo"), fs::Permissions::from_mode(0o755)).unwrap();
+    let target = tmp.path().join("elsewhere");
+    let out = Command::new(checkout.join("packaging/build-deb.sh"))
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let calls = fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        calls.lines().collect::<Vec<_>>(),
+        ["build --release --locked", "deb --no-build"]
+    );
+    let assets = checkout.join("target/assets");
+    let staged = assets.join("gapferry");
+    let sections = Command::new("readelf")
+        .args(["-S", "--wide"])
+        .arg(&staged)
+        .output()
+        .unwrap();
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    assert!(sections.contains(" .text "), "{sections}");
+    // (.debug_gdb_scripts is loaded code, not debug information.)
+    for gone in [" .debug_info ", " .debug_line ", " .symtab "] {
+        assert!(!sections.contains(gone), "{gone} not stripped: {sections}");
+    }
+    assert!(
+        fs::metadata(&staged).unwrap().len() < fs::metadata(support::BIN).unwrap().len(),
+        "the staged binary is not smaller than the unstripped one"
+    );
+    for f in [
+        "man/gapferry.1.gz",
+        "man/gapferry-import.1.gz",
+        "completions/gapferry.bash",
+        "completions/_gapferry",
+        "completions/gapferry.fish",
+    ] {
+        assert!(assets.join(f).is_file(), "{f} not staged");
+    }
+}
+
+/// The package's control fields: a Maintainer with a name and an address.
+#[test]
+fn the_package_names_a_maintainer_with_an_address() {
+    let cargo = fs::read_to_string(repo("Cargo.toml")).unwrap();
+    let line = cargo
+        .lines()
+        .find(|l| l.starts_with("maintainer ="))
+        .expect("[package.metadata.deb] maintainer");
+    let value = line.split('"').nth(1).unwrap();
+    let (name, rest) = value.split_once(" <").expect("Name <address>");
+    assert!(!name.trim().is_empty(), "{value}");
+    let addr = rest.strip_suffix('>').expect("Name <address>");
+    let (user, host) = addr.split_once('@').expect("an address with @");
+    assert!(!user.is_empty() && host.contains('.'), "{value}");
+    assert!(cargo.contains(r#"["target/assets/gapferry", "usr/bin/", "755"]"#));
+}

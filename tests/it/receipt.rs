@@ -34,6 +34,7 @@ impl Setup {
                 bundle.as_os_str(),
                 "--trust".as_ref(),
                 self.keys.public.as_os_str(),
+                "--create".as_ref(),
                 "--mirror".as_ref(),
                 mirror.as_os_str(),
                 "--state-dir".as_ref(),
@@ -114,6 +115,7 @@ fn a_refused_import_gets_no_receipt() {
         .arg(&s.bundle)
         .arg("--trust")
         .arg(&stranger.public)
+        .arg("--create")
         .arg("--mirror")
         .arg(s.sb.join("mirror"))
         .arg("--state-dir")
@@ -195,6 +197,7 @@ fn import_json_carries_the_receipt_and_stderr_stays_quiet() {
         .arg(&s.bundle)
         .arg("--trust")
         .arg(&s.keys.public)
+        .arg("--create")
         .arg("--mirror")
         .arg(s.sb.join("mirror"))
         .arg("--state-dir")

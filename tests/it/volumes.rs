@@ -74,6 +74,7 @@ impl Split {
             bundle.as_os_str(),
             "--trust".as_ref(),
             self.keys.public.as_os_str(),
+            "--create".as_ref(),
             "--mirror".as_ref(),
             mirror.as_os_str(),
             "--state-dir".as_ref(),

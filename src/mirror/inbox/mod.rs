@@ -279,7 +279,7 @@ struct Scan {
     pub problems: Vec<Problem>,
 }
 
-const WAITING: &str = "still arriving, or waiting for the rest of a split bundle";
+const WAITING: &str = "still arriving (modified within --settle), or waiting for the rest of a split bundle; a later pass takes it";
 
 /// Looks through the opened inbox (not its subdirectories) for complete
 /// bundles.

@@ -107,6 +107,8 @@ impl World {
 
     fn in_dir(tmp: tempfile::TempDir) -> Self {
         let key = super::keygen(&tmp.path().join("keys"), "test");
+        // Imports publish only into an existing mirror root (or --create).
+        fs::create_dir_all(tmp.path().join("mirror")).unwrap();
         World {
             export_state: tmp.path().join("export-state"),
             mirror: tmp.path().join("mirror"),
@@ -196,6 +198,7 @@ impl World {
         let site = self.tmp.path().join("sites").join(name);
         self.mirror = site.join("mirror");
         self.state = site.join("state");
+        fs::create_dir_all(&self.mirror).unwrap();
     }
 
     /// `gapferry import BUNDLE --trust PUB --mirror M --state-dir S --quiet`

@@ -67,6 +67,9 @@ impl Fx {
         fs::create_dir_all(&work).unwrap();
         fs::create_dir_all(root.join("keys")).unwrap();
         fs::create_dir_all(root.join("bundles")).unwrap();
+        // An import publishes only into an existing mirror root (or with
+        // --create), as an operator's mirror is made once.
+        fs::create_dir_all(root.join("mirror")).unwrap();
         Fx {
             mirror: root.join("mirror"),
             state: root.join("state"),
@@ -228,6 +231,12 @@ impl Fx {
         let after = self.snapshot();
         assert_trees_eq(before, &after);
         assert_no_staging(&self.root);
+    }
+
+    /// True while nothing was published: the mirror root (made by
+    /// [`Fx::new`]) is still empty.
+    pub fn mirror_is_empty(&self) -> bool {
+        fs::read_dir(&self.mirror).unwrap().next().is_none()
     }
 
     /// A fresh unique name (bundles, folders).
