@@ -30,6 +30,7 @@ use crate::mirror::rollback::RollbackError;
 use crate::mirror::session::SessionError;
 use crate::mirror::state::{PolicyError, StateError};
 use crate::sequence::SequenceError;
+use crate::trustpolicy::TrustError;
 
 /// What kind of failure an error is, which decides the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +128,7 @@ crate_error! {
     Import(ImportError),
     Rollback(RollbackError),
     Inbox(InboxError),
+    Trust(TrustError),
 }
 
 impl Classify for Error {
@@ -152,6 +154,7 @@ impl Classify for Error {
             Error::Import(e) => e.exit_kind(),
             Error::Rollback(e) => e.exit_kind(),
             Error::Inbox(e) => e.exit_kind(),
+            Error::Trust(e) => e.exit_kind(),
         }
     }
 }

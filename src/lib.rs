@@ -26,6 +26,7 @@ pub mod sha256hex;
 pub mod sign;
 pub mod text;
 pub mod timestamp;
+pub mod trustpolicy;
 pub mod verify;
 
 pub use error::{Error, ExitKind};

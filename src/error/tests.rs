@@ -34,9 +34,10 @@ fn variant(e: &Error) -> &'static str {
         Error::Import(_) => "Import",
         Error::Rollback(_) => "Rollback",
         Error::Inbox(_) => "Inbox",
+        Error::Trust(_) => "Trust",
     }
 }
-const VARIANTS: usize = 18;
+const VARIANTS: usize = 19;
 
 fn broken_ledger() -> LedgerError {
     LedgerError::Broken {
@@ -214,6 +215,22 @@ fn samples() -> Vec<(Error, i32)> {
             }
             .into(),
             1,
+        ),
+        (
+            crate::trustpolicy::TrustError::Rejected {
+                source_name: "b.tar.zst".into(),
+                reason: "forged".into(),
+            }
+            .into(),
+            3,
+        ),
+        (
+            crate::trustpolicy::TrustError::Usage {
+                path: p("policy.json"),
+                reason: "x".into(),
+            }
+            .into(),
+            2,
         ),
     ]
 }
