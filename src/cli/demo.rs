@@ -186,6 +186,7 @@ impl DemoArgs {
             allow_expired: false,
             purpose: Purpose::Verify,
             now: SystemTime::now(),
+            roots: None,
         };
         verify_bundle(r, head, &policy, &b1, &NoProgress)?;
         eprintln!("    valid, signed by {}", pk.key_id);
@@ -295,6 +296,7 @@ impl DemoArgs {
             producer: format!("gapferry {} (demo)", env!("CARGO_PKG_VERSION")),
             split: None,
             write: WriteOptions::default(),
+            trust: Vec::new(),
         };
         let written = export::export(&req, std::slice::from_ref(sk), &NoProgress)?.written;
         Ok(written.manifest)
@@ -319,6 +321,8 @@ impl DemoArgs {
             allow_expired: false,
             lock_wait: Duration::from_secs(5),
             publish: PublishOptions::default(),
+            roots: None,
+            allow_expired_policy: false,
         }
     }
 

@@ -83,3 +83,16 @@ pub fn advance(
     }
     Ok(out)
 }
+
+/// Checks a chain about to be carried (`export --trust-policy`): its first
+/// version signed by a threshold of its own roots, each later one by the
+/// previous version's roots and its own. A mirror still checks it all
+/// again from its pins; this only catches an unsigned or half-signed
+/// policy before it travels.
+pub fn check_carried(chain: &[SignedPolicy]) -> Result<(), String> {
+    let Some((first, rest)) = chain.split_first() else {
+        return Ok(());
+    };
+    first.require_roots(&first.policy.roots(), "its own")?;
+    advance(&first.policy.roots(), Some(first), rest).map(drop)
+}

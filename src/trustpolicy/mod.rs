@@ -442,6 +442,74 @@ impl SignedPolicy {
     }
 }
 
+/// What changed from `old` (none: nothing adopted before) to `new`, one line
+/// per change, for the ledger's `trust_updated` event.
+pub fn changes(old: Option<&TrustPolicy>, new: &TrustPolicy) -> Vec<String> {
+    let ids = |keys: Vec<PublicKey>| keys.into_iter().map(|k| k.key_id).collect::<BTreeSet<_>>();
+    let roots = |p: &TrustPolicy| ids(p.root_keys().expect("checked"));
+    let signers = |p: &TrustPolicy| {
+        ids(p
+            .signer_keys()
+            .expect("checked")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    };
+    let empty = BTreeSet::new();
+    let (old_roots, old_signers, old_revoked) = match old {
+        Some(o) => (roots(o), signers(o), o.revoked.iter().copied().collect()),
+        None => (empty.clone(), empty.clone(), empty),
+    };
+    let mut out = Vec::new();
+    let diff = |out: &mut Vec<String>, what: &str, a: &BTreeSet<KeyId>, b: &BTreeSet<KeyId>| {
+        for k in b.difference(a) {
+            out.push(format!("{what} added {k}"));
+        }
+        for k in a.difference(b) {
+            out.push(format!("{what} removed {k}"));
+        }
+    };
+    diff(&mut out, "root", &old_roots, &roots(new));
+    diff(&mut out, "signer", &old_signers, &signers(new));
+    let new_revoked: BTreeSet<KeyId> = new.revoked.iter().copied().collect();
+    for k in new_revoked.difference(&old_revoked) {
+        out.push(format!("revoked {k}"));
+    }
+    for k in old_revoked.difference(&new_revoked) {
+        out.push(format!("no longer revoked {k}"));
+    }
+    let (ort, ost, oexp) = match old {
+        Some(o) => (
+            Some(o.root.threshold),
+            Some(o.signers.threshold),
+            Some(o.expires.to_string()),
+        ),
+        None => (None, None, None),
+    };
+    if ort != Some(new.root.threshold) {
+        out.push(match ort {
+            Some(o) => format!("root threshold {o} -> {}", new.root.threshold),
+            None => format!("root threshold {}", new.root.threshold),
+        });
+    }
+    if ost != Some(new.signers.threshold) {
+        out.push(match ost {
+            Some(o) => format!("signer threshold {o} -> {}", new.signers.threshold),
+            None => format!("signer threshold {}", new.signers.threshold),
+        });
+    }
+    if oexp.as_deref() != Some(new.expires.as_str()) {
+        out.push(format!("expires {}", new.expires));
+    }
+    if let Some(o) = old {
+        let rules = |p: &TrustPolicy| p.signers.keys.clone();
+        if rules(o) != rules(new) && out.iter().all(|c| !c.starts_with("signer ")) {
+            out.push("signer channels or not_after changed".into());
+        }
+    }
+    out
+}
+
 /// Key ids joined with `, `.
 pub fn join(ids: &[KeyId]) -> String {
     ids.iter()
