@@ -40,4 +40,5 @@ mod properties;
 mod receipt;
 mod regressions;
 mod status_rollback;
+mod trust_policy;
 mod volumes;
