@@ -441,8 +441,18 @@ fn scenario_4_a_forged_v3_is_rejected_and_a_replayed_v1_ignored() {
 /// A bundle through the library carrying the chain in `folder` as it is
 /// (export refuses a chain that does not hold), signed by `keys`.
 fn craft_with_policy(w: &World, folder: &Path, keys: &[&Keys], name: &str) -> PathBuf {
-    use gapferry::bundle::writer::{write_bundle, BundleSpec, SourceFile, WriteOptions};
     let chain = gapferry::trustpolicy::files::read_chain(folder).unwrap();
+    craft_bundle(w, chain, keys, name)
+}
+
+/// A bundle through the library carrying `chain` in its head as given.
+fn craft_bundle(
+    w: &World,
+    chain: Vec<gapferry::trustpolicy::SignedPolicy>,
+    keys: &[&Keys],
+    name: &str,
+) -> PathBuf {
+    use gapferry::bundle::writer::{write_bundle, BundleSpec, WriteOptions};
     let dl = w.fx.download(name, &[(UNIT, "1.1.60.0", "1.400.60.0")]);
     let collected = gapferry::mde::collect::collect(&dl, &[], &[]).unwrap();
     let c = gapferry::mde::collect::to_collection(&collected);
@@ -459,14 +469,7 @@ fn craft_with_policy(w: &World, folder: &Path, keys: &[&Keys], name: &str) -> Pa
         producer: "gapferry-tests".into(),
         profile: c.profile.to_string(),
         items: c.items.clone(),
-        files: c
-            .files
-            .iter()
-            .map(|f| SourceFile {
-                path: f.path.clone(),
-                source: f.source.clone(),
-            })
-            .collect(),
+        files: c.files.clone(),
         trust: chain,
     };
     let out = w.fx.root.join("bundles").join(format!("{name}.tar.zst"));
@@ -624,51 +627,80 @@ fn damaged_trust_entries_are_rejected_from_the_head() {
         bytes: b"{\"format\": \"gapferry-trust/1\"}".to_vec(),
         ..chain[0].clone()
     };
-    let folder = w.fx.root.join("bad");
-    fs::create_dir_all(&folder).unwrap();
-    let bundle = {
-        use gapferry::bundle::writer::{write_bundle, BundleSpec, SourceFile, WriteOptions};
-        let dl = w.fx.download("bad", &[(UNIT, "1.1.70.0", "1.400.70.0")]);
-        let c = gapferry::mde::collect::to_collection(
-            &gapferry::mde::collect::collect(&dl, &[], &[]).unwrap(),
-        );
-        let now = SystemTime::now();
-        let spec = BundleSpec {
-            bundle_id: "bad".into(),
-            channel: "default".into(),
-            sequence: 1,
-            created: now,
-            expires: now + Duration::from_secs(86_400),
-            producer: "gapferry-tests".into(),
-            profile: c.profile.to_string(),
-            items: c.items.clone(),
-            files: c
-                .files
-                .iter()
-                .map(|f| SourceFile {
-                    path: f.path.clone(),
-                    source: f.source.clone(),
-                })
-                .collect(),
-            trust: chain,
-        };
-        let out = folder.join("bad.tar.zst");
-        let opts = WriteOptions {
-            threads: 0,
-            ..WriteOptions::default()
-        };
-        write_bundle(
-            &spec,
-            &[w.k1.secret_key()],
-            &out,
-            &opts,
-            &gapferry::progress::NoProgress,
-        )
-        .unwrap();
-        out
-    };
+    let bundle = craft_bundle(&w, chain, &[&w.k1], "bad");
     let mut c = w.fx.cmd();
     c.arg("inspect").arg(&bundle);
     w.fx.run(c)
         .fails(3, &["gapferry/trust/1.json", "missing field"]);
+}
+
+/// Version `n` of a policy padded with JSON whitespace to exactly `size`
+/// bytes (a policy's bytes are what is signed: padding is allowed).
+fn padded(w: &World, n: u64, size: usize) -> gapferry::trustpolicy::SignedPolicy {
+    use gapferry::trustpolicy::{SignedPolicy, TrustPolicy};
+    let mut p = TrustPolicy::initial(
+        &[w.r1.public_key()],
+        1,
+        &[w.k1.public_key()],
+        1,
+        gapferry::timestamp::Timestamp::from_time(
+            SystemTime::now() + Duration::from_secs(86_400 * 30),
+        ),
+    );
+    p.version = n;
+    let mut bytes = p.to_bytes();
+    assert!(bytes.len() <= size);
+    bytes.resize(size, b' ');
+    let mut s = SignedPolicy::parse(bytes).unwrap();
+    let sig = s.sign(&w.r1.secret_key());
+    s.add_signature(sig).unwrap();
+    s
+}
+
+fn inspect(w: &World, bundle: &Path) -> Run {
+    let mut c = w.fx.cmd();
+    c.arg("inspect").arg(bundle);
+    w.fx.run(c)
+}
+
+#[test]
+fn limits_policy_64_kib_and_trust_entries_256_kib() {
+    let w = World::new();
+    // One policy of exactly 64 KiB is read; one byte more is refused.
+    let b = craft_bundle(&w, vec![padded(&w, 1, 65_536)], &[&w.k1], "p64k");
+    inspect(&w, &b).ok();
+    let mut over = padded(&w, 1, 65_536);
+    over.bytes.push(b' ');
+    let b = craft_bundle(&w, vec![over], &[&w.k1], "p64k1");
+    inspect(&w, &b).fails(3, &["gapferry/trust/1.json is larger than 65536 bytes"]);
+    // Trust entries of exactly 256 KiB with headers and padding: four
+    // versions of 65 024 bytes (127 blocks) and no signatures.
+    let chain = |last: usize| {
+        (1..=4)
+            .map(|n| {
+                let mut p = padded(&w, n, if n == 4 { last } else { 65_024 });
+                p.signatures.clear();
+                p
+            })
+            .collect::<Vec<_>>()
+    };
+    let b = craft_bundle(&w, chain(65_024), &[&w.k1], "t256k");
+    inspect(&w, &b).ok();
+    let b = craft_bundle(&w, chain(65_025), &[&w.k1], "t256k1");
+    inspect(&w, &b).fails(3, &["the trust entries take more than 262144 bytes"]);
+}
+
+#[test]
+fn limits_at_most_8_carried_versions() {
+    let w = World::new();
+    let chain = |n: u64| (1..=n).map(|v| padded(&w, v, 1024)).collect::<Vec<_>>();
+    let b = craft_bundle(&w, chain(8), &[&w.k1], "eight");
+    inspect(&w, &b).ok();
+    let b = craft_bundle(&w, chain(9), &[&w.k1], "nine");
+    inspect(&w, &b).fails(3, &["more than 8 trust policy versions"]);
+    // Out of order in the head.
+    let mut c = chain(2);
+    c.swap(0, 1);
+    let b = craft_bundle(&w, c, &[&w.k1], "swapped");
+    inspect(&w, &b).fails(3, &["follows version 2"]);
 }
