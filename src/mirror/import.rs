@@ -126,8 +126,8 @@ pub struct TrustReport {
     pub version: u64,
     /// The version adopted before this import (null on a fresh mirror).
     pub previous_version: Option<u64>,
-    /// Whether this import adopted `version` (only an import that
-    /// published, or found its units already published, adopts).
+    /// Whether this import adopted `version` (only an import that commits,
+    /// outcome `imported`, adopts).
     pub adopted: bool,
     pub expires: String,
     pub days_left: u64,

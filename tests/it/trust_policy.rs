@@ -704,3 +704,58 @@ fn limits_at_most_8_carried_versions() {
     let b = craft_bundle(&w, c, &[&w.k1], "swapped");
     inspect(&w, &b).fails(3, &["follows version 2"]);
 }
+
+#[test]
+fn the_inbox_adopts_too_and_trust_and_trust_root_do_not_mix() {
+    let w = World::new();
+    w.init_v1("1y");
+    let inbox = w.fx.root.join("inbox");
+    fs::create_dir_all(&inbox).unwrap();
+    let b1 = w.bundle(&[&w.k1], Some(&w.version(1)), &[]);
+    fs::copy(&b1, inbox.join("b1.tar.zst")).unwrap();
+    let mut c = w.fx.cmd();
+    c.arg("import")
+        .arg("--inbox")
+        .arg(&inbox)
+        .args(["--settle", "0s", "--trust-root"])
+        .arg(&w.r1.public)
+        .arg("--trust-root")
+        .arg(&w.r2.public)
+        .args(["--root-threshold", "2", "--mirror"])
+        .arg(&w.fx.mirror)
+        .arg("--state-dir")
+        .arg(&w.fx.state);
+    w.fx.run(c).ok();
+    assert!(inbox.join("processed/b1.tar.zst").is_file());
+    assert_eq!(w.adopted_version(), 1);
+    // ledger show names the event.
+    let mut c = w.fx.cmd();
+    c.args(["ledger", "show", "--state-dir"]).arg(&w.fx.state);
+    let r = w.fx.run(c).ok();
+    assert!(
+        r.stdout
+            .contains("trust_updated: policy version (none) -> 1")
+            || r.stderr
+                .contains("trust_updated: policy version (none) -> 1"),
+        "{r:#?}"
+    );
+
+    let b = w.bundle(&[&w.k1], None, &[]);
+    let mut c = w.fx.import_cmd(&b, &[&w.k1.public], &[]);
+    c.arg("--trust-root")
+        .arg(&w.r1.public)
+        .args(["--root-threshold", "1", "--mirror"])
+        .arg(&w.fx.mirror);
+    w.fx.run(c).fails(2, &["--trust-root"]);
+    // --trust-root without --root-threshold.
+    let mut c = w.fx.cmd();
+    c.arg("import")
+        .arg(&b)
+        .arg("--trust-root")
+        .arg(&w.r1.public)
+        .arg("--mirror")
+        .arg(&w.fx.mirror)
+        .arg("--state-dir")
+        .arg(&w.fx.state);
+    w.fx.run(c).fails(2, &["--root-threshold"]);
+}
