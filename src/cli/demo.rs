@@ -16,9 +16,40 @@ use gapferry::mirror::import::{self, ImportOptions, Target};
 use gapferry::mirror::ledger::Outcome;
 use gapferry::mirror::publish::PublishOptions;
 use gapferry::progress::NoProgress;
+use gapferry::timestamp::Timestamp;
+use gapferry::trustpolicy::{files, Roots, SignedPolicy, SignerKey, TrustPolicy};
 use gapferry::verify::{verify_bundle, Policy, Purpose};
 
 use super::UsageError;
+
+/// The demo's folders, for the rotation step.
+struct Ctx<'a> {
+    download: &'a Path,
+    keys_dir: &'a Path,
+    bundles: &'a Path,
+    mirror: &'a Path,
+    state: &'a Path,
+    export_state: &'a Path,
+    policy_dir: &'a Path,
+    old_key: &'a SecretKey,
+}
+
+/// Writes a fresh unencrypted key pair `keys/<name>.{key,pub}` (demo only).
+fn demo_key(keys_dir: &Path, name: &str) -> anyhow::Result<SecretKey> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let sk = SecretKey::generate();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(keys_dir.join(format!("{name}.key")))?;
+    f.write_all(sk.to_file_text(None).as_bytes())?;
+    std::fs::write(
+        keys_dir.join(format!("{name}.pub")),
+        sk.public().to_file_text(),
+    )?;
+    Ok(sk)
+}
 
 /// Run the whole journey on fake data: download folder, key, export,
 /// verify, import into a mirror, a second release with n-1, and a tampered
@@ -255,6 +286,18 @@ impl DemoArgs {
         }
         eprintln!("    demo-1 delivered again: already imported, nothing changes (exit 0)");
 
+        let policy_dir = abs.join("policy");
+        self.rotation(&Ctx {
+            download: &download,
+            keys_dir: &keys_dir,
+            bundles: &bundles,
+            mirror: &mirror,
+            state: &state,
+            export_state: &export_state,
+            policy_dir: &policy_dir,
+            old_key: &sk,
+        })?;
+
         let exe = std::env::current_exe()
             .ok()
             .filter(|p| !p.starts_with(std::env::current_dir().unwrap_or_default().join("target")))
@@ -272,6 +315,8 @@ impl DemoArgs {
             pub_path.display()
         );
         eprintln!("  {exe} ledger show --state-dir {}", state.display());
+        eprintln!("  {exe} trust show --state-dir {}", state.display());
+        eprintln!("  {exe} trust show {}/2.json", policy_dir.display());
         eprintln!("  {exe} ledger verify --state-dir {}", state.display());
         eprintln!("  python3 -m http.server --directory {} 8080   # then offlineDefinitionUpdateUrl = http://HOST:8080/linux/production/", mirror.display());
         eprintln!("  by hand: zstd -dc {} | tar -t", b2.display());
@@ -285,6 +330,17 @@ impl DemoArgs {
         export_state: &Path,
         out: &Path,
     ) -> anyhow::Result<gapferry::manifest::Manifest> {
+        self.export_with(download, sk, export_state, out, Vec::new())
+    }
+
+    fn export_with(
+        &self,
+        download: &Path,
+        sk: &SecretKey,
+        export_state: &Path,
+        out: &Path,
+        trust: Vec<SignedPolicy>,
+    ) -> anyhow::Result<gapferry::manifest::Manifest> {
         let collected = gapferry::mde::collect::collect(download, &[], &[Ring::Production])?;
         let req = ExportRequest {
             collection: gapferry::mde::collect::to_collection(&collected),
@@ -296,10 +352,105 @@ impl DemoArgs {
             producer: format!("gapferry {} (demo)", env!("CARGO_PKG_VERSION")),
             split: None,
             write: WriteOptions::default(),
-            trust: Vec::new(),
+            trust,
         };
         let written = export::export(&req, std::slice::from_ref(sk), &NoProgress)?.written;
         Ok(written.manifest)
+    }
+
+    /// Step 8: the mirror switches to two offline root keys and a signed
+    /// trust policy; a rotation to a new signing key then travels in a
+    /// bundle, and the old key's bundles are refused.
+    fn rotation(&self, c: &Ctx<'_>) -> anyhow::Result<()> {
+        step(
+            8,
+            "Rotation without visiting the mirror: offline roots and a signed trust policy",
+        );
+        std::fs::create_dir_all(c.policy_dir)?;
+        let r1 = demo_key(c.keys_dir, "root-1")?;
+        let r2 = demo_key(c.keys_dir, "root-2")?;
+        let expires = Timestamp::from_time(SystemTime::now() + Duration::from_secs(365 * 86400));
+        let v1 = TrustPolicy::initial(
+            &[r1.public(), r2.public()],
+            2,
+            &[c.old_key.public()],
+            1,
+            expires.clone(),
+        );
+        let signed_v1 = write_signed(c.policy_dir, &v1, &[&r1, &r2])?;
+        eprintln!(
+            "    policy/1.json: roots {} and {} (2 of 2, kept offline), signer {}",
+            r1.key_id, r2.key_id, c.old_key.key_id
+        );
+        let pins = Roots {
+            keys: vec![r1.public(), r2.public()],
+            threshold: 2,
+        };
+        write_download_folder(c.download, "1.1.24090.4", "1.419.300.0", 4)?;
+        let b4 = c.bundles.join("demo-4.tar.zst");
+        self.export_with(
+            c.download,
+            c.old_key,
+            c.export_state,
+            &b4,
+            vec![signed_v1.clone()],
+        )?;
+        let opts = |b: &Path| ImportOptions {
+            roots: Some(pins.clone()),
+            ..self.import_opts(b, &TrustSet::default(), c.mirror, c.state)
+        };
+        let (report, err) = import::import(&opts(&b4), &NoProgress);
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        eprintln!(
+            "    demo-4 carries it; the mirror, pinned to the two roots, adopts version {}",
+            report.trust_policy.map(|t| t.version).unwrap_or(0)
+        );
+
+        let new_key = demo_key(c.keys_dir, "demo-2027")?;
+        let mut v2 = v1.clone();
+        v2.version = 2;
+        v2.signers.keys = vec![SignerKey {
+            key: new_key.public().to_base64(),
+            channels: None,
+            not_after: None,
+        }];
+        v2.revoked = vec![c.old_key.key_id];
+        let signed_v2 = write_signed(c.policy_dir, &v2, &[&r1, &r2])?;
+        eprintln!(
+            "    policy/2.json: signer {} replaces {} (revoked), signed offline by both roots",
+            new_key.key_id, c.old_key.key_id
+        );
+        write_download_folder(c.download, "1.1.24090.4", "1.419.400.0", 5)?;
+        let b5 = c.bundles.join("demo-5.tar.zst");
+        self.export_with(
+            c.download,
+            &new_key,
+            c.export_state,
+            &b5,
+            vec![signed_v1, signed_v2],
+        )?;
+        let (report, err) = import::import(&opts(&b5), &NoProgress);
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        eprintln!(
+            "    demo-5, signed by the new key, carries the chain: version {} adopted, definitions 1.419.400.0 served",
+            report.trust_policy.map(|t| t.version).unwrap_or(0)
+        );
+        write_download_folder(c.download, "1.1.24090.4", "1.419.500.0", 6)?;
+        let b6 = c.bundles.join("demo-6-old-key.tar.zst");
+        self.export(c.download, c.old_key, c.export_state, &b6)?;
+        let (report, err) = import::import(&opts(&b6), &NoProgress);
+        match err {
+            None => bail!("the demo expected the revoked key's bundle to be refused"),
+            Some(e) => eprintln!(
+                "    a bundle signed by the revoked key: exit {}: {e}",
+                report.exit_code
+            ),
+        }
+        Ok(())
     }
 
     fn import_opts(
@@ -355,4 +506,25 @@ impl DemoArgs {
         }
         Ok(())
     }
+}
+
+/// Writes `policy` as `<dir>/<version>.json` with a signature by each of
+/// `roots` beside it, and returns it signed.
+fn write_signed(
+    dir: &Path,
+    policy: &TrustPolicy,
+    roots: &[&SecretKey],
+) -> anyhow::Result<SignedPolicy> {
+    let path = dir.join(format!("{}.json", policy.version));
+    files::write_policy(&path, &policy.to_bytes())?;
+    let mut signed =
+        SignedPolicy::parse(policy.to_bytes()).map_err(|r| anyhow::anyhow!("demo policy: {r}"))?;
+    for r in roots {
+        let sig = signed.sign(r);
+        files::write_signature(&path, &sig)?;
+        signed
+            .add_signature(sig)
+            .map_err(|r| anyhow::anyhow!("demo policy: {r}"))?;
+    }
+    Ok(signed)
 }

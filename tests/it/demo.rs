@@ -21,6 +21,13 @@ fn demo_runs_end_to_end_and_can_be_rerun() {
             "{err}"
         );
         assert!(err.contains("already imported, nothing changes"), "{err}");
+        assert!(err.contains("adopts version 1"), "{err}");
+        assert!(err.contains("version 2 adopted"), "{err}");
+        assert!(
+            err.contains("a bundle signed by the revoked key: exit 3")
+                && err.contains("is revoked by trust policy version 2"),
+            "{err}"
+        );
     }
     let mirror = dir.join("mirror");
     for p in ["linux", "mac"] {
@@ -34,7 +41,17 @@ fn demo_runs_end_to_end_and_can_be_rerun() {
     }
     let served =
         std::fs::read_to_string(mirror.join("linux/production/arch_x86_64/manifest.json")).unwrap();
-    assert!(served.contains("1.419.200.0"), "{served}");
+    assert!(served.contains("1.419.400.0"), "{served}");
+    let back =
+        std::fs::read_to_string(mirror.join("linux/production_back/arch_x86_64/manifest.json"))
+            .unwrap();
+    assert!(back.contains("1.419.300.0"), "{back}");
+    gapferry()
+        .args(["trust", "show", "--state-dir"])
+        .arg(dir.join("state"))
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("trust policy version 2"));
     gapferry()
         .args(["ledger", "verify", "--state-dir"])
         .arg(dir.join("state"))
