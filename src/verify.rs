@@ -302,9 +302,9 @@ fn apply_policy(
         .cloned()
         .ok_or_else(|| BundleError::Rejected {
             path: bundle.to_path_buf(),
-            reason: "the bundle carries no trust policy and none has been adopted here yet: \
-                     the first bundle a root-pinned mirror imports must carry one \
-                     (export with --trust-policy)"
+            reason: "the bundle carries no trust policy and none has been adopted: the first \
+                     bundle a root-pinned mirror imports, and any bundle checked with \
+                     `verify --trust-root`, must carry one (export with --trust-policy)"
                 .into(),
         })?;
     let expired = authority.policy.expired(now);

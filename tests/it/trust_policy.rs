@@ -196,6 +196,34 @@ fn scenario_1_a_mirror_pinned_to_two_offline_roots_adopts_the_carried_v1() {
     // The policy's signatures are stock minisign signatures of its bytes.
     let sig = w.chain.join(format!("1.json.{}.minisig", w.r1.id()));
     assert!(sig.is_file());
+    // Stock minisign checks it, and shows the trusted comment readers require.
+    let o = std::process::Command::new("minisign")
+        .arg("-Vm")
+        .arg(w.version(1))
+        .arg("-x")
+        .arg(&sig)
+        .arg("-p")
+        .arg(&w.r1.public)
+        .output()
+        .expect("the minisign binary is needed (apt-get install minisign)");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("gapferry trust version:1 expires:"), "{out}");
+    // And refuses it once the policy is changed by one byte.
+    let edited = w.fx.root.join("edited.json");
+    let mut bytes = fs::read(w.version(1)).unwrap();
+    bytes.insert(1, b' ');
+    fs::write(&edited, bytes).unwrap();
+    let o = std::process::Command::new("minisign")
+        .arg("-Vm")
+        .arg(&edited)
+        .arg("-x")
+        .arg(&sig)
+        .arg("-p")
+        .arg(&w.r1.public)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
     let show = w.gf(&[&"trust", &"show", &w.version(1), &"--json"]).ok();
     let s = json::parse::<serde_json::Value>(&show.stdout);
     assert_eq!(s["version"], 1);
