@@ -357,7 +357,16 @@ fn explain_left_out(error: BundleError, head: &Head, o: &TrustOutcome) -> Bundle
     match error {
         BundleError::Rejected { path, reason } => BundleError::Rejected {
             path,
-            reason: format!("{reason} ({extra})"),
+            // Under a policy, keys are not added with --trust.
+            reason: match reason
+                .strip_suffix("; add the signer's public key with --trust if you trust it")
+            {
+                Some(r) => format!(
+                    "{r} ({extra}); a signer is added by a new policy version \
+                     (`gapferry trust edit --add-signer`, keys/README.md)"
+                ),
+                None => format!("{reason} ({extra})"),
+            },
         },
         BundleError::Policy { path, reason } => BundleError::Policy {
             path,
