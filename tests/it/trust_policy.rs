@@ -335,7 +335,11 @@ fn scenario_2_rotation_k2_replaces_k1_and_k1_alone_is_refused_after() {
     let before = w.fx.snapshot();
     w.import(&b3).fails(
         3,
-        &["no signature by a trusted key", "trust policy version 2"],
+        &[
+            "no signature by a trusted key",
+            "trust policy version 2",
+            "trust edit --add-signer",
+        ],
     );
     w.fx.assert_unchanged(&before);
     // K1 signing with K2: K2 alone counts, and suffices.
