@@ -226,3 +226,29 @@ fn expiry() {
     assert!(p.expired(now));
     assert_eq!(p.days_left(now), 0);
 }
+
+#[test]
+fn changes_name_what_moved() {
+    let k = keys();
+    let v1 = policy(1, &[&k.r1, &k.r2], 2, &[&k.k1]);
+    let first = changes(None, &v1);
+    assert!(first.contains(&format!("root added {}", k.r1.key_id)));
+    assert!(first.contains(&format!("signer added {}", k.k1.key_id)));
+    assert!(first.contains(&"root threshold 2".to_string()));
+    let mut v2 = policy(2, &[&k.r1, &k.r3], 1, &[&k.k2]);
+    v2.expires = v1.expires.clone();
+    v2.revoked.push(k.k1.key_id);
+    let c = changes(Some(&v1), &v2);
+    for want in [
+        format!("root added {}", k.r3.key_id),
+        format!("root removed {}", k.r2.key_id),
+        format!("signer added {}", k.k2.key_id),
+        format!("signer removed {}", k.k1.key_id),
+        format!("revoked {}", k.k1.key_id),
+        "root threshold 2 -> 1".to_string(),
+    ] {
+        assert!(c.contains(&want), "{want} not in {c:?}");
+    }
+    assert!(!c.iter().any(|x| x.starts_with("expires")), "{c:?}");
+    assert!(changes(Some(&v1), &v1).is_empty());
+}

@@ -236,9 +236,15 @@ fn scenario_1_a_mirror_pinned_to_two_offline_roots_adopts_the_carried_v1() {
     // inspect shows the carried policy.
     let mut c = w.fx.cmd();
     c.arg("inspect").arg(&b1).arg("--json");
-    let i: serde_json::Value = json::parse(&w.fx.run(c).ok().stdout);
-    assert_eq!(i["trust_policy"][0]["version"], 1);
-    assert_eq!(i["trust_policy"][0]["root_threshold"], 2);
+    let i: json::Inspect = json::parse(&w.fx.run(c).ok().stdout);
+    assert_eq!(i.trust_policy.len(), 1);
+    assert_eq!(i.trust_policy[0].version, 1);
+    assert_eq!(i.trust_policy[0].root_threshold, 2);
+    assert_eq!(
+        i.trust_policy[0].signer_keys[0].key_id,
+        w.k1.id().to_string()
+    );
+    assert_eq!(i.trust_policy[0].signed_by.len(), 2);
 
     let r = w.import(&b1).ok();
     assert!(
@@ -266,9 +272,10 @@ fn scenario_1_a_mirror_pinned_to_two_offline_roots_adopts_the_carried_v1() {
         .arg("--trust-root")
         .arg(&w.r2.public)
         .args(["--root-threshold", "2", "--json"]);
-    let v: serde_json::Value = json::parse(&w.fx.run(c).ok().stdout);
-    assert_eq!(v["counted_under_policy"], 1);
-    assert_eq!(v["trust_policy"][0]["version"], 1);
+    let v: json::Verify = json::parse(&w.fx.run(c).ok().stdout);
+    assert_eq!(v.counted_under_policy, Some(1));
+    assert_eq!(v.trust_policy[0].version, 1);
+    assert_eq!(v.signers, vec![w.k1.id().to_string()]);
 }
 
 #[test]
