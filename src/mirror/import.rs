@@ -131,6 +131,8 @@ pub struct TrustReport {
     pub adopted: bool,
     pub expires: String,
     pub days_left: u64,
+    /// It had expired (imported only with `--allow-expired-policy`).
+    pub expired: bool,
     /// The expiry warning, when the policy expires within 30 days.
     pub warning: Option<String>,
 }
@@ -412,6 +414,12 @@ fn ledger_entry(
                 super::state::describe_downgrades(&attempt.downgrades)
             ));
         }
+        if let Some(t) = attempt.trust.as_ref().filter(|t| t.expired) {
+            notes.push(format!(
+                "trust policy version {} expired at {}, used with --allow-expired-policy",
+                t.version, t.expires
+            ));
+        }
         for d in &attempt.discarded {
             notes.push(format!(
                 "{d}: the replaced set no longer matched what was imported, so it was \
@@ -577,6 +585,7 @@ fn accept(
             adopted: false,
             expires: t.authority.policy.expires.to_string(),
             days_left: t.days_left,
+            expired: t.expired,
             warning: t.expiry_warning(),
         });
     }

@@ -614,6 +614,12 @@ fn scenario_7_expiry_warns_then_refuses_unless_overridden() {
         .import_pinned(&b, &[&w.r1, &w.r2], "2", &["--allow-expired-policy"])
         .ok();
     assert!(r.stderr.contains("expired at"), "{r:#?}");
+    let last = w.ledger().pop().unwrap();
+    assert_eq!(last["outcome"], "imported");
+    assert!(last["reason"]
+        .as_str()
+        .unwrap()
+        .contains("used with --allow-expired-policy"));
 }
 
 fn expired_policy(w: &World) -> PathBuf {
