@@ -183,7 +183,8 @@ struct EditArgs {
     /// Remove a signer by key id; repeatable.
     #[arg(long = "remove-signer", value_name = "KEYID")]
     remove_signers: Vec<String>,
-    /// Revoke a key id for good (also removes it from the signers); repeatable.
+    /// Revoke a key id for good (also removes it from the signers and
+    /// roots); repeatable.
     #[arg(long = "revoke", value_name = "KEYID")]
     revoke: Vec<String>,
     /// New signer threshold.
@@ -241,6 +242,7 @@ impl EditArgs {
                 bail!(UsageError(format!("--revoke {id}: already revoked")));
             }
             p.signers.keys.retain(|k| id_of(&k.key) != id);
+            p.root.keys.retain(|k| id_of(k) != id);
             p.revoked.push(id);
         }
         for k in load_keys(&self.add_signers)? {

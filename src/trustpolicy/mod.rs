@@ -196,6 +196,28 @@ impl TrustPolicy {
         if revoked.len() != self.revoked.len() {
             return Err("a key id is revoked twice".into());
         }
+        // Revoked keys never count: a threshold only they could meet would
+        // lock the policy (roots) or every bundle (signers) out.
+        let live_roots = roots
+            .iter()
+            .filter(|k| !revoked.contains(&k.key_id))
+            .count();
+        if self.root.threshold > live_roots {
+            return Err(format!(
+                "root threshold {} is more than the {live_roots} root keys that are not revoked",
+                self.root.threshold
+            ));
+        }
+        let live_signers = signers
+            .iter()
+            .filter(|(k, _)| !revoked.contains(&k.key_id))
+            .count();
+        if self.signers.threshold > live_signers {
+            return Err(format!(
+                "signers threshold {} is more than the {live_signers} signer keys that are not revoked",
+                self.signers.threshold
+            ));
+        }
         Ok(())
     }
 

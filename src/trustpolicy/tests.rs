@@ -86,6 +86,15 @@ fn round_trip_and_strict_parse() {
     bad.signers.threshold = 0;
     assert!(bad.check().is_err());
     let mut bad = p.clone();
+    bad.revoked.push(k.r2.key_id);
+    assert!(bad.check().unwrap_err().contains("not revoked"));
+    let mut bad = p.clone();
+    bad.revoked.push(k.k1.key_id);
+    assert!(bad
+        .check()
+        .unwrap_err()
+        .contains("signer keys that are not revoked"));
+    let mut bad = p.clone();
     bad.root.keys.push(bad.root.keys[0].clone());
     assert!(bad.check().unwrap_err().contains("twice"));
     let mut big = p.clone();
