@@ -1,9 +1,12 @@
 //! Acceptance of a bundle head: the one place that decides whether a signed
 //! manifest may be used, for `verify`, `import`, the inbox and the demo.
 //!
-//! [`accept`] checks, in this order: signatures against the trust set and
-//! threshold, the profile's rules, the channel, the created time against
-//! the clock, the sequence bound, and expiry. It is the only way to obtain
+//! [`accept`] checks, in this order: with root-pinned trust, the carried
+//! trust policy chain from the adopted policy or the pins (its newest valid
+//! version gives the trust set and threshold, and must not have expired);
+//! signatures against the trust set and threshold, the profile's rules,
+//! the channel, the created time against the clock, the sequence bound,
+//! and expiry. It is the only way to obtain
 //! an [`Accepted`], so code holding one knows every check passed. It reads
 //! nothing but the head it is given and never writes.
 

@@ -8,7 +8,9 @@
 //!    and state are only ever written under it) and finish whatever a
 //!    crashed import left;
 //! 2. **accept** ([`verify::accept`]): the bundle head (manifest size-capped
-//!    and strictly parsed), signatures against the trust set and threshold,
+//!    and strictly parsed), with `--trust-root` the carried trust policy
+//!    against the adopted one (adopted only in commit), signatures against
+//!    the trust set and threshold (or the policy's),
 //!    the profile's rules, channel, the future-dated check, the sequence
 //!    bound (at most a day ahead of `created`) and expiry;
 //! 3. **plan**: one `PlannedUnit` per selected unit with its `Baseline`
