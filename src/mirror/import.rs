@@ -128,8 +128,8 @@ pub struct TrustReport {
     pub version: u64,
     /// The version adopted before this import (null on a fresh mirror).
     pub previous_version: Option<u64>,
-    /// Whether this import adopted `version` (only an import that commits,
-    /// outcome `imported`, adopts).
+    /// Whether this import adopted `version` (only an accepted bundle
+    /// adopts: outcome `imported` or `already_imported`).
     pub adopted: bool,
     pub expires: String,
     pub days_left: u64,
@@ -516,6 +516,21 @@ fn run(
     attempt.recovered = recovered;
     let (reader, accepted) = accept(opts, session.dir(), &state, opened, attempt)?;
     let Some(plan) = plan(opts, &state, &accepted, attempt)? else {
+        // Nothing to publish, but the bundle was accepted: a newer policy
+        // it carries is adopted (e.g. after an import killed before it
+        // recorded its state), with its line, under the lock.
+        let now = Timestamp::from_time(SystemTime::now());
+        if let Some(trust_updated) = adopt_trust(opts, &mut state, &accepted, &now, attempt) {
+            let entry = LedgerEntry {
+                trust_updated: Some(trust_updated),
+                ..ledger_entry(opts, attempt, Outcome::AlreadyImported, None)
+            };
+            super::session::save_due(session.dir(), &mut state, entry)?;
+            attempt.logged = true;
+            if let Err(e) = super::session::settle(session.dir(), &mut state) {
+                attempt.ledger_error = Some(e.into());
+            }
+        }
         return Ok(Outcome::AlreadyImported);
     };
     let mut created = CreatedDirs::default();

@@ -804,3 +804,51 @@ fn the_inbox_adopts_too_and_trust_and_trust_root_do_not_mix() {
         .arg(&w.fx.state);
     w.fx.run(c).fails(2, &["--root-threshold"]);
 }
+
+#[test]
+fn an_import_killed_mid_publish_adopts_nothing_and_the_same_bundle_again_adopts() {
+    let w = World::new();
+    w.init_v1("1y");
+    let b1 = w.bundle(&[&w.k1], Some(&w.version(1)), &[]);
+    w.import(&b1).ok();
+    w.edit(2, &["--add-signer", w.k2.public.to_str().unwrap()]);
+    w.sign(2, &w.r1).ok();
+    w.sign(2, &w.r2).ok();
+    let b2 = w.bundle(&[&w.k2], Some(&w.chain), &[]);
+    let mut c = w.fx.cmd();
+    c.arg("import")
+        .arg(&b2)
+        .arg("--trust-root")
+        .arg(&w.r1.public)
+        .arg("--trust-root")
+        .arg(&w.r2.public)
+        .args(["--root-threshold", "2", "--mirror"])
+        .arg(&w.fx.mirror)
+        .arg("--state-dir")
+        .arg(&w.fx.state)
+        .env(crate::support::CRASH_AT, "current-swapped");
+    let out = c.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the crash hook should have killed it"
+    );
+    assert_eq!(w.adopted_version(), 1, "a killed import adopts nothing");
+    // The same bundle again: recovery finishes the publish, the bundle is
+    // already served, and its policy is adopted now, with its line.
+    let r = w.import(&b2).ok();
+    assert!(r.stderr.contains("already imported"), "{r:#?}");
+    assert!(
+        r.stderr.contains("adopted trust policy version 2 (was 1)"),
+        "{r:#?}"
+    );
+    assert_eq!(w.adopted_version(), 2);
+    let last = w.ledger().pop().unwrap();
+    assert_eq!(last["outcome"], "already_imported");
+    assert_eq!(last["trust_updated"]["new_version"], 2);
+    let mut c = w.fx.cmd();
+    c.args(["ledger", "verify", "--state-dir"]).arg(&w.fx.state);
+    w.fx.run(c).ok();
+    // And once more: nothing new to adopt, no trust_updated.
+    w.import(&b2).ok();
+    assert!(w.ledger().pop().unwrap().get("trust_updated").is_none());
+}
