@@ -852,3 +852,47 @@ fn an_import_killed_mid_publish_adopts_nothing_and_the_same_bundle_again_adopts(
     w.import(&b2).ok();
     assert!(w.ledger().pop().unwrap().get("trust_updated").is_none());
 }
+
+#[test]
+fn signer_channels_and_not_after_apply_through_the_binary() {
+    use gapferry::timestamp::Timestamp;
+    use gapferry::trustpolicy::{files, TrustPolicy};
+    let w = World::new();
+    // Hand-written rules (trust edit does not set them): K1 only for
+    // channel "lab", K2 no longer after an hour ago.
+    let mut p = TrustPolicy::initial(
+        &[w.r1.public_key(), w.r2.public_key()],
+        2,
+        &[w.k1.public_key(), w.k2.public_key(), w.k3.public_key()],
+        1,
+        Timestamp::from_time(SystemTime::now() + Duration::from_secs(86_400 * 200)),
+    );
+    p.signers.keys[0].channels = Some(vec!["lab".into()]);
+    p.signers.keys[1].not_after = Some(Timestamp::from_time(
+        SystemTime::now() - Duration::from_secs(3600),
+    ));
+    let path = w.version(1);
+    files::write_policy(&path, &p.to_bytes()).unwrap();
+    for r in [&w.r1, &w.r2] {
+        w.sign(1, r).ok();
+    }
+    assert_eq!(files::read_version(&path).unwrap().signatures.len(), 2);
+    let b = w.bundle(&[&w.k1], Some(&path), &[]);
+    w.import(&b).fails(
+        3,
+        &[&format!(
+            "key {} is not allowed to sign channel \"default\"",
+            w.k1.id()
+        )],
+    );
+    let b = w.bundle(&[&w.k2], Some(&path), &[]);
+    w.import(&b)
+        .fails(3, &[&format!("key {} is past its not_after", w.k2.id())]);
+    // K1 on its own channel, K3 anywhere.
+    let b = w.bundle(&[&w.k1], Some(&path), &["--channel", "lab"]);
+    w.import_pinned(&b, &[&w.r1, &w.r2], "2", &["--channel", "lab"])
+        .ok();
+    let b = w.bundle(&[&w.k3], None, &["--channel", "lab"]);
+    w.import_pinned(&b, &[&w.r1, &w.r2], "2", &["--channel", "lab"])
+        .ok();
+}
