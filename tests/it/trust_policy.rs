@@ -896,3 +896,22 @@ fn signer_channels_and_not_after_apply_through_the_binary() {
     w.import_pinned(&b, &[&w.r1, &w.r2], "2", &["--channel", "lab"])
         .ok();
 }
+
+#[test]
+fn a_split_bundle_carries_the_policy_too() {
+    let w = World::new();
+    w.init_v1("1y");
+    let dl =
+        w.fx.download_sized("split", &[(UNIT, "1.1.80.0", "1.400.80.0")], 300_000);
+    let p = w.version(1).display().to_string();
+    let b = w.fx.export(
+        &dl,
+        "split",
+        &[&w.k1],
+        &["--split", "100000", "--trust-policy", &p],
+    );
+    let index = PathBuf::from(format!("{}.volumes.json", b.display()));
+    assert!(index.is_file());
+    w.import(&index).ok();
+    assert_eq!(w.adopted_version(), 1);
+}
