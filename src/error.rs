@@ -31,6 +31,7 @@ use crate::mirror::rollback::RollbackError;
 use crate::mirror::session::SessionError;
 use crate::mirror::state::{PolicyError, StateError};
 use crate::sequence::SequenceError;
+use crate::trustpolicy::TrustError;
 
 /// What kind of failure an error is, which decides the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +130,7 @@ crate_error! {
     Rollback(RollbackError),
     Inbox(InboxError),
     Metrics(MetricsError),
+    Trust(TrustError),
 }
 
 impl Classify for Error {
@@ -155,6 +157,7 @@ impl Classify for Error {
             Error::Rollback(e) => e.exit_kind(),
             Error::Inbox(e) => e.exit_kind(),
             Error::Metrics(e) => e.exit_kind(),
+            Error::Trust(e) => e.exit_kind(),
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct ExportRequest {
     pub split: Option<u64>,
     /// Compression level and whether to replace `out`.
     pub write: WriteOptions,
+    /// Trust policy versions to carry in the head (`--trust-policy`).
+    pub trust: Vec<crate::trustpolicy::SignedPolicy>,
 }
 
 /// What an export wrote.
@@ -117,6 +119,7 @@ pub fn export(
         profile: req.collection.profile.to_string(),
         items: req.collection.items.clone(),
         files: req.collection.files.clone(),
+        trust: req.trust.clone(),
     };
     let failed = |source| ExportError::Write {
         out: req.out.clone(),

@@ -27,6 +27,7 @@ pub mod sha256hex;
 pub mod sign;
 pub mod text;
 pub mod timestamp;
+pub mod trustpolicy;
 pub mod units;
 pub mod verify;
 

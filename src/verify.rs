@@ -1,9 +1,12 @@
 //! Acceptance of a bundle head: the one place that decides whether a signed
 //! manifest may be used, for `verify`, `import`, the inbox and the demo.
 //!
-//! [`accept`] checks, in this order: signatures against the trust set and
-//! threshold, the profile's rules, the channel, the created time against
-//! the clock, the sequence bound, and expiry. It is the only way to obtain
+//! [`accept`] checks, in this order: with root-pinned trust, the carried
+//! trust policy chain from the adopted policy or the pins (its newest valid
+//! version gives the trust set and threshold, and must not have expired);
+//! signatures against the trust set and threshold, the profile's rules,
+//! the channel, the created time against the clock, the sequence bound,
+//! and expiry. It is the only way to obtain
 //! an [`Accepted`], so code holding one knows every check passed. It reads
 //! nothing but the head it is given and never writes.
 
@@ -15,6 +18,7 @@ use crate::bundle::{trust, BundleError};
 use crate::keys::{KeyId, TrustSet};
 use crate::profile::{self, Profile, Unit};
 use crate::timestamp::Timestamp;
+use crate::trustpolicy::{chain, Roots, SignedPolicy};
 
 /// How far in the future `created` may lie before a bundle is refused.
 pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(24 * 3600);
@@ -40,6 +44,61 @@ pub struct Policy<'a> {
     pub allow_expired: bool,
     pub purpose: Purpose,
     pub now: SystemTime,
+    /// Root-pinned trust (`--trust-root`): when set, the signer keys and
+    /// threshold come from the trust policy (the adopted one, advanced by
+    /// the versions the bundle carries) and `trust`/`threshold` are unused.
+    pub roots: Option<&'a RootTrust>,
+}
+
+/// What a root-pinned caller brings: the pinned roots, the policy it has
+/// adopted (none yet on a fresh mirror, or for `verify`), and whether an
+/// expired policy may still be used.
+#[derive(Debug, Clone)]
+pub struct RootTrust {
+    pub pins: Roots,
+    pub adopted: Option<SignedPolicy>,
+    pub allow_expired_policy: bool,
+}
+
+/// Under which trust policy a root-pinned head was accepted.
+#[derive(Debug, Clone)]
+pub struct TrustOutcome {
+    /// The version adopted before this bundle (none on a fresh mirror).
+    pub previous: Option<u64>,
+    /// Carried versions newer than `previous` that hold, ascending: the
+    /// last is the policy the signatures were counted under. Recording
+    /// them is the caller's (the import adopts them when it commits).
+    pub adopted: Vec<SignedPolicy>,
+    /// Carried versions not newer than `previous`: ignored.
+    pub ignored: Vec<u64>,
+    /// The policy the signatures were counted under.
+    pub authority: SignedPolicy,
+    /// Whole days until that policy expires (0 once expired).
+    pub days_left: u64,
+    /// It had expired (accepted only with `allow_expired_policy`).
+    pub expired: bool,
+    /// Signer keys of that policy that did not count, with why.
+    pub left_out: Vec<(KeyId, String)>,
+}
+
+impl TrustOutcome {
+    /// Whether the caller should warn about the policy's expiry.
+    pub fn expiry_warning(&self) -> Option<String> {
+        let p = &self.authority.policy;
+        if self.expired {
+            Some(format!(
+                "trust policy version {} expired at {}; have the root key holders sign a new version (`gapferry trust edit --expires-in`, `gapferry trust sign`) and carry it with `export --trust-policy`",
+                p.version, p.expires
+            ))
+        } else if self.days_left < crate::trustpolicy::WARN_DAYS {
+            Some(format!(
+                "trust policy version {} expires in {} day(s), at {}; after that bundles are refused: have the root key holders sign a new version (`gapferry trust edit --expires-in`, `gapferry trust sign`) and carry it with `export --trust-policy`",
+                p.version, self.days_left, p.expires
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// A bundle head that passed every check of a [`Policy`].
@@ -52,9 +111,15 @@ pub struct Accepted {
     created: Timestamp,
     expires: Timestamp,
     expired: bool,
+    trust: Option<TrustOutcome>,
 }
 
 impl Accepted {
+    /// With root-pinned trust: the policy the signatures counted under and
+    /// the versions to adopt.
+    pub fn trust(&self) -> Option<&TrustOutcome> {
+        self.trust.as_ref()
+    }
     /// The head, manifest included.
     pub fn head(&self) -> &Head {
         &self.head
@@ -96,12 +161,34 @@ pub struct NotAccepted {
 
 /// Checks `head` (read from `bundle`) against `policy`.
 pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted, NotAccepted> {
-    let signers =
-        trust::require(&head, policy.trust, policy.threshold, bundle).map_err(|error| {
-            NotAccepted {
+    let outcome = match policy.roots {
+        Some(roots) => Some(
+            apply_policy(&head, roots, policy.now, bundle).map_err(|error| NotAccepted {
                 signers: Vec::new(),
                 error,
-            }
+            })?,
+        ),
+        None => None,
+    };
+    let under_policy;
+    let (trust_set, threshold) = match &outcome {
+        Some(o) => {
+            under_policy = o
+                .authority
+                .policy
+                .signer_trust(&head.manifest.channel, policy.now)
+                .0;
+            (&under_policy, o.authority.policy.signers.threshold)
+        }
+        None => (policy.trust, policy.threshold),
+    };
+    let signers =
+        trust::require(&head, trust_set, threshold, bundle).map_err(|error| NotAccepted {
+            signers: Vec::new(),
+            error: match &outcome {
+                Some(o) => explain_left_out(error, &head, o),
+                None => error,
+            },
         })?;
     let refuse = |error: BundleError| NotAccepted {
         signers: signers.clone(),
@@ -185,7 +272,111 @@ pub fn accept(head: Head, policy: &Policy<'_>, bundle: &Path) -> Result<Accepted
         created,
         expires,
         expired,
+        trust: outcome,
     })
+}
+
+/// The trust policy a root-pinned head is checked under: the adopted one
+/// advanced by the carried versions ([`chain::advance`]); a carried chain
+/// that does not hold rejects the bundle (exit 3), and an expired policy
+/// refuses it (exit 4) unless allowed.
+fn apply_policy(
+    head: &Head,
+    roots: &RootTrust,
+    now: SystemTime,
+    bundle: &Path,
+) -> Result<TrustOutcome, BundleError> {
+    let previous = roots.adopted.as_ref().map(SignedPolicy::version);
+    let kept = || match previous {
+        Some(v) => format!("the adopted trust policy stays version {v}"),
+        None => "no trust policy was adopted".to_string(),
+    };
+    let advance =
+        chain::advance(&roots.pins, roots.adopted.as_ref(), &head.trust).map_err(|reason| {
+            BundleError::Rejected {
+                path: bundle.to_path_buf(),
+                reason: format!("carried trust policy: {reason}; {}", kept()),
+            }
+        })?;
+    let authority = advance
+        .adopted
+        .last()
+        .or(roots.adopted.as_ref())
+        .cloned()
+        .ok_or_else(|| BundleError::Rejected {
+            path: bundle.to_path_buf(),
+            reason: "the bundle carries no trust policy and none has been adopted: the first \
+                     bundle a root-pinned mirror imports, and any bundle checked with \
+                     `verify --trust-root`, must carry one (export with --trust-policy)"
+                .into(),
+        })?;
+    let expired = authority.policy.expired(now);
+    if expired && !roots.allow_expired_policy {
+        return Err(BundleError::Policy {
+            path: bundle.to_path_buf(),
+            reason: format!(
+                "trust policy version {} expired at {}: have the root key holders sign a new version \
+                 (`gapferry trust edit --expires-in`, `gapferry trust sign`) and carry it with \
+                 `export --trust-policy`, or add --allow-expired-policy to use it anyway",
+                authority.version(),
+                authority.policy.expires
+            ),
+        });
+    }
+    let left_out = authority.policy.signer_trust(&head.manifest.channel, now).1;
+    Ok(TrustOutcome {
+        previous,
+        days_left: authority.policy.days_left(now),
+        expired,
+        adopted: advance.adopted,
+        ignored: advance.ignored,
+        authority,
+        left_out,
+    })
+}
+
+/// Adds to a signature refusal under a policy why the bundle's signers
+/// that the policy names did not count (revoked, channel, not_after).
+fn explain_left_out(error: BundleError, head: &Head, o: &TrustOutcome) -> BundleError {
+    let notes: Vec<String> = head
+        .signatures
+        .iter()
+        .filter_map(|s| {
+            o.left_out
+                .iter()
+                .find(|(id, _)| *id == s.key_id)
+                .map(|(id, why)| format!("key {id} is {why}"))
+        })
+        .collect();
+    let under = format!(
+        "counted under trust policy version {}",
+        o.authority.version()
+    );
+    let extra = if notes.is_empty() {
+        under
+    } else {
+        format!("{under}: {}", notes.join("; "))
+    };
+    match error {
+        BundleError::Rejected { path, reason } => BundleError::Rejected {
+            path,
+            // Under a policy, keys are not added with --trust.
+            reason: match reason
+                .strip_suffix("; add the signer's public key with --trust if you trust it")
+            {
+                Some(r) => format!(
+                    "{r} ({extra}); a signer is added by a new policy version \
+                     (`gapferry trust edit --add-signer`, keys/README.md)"
+                ),
+                None => format!("{reason} ({extra})"),
+            },
+        },
+        BundleError::Policy { path, reason } => BundleError::Policy {
+            path,
+            reason: format!("{reason} ({extra})"),
+        },
+        other => other,
+    }
 }
 
 /// What [`verify_bundle`] checked.

@@ -23,6 +23,14 @@ use crate::error::{Classify, ExitKind};
 pub const MANIFEST_PATH: &str = "gapferry/manifest.json";
 /// Tar folder of the signatures.
 pub const SIGNATURES_DIR: &str = "gapferry/signatures/";
+/// Tar folder of the carried trust policy versions (`<N>.json`) and their
+/// root signatures (`<N>.json.<KEYID>.minisig`), between the signatures
+/// and the payload (docs/FORMAT.md section 11).
+pub const TRUST_DIR: &str = "gapferry/trust/";
+/// Most bytes the trust entries of a head may take, tar headers and padding
+/// included; with the largest manifest and signatures the head still fits
+/// [`MAX_HEAD_INPUT`].
+pub const MAX_TRUST_BYTES: u64 = 256 * 1024;
 /// Tar folder of the payload.
 pub const PAYLOAD_DIR: &str = "payload/";
 /// Most signatures one bundle may carry.

@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use super::frames::{Frames, FramingError};
 use super::hashing::{to_hex, BackgroundHasher, CHUNK};
 use super::{
-    BundleError, MANIFEST_PATH, MAX_SIGNATURES, MAX_TRAILING_ZEROS, PAYLOAD_DIR, SIGNATURES_DIR,
+    BundleError, MANIFEST_PATH, MAX_SIGNATURES, MAX_TRAILING_ZEROS, MAX_TRUST_BYTES, PAYLOAD_DIR,
+    SIGNATURES_DIR, TRUST_DIR,
 };
 use crate::keys::KeyId;
 use crate::manifest::{FileEntry, Manifest, DAMAGED_IN_TRANSIT, MAX_MANIFEST_SIZE};
@@ -42,6 +43,10 @@ pub struct Head {
     /// Lower-case hex SHA-256 of `manifest_bytes`.
     pub manifest_sha256: crate::sha256hex::Sha256Hex,
     pub signatures: Vec<Signature>,
+    /// The trust policy versions the bundle carries, ascending, with their
+    /// root signatures (parsed, not checked: see [`crate::trustpolicy`]).
+    /// Empty for a bundle that carries none.
+    pub trust: Vec<crate::trustpolicy::SignedPolicy>,
 }
 
 /// A parsed tar header we have accepted as a regular file.
@@ -271,16 +276,121 @@ impl<R: Read> BundleReader<R> {
                 "no signatures: expected {SIGNATURES_DIR}<KEYID>.minisig after the manifest"
             )));
         }
+        let trust = self.read_trust()?;
         let head = Head {
             manifest_sha256: crate::sha256hex::Sha256Hex::of(&manifest_bytes),
             manifest,
             manifest_bytes,
             signatures,
+            trust,
         };
         self.head = Some(head.clone());
         // The header after the signatures was read too: the head is complete.
         self.input.end_head();
         Ok(head)
+    }
+
+    /// The trust entries after the signatures, if any: `<N>.json` then its
+    /// signatures, versions going up by one, within the size bounds.
+    fn read_trust(&mut self) -> Result<Vec<crate::trustpolicy::SignedPolicy>, BundleError> {
+        use crate::trustpolicy::{files::MAX_CHAIN, SignedPolicy, MAX_POLICY_SIZE};
+        let mut trust: Vec<SignedPolicy> = Vec::new();
+        let mut used: u64 = 0;
+        while let Some(h) = self.pending.take() {
+            let Some(name) = h.path.strip_prefix(TRUST_DIR.as_bytes()) else {
+                self.pending = Some(h);
+                break;
+            };
+            let shown = describe(&h.path);
+            used += 512 + h.size.div_ceil(512) * 512;
+            if used > MAX_TRUST_BYTES {
+                return Err(self.reject(format!(
+                    "the trust entries take more than {MAX_TRUST_BYTES} bytes"
+                )));
+            }
+            let name = std::str::from_utf8(name).unwrap_or("");
+            let (number, sig_id) = match name.split_once(".json") {
+                Some((n, "")) => (n, None),
+                Some((n, rest)) => match rest
+                    .strip_prefix('.')
+                    .and_then(|r| r.strip_suffix(".minisig"))
+                    .and_then(|r| r.parse::<KeyId>().ok())
+                {
+                    Some(id) => (n, Some(id)),
+                    None => ("", None),
+                },
+                None => ("", None),
+            };
+            let number: u64 = match number.parse() {
+                Ok(n) if !number.starts_with(['0', '+']) => n,
+                _ => {
+                    return Err(self.reject(format!(
+                        "trust entry {shown} is not named <N>.json or <N>.json.<KEYID>.minisig"
+                    )))
+                }
+            };
+            match sig_id {
+                None => {
+                    if let Some(last) = trust.last() {
+                        if number != last.version() + 1 {
+                            return Err(self.reject(format!(
+                                "trust entry {shown} follows version {} (carried versions go up by one)",
+                                last.version()
+                            )));
+                        }
+                    }
+                    if trust.len() >= MAX_CHAIN {
+                        return Err(
+                            self.reject(format!("more than {MAX_CHAIN} trust policy versions"))
+                        );
+                    }
+                    if h.size > MAX_POLICY_SIZE as u64 {
+                        return Err(self.reject(format!(
+                            "trust entry {shown} is larger than {MAX_POLICY_SIZE} bytes"
+                        )));
+                    }
+                    let bytes = self.read_small(h.size, &shown)?;
+                    let policy = SignedPolicy::parse(bytes)
+                        .map_err(|e| self.reject(format!("{shown}: {e}")))?;
+                    if policy.version() != number {
+                        return Err(
+                            self.reject(format!("{shown} holds version {}", policy.version()))
+                        );
+                    }
+                    trust.push(policy);
+                }
+                Some(id) => {
+                    if trust.last().map(SignedPolicy::version) != Some(number) {
+                        return Err(self.reject(format!(
+                            "trust entry {shown} is out of place (a signature follows the policy it signs)"
+                        )));
+                    }
+                    if h.size > MAX_SIGNATURE_FILE as u64 {
+                        return Err(
+                            self.reject(format!("trust entry {shown} is larger than 8 KiB"))
+                        );
+                    }
+                    let bytes = self.read_small(h.size, &shown)?;
+                    let sig = Signature::parse(&bytes)
+                        .map_err(|e| self.reject(format!("{shown}: {e}")))?;
+                    if sig.key_id != id {
+                        return Err(self.reject(format!(
+                            "{shown} holds a signature by key {}, not {id}",
+                            sig.key_id
+                        )));
+                    }
+                    let last = trust.last_mut().expect("checked above");
+                    last.add_signature(sig).map_err(|e| BundleError::Rejected {
+                        path: self.path.clone(),
+                        reason: format!("{shown}: {e}"),
+                    })?;
+                }
+            }
+            if let Some(next) = self.next_header()? {
+                self.pending = Some(next);
+            }
+        }
+        Ok(trust)
     }
 
     /// The manifest's file list (after [`Self::read_head`]).
@@ -320,6 +430,7 @@ impl<R: Read> BundleReader<R> {
                 .any(|f| h.path == format!("{PAYLOAD_DIR}{}", f.path).as_bytes());
             return Err(self.reject(
                 if h.path.starts_with(SIGNATURES_DIR.as_bytes())
+                    || h.path.starts_with(TRUST_DIR.as_bytes())
                     || h.path == MANIFEST_PATH.as_bytes()
                 {
                     format!("entry {got} is out of place (expected {want})")

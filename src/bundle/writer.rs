@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use super::hashing::{to_hex, CHUNK};
-use super::{BundleError, MANIFEST_PATH, PAYLOAD_DIR, SIGNATURES_DIR};
+use super::{BundleError, MANIFEST_PATH, PAYLOAD_DIR, SIGNATURES_DIR, TRUST_DIR};
 use crate::durable::{self, Clobber, SyncingWriter};
 use crate::keys::SecretKey;
 use crate::manifest::{FileEntry, Item, Manifest};
@@ -43,6 +43,9 @@ pub struct BundleSpec {
     pub profile: String,
     pub items: Vec<Item>,
     pub files: Vec<SourceFile>,
+    /// Trust policy versions to carry in the head (ascending; none: the
+    /// bundle is byte for byte what it was before policies existed).
+    pub trust: Vec<crate::trustpolicy::SignedPolicy>,
 }
 
 /// How to write.
@@ -480,6 +483,18 @@ pub fn write_bundle(
         )
         .map_err(io_tmp())?;
     }
+    for p in &spec.trust {
+        let name = format!("{TRUST_DIR}{}.json", p.version());
+        push_entry(&name, &p.bytes).map_err(io_tmp())?;
+        for s in &p.signatures {
+            let text = s.to_text(&format!(
+                "gapferry trust policy signature by root key {}",
+                s.key_id
+            ));
+            push_entry(&format!("{name}.{}.minisig", s.key_id), text.as_bytes())
+                .map_err(io_tmp())?;
+        }
+    }
     let mut enc = encoder(&mut sink, opts.level, 0).map_err(io_tmp())?;
     enc.write_all(&head).map_err(io_tmp())?;
     enc.finish().map_err(io_tmp())?;
@@ -604,6 +619,7 @@ mod tests {
             profile: "mde".into(),
             items: vec![],
             files,
+            trust: Vec::new(),
         }
     }
 

@@ -18,13 +18,16 @@ use gapferry::mirror::publish::PublishOptions;
 use gapferry::mirror::rollback::{self, RollbackOptions};
 use gapferry::mirror::status;
 use gapferry::progress::NoProgress;
+use gapferry::timestamp::Timestamp;
+use gapferry::trustpolicy::{files, Roots, SignedPolicy, SignerKey, TrustPolicy};
 use gapferry::verify::{verify_bundle, Policy, Purpose};
 
 use super::UsageError;
 
 /// Run the whole journey on fake data: download folder, key, export,
 /// verify, import into a mirror with a receipt, a second release with n-1,
-/// attacks being refused, status, and a rollback and roll forward.
+/// attacks being refused, status, a rollback and roll forward, and a key
+/// rotation through a signed trust policy.
 ///
 /// Everything is written under DIR (re-running replaces an earlier demo
 /// there), the story on stdout. Nothing here is a real Defender update. It
@@ -157,6 +160,43 @@ fn sh_quote(p: &Path) -> String {
     }
 }
 
+/// Writes a fresh unencrypted key pair `<dir>/<name>.{key,pub}` (demo only).
+fn demo_key(keys_dir: &Path, name: &str) -> anyhow::Result<SecretKey> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let sk = SecretKey::generate();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(keys_dir.join(format!("{name}.key")))?;
+    f.write_all(sk.to_file_text(None).as_bytes())?;
+    std::fs::write(
+        keys_dir.join(format!("{name}.pub")),
+        sk.public().to_file_text(),
+    )?;
+    Ok(sk)
+}
+
+/// Writes `<dir>/<version>.json` and one root signature beside it per key.
+fn write_signed(
+    dir: &Path,
+    policy: &TrustPolicy,
+    roots: &[&SecretKey],
+) -> anyhow::Result<SignedPolicy> {
+    let path = dir.join(format!("{}.json", policy.version));
+    files::write_policy(&path, &policy.to_bytes())?;
+    let mut signed =
+        SignedPolicy::parse(policy.to_bytes()).map_err(|r| anyhow::anyhow!("demo policy: {r}"))?;
+    for r in roots {
+        let sig = signed.sign(r);
+        files::write_signature(&path, &sig)?;
+        signed
+            .add_signature(sig)
+            .map_err(|r| anyhow::anyhow!("demo policy: {r}"))?;
+    }
+    Ok(signed)
+}
+
 impl DemoArgs {
     pub fn run(self) -> anyhow::Result<i32> {
         let abs = self.prepare()?;
@@ -173,6 +213,7 @@ impl DemoArgs {
         d.attacks(&b1)?;
         d.status()?;
         d.rollback_and_forward()?;
+        d.rotation()?;
         d.next_release()?;
         d.try_next(&b2)?;
         Ok(0)
@@ -291,6 +332,7 @@ impl Demo {
             allow_expired: false,
             purpose: Purpose::Verify,
             now: SystemTime::now(),
+            roots: None,
         };
         verify_bundle(r, head, &policy, b1, &NoProgress)?;
         say!("    valid, signed by {}", self.sk.key_id);
@@ -505,6 +547,16 @@ impl Demo {
     }
 
     fn export(&self, download: &Path, out: &Path) -> anyhow::Result<gapferry::manifest::Manifest> {
+        self.export_with(download, &self.sk, out, Vec::new())
+    }
+
+    fn export_with(
+        &self,
+        download: &Path,
+        sk: &SecretKey,
+        out: &Path,
+        trust: Vec<SignedPolicy>,
+    ) -> anyhow::Result<gapferry::manifest::Manifest> {
         let collected = gapferry::mde::collect::collect(download, &[], &[Ring::Production])?;
         let req = ExportRequest {
             collection: gapferry::mde::collect::to_collection(&collected),
@@ -516,9 +568,112 @@ impl Demo {
             producer: format!("gapferry {} (demo)", env!("CARGO_PKG_VERSION")),
             split: None,
             write: WriteOptions::default(),
+            trust,
         };
-        let written = export::export(&req, std::slice::from_ref(&self.sk), &NoProgress)?.written;
+        let written = export::export(&req, std::slice::from_ref(sk), &NoProgress)?.written;
         Ok(written.manifest)
+    }
+
+    /// Step 10: a second mirror, pinned to two offline root keys, follows a
+    /// signed trust policy; a rotation to a new signing key travels in a
+    /// bundle, and the old key's bundles are refused from then on. It has
+    /// folders of its own so the first mirror keeps taking `--trust`.
+    fn rotation(&self) -> anyhow::Result<()> {
+        step(
+            10,
+            "Rotation without visiting the mirror: offline roots and a signed trust policy",
+        )?;
+        let dir = self.abs.join("rotation");
+        let (keys_dir, policy_dir, download) =
+            (dir.join("keys"), dir.join("policy"), dir.join("download"));
+        let (mirror, state) = (dir.join("mirror"), dir.join("state"));
+        for d in [&keys_dir, &policy_dir, &mirror] {
+            std::fs::create_dir_all(d)?;
+        }
+        let r1 = demo_key(&keys_dir, "root-1")?;
+        let r2 = demo_key(&keys_dir, "root-2")?;
+        let expires = Timestamp::from_time(SystemTime::now() + Duration::from_secs(365 * 86400));
+        let v1 = TrustPolicy::initial(
+            &[r1.public(), r2.public()],
+            2,
+            &[self.sk.public()],
+            1,
+            expires,
+        );
+        let signed_v1 = write_signed(&policy_dir, &v1, &[&r1, &r2])?;
+        say!(
+            "    {}/1.json: roots {} and {} (2 of 2, kept offline), signer {}",
+            policy_dir.display(),
+            r1.key_id,
+            r2.key_id,
+            self.sk.key_id
+        );
+        let pins = Roots {
+            keys: vec![r1.public(), r2.public()],
+            threshold: 2,
+        };
+        let opts = |b: &Path| ImportOptions {
+            trust: TrustSet::default(),
+            roots: Some(pins.clone()),
+            target: Target::Mirror(mirror.clone()),
+            state_dir: state.clone(),
+            ..self.import_opts(b)
+        };
+        write_download_folder(&download, "1.1.24090.4", "1.419.300.0", 4)?;
+        let b4 = dir.join("demo-4.tar.zst");
+        self.export_with(&download, &self.sk, &b4, vec![signed_v1.clone()])?;
+        let (report, err) = import::import(&opts(&b4), &NoProgress);
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        say!(
+            "    demo-4 carries it; a mirror pinned to the two roots adopts version {}",
+            report.trust_policy.map(|t| t.version).unwrap_or(0)
+        );
+
+        let new_key = demo_key(&keys_dir, "demo-2027")?;
+        let mut v2 = v1.clone();
+        v2.version = 2;
+        v2.signers.keys = vec![SignerKey {
+            key: new_key.public().to_base64(),
+            channels: None,
+            not_after: None,
+        }];
+        v2.revoked = vec![self.sk.key_id];
+        let signed_v2 = write_signed(&policy_dir, &v2, &[&r1, &r2])?;
+        say!(
+            "    policy/2.json: signer {} replaces {} (revoked), signed offline by both roots",
+            new_key.key_id,
+            self.sk.key_id
+        );
+        write_download_folder(&download, "1.1.24090.4", "1.419.400.0", 5)?;
+        let b5 = dir.join("demo-5.tar.zst");
+        self.export_with(&download, &new_key, &b5, vec![signed_v1, signed_v2])?;
+        let (report, err) = import::import(&opts(&b5), &NoProgress);
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        say!(
+            "    demo-5, signed by the new key, carries the chain: version {} adopted, definitions 1.419.400.0 served",
+            report.trust_policy.map(|t| t.version).unwrap_or(0)
+        );
+        write_download_folder(&download, "1.1.24090.4", "1.419.500.0", 6)?;
+        let b6 = dir.join("demo-6-old-key.tar.zst");
+        self.export_with(&download, &self.sk, &b6, Vec::new())?;
+        let (report, err) = import::import(&opts(&b6), &NoProgress);
+        match err {
+            None => bail!("the demo expected the revoked key's bundle to be refused"),
+            Some(e) => say!(
+                "    a bundle signed by the revoked key: exit {}: {e}",
+                report.exit_code
+            ),
+        }
+        say!(
+            "    `{} trust show --state-dir {}` shows the adopted policy",
+            runnable(),
+            sh_quote(&state)
+        );
+        Ok(())
     }
 
     fn import_opts(&self, bundle: &Path) -> ImportOptions {
@@ -534,6 +689,8 @@ impl Demo {
             allow_expired: false,
             lock_wait: Duration::from_secs(5),
             publish: PublishOptions::default(),
+            roots: None,
+            allow_expired_policy: false,
         }
     }
 

@@ -18,6 +18,7 @@ use gapferry::manifest::{self, Item};
 use gapferry::mde::fetch::{FetchOptions, FetchPlan};
 use gapferry::mde::{Platform, Ring};
 use gapferry::sequence;
+use gapferry::trustpolicy::{self, SignedPolicy};
 
 use super::fetch::{self as fetch_cli, FetchSourceArgs};
 use super::output::{print_json, Bar};
@@ -91,6 +92,12 @@ pub struct ExportArgs {
     /// if every item was fetched or already up to date (else exit 1).
     #[arg(long)]
     pub fetch: bool,
+    /// Carry this signed trust policy in the bundle head: a policy file
+    /// (one version, its root signatures beside it as FILE.<KEYID>.minisig)
+    /// or a folder of 1.json, 2.json, ... (the newest 8 versions are
+    /// carried, so a mirror that missed bundles can walk the chain).
+    #[arg(long, value_name = "POLICY")]
+    pub trust_policy: Option<PathBuf>,
     #[command(flatten, next_help_heading = "Fetch options (with --fetch)")]
     pub fetch_source: FetchSourceArgs,
 }
@@ -112,6 +119,9 @@ pub struct ExportSummary {
     /// With --split: the index and the volumes, in order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitSummary>,
+    /// The trust policy versions carried (`--trust-policy`), ascending.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust_policy_versions: Vec<u64>,
 }
 
 /// The volumes of a split export (`--json`).
@@ -203,9 +213,10 @@ impl ExportArgs {
         } else {
             None
         };
+        let trust = self.load_trust_policy()?;
         let keys = self.load_keys()?;
         let Some(plan) = fetch_plan else {
-            let summary = self.export(&keys, &self.platforms, &self.rings)?;
+            let summary = self.export(&keys, &self.platforms, &self.rings, &trust)?;
             if self.json {
                 print_json(&summary)?;
             }
@@ -244,7 +255,7 @@ impl ExportArgs {
                 rings.push(slot.ring);
             }
         }
-        let summary = self.export(&keys, &platforms, &rings)?;
+        let summary = self.export(&keys, &platforms, &rings, &trust)?;
         if self.json {
             print_json(&FetchExportSummary {
                 fetch: fetch_json,
@@ -263,6 +274,22 @@ impl ExportArgs {
             rings: self.rings.clone(),
             ..self.fetch_source.options()
         })?)
+    }
+
+    /// `--trust-policy`, read and checked: every version carries the root
+    /// signatures the chain rule asks for.
+    fn load_trust_policy(&self) -> anyhow::Result<Vec<SignedPolicy>> {
+        let Some(path) = &self.trust_policy else {
+            return Ok(Vec::new());
+        };
+        let chain = trustpolicy::files::read_chain(path)?;
+        trustpolicy::chain::check_carried(&chain).map_err(|reason| {
+            UsageError(format!(
+                "--trust-policy {}: {reason}; have the root key holders sign it with `gapferry trust sign` first",
+                path.display()
+            ))
+        })?;
+        Ok(chain)
     }
 
     fn load_keys(&self) -> anyhow::Result<Vec<SecretKey>> {
@@ -288,7 +315,22 @@ impl ExportArgs {
         keys: &[SecretKey],
         platforms: &[Platform],
         rings: &[Ring],
+        trust: &[SignedPolicy],
     ) -> anyhow::Result<ExportSummary> {
+        if let Some(newest) = trust.last() {
+            let (set, _) = newest
+                .policy
+                .signer_trust(&self.channel, std::time::SystemTime::now());
+            let listed = keys.iter().filter(|k| set.get(&k.key_id).is_some()).count();
+            if listed < newest.policy.signers.threshold && !self.quiet {
+                eprintln!(
+                    "gapferry: warning: trust policy version {} counts {listed} of this export's --secret-key keys for channel {:?}, {} required: mirrors following it will refuse this bundle",
+                    newest.version(),
+                    gapferry::text::Esc(&self.channel),
+                    newest.policy.signers.threshold
+                );
+            }
+        }
         let collected = gapferry::mde::collect::collect(&self.from, platforms, rings)?;
         let req = ExportRequest {
             collection: gapferry::mde::collect::to_collection(&collected),
@@ -307,6 +349,7 @@ impl ExportArgs {
                 overwrite: self.force,
                 ..WriteOptions::default()
             },
+            trust: trust.to_vec(),
         };
         let bar = Bar::new(self.quiet || self.json);
         let Exported { written, split } = export::export(&req, keys, &bar)?;
@@ -371,6 +414,7 @@ impl ExportArgs {
             signers: keys.iter().map(|k| k.key_id.to_string()).collect(),
             items: m.items.clone(),
             split,
+            trust_policy_versions: trust.iter().map(SignedPolicy::version).collect(),
         })
     }
 }

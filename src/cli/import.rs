@@ -60,8 +60,14 @@ pub struct ImportArgs {
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration, requires = "inbox")]
     settle: Duration,
     /// Public key file or directory of *.pub files; repeatable.
-    #[arg(long = "trust", value_name = "K", required = true)]
+    #[arg(
+        long = "trust",
+        value_name = "K",
+        required_unless_present = "trust_roots"
+    )]
     trust: Vec<PathBuf>,
+    #[command(flatten)]
+    roots: super::trust::RootArgs,
     /// Mirror root: publishes DIR/<platform>/<ring>/arch_<arch>/.
     #[arg(
         long,
@@ -85,8 +91,14 @@ pub struct ImportArgs {
     /// the served tree].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Distinct trusted keys that must have signed.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Distinct trusted keys that must have signed (with --trust-root the
+    /// trust policy's threshold applies instead).
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_name = "N",
+        conflicts_with = "trust_roots"
+    )]
     threshold: usize,
     /// The channel this mirror accepts.
     #[arg(long, default_value = "default", value_name = "C")]
@@ -156,6 +168,7 @@ impl ImportArgs {
                     exit_code: code,
                     receipt: None,
                     ledger_head: Ok(None),
+                    trust_policy: None,
                 })?;
                 eprintln!("gapferry: {msg}");
                 return Ok(code);
@@ -220,8 +233,9 @@ impl ImportArgs {
             };
             existing_folder(flag, target.served_root())?;
         }
+        let roots = self.roots.load()?;
         let trust = TrustSet::load(&self.trust)?;
-        if self.threshold > trust.len() {
+        if roots.is_none() && self.threshold > trust.len() {
             return Err(UsageError(format!(
                 "--threshold {} is more than the {} trusted key(s) given",
                 self.threshold,
@@ -251,6 +265,8 @@ impl ImportArgs {
             allow_expired: self.allow_expired,
             lock_wait: self.lock_wait,
             publish: PublishOptions::from_env(),
+            roots,
+            allow_expired_policy: self.roots.allow_expired_policy,
         })
     }
 }
@@ -596,5 +612,26 @@ fn summary(r: &ImportReport) {
             eprintln!("gapferry: bundle {id} is already imported; nothing to do");
         }
         _ => {}
+    }
+    if let Some(t) = &r.trust_policy {
+        match (t.adopted, t.previous_version) {
+            (true, Some(p)) => eprintln!(
+                "  adopted trust policy version {} (was {p}); signatures counted under it",
+                t.version
+            ),
+            (true, None) => eprintln!(
+                "  adopted trust policy version {}; signatures counted under it",
+                t.version
+            ),
+            (false, _) => eprintln!(
+                "  signatures counted under trust policy version {} (expires {}, {} days left)",
+                t.version,
+                Esc(&t.expires),
+                t.days_left
+            ),
+        }
+        if let Some(w) = &t.warning {
+            eprintln!("gapferry: warning: {w}");
+        }
     }
 }

@@ -16,6 +16,7 @@ use gapferry::manifest::{FileEntry, Item};
 use gapferry::mirror::receipt;
 
 use gapferry::text::{escape_path, Esc};
+use gapferry::trustpolicy::PolicySummary;
 
 use super::output::print_json;
 use super::UsageError;
@@ -76,6 +77,38 @@ pub struct InspectOutput {
     pub signatures: Vec<SignatureCheck>,
     pub items: Vec<Item>,
     pub files: Vec<FileEntry>,
+    /// The trust policy versions the bundle carries, ascending (absent:
+    /// none). Their root signatures are listed, not checked: `verify
+    /// --trust-root` checks them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust_policy: Vec<PolicySummary>,
+}
+
+/// One carried policy version on one line.
+pub fn policy_line(p: &PolicySummary) -> String {
+    format!(
+        "trust policy version {}: expires {}, roots {} of {}, signers {} of {}{}, signed by {}",
+        p.version,
+        Esc(&p.expires),
+        p.root_threshold,
+        p.root_keys.join(" "),
+        p.signer_threshold,
+        p.signer_keys
+            .iter()
+            .map(|k| k.key_id.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        if p.revoked.is_empty() {
+            String::new()
+        } else {
+            format!(", revoked {}", p.revoked.join(" "))
+        },
+        if p.signed_by.is_empty() {
+            "nobody".to_string()
+        } else {
+            p.signed_by.join(" ")
+        }
+    )
 }
 
 pub fn describe(bundle: PathBuf, head: &Head, trust: Option<&TrustSet>) -> InspectOutput {
@@ -96,6 +129,7 @@ pub fn describe(bundle: PathBuf, head: &Head, trust: Option<&TrustSet>) -> Inspe
         signatures: check_signatures(head, trust),
         items: m.items.clone(),
         files: m.files.clone(),
+        trust_policy: head.trust.iter().map(|p| p.summary()).collect(),
     }
 }
 
@@ -201,6 +235,9 @@ impl InspectArgs {
                 }
             };
             let _ = writeln!(s, "  key {}  {status}", Esc(&sig.key_id));
+        }
+        for p in &out.trust_policy {
+            let _ = writeln!(s, "{}", policy_line(p));
         }
         let _ = writeln!(s, "items");
         for i in &out.items {

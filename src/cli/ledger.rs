@@ -276,6 +276,20 @@ fn table(entries: &[LedgerEntry]) -> String {
         if let Some(r) = &e.reason {
             s.push_str(&format!("        reason: {}\n", Esc(r)));
         }
+        if let Some(t) = &e.trust_updated {
+            s.push_str(&format!(
+                "        trust_updated: policy version {} -> {}{}\n",
+                t.old_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "(none)".into()),
+                t.new_version,
+                if t.changes.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", Esc(&t.changes.join(", ")))
+                }
+            ));
+        }
     }
     s
 }

@@ -17,6 +17,7 @@ mod output;
 mod password;
 mod rollback;
 mod status;
+mod trust;
 mod verify;
 
 pub const EXIT_CODES: &str = "\
@@ -48,6 +49,7 @@ enum Command {
     Rollback(rollback::RollbackArgs),
     /// Check or print a mirror's import ledger.
     Ledger(ledger::LedgerArgs),
+    Trust(trust::TrustArgs),
     EndpointConfig(endpoint_config::EndpointConfigArgs),
     Demo(demo::DemoArgs),
     #[command(hide = true)]
@@ -67,6 +69,7 @@ impl Cli {
             Command::Rollback(a) => a.run(),
             Command::Demo(a) => a.run(),
             Command::Ledger(a) => a.run(),
+            Command::Trust(a) => a.run(),
             Command::Fetch(args) => args.run(),
             Command::EndpointConfig(a) => a.run(),
             Command::Generate(a) => a.run(),

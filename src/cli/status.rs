@@ -192,6 +192,28 @@ impl StatusArgs {
                 "state directory: {dir}  (gapferry ledger show --state-dir {dir})"
             );
         }
+        if let (false, Some(t)) = (self.json, &st.trust_policy) {
+            line!(
+                out,
+                "trust policy version {}: expires {} ({}), adopted {}",
+                t.version,
+                Esc(&t.expires),
+                if t.expired {
+                    "EXPIRED".to_string()
+                } else {
+                    format!("{} days left", t.days_left)
+                },
+                Esc(&t.adopted_at)
+            );
+            if let Some(w) = &t.warning {
+                line!(out, "  warning: {w}");
+            }
+        }
+        let warnings = warnings
+            || st
+                .trust_policy
+                .as_ref()
+                .is_some_and(|t| t.warning.is_some());
         super::output::print_text(&out)?;
         Ok(if st.problems || (self.strict && warnings) {
             1

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use gapferry::bundle::volumes;
 use gapferry::keys::TrustSet;
-use gapferry::verify::{verify_bundle, Policy, Purpose};
+use gapferry::verify::{verify_bundle, Policy, Purpose, RootTrust};
 
 use super::output::{print_json, Bar};
 use super::UsageError;
@@ -25,10 +25,23 @@ pub struct VerifyArgs {
     /// (NAME.volumes.json) or its directory.
     bundle: PathBuf,
     /// Public key file or directory of *.pub files; repeatable.
-    #[arg(long = "trust", value_name = "K", required = true)]
+    #[arg(
+        long = "trust",
+        value_name = "K",
+        required_unless_present = "trust_roots"
+    )]
     trust: Vec<PathBuf>,
+    /// With --trust-root: the carried trust policy chain is checked from
+    /// these pins and the signatures are counted under its newest version.
+    #[command(flatten)]
+    roots: super::trust::RootArgs,
     /// Distinct trusted keys that must have signed.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_name = "N",
+        conflicts_with = "trust_roots"
+    )]
     threshold: usize,
     /// Also require this channel.
     #[arg(long, value_name = "C")]
@@ -58,6 +71,12 @@ pub struct VerifyOutput {
     pub signers: Vec<String>,
     pub files_checked: usize,
     pub bytes_checked: u64,
+    /// The trust policy versions the bundle carries (absent: none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust_policy: Vec<gapferry::trustpolicy::PolicySummary>,
+    /// With --trust-root: the policy version the signatures counted under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_under_policy: Option<u64>,
 }
 
 impl VerifyArgs {
@@ -65,8 +84,14 @@ impl VerifyArgs {
         if self.threshold == 0 {
             return Err(UsageError("--threshold must be at least 1".into()).into());
         }
+        let roots = self.roots.load()?;
+        let root_trust = roots.map(|pins| RootTrust {
+            pins,
+            adopted: None,
+            allow_expired_policy: self.roots.allow_expired_policy,
+        });
         let trust_set = TrustSet::load(&self.trust)?;
-        if self.threshold > trust_set.len() {
+        if root_trust.is_none() && self.threshold > trust_set.len() {
             return Err(UsageError(format!(
                 "--threshold {} is more than the {} trusted key(s) given",
                 self.threshold,
@@ -78,7 +103,7 @@ impl VerifyArgs {
         let opened = volumes::open(
             &self.bundle,
             volumes::OpenChecks {
-                trust: Some(&trust_set),
+                trust: root_trust.is_none().then_some(&trust_set),
                 hash_volumes: true,
             },
             &bar,
@@ -90,6 +115,7 @@ impl VerifyArgs {
             allow_expired: self.allow_expired,
             purpose: Purpose::Verify,
             now: SystemTime::now(),
+            roots: root_trust.as_ref(),
         };
         let verified = verify_bundle(opened.reader, opened.head, &policy, &self.bundle, &bar)?;
         let (head, signers) = (verified.accepted.head(), verified.accepted.signers());
@@ -107,6 +133,8 @@ impl VerifyArgs {
             signers: signers.iter().map(|k| k.to_string()).collect(),
             files_checked: verified.files_checked,
             bytes_checked: verified.bytes_checked,
+            trust_policy: head.trust.iter().map(|p| p.summary()).collect(),
+            counted_under_policy: verified.accepted.trust().map(|t| t.authority.version()),
         };
         if self.json {
             print_json(&out)?;
@@ -122,6 +150,18 @@ impl VerifyArgs {
                 out.signers.join(", "),
                 if expired { " (EXPIRED)" } else { "" }
             );
+            for p in &out.trust_policy {
+                eprintln!("  {}", super::inspect::policy_line(p));
+            }
+            if let Some(t) = verified.accepted.trust() {
+                eprintln!(
+                    "  signatures counted under trust policy version {}, checked from the pinned roots",
+                    t.authority.version()
+                );
+                if let Some(w) = t.expiry_warning() {
+                    eprintln!("gapferry: warning: {w}");
+                }
+            }
         }
         Ok(0)
     }

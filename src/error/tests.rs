@@ -35,9 +35,10 @@ fn variant(e: &Error) -> &'static str {
         Error::Rollback(_) => "Rollback",
         Error::Inbox(_) => "Inbox",
         Error::Metrics(_) => "Metrics",
+        Error::Trust(_) => "Trust",
     }
 }
-const VARIANTS: usize = 19;
+const VARIANTS: usize = 20;
 
 fn broken_ledger() -> LedgerError {
     LedgerError::Broken {
@@ -227,6 +228,22 @@ fn samples() -> Vec<(Error, i32)> {
         (
             crate::mirror::metrics::MetricsError::NotProm {
                 path: p("/var/lib/node-exporter/gapferry.txt"),
+            }
+            .into(),
+            2,
+        ),
+        (
+            crate::trustpolicy::TrustError::Rejected {
+                source_name: "b.tar.zst".into(),
+                reason: "forged".into(),
+            }
+            .into(),
+            3,
+        ),
+        (
+            crate::trustpolicy::TrustError::Usage {
+                path: p("policy.json"),
+                reason: "x".into(),
             }
             .into(),
             2,

@@ -8,7 +8,9 @@
 //!    and state are only ever written under it) and finish whatever a
 //!    crashed import left;
 //! 2. **accept** ([`verify::accept`]): the bundle head (manifest size-capped
-//!    and strictly parsed), signatures against the trust set and threshold,
+//!    and strictly parsed), with `--trust-root` the carried trust policy
+//!    against the adopted one (adopted only in commit), signatures against
+//!    the trust set and threshold (or the policy's),
 //!    the profile's rules, channel, the future-dated check, the sequence
 //!    bound (at most a day ahead of `created`) and expiry;
 //! 3. **plan**: one `PlannedUnit` per selected unit with its `Baseline`
@@ -111,6 +113,45 @@ pub struct ImportOptions {
     pub allow_expired: bool,
     pub lock_wait: Duration,
     pub publish: PublishOptions,
+    /// Root-pinned trust (`--trust-root`, `--root-threshold`): signer keys
+    /// come from the trust policy instead of `trust` (docs/FORMAT.md
+    /// section 11).
+    pub roots: Option<crate::trustpolicy::Roots>,
+    /// Use an expired trust policy anyway (`--allow-expired-policy`).
+    pub allow_expired_policy: bool,
+}
+
+/// The trust policy an import counted signatures under (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrustReport {
+    /// The version the signatures were counted under.
+    pub version: u64,
+    /// The version adopted before this import (null on a fresh mirror).
+    pub previous_version: Option<u64>,
+    /// Whether this import adopted `version` (only an accepted bundle
+    /// adopts: outcome `imported` or `already_imported`).
+    pub adopted: bool,
+    pub expires: String,
+    pub days_left: u64,
+    /// It had expired (imported only with `--allow-expired-policy`).
+    pub expired: bool,
+    /// The expiry warning, when the policy expires within 30 days.
+    pub warning: Option<String>,
+}
+
+impl ImportOptions {
+    /// The keys a split bundle's volume index must be signed by before its
+    /// volumes are read: the `--trust` keys. With `--trust-root` the signer
+    /// keys are only known once the head's carried policy has been checked,
+    /// so the index is not checked against keys (each volume still is
+    /// against its SHA-256 in the index, and the head's signatures and
+    /// payload hashes decide as for a single file).
+    pub fn index_trust(&self) -> Option<&TrustSet> {
+        match self.roots {
+            Some(_) => None,
+            None => Some(&self.trust),
+        }
+    }
 }
 
 /// One arch folder in the result.
@@ -158,6 +199,9 @@ pub struct ImportReport {
     /// the person at the terminal; not part of the `--json` output).
     #[serde(skip)]
     pub ledger_head: Result<Option<super::ledger::Checkpoint>, String>,
+    /// With `--trust-root`: the trust policy the signatures counted under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_policy: Option<TrustReport>,
 }
 
 /// Why an import did not happen.
@@ -177,6 +221,10 @@ pub enum ImportError {
     /// The command line asks for something this bundle cannot give (exit 2).
     #[error("{bundle}: {reason}")]
     Usage { bundle: PathBuf, reason: String },
+    /// The adopted trust policy cannot be used (pins that do not match, a
+    /// damaged record).
+    #[error(transparent)]
+    Trust(#[from] crate::trustpolicy::TrustError),
     #[error("{path}: cannot keep the receipt {receipt}: {source}; the import itself stands, note the receipt by hand")]
     Receipt {
         path: PathBuf,
@@ -192,6 +240,7 @@ impl Classify for ImportError {
             ImportError::Session(e) => e.exit_kind(),
             ImportError::Rollback { policy, .. } => policy.exit_kind(),
             ImportError::Usage { .. } => ExitKind::Usage,
+            ImportError::Trust(e) => e.exit_kind(),
             ImportError::Receipt { .. } => ExitKind::Operational,
         }
     }
@@ -214,6 +263,8 @@ struct Attempt {
     /// from then on); `ledger_error` is why appending it failed, if it did.
     logged: bool,
     ledger_error: Option<ImportError>,
+    /// The trust policy the signatures counted under, if root-pinned.
+    trust: Option<TrustReport>,
 }
 
 /// Runs one import. Every attempt that got as far as the lock is recorded in
@@ -228,7 +279,7 @@ pub fn import(
     let opened = volumes::open(
         &opts.bundle,
         volumes::OpenChecks {
-            trust: Some(&opts.trust),
+            trust: opts.index_trust(),
             hash_volumes: true,
         },
         observer,
@@ -312,6 +363,7 @@ fn report(
         exit_code: err.as_ref().map_or(0, |e| e.exit_kind().code()),
         receipt: None,
         ledger_head: Ok(None),
+        trust_policy: attempt.trust,
     };
     (report, err)
 }
@@ -362,6 +414,12 @@ fn ledger_entry(
             notes.push(format!(
                 "downgrade allowed by --allow-downgrade: {}",
                 super::state::describe_downgrades(&attempt.downgrades)
+            ));
+        }
+        if let Some(t) = attempt.trust.as_ref().filter(|t| t.expired) {
+            notes.push(format!(
+                "trust policy version {} expired at {}, used with --allow-expired-policy",
+                t.version, t.expires
             ));
         }
         for d in &attempt.discarded {
@@ -456,8 +514,23 @@ fn run(
     // Finish whatever a crashed import left before looking at anything.
     let (mut state, recovered) = session.recover(&areas(&opts.target), &opts.publish)?;
     attempt.recovered = recovered;
-    let (reader, accepted) = accept(opts, opened, attempt)?;
+    let (reader, accepted) = accept(opts, session.dir(), &state, opened, attempt)?;
     let Some(plan) = plan(opts, &state, &accepted, attempt)? else {
+        // Nothing to publish, but the bundle was accepted: a newer policy
+        // it carries is adopted (e.g. after an import killed before it
+        // recorded its state), with its line, under the lock.
+        let now = Timestamp::from_time(SystemTime::now());
+        if let Some(trust_updated) = adopt_trust(opts, &mut state, &accepted, &now, attempt) {
+            let entry = LedgerEntry {
+                trust_updated: Some(trust_updated),
+                ..ledger_entry(opts, attempt, Outcome::AlreadyImported, None)
+            };
+            super::session::save_due(session.dir(), &mut state, entry)?;
+            attempt.logged = true;
+            if let Err(e) = super::session::settle(session.dir(), &mut state) {
+                attempt.ledger_error = Some(e.into());
+            }
+        }
         return Ok(Outcome::AlreadyImported);
     };
     let mut created = CreatedDirs::default();
@@ -500,12 +573,16 @@ fn areas(target: &Target) -> Vec<PathBuf> {
 /// opened, before a byte was decompressed.
 fn accept(
     opts: &ImportOptions,
+    dir: &StateDir,
+    state: &State,
     opened: Result<volumes::Opened, BundleError>,
     attempt: &mut Attempt,
 ) -> Result<(BundleReader<BundleInput>, Accepted), ImportError> {
     let opened = opened?;
     attempt.head = Some(opened.head.clone());
+    let root_trust = root_trust(opts, dir, state)?;
     let policy = Policy {
+        roots: root_trust.as_ref(),
         trust: &opts.trust,
         threshold: opts.threshold,
         channel: Some(&opts.channel),
@@ -518,7 +595,120 @@ fn accept(
         n.error
     })?;
     attempt.signers = accepted.signers().to_vec();
+    if let Some(t) = accepted.trust() {
+        attempt.trust = Some(TrustReport {
+            version: t.authority.version(),
+            previous_version: t.previous,
+            adopted: false,
+            expires: t.authority.policy.expires.to_string(),
+            days_left: t.days_left,
+            expired: t.expired,
+            warning: t.expiry_warning(),
+        });
+    }
     Ok((opened.reader, accepted))
+}
+
+/// The root-pinned trust of this import: the pins and the adopted policy.
+/// Once a mirror has adopted a policy, that policy is the authority: the
+/// pins given must be the ones recorded when it was first adopted, or the
+/// current policy's own roots (after a root rotation), and `--trust` alone
+/// is refused, so that no command line can silently undo a rotation or a
+/// revocation.
+fn root_trust(
+    opts: &ImportOptions,
+    dir: &StateDir,
+    state: &State,
+) -> Result<Option<verify::RootTrust>, ImportError> {
+    use crate::trustpolicy::{join, TrustError};
+    let state_path = dir.state_path();
+    let Some(adopted) = &state.trust else {
+        return Ok(opts.roots.clone().map(|pins| verify::RootTrust {
+            pins,
+            adopted: None,
+            allow_expired_policy: opts.allow_expired_policy,
+        }));
+    };
+    let policy = adopted.load().map_err(|reason| TrustError::Rejected {
+        source_name: state_path.display().to_string(),
+        reason: format!("the adopted trust policy cannot be read: {reason}"),
+    })?;
+    let current = policy.policy.roots();
+    let usage = |reason: String| TrustError::Usage {
+        path: state_path.clone(),
+        reason,
+    };
+    let Some(pins) = &opts.roots else {
+        return Err(usage(format!(
+            "this mirror follows trust policy version {} (root keys {}, {} required): import with --trust-root and --root-threshold instead of --trust, so that its rotations and revocations apply",
+            policy.version(),
+            join(&current.ids()),
+            current.threshold
+        ))
+        .into());
+    };
+    let mut recorded = adopted.pinned_roots.clone();
+    recorded.sort();
+    let given = pins.ids();
+    let matches_bootstrap = given == recorded && pins.threshold == adopted.pinned_threshold;
+    let matches_current = given == current.ids() && pins.threshold == current.threshold;
+    if !matches_bootstrap && !matches_current {
+        return Err(usage(format!(
+            "--trust-root {} with --root-threshold {} are neither the roots this mirror was first pinned to ({}, threshold {}) nor those of its adopted trust policy version {} ({}, threshold {}); the adopted policy is the authority: give one of those (a fresh state directory starts over)",
+            join(&given),
+            pins.threshold,
+            join(&recorded),
+            adopted.pinned_threshold,
+            policy.version(),
+            join(&current.ids()),
+            current.threshold
+        ))
+        .into());
+    }
+    Ok(Some(verify::RootTrust {
+        pins: pins.clone(),
+        adopted: Some(policy),
+        allow_expired_policy: opts.allow_expired_policy,
+    }))
+}
+
+/// Records in `state` the trust policy the accepted bundle carried, when
+/// it is newer than the adopted one, and returns the ledger's event.
+fn adopt_trust(
+    opts: &ImportOptions,
+    state: &mut State,
+    accepted: &Accepted,
+    now: &Timestamp,
+    attempt: &mut Attempt,
+) -> Option<super::ledger::TrustUpdated> {
+    let t = accepted.trust()?;
+    let newest = t.adopted.last()?;
+    let old = state
+        .trust
+        .as_ref()
+        .and_then(|a| a.load().ok())
+        .map(|p| p.policy);
+    let (pinned_roots, pinned_threshold) = match &state.trust {
+        Some(a) => (a.pinned_roots.clone(), a.pinned_threshold),
+        None => {
+            let pins = opts.roots.as_ref().expect("root-pinned");
+            (pins.ids(), pins.threshold)
+        }
+    };
+    state.trust = Some(super::state::AdoptedTrust::new(
+        newest,
+        pinned_roots,
+        pinned_threshold,
+        now.clone(),
+    ));
+    if let Some(r) = &mut attempt.trust {
+        r.adopted = true;
+    }
+    Some(super::ledger::TrustUpdated {
+        old_version: t.previous,
+        new_version: newest.version(),
+        changes: crate::trustpolicy::changes(old.as_ref(), &newest.policy),
+    })
 }
 
 /// Plan: the units to publish after the filters, each with its baseline,
@@ -828,7 +1018,11 @@ fn commit(
     state.record_accepted(&m.channel, m.sequence, record);
     state.withdrawn.remove(&head.manifest_sha256);
     state.pending = None;
-    let entry = ledger_entry(opts, attempt, Outcome::Imported, None);
+    let trust_updated = adopt_trust(opts, state, accepted, &now, attempt);
+    let entry = LedgerEntry {
+        trust_updated,
+        ..ledger_entry(opts, attempt, Outcome::Imported, None)
+    };
     super::session::save_due(state_dir, state, entry)?;
     attempt.logged = true;
     if let Err(e) = super::session::settle(state_dir, state) {

@@ -151,6 +151,22 @@ pub struct LedgerEntry {
     /// On a `suppressed` line: what it sums up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<Suppressed>,
+    /// On the line of an import that adopted a newer trust policy: the
+    /// versions and what changed. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_updated: Option<TrustUpdated>,
+}
+
+/// The `trust_updated` event of an import line: the trust policy version
+/// before and after, and what changed between them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustUpdated {
+    /// The version adopted before (null: the first adopted here).
+    pub old_version: Option<u64>,
+    pub new_version: u64,
+    /// One line per change (`signer added <KEYID>`, `revoked <KEYID>`,
+    /// `root threshold 2 -> 3`, ...).
+    pub changes: Vec<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -176,6 +192,7 @@ impl LedgerEntry {
             prev_hash: String::new(),
             unverified: false,
             suppressed: None,
+            trust_updated: None,
         }
     }
 

@@ -405,6 +405,22 @@ pub fn render(i: &Inputs<'_>) -> String {
     for (id, t) in &i.key_expiry {
         keys.add(&[("key_id", id)], unix(*t));
     }
+    let mut policy_version = Family::new(
+        "gapferry_trust_policy_version",
+        "gauge",
+        "The trust policy version the mirror adopted (root-pinned mirrors only).",
+    );
+    let mut policy_expiry = Family::new(
+        "gapferry_trust_policy_expiry_timestamp_seconds",
+        "gauge",
+        "When the adopted trust policy expires; imports refuse new bundles after it.",
+    );
+    if let Some(t) = &i.status.trust_policy {
+        policy_version.add(&[], t.version);
+        if let Ok(ts) = t.expires.parse::<crate::timestamp::Timestamp>() {
+            policy_expiry.add(&[], unix(ts.time()));
+        }
+    }
     let mut generated = Family::new(
         "gapferry_metrics_timestamp_seconds",
         "gauge",
@@ -434,6 +450,8 @@ pub fn render(i: &Inputs<'_>) -> String {
         &last_ok_time,
         &window,
         &keys,
+        &policy_version,
+        &policy_expiry,
         &generated,
     ] {
         f.render(&mut out);
@@ -472,6 +490,7 @@ pub fn refresh(
                 state_dir: state_dir.to_path_buf(),
                 slots: Vec::new(),
                 problems: true,
+                trust_policy: None,
             },
             Some(e),
         ),
@@ -523,6 +542,7 @@ mod tests {
             state_dir: "/s".into(),
             problems: slots.is_empty(),
             slots,
+            trust_policy: None,
         }
     }
 
@@ -650,9 +670,38 @@ mod tests {
         assert!(missing.contains("gapferry_files_checked_sha256 0\n"));
         assert!(!missing.contains("gapferry_last_import"));
         assert!(!missing.contains("gapferry_key_expiry"), "no empty family");
+        assert!(
+            !missing.contains("gapferry_trust_policy"),
+            "no policy, no family"
+        );
         let broken = mk(LedgerView::Unreadable);
         assert!(broken.contains("gapferry_ledger_ok 0\n"));
         assert!(!broken.contains("gapferry_ledger_entries_total"));
+    }
+
+    #[test]
+    fn an_adopted_trust_policy_shows_its_version_and_expiry() {
+        let mut st = status(Vec::new());
+        st.trust_policy = Some(crate::mirror::status::TrustStatus {
+            version: 3,
+            expires: "2027-01-01T00:00:00Z".into(),
+            days_left: 365,
+            expired: false,
+            warning: None,
+            adopted_at: "2026-01-01T00:00:00Z".into(),
+        });
+        let text = render(&Inputs {
+            status: &st,
+            ledger: LedgerView::Missing,
+            hashed: false,
+            key_expiry: Vec::new(),
+            now: at("2026-01-01T00:00:00Z"),
+        });
+        assert!(text.contains("gapferry_trust_policy_version 3\n"), "{text}");
+        assert!(
+            text.contains("gapferry_trust_policy_expiry_timestamp_seconds 1798761600\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -180,6 +180,72 @@ pub struct State {
     /// (see [`super::session::commit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_due: Option<super::ledger::LedgerEntry>,
+    /// The trust policy this mirror follows (root-pinned imports,
+    /// `--trust-root`); absent on a mirror that trusts `--trust` keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<AdoptedTrust>,
+}
+
+/// The adopted trust policy, kept whole in `state.json` (so it changes in
+/// the same atomic write as the import that adopted it), with the root
+/// keys pinned when the first version was adopted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptedTrust {
+    pub version: u64,
+    /// The `--trust-root` key ids the first adopted version was checked
+    /// against, and `--root-threshold`.
+    pub pinned_roots: Vec<crate::keys::KeyId>,
+    pub pinned_threshold: usize,
+    /// The policy's exact signed bytes (JSON, UTF-8).
+    pub policy: String,
+    /// Its root signature files (minisig text), as carried.
+    pub signatures: Vec<String>,
+    pub adopted_at: Timestamp,
+}
+
+impl AdoptedTrust {
+    /// Records `policy`, adopted under `pins`.
+    pub fn new(
+        policy: &crate::trustpolicy::SignedPolicy,
+        pinned_roots: Vec<crate::keys::KeyId>,
+        pinned_threshold: usize,
+        now: Timestamp,
+    ) -> Self {
+        AdoptedTrust {
+            version: policy.version(),
+            pinned_roots,
+            pinned_threshold,
+            policy: String::from_utf8(policy.bytes.clone()).expect("a parsed policy is UTF-8"),
+            signatures: policy
+                .signatures
+                .iter()
+                .map(|s| {
+                    s.to_text(&format!(
+                        "gapferry trust policy signature by root key {}",
+                        s.key_id
+                    ))
+                })
+                .collect(),
+            adopted_at: now,
+        }
+    }
+
+    /// The stored policy, parsed again (as strictly as a carried one).
+    pub fn load(&self) -> Result<crate::trustpolicy::SignedPolicy, String> {
+        let mut p = crate::trustpolicy::SignedPolicy::parse(self.policy.as_bytes().to_vec())?;
+        if p.version() != self.version {
+            return Err(format!(
+                "holds version {} but records {}",
+                p.version(),
+                self.version
+            ));
+        }
+        for s in &self.signatures {
+            let sig = crate::sign::Signature::parse(s.as_bytes()).map_err(|e| e.to_string())?;
+            p.add_signature(sig)?;
+        }
+        Ok(p)
+    }
 }
 
 /// What an import is about to publish, saved before the first folder moves.
@@ -213,6 +279,7 @@ impl Default for State {
             back: BTreeMap::new(),
             withdrawn: Default::default(),
             ledger_due: None,
+            trust: None,
         }
     }
 }

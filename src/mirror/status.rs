@@ -63,6 +63,53 @@ pub struct MirrorStatus {
     pub slots: Vec<SlotStatus>,
     /// True when any finding is a problem.
     pub problems: bool,
+    /// The trust policy a root-pinned mirror follows (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_policy: Option<TrustStatus>,
+}
+
+/// The adopted trust policy in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrustStatus {
+    pub version: u64,
+    pub expires: String,
+    /// Whole days until it expires (0 once expired).
+    pub days_left: u64,
+    pub expired: bool,
+    /// Expired, or expiring within 30 days: imports warn, and refuse once
+    /// it has expired.
+    pub warning: Option<String>,
+    pub adopted_at: String,
+}
+
+fn trust_status(state: &State, now: SystemTime) -> Option<TrustStatus> {
+    let a = state.trust.as_ref()?;
+    let p = a.load().ok()?;
+    let days_left = p.policy.days_left(now);
+    let expired = p.policy.expired(now);
+    let warning = if expired {
+        Some(format!(
+            "trust policy version {} expired at {}: new bundles are refused until a newer version arrives (or with --allow-expired-policy)",
+            p.version(),
+            p.policy.expires
+        ))
+    } else if days_left < crate::trustpolicy::WARN_DAYS {
+        Some(format!(
+            "trust policy version {} expires in {days_left} day(s), at {}: have the root key holders sign a new version and carry it",
+            p.version(),
+            p.policy.expires
+        ))
+    } else {
+        None
+    };
+    Some(TrustStatus {
+        version: p.version(),
+        expires: p.policy.expires.to_string(),
+        days_left,
+        expired,
+        warning,
+        adopted_at: a.adopted_at.to_string(),
+    })
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
@@ -237,5 +284,6 @@ pub fn status(
         state_dir: state_dir.to_path_buf(),
         slots,
         problems,
+        trust_policy: trust_status(&state, now),
     })
 }

@@ -44,6 +44,13 @@ fn demo_runs_end_to_end_and_can_be_rerun() {
             out.contains("rolled forward: definitions 1.419.100.0 -> 1.419.200.0"),
             "{out}"
         );
+        assert!(out.contains("adopts version 1"), "{out}");
+        assert!(out.contains("version 2 adopted"), "{out}");
+        assert!(
+            out.contains("a bundle signed by the revoked key: exit 3")
+                && out.contains("is revoked by trust policy version 2"),
+            "{out}"
+        );
     }
     let mirror = dir.join("mirror");
     for p in ["linux", "mac"] {
@@ -58,6 +65,16 @@ fn demo_runs_end_to_end_and_can_be_rerun() {
     let served =
         std::fs::read_to_string(mirror.join("linux/production/arch_x86_64/manifest.json")).unwrap();
     assert!(served.contains("1.419.200.0"), "{served}");
+    // The rotation step ran on a mirror of its own, pinned to root keys.
+    let rotated = dir.join("rotation/mirror/linux/production/arch_x86_64/manifest.json");
+    let served = std::fs::read_to_string(rotated).unwrap();
+    assert!(served.contains("1.419.400.0"), "{served}");
+    gapferry()
+        .args(["trust", "show", "--state-dir"])
+        .arg(dir.join("rotation/state"))
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("trust policy version 2"));
     gapferry()
         .args(["ledger", "verify", "--state-dir"])
         .arg(dir.join("state"))

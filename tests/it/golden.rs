@@ -250,6 +250,8 @@ fn library_imports_golden() {
         allow_expired: false,
         lock_wait: Duration::from_secs(5),
         publish: PublishOptions::default(),
+        roots: None,
+        allow_expired_policy: false,
     };
     let (report, err) = import(&opts, &NoProgress);
     assert!(err.is_none(), "{err:?}");
@@ -324,6 +326,7 @@ fn make_golden() {
         profile: "mde".into(),
         items,
         files,
+        trust: Vec::new(),
     };
     let key = SecretKey::generate();
     let bundle = out.join("golden-v1.tar.zst");

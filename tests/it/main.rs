@@ -44,4 +44,5 @@ mod readme;
 mod receipt;
 mod regressions;
 mod status_rollback;
+mod trust_policy;
 mod volumes;

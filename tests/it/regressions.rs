@@ -34,6 +34,8 @@ fn options(bundle: PathBuf, dir: &Path) -> ImportOptions {
         allow_expired: false,
         lock_wait: Duration::from_secs(5),
         publish: PublishOptions::default(),
+        roots: None,
+        allow_expired_policy: false,
     }
 }
 

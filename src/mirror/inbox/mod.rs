@@ -695,6 +695,8 @@ fn import_one(
         allow_expired: o.allow_expired,
         lock_wait: o.lock_wait,
         publish: o.publish.clone(),
+        roots: o.roots.clone(),
+        allow_expired_policy: o.allow_expired_policy,
     };
     let files = c.files();
     let name = c.name();
@@ -710,7 +712,7 @@ fn import_one(
                 *split,
                 &io.bundle,
                 volumes::OpenChecks {
-                    trust: Some(&io.trust),
+                    trust: io.index_trust(),
                     hash_volumes: true,
                 },
                 observer,

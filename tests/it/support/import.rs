@@ -277,6 +277,7 @@ impl Fx {
             profile: "mde".into(),
             items: c.items,
             files: sources,
+            trust: Vec::new(),
         };
         let sk: Vec<SecretKey> = keys.iter().map(|k| k.secret_key()).collect();
         let out = self.root.join("bundles").join(format!("{name}.tar.zst"));

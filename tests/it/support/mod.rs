@@ -563,6 +563,35 @@ pub mod json {
         pub payload_size: u64,
         pub signers: Vec<String>,
         pub items: Vec<Item>,
+        /// With `--trust-policy`: the versions carried.
+        #[serde(default)]
+        pub trust_policy_versions: Vec<u64>,
+    }
+
+    /// One carried trust policy version (docs/FORMAT.md section 11).
+    #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PolicySummary {
+        pub version: u64,
+        pub expires: String,
+        pub sha256: String,
+        pub root_keys: Vec<String>,
+        pub root_threshold: usize,
+        pub signer_keys: Vec<PolicySigner>,
+        pub signer_threshold: usize,
+        pub revoked: Vec<String>,
+        pub signed_by: Vec<String>,
+    }
+
+    /// One signer key of a [`PolicySummary`].
+    #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PolicySigner {
+        pub key_id: String,
+        #[serde(default)]
+        pub channels: Option<Vec<String>>,
+        #[serde(default)]
+        pub not_after: Option<String>,
     }
 
     /// One signature in `gapferry inspect --json`.
@@ -595,6 +624,9 @@ pub mod json {
         pub signatures: Vec<SignatureCheck>,
         pub items: Vec<Item>,
         pub files: Vec<File>,
+        /// The carried trust policy versions (absent: none).
+        #[serde(default)]
+        pub trust_policy: Vec<PolicySummary>,
     }
 
     /// `gapferry verify --json`.
@@ -612,6 +644,12 @@ pub mod json {
         pub signers: Vec<String>,
         pub files_checked: usize,
         pub bytes_checked: u64,
+        /// The carried trust policy versions (absent: none).
+        #[serde(default)]
+        pub trust_policy: Vec<PolicySummary>,
+        /// With `--trust-root`: the version the signatures counted under.
+        #[serde(default)]
+        pub counted_under_policy: Option<u64>,
     }
 
     /// Parses stdout as exactly one JSON document of type `T`.
