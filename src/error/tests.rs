@@ -19,6 +19,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Usage(_) => "Usage",
         Error::Key(_) => "Key",
         Error::Bundle(_) => "Bundle",
+        Error::Cosign(_) => "Cosign",
         Error::Sequence(_) => "Sequence",
         Error::Collect(_) => "Collect",
         Error::Export(_) => "Export",
@@ -36,7 +37,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Inbox(_) => "Inbox",
     }
 }
-const VARIANTS: usize = 18;
+const VARIANTS: usize = 19;
 
 fn broken_ledger() -> LedgerError {
     LedgerError::Broken {
@@ -82,6 +83,22 @@ fn samples() -> Vec<(Error, i32)> {
             }
             .into(),
             4,
+        ),
+        (
+            crate::bundle::cosign::CosignError::Rejected {
+                path: p("k.minisig"),
+                reason: "does not verify".into(),
+            }
+            .into(),
+            3,
+        ),
+        (
+            crate::bundle::cosign::CosignError::Refused {
+                path: p("b.tar.zst"),
+                reason: "already signed by that key".into(),
+            }
+            .into(),
+            2,
         ),
         (
             SequenceError {
