@@ -416,3 +416,47 @@ fn a_split_bundle_is_signed_into_a_new_set_and_imports() {
     fs::write(&sig, by_k3.to_text("k3")).unwrap();
     attach(&sb, &index, &[&sig], &[&k3.public]).fails(2, &["split bundle"]);
 }
+
+#[test]
+fn a_one_frame_bundle_is_rewritten_when_small_and_refused_when_large() {
+    use support::craft::Parts;
+    let sb = Sandbox::new();
+    let k2 = sb.keygen("k2");
+    let k3 = sb.keygen("k3");
+    // `tar | zstd`: one frame for everything, small: the whole frame is the
+    // head frame and is rewritten.
+    let parts = Parts::mde(&standard_releases(), &[&k2.secret_key()]);
+    let small = sb.join("small.tar.zst");
+    parts.write(&small);
+    let mut c = sb.cmd();
+    c.arg("sign")
+        .arg(&small)
+        .arg("--secret-key")
+        .arg(&k3.secret);
+    support::run(c).ok();
+    let trust = [k2.public.as_path(), k3.public.as_path()];
+    sb.verify(&small, &trust, &["--threshold", "2"]).ok();
+
+    // One frame holding 18 MiB of incompressible payload: more than the
+    // head budget, refused without a change.
+    let mut big = parts.clone();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    big.payload[0].1 = (0..18 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let large = sb.join("large.tar.zst");
+    big.write(&large);
+    let before = fs::read(&large).unwrap();
+    let mut c = sb.cmd();
+    c.arg("sign")
+        .arg(&large)
+        .arg("--secret-key")
+        .arg(&k3.secret);
+    support::run(c).fails(2, &["one large zstd frame", "export it again"]);
+    assert!(fs::read(&large).unwrap() == before);
+}
