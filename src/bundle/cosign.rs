@@ -323,6 +323,13 @@ impl Cosign {
         let dir = dir_of(dest);
         let tmp = temp_in(&dir, &file_name(dest))?;
         let tmp_path = tmp.path().to_path_buf();
+        if in_place {
+            // Keep the bundle's own mode (a 0600 bundle stays 0600).
+            let mode = f.metadata().map_err(io_err(src))?.permissions();
+            tmp.as_file()
+                .set_permissions(mode)
+                .map_err(io_err(&tmp_path))?;
+        }
         let mut sink = SyncingWriter::new(tmp.as_file().try_clone().map_err(io_err(&tmp_path))?);
         sink.write_all(&frame).map_err(io_err(&tmp_path))?;
         (&f).seek(SeekFrom::Start(consumed)).map_err(io_err(src))?;
@@ -386,6 +393,14 @@ impl Cosign {
             ));
         }
         let idx_path = volumes::index_path(out);
+        if same_file(&idx_path, &s.index_path)
+            || same_file(&volumes::volume_path(out, 1), &s.volume_path(1))
+        {
+            return Err(refused(
+                out,
+                "names the split bundle being signed; a split bundle is written as a new set: choose another --out",
+            ));
+        }
         if !overwrite {
             for p in [&idx_path, &volumes::volume_path(out, 1)] {
                 if p.exists() {
@@ -442,11 +457,20 @@ impl Cosign {
         } else {
             Clobber::Refuse
         };
-        if overwrite {
-            match std::fs::remove_file(&idx_path) {
-                Ok(()) => durable::sync_dir(&dir).map_err(io_err(&dir))?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&idx_path)(e)),
+        if overwrite && idx_path.exists() {
+            // The set being replaced goes first, index first, so no stale
+            // volume or index signature joins the new set.
+            let old = volumes::load_split(&idx_path).ok();
+            std::fs::remove_file(&idx_path).map_err(io_err(&idx_path))?;
+            durable::sync_dir(&dir).map_err(io_err(&dir))?;
+            if let Some(old) = old {
+                for p in old.all_files()? {
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err(&p)(e)),
+                    }
+                }
             }
         }
         let mut volume_paths = Vec::new();

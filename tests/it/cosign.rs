@@ -385,6 +385,23 @@ fn a_split_bundle_is_signed_into_a_new_set_and_imports() {
         .join(format!("signed/b.tar.zst.volumes.json.{}.minisig", k3.id()))
         .is_file());
 
+    // Again: refused without --force; with it, the new set replaces the
+    // one there; never over the set being signed.
+    let again = |extra: &[&str], out: &Path| {
+        let mut c = sb.cmd();
+        c.arg("sign")
+            .arg(&index)
+            .arg("--secret-key")
+            .arg(&k3.secret)
+            .arg("--out")
+            .arg(out)
+            .args(extra);
+        support::run(c)
+    };
+    again(&[], &signed).fails(2, &["already exists"]);
+    again(&["--force"], &signed).ok();
+    again(&["--force"], &out).fails(2, &["names the split bundle being signed"]);
+
     let trust = [k2.public.as_path(), k3.public.as_path()];
     import(&sb, &sb.join("signed/b.tar.zst.001"), &trust, 2, "m").ok();
     // The old set is as it was and still carries one signature.
