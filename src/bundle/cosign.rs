@@ -35,7 +35,7 @@ use super::writer::{header, tar_padding};
 use super::{
     BundleError, MANIFEST_PATH, MAX_HEAD_FRAMES, MAX_HEAD_INPUT, MAX_SIGNATURES, SIGNATURES_DIR,
 };
-use crate::durable::{self, Clobber, SyncingWriter};
+use crate::durable::{self, Clobber};
 use crate::error::{Classify, ExitKind};
 use crate::keys::{KeyId, PublicKey, SecretKey};
 use crate::progress::{NoProgress, Observer};
@@ -274,7 +274,7 @@ impl Cosign {
 
     /// Reads the head frames from `input` and returns the new head frame
     /// and the compressed length of the frames it replaces.
-    fn new_head_frame(
+    fn new_head_content(
         &self,
         input: &mut dyn Read,
         name: &Path,
@@ -284,6 +284,17 @@ impl Cosign {
         new.extend_from_slice(&content[..at]);
         new.extend_from_slice(&self.new_entries());
         new.extend_from_slice(&content[at..]);
+        Ok((new, consumed))
+    }
+
+    /// Reads the head frames from `input` and returns the new head as one
+    /// compressed frame and the compressed length of the frames it replaces.
+    fn new_head_frame(
+        &self,
+        input: &mut dyn Read,
+        name: &Path,
+    ) -> Result<(Vec<u8>, u64), CosignError> {
+        let (new, consumed) = self.new_head_content(input, name)?;
         let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(io_err(name))?;
         enc.include_checksum(true).map_err(io_err(name))?;
         enc.write_all(&new).map_err(io_err(name))?;
@@ -315,33 +326,60 @@ impl Cosign {
             ));
         }
         let f = File::open(src).map_err(io_err(src))?;
-        let len = f.metadata().map_err(io_err(src))?.len();
-        let (frame, consumed) = {
+        let meta = f.metadata().map_err(io_err(src))?;
+        let len = meta.len();
+        let (content, consumed) = {
             let mut r = BufReader::new(&f);
-            self.new_head_frame(&mut r, src)?
+            self.new_head_content(&mut r, src)?
         };
+        // The new head is a whole number of filesystem blocks longer than
+        // the old one, so the bytes after it keep their offset within a
+        // block and a filesystem that shares blocks (XFS, Btrfs) clones them
+        // instead of copying; elsewhere the kernel copies them.
+        let block = {
+            use std::os::unix::fs::MetadataExt;
+            match meta.blksize() {
+                b if b.is_power_of_two() && (512..=1 << 20).contains(&b) => b,
+                _ => 4096,
+            }
+        };
+        let frame = (1..)
+            .map(|k| consumed + k * block)
+            .find_map(|target| stored_frame_of_len(&content, target))
+            .expect("some multiple of the block fits every overhead");
         let dir = dir_of(dest);
         let tmp = temp_in(&dir, &file_name(dest))?;
         let tmp_path = tmp.path().to_path_buf();
         if in_place {
             // Keep the bundle's own mode (a 0600 bundle stays 0600).
-            let mode = f.metadata().map_err(io_err(src))?.permissions();
             tmp.as_file()
-                .set_permissions(mode)
+                .set_permissions(meta.permissions())
                 .map_err(io_err(&tmp_path))?;
         }
-        let mut sink = SyncingWriter::new(tmp.as_file().try_clone().map_err(io_err(&tmp_path))?);
-        sink.write_all(&frame).map_err(io_err(&tmp_path))?;
-        (&f).seek(SeekFrom::Start(consumed)).map_err(io_err(src))?;
-        let rest = len - consumed;
-        let copied = sink.copy_from(&f, rest).map_err(io_err(&tmp_path))?;
-        if copied != rest || f.metadata().map_err(io_err(src))?.len() != len {
+        let out_file = tmp.as_file();
+        // From the block holding the old head's end: aligned on both sides.
+        let from = consumed / block * block;
+        let shift = frame.len() as u64 - consumed;
+        (&f).seek(SeekFrom::Start(from)).map_err(io_err(src))?;
+        (&*out_file)
+            .seek(SeekFrom::Start(from + shift))
+            .map_err(io_err(&tmp_path))?;
+        let copied =
+            io::copy(&mut (&f).take(len - from), &mut &*out_file).map_err(io_err(&tmp_path))?;
+        if copied != len - from || f.metadata().map_err(io_err(src))?.len() != len {
             return Err(refused(
                 src,
                 "changed while it was being rewritten; try again when nothing else writes it",
             ));
         }
-        sink.finish().map_err(io_err(&tmp_path))?;
+        let copied = len - consumed;
+        {
+            use std::os::unix::fs::FileExt;
+            out_file
+                .write_all_at(&frame, 0)
+                .map_err(io_err(&tmp_path))?;
+        }
+        out_file.sync_all().map_err(io_err(&tmp_path))?;
         // Read the new head back before it replaces anything.
         let back = BundleReader::open(&tmp_path)?.read_head()?;
         let signers = self.signers();
@@ -505,6 +543,41 @@ impl Cosign {
             copied,
         })
     }
+}
+
+/// `content` as one zstd frame of raw blocks exactly `len` bytes long (no
+/// checksum, window 128 KiB), or `None` when no such frame exists: the
+/// header is 6, 10 or 14 bytes (no content size, or a 4- or 8-byte one) and
+/// each block adds 3 bytes, so any length from about 20 bytes over the
+/// content up to 3 bytes per content byte can be met exactly.
+fn stored_frame_of_len(content: &[u8], len: u64) -> Option<Vec<u8>> {
+    const BLOCK: u64 = 128 << 10;
+    let c = content.len() as u64;
+    let over = len.checked_sub(c)?;
+    // (header length, descriptor byte, content size bytes)
+    let (hdr, fhd, fcs): (u64, u8, Vec<u8>) = match over.checked_sub(6)? % 3 {
+        0 => (6, 0x00, Vec::new()),
+        1 => (10, 0x80, u32::try_from(c).ok()?.to_le_bytes().to_vec()),
+        _ => (14, 0xC0, c.to_le_bytes().to_vec()),
+    };
+    let n = over.checked_sub(hdr)? / 3;
+    if n == 0 || n > c.max(1) || c.div_ceil(n) > BLOCK {
+        return None;
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    out.extend_from_slice(&[0x28, 0xB5, 0x2F, 0xFD, fhd, (17 - 10) << 3]);
+    out.extend_from_slice(&fcs);
+    let (base, extra) = (c / n, c % n);
+    let mut at = 0usize;
+    for i in 0..n {
+        let size = base + u64::from(i < extra);
+        let h = (size as u32) << 3 | u32::from(i + 1 == n);
+        out.extend_from_slice(&h.to_le_bytes()[..3]);
+        out.extend_from_slice(&content[at..at + size as usize]);
+        at += size as usize;
+    }
+    debug_assert_eq!(out.len() as u64, len);
+    Some(out)
 }
 
 /// Decodes the leading frames of a bundle until they hold the manifest and
@@ -687,6 +760,33 @@ impl Write for VolumeWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_frames_of_any_reachable_length_decode_to_the_content() {
+        for c in [1usize, 2, 700, 4096, 300_000] {
+            let content: Vec<u8> = (0..c).map(|i| (i * 31 % 253) as u8).collect();
+            for len in (c as u64 + 6)..(c as u64 + 40) {
+                if let Some(f) = stored_frame_of_len(&content, len) {
+                    assert_eq!(f.len() as u64, len);
+                    let mut got = Vec::new();
+                    Frames::new(&f[..]).unwrap().read_to_end(&mut got).unwrap();
+                    assert!(got == content, "c {c} len {len}");
+                    assert_eq!(zstd::stream::decode_all(&f[..]).unwrap(), content);
+                }
+            }
+            // From a few bytes over to a block and more beyond, every
+            // length is met when the content has bytes enough for the blocks.
+            for len in (c as u64 + 20)..(c as u64 + 4200) {
+                let over = len - c as u64;
+                if (c as u64).div_ceil(128 << 10) * 3 + 14 <= over && over <= 3 * c as u64 {
+                    assert!(
+                        stored_frame_of_len(&content, len).is_some(),
+                        "c {c} len {len}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn signatures_end_needs_every_entry_whole() {

@@ -134,6 +134,14 @@ fn scenario_6_a_second_key_signs_offline_and_the_payload_is_untouched() {
     assert_eq!(out["head_before"], old_head);
     assert_eq!(out["head_after"], new_head);
     assert_eq!(after.len() - new_head, before.len() - old_head);
+    // A whole number of filesystem blocks longer (so a filesystem that
+    // shares blocks can clone the rest instead of copying it).
+    let block = std::os::unix::fs::MetadataExt::blksize(&fs::metadata(&t.offline).unwrap());
+    assert_eq!(
+        (new_head - old_head) as u64 % block,
+        0,
+        "{old_head} -> {new_head}"
+    );
     assert!(
         after[new_head..] == before[old_head..],
         "bytes after the head changed"
