@@ -420,18 +420,18 @@ impl Cosign {
         overwrite: bool,
         observer: &dyn Observer,
     ) -> Result<CosignWritten, CosignError> {
-        let Some(out) = out else {
-            return Err(refused(
-                &self.path,
-                "is a split bundle: every volume changes when a signature is added, so it is written as a new set; add --out NEW.tar.zst (the old set stays as it is; delete it afterwards)",
-            ));
-        };
         if index_keys.is_empty() {
             return Err(refused(
                 &self.path,
                 "is a split bundle, whose new volume index must be signed too, and attach has no key to sign it: join the volumes (cat NAME.0* > NAME), attach to the joined file, and carry that; or sign with `gapferry sign --secret-key`",
             ));
         }
+        let Some(out) = out else {
+            return Err(refused(
+                &self.path,
+                "is a split bundle: every volume changes when a signature is added, so it is written as a new set; add --out NEW.tar.zst (the old set stays as it is; delete it afterwards)",
+            ));
+        };
         let idx_path = volumes::index_path(out);
         if same_file(&idx_path, &s.index_path)
             || same_file(&volumes::volume_path(out, 1), &s.volume_path(1))

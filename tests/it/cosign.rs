@@ -439,7 +439,7 @@ fn a_split_bundle_is_signed_into_a_new_set_and_imports() {
         gapferry::sign::Signature::sign(&k3.secret_key(), &old[0].1, &manifest.trusted_comment());
     let sig = sb.join("x.minisig");
     fs::write(&sig, by_k3.to_text("k3")).unwrap();
-    attach(&sb, &index, &[&sig], &[&k3.public]).fails(2, &["split bundle"]);
+    attach(&sb, &index, &[&sig], &[&k3.public]).fails(2, &["split bundle", "attach has no key"]);
 }
 
 #[test]
