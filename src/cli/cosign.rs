@@ -10,10 +10,11 @@ use clap::Args;
 use serde::Serialize;
 
 use gapferry::bundle::cosign::{Cosign, CosignWritten};
+use gapferry::bundle::reader::Head;
 use gapferry::durable;
 use gapferry::keys::{SecretKey, TrustSet};
 use gapferry::sign::{Signature, MAX_SIGNATURE_FILE};
-use gapferry::text::escape_path;
+use gapferry::text::{escape_path, Esc};
 
 use super::export::load_secret_key;
 use super::output::{print_json, print_text, Bar};
@@ -147,10 +148,11 @@ pub struct ManifestOutput {
 fn report(
     bundle: &Path,
     c: &CosignWritten,
-    sha: String,
+    head: &Head,
     json: bool,
     quiet: bool,
 ) -> anyhow::Result<()> {
+    let sha = head.manifest_sha256.to_string();
     let ids = |v: &[gapferry::keys::KeyId]| v.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     if json {
         return print_json(&CosignOutput {
@@ -166,6 +168,18 @@ fn report(
         });
     }
     if !quiet {
+        // What the new signature vouches for, so the signer sees it.
+        let m = &head.manifest;
+        eprintln!(
+            "signed manifest {sha}: bundle {} channel {} sequence {}, expires {}, {} item(s), {} file(s), {} bytes",
+            Esc(&m.bundle_id.to_string()),
+            Esc(&m.channel),
+            m.sequence,
+            m.expires,
+            m.items.len(),
+            m.files.len(),
+            m.total_size()
+        );
         eprintln!(
             "added signature(s) by {} to {}; signed by {} ({} key(s)); head {} -> {} bytes, {} bytes copied as they were",
             ids(&c.added).join(", "),
@@ -199,10 +213,10 @@ impl SignArgs {
         for (k, p) in keys.iter().zip(&self.secret_keys) {
             c.sign(k, p)?;
         }
-        let sha = c.head().manifest_sha256.to_string();
+        let head = c.head().clone();
         let bar = Bar::new(self.quiet || self.json);
         let w = c.write(self.out.as_deref(), &keys, self.force, &bar)?;
-        report(&self.bundle, &w, sha, self.json, self.quiet)?;
+        report(&self.bundle, &w, &head, self.json, self.quiet)?;
         Ok(0)
     }
 }
@@ -252,10 +266,10 @@ impl AttachArgs {
             };
             c.add(sig, key, p)?;
         }
-        let sha = c.head().manifest_sha256.to_string();
+        let head = c.head().clone();
         let bar = Bar::new(self.quiet || self.json);
         let w = c.write(self.out.as_deref(), &[], self.force, &bar)?;
-        report(&self.bundle, &w, sha, self.json, self.quiet)?;
+        report(&self.bundle, &w, &head, self.json, self.quiet)?;
         Ok(0)
     }
 }
@@ -338,7 +352,6 @@ impl ManifestArgs {
         } else {
             ""
         };
-        use gapferry::text::Esc;
         let text = format!(
             "wrote the manifest of bundle {} sequence {} (SHA-256 {}) to {}\n\
              sign it where the key is{default_key}:\n  {}\n\
