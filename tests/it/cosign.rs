@@ -458,7 +458,14 @@ fn a_one_frame_bundle_is_rewritten_when_small_and_refused_when_large() {
         .arg(&small)
         .arg("--secret-key")
         .arg(&k3.secret);
-    support::run(c).ok();
+    let run = support::run(c).ok();
+    // The signer is told what the signature vouches for.
+    let m = gapferry::manifest::Manifest::parse(&parts.manifest_bytes).unwrap();
+    let said = format!(
+        "bundle {} channel {} sequence {}",
+        m.bundle_id, m.channel, m.sequence
+    );
+    assert!(run.stderr.contains(&said), "{run:?}");
     let trust = [k2.public.as_path(), k3.public.as_path()];
     sb.verify(&small, &trust, &["--threshold", "2"]).ok();
 
