@@ -12,7 +12,7 @@ use serde::Serialize;
 use gapferry::bundle::cosign::{Cosign, CosignWritten};
 use gapferry::bundle::reader::Head;
 use gapferry::durable;
-use gapferry::keys::{SecretKey, TrustSet};
+use gapferry::keys::{KeyId, PublicKey, SecretKey, TrustSet};
 use gapferry::sign::{Signature, MAX_SIGNATURE_FILE};
 use gapferry::text::{escape_path, Esc};
 
@@ -69,7 +69,9 @@ pub struct AttachArgs {
     #[arg(value_name = "SIGNATURE.minisig", required = true)]
     signatures: Vec<PathBuf>,
     /// Public key file (or directory of *.pub files) of the signers, to
-    /// check each signature before it is added; repeatable.
+    /// check each signature before it is added; repeatable. Without it, a
+    /// *.pub file of the signature's key beside the signature or in the
+    /// current folder is used.
     #[arg(long = "trust", value_name = "K")]
     trust: Vec<PathBuf>,
     /// Write the signed bundle here instead of replacing BUNDLE.
@@ -244,27 +246,73 @@ fn read_signature(path: &Path) -> anyhow::Result<Signature> {
     })
 }
 
+/// The public key of `id` among the `*.pub` files directly in `dirs` (files
+/// that do not parse are skipped): without `--trust`, `attach` looks beside
+/// the signature and in the current folder. Only to check the signature
+/// before adding it: trust is the importer's.
+fn find_public_key(id: KeyId, dirs: &[PathBuf]) -> Option<(PublicKey, PathBuf)> {
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut pubs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "pub") && p.is_file())
+            .collect();
+        pubs.sort();
+        for p in pubs {
+            if let Ok(k) = PublicKey::from_file(&p) {
+                if k.key_id == id {
+                    return Some((k, p));
+                }
+            }
+        }
+    }
+    None
+}
+
 impl AttachArgs {
     pub fn run(self) -> anyhow::Result<i32> {
-        if self.trust.is_empty() {
-            return Err(UsageError(
-                "give the signers' public keys with --trust K.pub, so each signature is checked before it is added".into(),
-            )
-            .into());
-        }
-        let trust = TrustSet::load(&self.trust)?;
+        let trust = if self.trust.is_empty() {
+            None
+        } else {
+            Some(TrustSet::load(&self.trust)?)
+        };
         let mut c = Cosign::open(&self.bundle)?;
         for p in &self.signatures {
             let sig = read_signature(p)?;
-            let Some(key) = trust.get(&sig.key_id) else {
-                return Err(UsageError(format!(
-                    "{} is a signature by key {}, which no --trust key is; add its public key with --trust",
-                    p.display(),
-                    sig.key_id
-                ))
-                .into());
+            let key = match &trust {
+                Some(t) => t.get(&sig.key_id).cloned().ok_or_else(|| {
+                    UsageError(format!(
+                        "{} is a signature by key {}, which no --trust key is; add its public key with --trust",
+                        p.display(),
+                        sig.key_id
+                    ))
+                })?,
+                None => {
+                    let beside = match p.parent() {
+                        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                        _ => PathBuf::from("."),
+                    };
+                    let dirs = [beside, PathBuf::from(".")];
+                    let (k, found) = find_public_key(sig.key_id, &dirs).ok_or_else(|| {
+                        UsageError(format!(
+                            "{} is a signature by key {}, and no *.pub file of that key is beside it or in the current folder; give the signer's public key with --trust K.pub, so the signature is checked before it is added",
+                            p.display(),
+                            sig.key_id
+                        ))
+                    })?;
+                    if !self.quiet && !self.json {
+                        eprintln!(
+                            "checking {} with {}",
+                            escape_path(p),
+                            escape_path(&found)
+                        );
+                    }
+                    k
+                }
             };
-            c.add(sig, key, p)?;
+            c.add(sig, &key, p)?;
         }
         let head = c.head().clone();
         let bar = Bar::new(self.quiet || self.json);

@@ -248,11 +248,15 @@ fn stock_minisign_signs_the_printed_command_and_attach_adds_it() {
 
     // Without the signer's public key nothing is added.
     let before = fs::read(&t.offline).unwrap();
-    attach(&t.sb, &t.offline, &[&sig], &[]).fails(2, &["--trust"]);
+    attach(&t.sb, &t.offline, &[&sig], &[]).fails(2, &["no *.pub file", "--trust"]);
     attach(&t.sb, &t.offline, &[&sig], &[&t.k3.public]).fails(2, &["no --trust key"]);
     assert!(fs::read(&t.offline).unwrap() == before);
 
-    attach(&t.sb, &t.offline, &[&sig], &[&k4.public]).ok();
+    // The call without --trust works when the signer's .pub lies beside
+    // the signature (as the officer hands them over).
+    fs::copy(&k4.public, sig.with_file_name("officer.pub")).unwrap();
+    let run = attach(&t.sb, &t.offline, &[&sig], &[]).ok();
+    assert!(run.stderr.contains("officer.pub"), "{run:?}");
     let trust = [t.k2.public.as_path(), k4.public.as_path()];
     import(&t.sb, &t.offline, &trust, 2, "m").ok();
     // And stock minisign verifies the entry gapferry stored.
