@@ -6,8 +6,11 @@
 //! the end of the signature entries are decoded (at most the head's budget
 //! of docs/FORMAT.md section 1), the new signature entries are inserted right
 //! after the existing ones, every other byte of the decoded head is kept,
-//! and the result is compressed as one new frame; every frame after it is
-//! copied verbatim, never recompressed. A signature is added only after it
+//! and the result becomes one new frame; every frame after it is copied
+//! verbatim, never recompressed. In a single file the new frame is stored
+//! (raw blocks) and exactly a whole number of filesystem blocks longer than
+//! the old head, so the copy is block-aligned on both sides and a
+//! filesystem that shares blocks clones it (time proportional to the head). A signature is added only after it
 //! verifies against the manifest's exact bytes with the signer's public key
 //! and carries the manifest's trusted comment; a key already present, or a
 //! 17th signature, is refused.
