@@ -38,6 +38,11 @@ pub struct SignArgs {
     /// Password of encrypted secret keys, first line of FILE (else prompted).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
+    /// Sign only a bundle already signed by one of these keys (public key
+    /// file or directory of *.pub files; repeatable): an officer co-signs
+    /// what the online key signed, nothing else (exit 3 otherwise).
+    #[arg(long = "trust", value_name = "K")]
+    trust: Vec<PathBuf>,
     /// Write the signed bundle here instead of replacing BUNDLE (required
     /// for a split bundle: NEW.tar.zst.001, ... and its index).
     #[arg(long, value_name = "NEW")]
@@ -211,7 +216,15 @@ impl SignArgs {
             }
             keys.push(k);
         }
+        let trust = if self.trust.is_empty() {
+            None
+        } else {
+            Some(TrustSet::load(&self.trust)?)
+        };
         let mut c = Cosign::open(&self.bundle)?;
+        if let Some(t) = &trust {
+            gapferry::bundle::trust::require(c.head(), t, 1, &self.bundle)?;
+        }
         for (k, p) in keys.iter().zip(&self.secret_keys) {
             c.sign(k, p)?;
         }

@@ -496,3 +496,26 @@ fn a_one_frame_bundle_is_rewritten_when_small_and_refused_when_large() {
     support::run(c).fails(2, &["one large zstd frame", "export it again"]);
     assert!(fs::read(&large).unwrap() == before);
 }
+
+#[test]
+fn sign_with_trust_co_signs_only_what_a_trusted_key_signed() {
+    let t = two();
+    let stranger = t.sb.keygen("stranger");
+    let before = fs::read(&t.offline).unwrap();
+    let sign = |trust: &Path| {
+        let mut c = t.sb.cmd();
+        c.arg("sign")
+            .arg(&t.offline)
+            .arg("--secret-key")
+            .arg(&t.k3.secret)
+            .arg("--trust")
+            .arg(trust);
+        support::run(c)
+    };
+    // Signed by K2 only: a signer who expects another key signs nothing.
+    sign(&stranger.public).fails(3, &["no signature by a trusted key"]);
+    assert!(fs::read(&t.offline).unwrap() == before);
+    sign(&t.k2.public).ok();
+    let trust = [t.k2.public.as_path(), t.k3.public.as_path()];
+    import(&t.sb, &t.offline, &trust, 2, "m").ok();
+}
