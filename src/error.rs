@@ -15,6 +15,7 @@
 
 use std::error::Error as StdError;
 
+use crate::bundle::cosign::CosignError;
 use crate::bundle::BundleError;
 use crate::export::ExportError;
 use crate::keys::KeyError;
@@ -114,6 +115,7 @@ crate_error! {
     Usage(UsageError),
     Key(KeyError),
     Bundle(BundleError),
+    Cosign(CosignError),
     Sequence(SequenceError),
     Collect(CollectError),
     Export(ExportError),
@@ -141,6 +143,7 @@ impl Classify for Error {
             Error::Usage(e) => e.exit_kind(),
             Error::Key(e) => e.exit_kind(),
             Error::Bundle(e) => e.exit_kind(),
+            Error::Cosign(e) => e.exit_kind(),
             Error::Sequence(e) => e.exit_kind(),
             Error::Collect(e) => e.exit_kind(),
             Error::Export(e) => e.exit_kind(),

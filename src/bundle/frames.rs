@@ -568,6 +568,80 @@ pub fn scan_headers<R: Read + io::Seek>(input: R, len: u64) -> io::Result<Header
     Ok(HeaderScan::Complete)
 }
 
+/// Reads one whole standard zstd frame from `input` without decoding it:
+/// its header, blocks and checksum, at most `max` bytes. `None` when the
+/// input ends before a frame starts. A frame longer than `max` is an
+/// [`io::ErrorKind::InvalidInput`] error; a skippable frame, a reserved
+/// block type or a block over 128 KiB is [`io::ErrorKind::InvalidData`]; an
+/// input that ends inside the frame
+/// is [`io::ErrorKind::UnexpectedEof`]. Used to rewrite a bundle's head frame
+/// and copy the frames after it untouched (`gapferry sign`, `attach`).
+pub fn read_frame<R: Read + ?Sized>(input: &mut R, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut frame = vec![0u8; 5];
+    let mut got = 0;
+    while got < 5 {
+        match input.read(&mut frame[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(truncated()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if frame[..4] != ZSTD_MAGIC {
+        return Err(damaged("not a standard zstd frame"));
+    }
+    let take = |input: &mut R, frame: &mut Vec<u8>, n: usize| -> io::Result<()> {
+        if frame.len() as u64 + n as u64 > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("zstd frame longer than {max} bytes"),
+            ));
+        }
+        let at = frame.len();
+        frame.resize(at + n, 0);
+        input.read_exact(&mut frame[at..]).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                truncated()
+            } else {
+                e
+            }
+        })
+    };
+    let fhd = frame[4];
+    let single_segment = fhd & 0x20 != 0;
+    let fcs_len = match fhd >> 6 {
+        0 => usize::from(single_segment),
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let rest = usize::from(!single_segment) + [0usize, 1, 2, 4][usize::from(fhd & 3)] + fcs_len;
+    take(input, &mut frame, rest)?;
+    loop {
+        take(input, &mut frame, 3)?;
+        let b = &frame[frame.len() - 3..];
+        let h = u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
+        let size = (h >> 3) as usize;
+        let content = match (h >> 1) & 3 {
+            0 | 2 => size,
+            1 => 1,
+            _ => return Err(damaged("a zstd block of the reserved type")),
+        };
+        if size > MAX_BLOCK {
+            return Err(damaged("a zstd block larger than 128 KiB"));
+        }
+        take(input, &mut frame, content)?;
+        if h & 1 != 0 {
+            break;
+        }
+    }
+    if fhd & 0x04 != 0 {
+        take(input, &mut frame, 4)?;
+    }
+    Ok(Some(frame))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -759,5 +833,26 @@ mod tests {
         assert!(framing_msg(e).contains("frame 1 decodes to nothing"));
         // Nothing past the first frame was taken from the input.
         assert_eq!(f.consumed, 0);
+    }
+
+    #[test]
+    fn read_frame_returns_each_frame_whole() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_checksum(true).unwrap();
+        io::Write::write_all(&mut enc, &data).unwrap();
+        let a = enc.finish().unwrap();
+        let b = raw_frame(&[b"tail", b""]);
+        let both = [&a[..], &b[..]].concat();
+        let mut r = &both[..];
+        assert_eq!(read_frame(&mut r, 1 << 20).unwrap().unwrap(), a);
+        assert_eq!(read_frame(&mut r, 1 << 20).unwrap().unwrap(), b);
+        assert!(read_frame(&mut r, 1 << 20).unwrap().is_none());
+        // Cut, too long, or not zstd.
+        let e = read_frame(&mut &both[..a.len() - 1], 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let e = read_frame(&mut &both[..], 100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(read_frame(&mut &b"not zstd"[..], 100).is_err());
     }
 }

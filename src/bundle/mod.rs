@@ -8,6 +8,7 @@
 //! hashes, ever reaches a caller. [`trust`] applies the trust set and the
 //! threshold to a bundle's signatures.
 
+pub mod cosign;
 pub mod frames;
 pub mod hashing;
 pub mod reader;

@@ -174,7 +174,7 @@ fn hash_all(
         .collect()
 }
 
-fn header(path: &str, size: u64, mtime: u64) -> io::Result<tar::Header> {
+pub(crate) fn header(path: &str, size: u64, mtime: u64) -> io::Result<tar::Header> {
     let mut h = tar::Header::new_ustar();
     h.set_path(path)?;
     h.set_size(size);
@@ -188,7 +188,7 @@ fn header(path: &str, size: u64, mtime: u64) -> io::Result<tar::Header> {
 }
 
 /// Zero bytes that pad a tar entry of `size` bytes to a 512-byte block.
-fn tar_padding(size: u64) -> &'static [u8] {
+pub(crate) fn tar_padding(size: u64) -> &'static [u8] {
     const ZEROS: [u8; 512] = [0; 512];
     &ZEROS[..((512 - size % 512) % 512) as usize]
 }

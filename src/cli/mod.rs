@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod cosign;
 mod demo;
 mod endpoint_config;
 mod export;
@@ -44,6 +45,9 @@ enum Command {
     Export(export::ExportArgs),
     Inspect(inspect::InspectArgs),
     Verify(verify::VerifyArgs),
+    Sign(cosign::SignArgs),
+    Manifest(cosign::ManifestArgs),
+    Attach(cosign::AttachArgs),
     Import(import::ImportArgs),
     Status(status::StatusArgs),
     Rollback(rollback::RollbackArgs),
@@ -64,6 +68,9 @@ impl Cli {
             Command::Export(a) => a.run(),
             Command::Inspect(a) => a.run(),
             Command::Verify(a) => a.run(),
+            Command::Sign(a) => a.run(),
+            Command::Manifest(a) => a.run(),
+            Command::Attach(a) => a.run(),
             Command::Import(a) => a.run(),
             Command::Status(a) => a.run(),
             Command::Rollback(a) => a.run(),

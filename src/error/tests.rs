@@ -19,6 +19,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Usage(_) => "Usage",
         Error::Key(_) => "Key",
         Error::Bundle(_) => "Bundle",
+        Error::Cosign(_) => "Cosign",
         Error::Sequence(_) => "Sequence",
         Error::Collect(_) => "Collect",
         Error::Export(_) => "Export",
@@ -38,7 +39,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Trust(_) => "Trust",
     }
 }
-const VARIANTS: usize = 20;
+const VARIANTS: usize = 21;
 
 fn broken_ledger() -> LedgerError {
     LedgerError::Broken {
@@ -84,6 +85,22 @@ fn samples() -> Vec<(Error, i32)> {
             }
             .into(),
             4,
+        ),
+        (
+            crate::bundle::cosign::CosignError::Rejected {
+                path: p("k.minisig"),
+                reason: "does not verify".into(),
+            }
+            .into(),
+            3,
+        ),
+        (
+            crate::bundle::cosign::CosignError::Refused {
+                path: p("b.tar.zst"),
+                reason: "already signed by that key".into(),
+            }
+            .into(),
+            2,
         ),
         (
             SequenceError {

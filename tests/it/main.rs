@@ -12,6 +12,7 @@
 mod support;
 
 mod bundle_roundtrip;
+mod cosign;
 mod demo;
 mod endpoint_config;
 mod export_fetch;

@@ -915,3 +915,62 @@ fn a_split_bundle_carries_the_policy_too() {
     w.import(&index).ok();
     assert_eq!(w.adopted_version(), 1);
 }
+
+/// Offline co-signing keeps the carried policy: a bundle exported by K1
+/// with a policy asking for K1 and K2 (2 of 2) is refused until `gapferry
+/// sign` adds K2's signature on another machine; the policy entries survive
+/// the head rewrite and the mirror adopts them.
+#[test]
+fn a_co_signed_bundle_keeps_its_policy_and_meets_the_threshold() {
+    let w = World::new();
+    w.gf(&[
+        &"trust",
+        &"init",
+        &"--root",
+        &w.r1.public,
+        &"--root",
+        &w.r2.public,
+        &"--root-threshold",
+        &"2",
+        &"--signer",
+        &w.k1.public,
+        &"--signer",
+        &w.k2.public,
+        &"--threshold",
+        &"2",
+        &"--expires-in",
+        &"1y",
+        &"--out",
+        &w.version(1),
+    ])
+    .ok();
+    w.sign(1, &w.r1).ok();
+    w.sign(1, &w.r2).ok();
+    let b1 = w.bundle(&[&w.k1], Some(&w.version(1)), &[]);
+    w.import(&b1).fails(4, &[]);
+    assert!(w.fx.mirror_is_empty());
+
+    let mut c = w.fx.cmd();
+    c.arg("sign").arg(&b1).arg("--secret-key").arg(&w.k2.secret);
+    w.fx.run(c).ok();
+    let mut c = w.fx.cmd();
+    c.arg("inspect").arg(&b1).arg("--json");
+    let i: json::Inspect = json::parse(&w.fx.run(c).ok().stdout);
+    assert_eq!(i.trust_policy.len(), 1, "the policy survives the rewrite");
+    assert_eq!(i.trust_policy[0].signed_by.len(), 2);
+
+    w.import(&b1).ok();
+    assert_eq!(w.adopted_version(), 1);
+    let last = w.ledger().pop().unwrap();
+    assert_eq!(last["outcome"], "imported");
+    let mut signers: Vec<String> = last["signer_key_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    signers.sort();
+    let mut want = vec![w.k1.id().to_string(), w.k2.id().to_string()];
+    want.sort();
+    assert_eq!(signers, want);
+}
