@@ -27,5 +27,6 @@ pub mod sign;
 pub mod text;
 pub mod timestamp;
 pub mod verify;
+pub mod windows;
 
 pub use error::{Error, ExitKind};
