@@ -30,6 +30,8 @@ use crate::mirror::rollback::RollbackError;
 use crate::mirror::session::SessionError;
 use crate::mirror::state::{PolicyError, StateError};
 use crate::sequence::SequenceError;
+use crate::windows::collect::WinCollectError;
+use crate::windows::fetch::WinSlotError;
 
 /// What kind of failure an error is, which decides the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +129,8 @@ crate_error! {
     Import(ImportError),
     Rollback(RollbackError),
     Inbox(InboxError),
+    WinCollect(WinCollectError),
+    WinSlot(WinSlotError),
 }
 
 impl Classify for Error {
@@ -152,6 +156,8 @@ impl Classify for Error {
             Error::Import(e) => e.exit_kind(),
             Error::Rollback(e) => e.exit_kind(),
             Error::Inbox(e) => e.exit_kind(),
+            Error::WinCollect(e) => e.exit_kind(),
+            Error::WinSlot(e) => e.exit_kind(),
         }
     }
 }

@@ -55,9 +55,11 @@ pub struct ExportArgs {
     /// How long the bundle stays importable (e.g. 30d, 12h).
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
     pub expires_in: Duration,
-    /// Only carry this platform (linux, mac); repeatable.
-    #[arg(long = "platform", value_name = "P", value_parser = clap::value_parser!(Platform))]
-    pub platforms: Vec<Platform>,
+    /// Only carry this platform (linux, mac); repeatable. `--platform
+    /// windows` alone carries DIR/windows/<arch>/mpam-fe.exe instead, in a
+    /// bundle of its own (profile "windows").
+    #[arg(long = "platform", value_name = "P")]
+    pub platforms: Vec<super::windows::PlatformSel>,
     /// Only carry this ring (production, preview); repeatable.
     #[arg(long = "ring", value_name = "R", value_parser = clap::value_parser!(Ring))]
     pub rings: Vec<Ring>,
@@ -164,6 +166,12 @@ impl ExportArgs {
         if self.expires_in < Duration::from_secs(60) {
             bail!(UsageError("--expires-in must be at least 1m".into()));
         }
+        let windows = super::windows::wants_windows(&self.platforms, "export")?;
+        if windows && (self.fetch || !self.rings.is_empty()) {
+            bail!(UsageError(
+                "export --platform windows: --fetch and --ring are for linux/mac; run `gapferry fetch --platform windows` first".into()
+            ));
+        }
         // The fetch plan (settings.json included) and the keys (passwords
         // included) are settled before the first download, so a typo or a
         // wrong password fails in a second, not after a gigabyte.
@@ -173,8 +181,19 @@ impl ExportArgs {
             None
         };
         let keys = self.load_keys()?;
+        if windows {
+            let summary = self.export_windows(&keys)?;
+            if self.json {
+                print_json(&summary)?;
+            }
+            return Ok(0);
+        }
         let Some(plan) = fetch_plan else {
-            let summary = self.export(&keys, &self.platforms, &self.rings)?;
+            let summary = self.export(
+                &keys,
+                &super::windows::mde_platforms(&self.platforms),
+                &self.rings,
+            )?;
             if self.json {
                 print_json(&summary)?;
             }
@@ -227,7 +246,7 @@ impl ExportArgs {
     fn fetch_plan(&self) -> anyhow::Result<FetchPlan> {
         Ok(FetchPlan::from_options(&FetchOptions {
             download_folder: Some(self.from.clone()),
-            platforms: self.platforms.clone(),
+            platforms: super::windows::mde_platforms(&self.platforms),
             rings: self.rings.clone(),
             ..self.fetch_source.options()
         })?)
@@ -258,8 +277,55 @@ impl ExportArgs {
         rings: &[Ring],
     ) -> anyhow::Result<ExportSummary> {
         let collected = gapferry::mde::collect::collect(&self.from, platforms, rings)?;
+        let lines = collected
+            .iter()
+            .map(|c| {
+                format!(
+                    "  {:<28} engine {:<14} definitions {}",
+                    c.slot.rel(),
+                    gapferry::text::Esc(&c.versions.engine_version.to_string()),
+                    gapferry::text::Esc(&c.versions.definition_version.to_string())
+                )
+            })
+            .collect();
+        self.write_bundle(
+            keys,
+            gapferry::mde::collect::to_collection(&collected),
+            lines,
+        )
+    }
+
+    /// `--platform windows`: collects and checks DIR/windows/<arch>/mpam-fe.exe.
+    fn export_windows(&self, keys: &[SecretKey]) -> anyhow::Result<ExportSummary> {
+        let collected = gapferry::windows::collect::collect(&self.from, &[])?;
+        let lines = collected
+            .iter()
+            .map(|c| {
+                format!(
+                    "  {:<28} version {:<14} signed by {}",
+                    c.arch.rel(),
+                    gapferry::text::Esc(&c.version),
+                    gapferry::text::Esc(c.signer.as_deref().unwrap_or("(signer not named)"))
+                )
+            })
+            .collect();
+        self.write_bundle(
+            keys,
+            gapferry::windows::collect::to_collection(&collected),
+            lines,
+        )
+    }
+
+    /// Writes and signs the bundle of `collection`, and tells people about
+    /// it on stderr (`lines`: one per carried unit).
+    fn write_bundle(
+        &self,
+        keys: &[SecretKey],
+        collection: gapferry::profile::Collection,
+        lines: Vec<String>,
+    ) -> anyhow::Result<ExportSummary> {
         let req = ExportRequest {
-            collection: gapferry::mde::collect::to_collection(&collected),
+            collection,
             out: self.out.clone(),
             channel: self.channel.clone(),
             expires_in: self.expires_in,
@@ -312,13 +378,8 @@ impl ExportArgs {
                 m.sequence,
                 gapferry::text::Esc(m.expires.as_str())
             );
-            for c in &collected {
-                eprintln!(
-                    "  {:<28} engine {:<14} definitions {}",
-                    c.slot.rel(),
-                    gapferry::text::Esc(&c.versions.engine_version.to_string()),
-                    gapferry::text::Esc(&c.versions.definition_version.to_string())
-                );
+            for line in &lines {
+                eprintln!("{line}");
             }
             eprintln!(
                 "  signed by {}",

@@ -16,7 +16,7 @@ use gapferry::mde::fetch::{
     self as lib, FetchObserver, FetchOptions, FetchPlan, FetchReport, Level, SlotOutcome,
 };
 use gapferry::mde::upstream::HttpConfig;
-use gapferry::mde::{Arch, Platform, Ring};
+use gapferry::mde::Ring;
 use gapferry::progress::Observer;
 
 use super::output::{print_json, Bar};
@@ -40,17 +40,19 @@ pub struct FetchArgs {
     #[arg(long, value_name = "DIR")]
     pub download_folder: Option<PathBuf>,
 
-    /// Only this platform: linux or mac (repeatable).
+    /// Only this platform: linux or mac (repeatable); or windows alone, for
+    /// <DIR>/windows/<arch>/mpam-fe.exe (see "Windows endpoints" in the README).
     #[arg(long = "platform", value_name = "P")]
-    pub platforms: Vec<Platform>,
+    pub platforms: Vec<super::windows::PlatformSel>,
 
     /// Only this ring: production or preview (repeatable).
     #[arg(long = "ring", value_name = "R")]
     pub rings: Vec<Ring>,
 
-    /// Only this architecture: x86_64 or arm64 (repeatable).
+    /// Only this architecture: x86_64 or arm64; with --platform windows x64,
+    /// x86 or arm64 (repeatable).
     #[arg(long = "arch", value_name = "A")]
-    pub arches: Vec<Arch>,
+    pub arches: Vec<super::windows::ArchName>,
 
     #[command(flatten)]
     pub source: FetchSourceArgs,
@@ -144,11 +146,14 @@ impl FetchSourceArgs {
 
 impl FetchArgs {
     pub fn run(self) -> anyhow::Result<i32> {
+        if super::windows::wants_windows(&self.platforms, "fetch")? {
+            return super::windows::fetch(&self);
+        }
         let plan = FetchPlan::from_options(&FetchOptions {
             download_folder: self.download_folder.clone(),
-            platforms: self.platforms.clone(),
+            platforms: super::windows::mde_platforms(&self.platforms),
             rings: self.rings.clone(),
-            arches: self.arches.clone(),
+            arches: super::windows::mde_arches(&self.arches)?,
             ..self.source.options()
         })?;
         let report = execute(&plan, self.quiet, self.json)?;
@@ -172,7 +177,7 @@ pub fn execute(plan: &FetchPlan, quiet: bool, json: bool) -> anyhow::Result<Fetc
 
 /// Progress bars and log lines for one fetch run.
 #[derive(Debug)]
-struct Ui {
+pub(super) struct Ui {
     bar: Bar,
     quiet: bool,
     terminal: bool,
@@ -180,7 +185,7 @@ struct Ui {
 }
 
 impl Ui {
-    fn new(log_file: Option<&Path>, quiet: bool, json: bool) -> anyhow::Result<Self> {
+    pub(super) fn new(log_file: Option<&Path>, quiet: bool, json: bool) -> anyhow::Result<Self> {
         let log_file = match log_file {
             Some(p) => {
                 let path = if p.is_dir() {

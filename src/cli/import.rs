@@ -12,7 +12,7 @@ use clap::Args;
 
 use gapferry::keys::TrustSet;
 use gapferry::manifest;
-use gapferry::mde::{Platform, Ring};
+use gapferry::mde::Ring;
 use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target, UnitFilter};
 use gapferry::mirror::inbox::{self, BundleResult, InboxOptions, Tracker};
 use gapferry::mirror::ledger::Outcome;
@@ -64,14 +64,19 @@ pub struct ImportArgs {
     #[arg(
         long,
         value_name = "DIR",
-        required_unless_present = "target",
-        conflicts_with = "target"
+        required_unless_present_any = ["target", "share"],
+        conflicts_with_all = ["target", "share"]
     )]
     mirror: Option<PathBuf>,
     /// The folder an endpoint's offlineDefinitionUpdateUrl names (one
     /// platform and ring): publishes DIR/arch_<arch>/, n-1 in DIR_back/.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "share")]
     target: Option<PathBuf>,
+    /// The folder behind a Windows file share (\\server\share): publishes
+    /// a `windows` bundle's DIR/<arch>/mpam-fe.exe (x64, x86, arm64), n-1
+    /// in DIR_back/ (outside the share).
+    #[arg(long, value_name = "DIR")]
+    share: Option<PathBuf>,
     /// State and ledger directory [default: <base>/<mirror>-<hash>, where
     /// <base> is $GAPFERRY_STATE_DIR if set, else /var/lib/gapferry as root,
     /// else $XDG_STATE_HOME/gapferry or ~/.local/state/gapferry; never inside
@@ -84,9 +89,9 @@ pub struct ImportArgs {
     /// The channel this mirror accepts.
     #[arg(long, default_value = "default", value_name = "C")]
     channel: String,
-    /// Only publish this platform (linux, mac); repeatable.
-    #[arg(long = "platform", value_name = "P", value_parser = clap::value_parser!(Platform))]
-    platforms: Vec<Platform>,
+    /// Only publish this platform (linux, mac, windows); repeatable.
+    #[arg(long = "platform", value_name = "P")]
+    platforms: Vec<super::windows::PlatformSel>,
     /// Only publish this ring (production, preview); repeatable.
     #[arg(long = "ring", value_name = "R", value_parser = clap::value_parser!(Ring))]
     rings: Vec<Ring>,
@@ -175,7 +180,7 @@ impl ImportArgs {
         }
         manifest::check_channel(&self.channel)
             .map_err(|e| UsageError(format!("--channel: {}", e.0)))?;
-        let target = match (&self.mirror, &self.target) {
+        let target = match (&self.mirror, self.target.as_ref().or(self.share.as_ref())) {
             (Some(m), None) => Target::Mirror(m.clone()),
             (None, Some(t)) => {
                 // A path naming no folder (`..`, `/`) fails here, before
@@ -184,9 +189,10 @@ impl ImportArgs {
                 Target::Ring(t.clone())
             }
             _ => {
-                return Err(
-                    UsageError("give exactly one of --mirror DIR or --target DIR".into()).into(),
+                return Err(UsageError(
+                    "give exactly one of --mirror DIR, --target DIR or --share DIR".into(),
                 )
+                .into())
             }
         };
         let trust = TrustSet::load(&self.trust)?;
@@ -214,7 +220,15 @@ impl ImportArgs {
             state_dir,
             channel: self.channel.clone(),
             only: UnitFilter::default()
-                .with("platform", &self.platforms)
+                .with(
+                    "platform",
+                    if self.share.is_some() {
+                        // A share holds Windows packages only.
+                        vec!["windows".to_string()]
+                    } else {
+                        self.platforms.iter().map(|p| p.to_string()).collect()
+                    },
+                )
                 .with("ring", &self.rings),
             allow_downgrade: self.allow_downgrade,
             allow_expired: self.allow_expired,

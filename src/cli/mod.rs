@@ -18,6 +18,7 @@ mod password;
 mod rollback;
 mod status;
 mod verify;
+mod windows;
 
 pub const EXIT_CODES: &str = "\
 Exit codes:

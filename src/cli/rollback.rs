@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use clap::Args;
 
-use gapferry::mde::{Arch, Platform, Ring, Slot};
+use gapferry::mde::{Arch, Ring, Slot};
 use gapferry::mirror::publish::PublishOptions;
 use gapferry::mirror::rollback::{self, RollbackOptions};
 use gapferry::mirror::state;
+use gapferry::profile::Profile;
 
 use super::output::print_json;
+use super::windows::PlatformSel;
+use super::UsageError;
 
 /// Swap the served set with its n-1 (<ring>_back), atomically.
 ///
@@ -30,15 +33,16 @@ pub struct RollbackArgs {
     /// State directory given to import [default: as import's].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Platform (linux, mac).
-    #[arg(long, value_parser = clap::value_parser!(Platform))]
-    platform: Platform,
-    /// Ring (production, preview).
+    /// Platform (linux, mac, windows).
+    #[arg(long)]
+    platform: super::windows::PlatformSel,
+    /// Ring (production, preview); required for linux and mac.
     #[arg(long, value_parser = clap::value_parser!(Ring))]
-    ring: Ring,
-    /// Only this arch (x86_64, arm64); repeatable [default: both].
-    #[arg(long = "arch", value_parser = clap::value_parser!(Arch))]
-    arches: Vec<Arch>,
+    ring: Option<Ring>,
+    /// Only this arch (x86_64, arm64; windows: x64, x86, arm64); repeatable
+    /// [default: all].
+    #[arg(long = "arch")]
+    arches: Vec<super::windows::ArchName>,
     /// How long to wait for a running import to finish.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     lock_wait: Duration,
@@ -52,22 +56,44 @@ pub struct RollbackArgs {
 
 impl RollbackArgs {
     pub fn run(self) -> anyhow::Result<i32> {
-        let arches: Vec<Arch> = if self.arches.is_empty() {
-            Arch::ALL.to_vec()
-        } else {
-            self.arches.clone()
+        let (slots, profile): (Vec<_>, &'static dyn Profile) = match self.platform {
+            PlatformSel::Windows => {
+                if self.ring.is_some() {
+                    return Err(UsageError(
+                        "rollback --platform windows: Windows packages have no rings; leave out --ring".into(),
+                    )
+                    .into());
+                }
+                let slots = super::windows::win_arches(&self.arches)?
+                    .into_iter()
+                    .map(|a| (a.key(), gapferry::windows::profile::placement(a)))
+                    .collect();
+                (slots, &gapferry::windows::profile::Windows)
+            }
+            PlatformSel::Mde(platform) => {
+                let ring = self.ring.ok_or_else(|| {
+                    UsageError(format!(
+                        "rollback --platform {platform}: --ring is required"
+                    ))
+                })?;
+                let mut arches: Vec<Arch> = super::windows::mde_arches(&self.arches)?;
+                if arches.is_empty() {
+                    arches = Arch::ALL.to_vec();
+                }
+                let slots = arches
+                    .iter()
+                    .map(|&arch| {
+                        let slot = Slot {
+                            platform,
+                            ring,
+                            arch,
+                        };
+                        (slot.key(), slot.placement())
+                    })
+                    .collect();
+                (slots, &gapferry::mde::profile::Mde)
+            }
         };
-        let slots = arches
-            .iter()
-            .map(|&arch| {
-                let slot = Slot {
-                    platform: self.platform,
-                    ring: self.ring,
-                    arch,
-                };
-                (slot.key(), slot.placement())
-            })
-            .collect();
         let state_dir = match &self.state_dir {
             Some(d) => d.clone(),
             None => state::default_state_dir(&self.mirror)?,
@@ -76,7 +102,7 @@ impl RollbackArgs {
             mirror: self.mirror.clone(),
             state_dir,
             slots,
-            profile: &gapferry::mde::profile::Mde,
+            profile,
             lock_wait: self.lock_wait,
             publish: PublishOptions::from_env(),
             force: self.force,

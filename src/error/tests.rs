@@ -34,9 +34,11 @@ fn variant(e: &Error) -> &'static str {
         Error::Import(_) => "Import",
         Error::Rollback(_) => "Rollback",
         Error::Inbox(_) => "Inbox",
+        Error::WinCollect(_) => "WinCollect",
+        Error::WinSlot(_) => "WinSlot",
     }
 }
-const VARIANTS: usize = 18;
+const VARIANTS: usize = 20;
 
 fn broken_ledger() -> LedgerError {
     LedgerError::Broken {
@@ -211,6 +213,21 @@ fn samples() -> Vec<(Error, i32)> {
             InboxError::Io {
                 path: p("/in"),
                 source: io::Error::other("x"),
+            }
+            .into(),
+            1,
+        ),
+        (
+            crate::windows::collect::WinCollectError::Nothing {
+                root: p("/d"),
+                filter: String::new(),
+            }
+            .into(),
+            1,
+        ),
+        (
+            crate::windows::fetch::WinSlotError::Unsigned {
+                url: "http://127.0.0.1/x".into(),
             }
             .into(),
             1,

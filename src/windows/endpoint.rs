@@ -1,1 +1,1 @@
-//! placeholder
+//! `endpoint-config --platform windows` (filled below).

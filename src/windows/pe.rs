@@ -167,18 +167,15 @@ fn signature_of<I: ImageNtHeaders>(
     let Some(certs) = AttributeCertificateIterator::new(pe).map_err(|e| bad(e.to_string()))? else {
         return Ok(None);
     };
-    let mut found = None;
-    for cert in certs {
-        let cert = cert.map_err(|e| bad(e.to_string()))?;
-        let sig = cert
-            .get_authenticode_signature()
-            .map_err(|e| bad(e.to_string()))?;
-        found = Some(sig);
-        break;
-    }
-    let Some(sig) = found else {
+    // Windows reads the first attribute certificate; so does gapferry.
+    let mut certs = certs;
+    let Some(cert) = certs.next() else {
         return Ok(None);
     };
+    let cert = cert.map_err(|e| bad(e.to_string()))?;
+    let sig = cert
+        .get_authenticode_signature()
+        .map_err(|e| bad(e.to_string()))?;
     let alg = sig.digest_algorithm().oid.to_string();
     let computed: Vec<u8> = if alg == SHA256_OID {
         let mut h = sha2::Sha256::new();
