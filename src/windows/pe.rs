@@ -115,6 +115,16 @@ fn analyze_pe<I: ImageNtHeaders>(
             ));
         }
     }
+    if let Some(dir) = pe.data_directory(object::pe::IMAGE_DIRECTORY_ENTRY_SECURITY) {
+        // Its address is a file offset: the signature table is the file's tail.
+        let end = u64::from(dir.virtual_address.get(object::LittleEndian))
+            + u64::from(dir.size.get(object::LittleEndian));
+        if end > len {
+            return Err(format!(
+                "is truncated: its signature table ends at byte {end} but the file has {len} (re-run the download)"
+            ));
+        }
+    }
     let machine = pe
         .nt_headers()
         .file_header()

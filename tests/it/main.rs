@@ -41,3 +41,4 @@ mod receipt;
 mod regressions;
 mod status_rollback;
 mod volumes;
+mod windows;
