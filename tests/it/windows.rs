@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use gapferry::windows::pe_fake::{parse_version, FakePackage};
 use gapferry::windows::WinArch;
 
-use crate::support::{self, gapferry};
+use crate::support;
 
 fn package(arch: WinArch, version: &str) -> Vec<u8> {
     FakePackage::signed(arch, parse_version(version).unwrap()).build()
