@@ -135,6 +135,46 @@ fn estate_in_one_mirror_export_verify_import_status_rollback() {
     assert_eq!(items.len(), 2, "{doc}");
     assert_eq!(items[0]["arch"], "x64");
     assert_eq!(items[0]["definition_version"], "1.421.100.0");
+    // --packages reads the payload: each package's version and signer.
+    let run = support::Run::from_output(
+        support::command()
+            .args(["inspect", "--packages", "--json"])
+            .arg(env.p("win1.tar.zst"))
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let packages = doc["packages"].as_array().unwrap();
+    assert_eq!(packages.len(), 2, "{doc}");
+    assert_eq!(packages[0]["path"], "windows/x64/mpam-fe.exe");
+    assert_eq!(packages[0]["version"], "1.421.100.0");
+    assert_eq!(packages[0]["authenticode"], "digest matches");
+    assert!(
+        packages[1]["signer_subject"]
+            .as_str()
+            .unwrap()
+            .contains("CN=Test Windows Publisher"),
+        "{doc}"
+    );
+    let run = support::Run::from_output(
+        support::command()
+            .args(["inspect", "--packages"])
+            .arg(env.p("win1.tar.zst"))
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    assert!(run.stdout.contains("windows/x86"), "{run:#?}");
+    assert!(run.stdout.contains("CN=Test Windows Publisher"), "{run:#?}");
+    support::Run::from_output(
+        support::command()
+            .args(["inspect", "--packages"])
+            .arg(env.p("mde1.tar.zst"))
+            .output()
+            .unwrap(),
+    )
+    .fails(2, &["\"mde\" bundle"]);
     support::Run::from_output(
         support::command()
             .arg("verify")
