@@ -10,6 +10,8 @@ use gapferry::mirror::publish::PublishOptions;
 use gapferry::mirror::rollback::{self, RollbackOptions};
 use gapferry::mirror::state;
 use gapferry::profile::Profile;
+use gapferry::windows::profile::placement;
+use gapferry::windows::WinArch;
 
 use super::output::print_json;
 use super::windows::PlatformSel;
@@ -64,9 +66,20 @@ impl RollbackArgs {
                     )
                     .into());
                 }
-                let slots = super::windows::win_arches(&self.arches)?
+                // Without --arch: the arch folders the mirror serves.
+                let served: Vec<WinArch> = WinArch::ALL
+                    .iter()
+                    .copied()
+                    .filter(|&a| placement(a).dir_in(&self.mirror).exists())
+                    .collect();
+                let default = if served.is_empty() {
+                    WinArch::ALL
+                } else {
+                    &served
+                };
+                let slots = super::windows::win_arches(&self.arches, default)?
                     .into_iter()
-                    .map(|a| (a.key(), gapferry::windows::profile::placement(a)))
+                    .map(|a| (a.key(), placement(a)))
                     .collect();
                 (slots, &gapferry::windows::profile::Windows)
             }

@@ -111,9 +111,9 @@ pub fn mde_arches(arches: &[ArchName]) -> Result<Vec<Arch>, UsageError> {
         .collect()
 }
 
-/// The Windows arches among `arches` (none: all); an error naming an
-/// `mde`-only one.
-pub fn win_arches(arches: &[ArchName]) -> Result<Vec<WinArch>, UsageError> {
+/// The Windows arches among `arches` (none: `default`); an error naming
+/// an `mde`-only one.
+pub fn win_arches(arches: &[ArchName], default: &[WinArch]) -> Result<Vec<WinArch>, UsageError> {
     let mut out: Vec<WinArch> = Vec::new();
     for a in arches {
         let w = a.0.parse::<WinArch>().map_err(|_| {
@@ -127,7 +127,7 @@ pub fn win_arches(arches: &[ArchName]) -> Result<Vec<WinArch>, UsageError> {
         }
     }
     if out.is_empty() {
-        out = WinArch::ALL.to_vec();
+        out = default.to_vec();
     }
     out.sort();
     Ok(out)
@@ -152,7 +152,7 @@ pub fn fetch(args: &FetchArgs) -> anyhow::Result<i32> {
     let s = &args.source;
     let plan = WinFetchPlan {
         download_folder,
-        arches: win_arches(&args.arches)?,
+        arches: win_arches(&args.arches, WinArch::DEFAULT)?,
         upstream: s.upstream.clone(),
         backup: !s.no_backup,
         http: HttpConfig {

@@ -45,6 +45,10 @@ pub enum WinArch {
 impl WinArch {
     /// Every architecture, in layout order.
     pub const ALL: &'static [WinArch] = &[WinArch::X64, WinArch::X86, WinArch::Arm64];
+    /// What `fetch --platform windows` fetches without `--arch`: the two
+    /// architectures whose link and share folder Microsoft documents
+    /// (`arm64` is fetched only when asked for; see OPERATIONS.md).
+    pub const DEFAULT: &'static [WinArch] = &[WinArch::X64, WinArch::X86];
 
     /// The folder name and the `arch=` value.
     pub fn as_str(self) -> &'static str {

@@ -551,3 +551,78 @@ fn fetch_windows_refuses_mixed_platforms_and_mde_arches() {
     fetch(&env, &s, &["x86_64"]).fails(2, &["x64, x86 or arm64"]);
     assert!(s.hits.lock().unwrap().is_empty());
 }
+
+#[test]
+fn endpoint_config_windows_prints_and_checks() {
+    let env = Env::new();
+    let run = support::Run::from_output(
+        support::command()
+            .args([
+                "endpoint-config",
+                "--platform",
+                "windows",
+                "--share",
+                r"\\fs01\defender",
+            ])
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    assert!(
+        run.stdout.contains(
+            r"Set-MpPreference -SignatureDefinitionUpdateFileSharesSources '\\fs01\defender'"
+        ),
+        "{run:#?}"
+    );
+    assert!(run
+        .stdout
+        .contains("Set-MpPreference -SignatureFallbackOrder 'FileShares'"));
+    assert!(run
+        .stdout
+        .contains("Define file shares for downloading security intelligence updates"));
+    // The arch folder in the share is refused before anything is printed.
+    support::Run::from_output(
+        support::command()
+            .args([
+                "endpoint-config",
+                "--platform",
+                "windows",
+                "--share",
+                r"\\fs01\defender\x64",
+            ])
+            .output()
+            .unwrap(),
+    )
+    .fails(2, &["architecture folder"]);
+
+    // A client's Get-MpPreference, saved by Windows PowerShell's `>` (UTF-16LE).
+    let bad = "\r\nSignatureDefinitionUpdateFileSharesSources : \\\\fs01\\defender\\x64\r\nSignatureFallbackOrder                        : MicrosoftUpdateServer|MMPC\r\n";
+    let mut bytes = vec![0xff, 0xfe];
+    bytes.extend(bad.encode_utf16().flat_map(|u| u.to_le_bytes()));
+    std::fs::write(env.p("bad.txt"), bytes).unwrap();
+    let check = |file: &str, json: bool| {
+        let mut c = support::command();
+        c.args(["endpoint-config", "--platform", "windows", "--check"])
+            .arg(env.p(file));
+        if json {
+            c.arg("--json");
+        }
+        support::Run::from_output(c.output().unwrap())
+    };
+    check("bad.txt", false).fails(
+        1,
+        &[
+            "architecture folder x64",
+            r"fix: Set-MpPreference -SignatureDefinitionUpdateFileSharesSources '\\fs01\defender'",
+            "does not include FileShares",
+        ],
+    );
+    let good = r#"{"SignatureDefinitionUpdateFileSharesSources": "\\\\fs01\\defender", "SignatureFallbackOrder": "FileShares"}"#;
+    std::fs::write(env.p("good.json"), good).unwrap();
+    let run = check("good.json", true).ok();
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert_eq!(doc["format"], "json");
+    std::fs::write(env.p("junk.txt"), "hello world\n").unwrap();
+    check("junk.txt", false).fails(2, &["Get-MpPreference"]);
+}
