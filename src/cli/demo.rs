@@ -213,7 +213,13 @@ impl DemoArgs {
             m2.sequence
         );
 
-        step(7, "Attacks are refused and change nothing");
+        step(
+            7,
+            "Windows endpoints: mpam-fe.exe packages in their own bundle, for a file share",
+        );
+        self.windows(&download, &sk, &export_state, &bundles, &trust_set, &abs)?;
+
+        step(8, "Attacks are refused and change nothing");
         let b3 = bundles.join("demo-3.tar.zst");
         self.export(&download, &sk, &export_state, &b3)?;
         let tampered = bundles.join("demo-3-tampered.tar.zst");
@@ -275,6 +281,58 @@ impl DemoArgs {
         eprintln!("  python3 -m http.server --directory {} 8080   # then offlineDefinitionUpdateUrl = http://HOST:8080/linux/production/", mirror.display());
         eprintln!("  by hand: zstd -dc {} | tar -t", b2.display());
         Ok(0)
+    }
+
+    /// Step 7: fake signed packages in `download/windows/<arch>/`, exported
+    /// as a `windows` bundle and imported into the mirror and a share folder.
+    fn windows(
+        &self,
+        download: &Path,
+        sk: &SecretKey,
+        export_state: &Path,
+        bundles: &Path,
+        trust_set: &TrustSet,
+        abs: &Path,
+    ) -> anyhow::Result<()> {
+        use gapferry::windows::{collect, pe_fake::FakePackage, WinArch};
+        for &arch in WinArch::DEFAULT {
+            let dir = download.join(arch.rel());
+            std::fs::create_dir_all(&dir)?;
+            let mut p = FakePackage::signed(arch, [1, 419, 200, 0]);
+            p.signer = Some("GAPFERRY DEMO - NOT MICROSOFT".into());
+            p.filler = 256 * 1024;
+            std::fs::write(dir.join(gapferry::windows::MPAM_FE), p.build())?;
+        }
+        let collected = collect::collect(download, &[])?;
+        let out = bundles.join("demo-windows-1.tar.zst");
+        let req = ExportRequest {
+            collection: collect::to_collection(&collected),
+            out: out.clone(),
+            channel: "default".into(),
+            expires_in: Duration::from_secs(30 * 86400),
+            sequence_dir: export_state.to_path_buf(),
+            sequence: None,
+            producer: format!("gapferry {} (demo)", env!("CARGO_PKG_VERSION")),
+            split: None,
+            write: WriteOptions::default(),
+        };
+        export::export(&req, std::slice::from_ref(sk), &NoProgress)?;
+        eprintln!("    {} (profile windows, x64 and x86)", out.display());
+        let mirror = abs.join("mirror");
+        self.import(&out, trust_set, &mirror, &abs.join("state"))?;
+        let share = abs.join("share");
+        let mut opts = self.import_opts(&out, trust_set, &share, &abs.join("share-state"));
+        opts.target = Target::Ring(share.clone());
+        let (_, err) = import::import(&opts, &NoProgress);
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        eprintln!(
+            "    {}/x64/mpam-fe.exe is what \\\\server\\share\\x64\\mpam-fe.exe serves; \
+             `gapferry endpoint-config --platform windows --share '\\\\server\\share'` prints the client settings",
+            share.display()
+        );
+        Ok(())
     }
 
     fn export(

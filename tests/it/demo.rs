@@ -35,6 +35,16 @@ fn demo_runs_end_to_end_and_can_be_rerun() {
     let served =
         std::fs::read_to_string(mirror.join("linux/production/arch_x86_64/manifest.json")).unwrap();
     assert!(served.contains("1.419.200.0"), "{served}");
+    // The Windows unit: served in the mirror and in the share folder.
+    for p in [
+        mirror.join("windows/x64/mpam-fe.exe"),
+        mirror.join("windows/x86/mpam-fe.exe"),
+        dir.join("share/x64/mpam-fe.exe"),
+    ] {
+        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let info = gapferry::windows::pe::analyze(&bytes).unwrap();
+        assert_eq!(info.version, "1.419.200.0", "{}", p.display());
+    }
     gapferry()
         .args(["ledger", "verify", "--state-dir"])
         .arg(dir.join("state"))
