@@ -190,6 +190,94 @@ mod tests {
         assert!(p.check_versions(&v("html")).is_err());
     }
 
+    fn manifest(items: &str, files: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(
+            format!(
+                r#"{{"format":"gapferry-bundle/1","bundle_id":"b","channel":"default","sequence":1,
+                "created":"2026-01-01T00:00:00Z","expires":"2026-02-01T00:00:00Z","producer":"t",
+                "profile":"windows","items":[{items}],"files":[{files}]}}"#
+            )
+            .as_bytes(),
+        )
+    }
+
+    const SHA: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn item(arch: &str, v: &str) -> String {
+        format!(
+            r#"{{"platform":"windows","ring":"production","arch":"{arch}","engine_version":"{v}","definition_version":"{v}"}}"#
+        )
+    }
+
+    fn file(path: &str, size: u64) -> String {
+        format!(r#"{{"path":"{path}","size":{size},"sha256":"{SHA}"}}"#)
+    }
+
+    #[test]
+    fn manifest_rules() {
+        let p = Windows;
+        let ok = manifest(
+            &item("x64", "1.2.3.4"),
+            &file("windows/x64/mpam-fe.exe", 10),
+        )
+        .unwrap();
+        let units = p.units(&ok).unwrap();
+        assert_eq!(units[0].key.as_str(), "windows/x64");
+        assert_eq!(units[0].files[0].name, MPAM_FE);
+        let refused = |items: String, files: String, needle: &str| {
+            let e = p.units(&manifest(&items, &files).unwrap()).unwrap_err();
+            assert!(e.0.contains(needle), "{e}");
+        };
+        // At the size bound: fine; one byte past it: refused.
+        let at = manifest(
+            &item("x86", "1.2.3.4"),
+            &file("windows/x86/mpam-fe.exe", MAX_PACKAGE),
+        )
+        .unwrap();
+        assert!(p.units(&at).is_ok());
+        refused(
+            item("x86", "1.2.3.4"),
+            file("windows/x86/mpam-fe.exe", MAX_PACKAGE + 1),
+            "more than the",
+        );
+        refused(
+            format!("{},{}", item("x64", "1.2.3.4"), item("x64", "1.2.3.5")),
+            file("windows/x64/mpam-fe.exe", 1),
+            "listed twice",
+        );
+        refused(
+            item("amd64", "1.2.3.4"),
+            file("windows/x64/mpam-fe.exe", 1),
+            "unknown Windows arch",
+        );
+        refused(
+            item("x64", "1.2.3.4"),
+            file("windows/x86/mpam-fe.exe", 1),
+            "has no file",
+        );
+        refused(
+            item("x64", "1.2.3.4"),
+            format!(
+                "{},{}",
+                file("windows/x64/mpam-fe.exe", 1),
+                file("windows/x64/nis_full.exe", 1)
+            ),
+            "belongs to no item",
+        );
+        let mixed = r#"{"platform":"windows","ring":"production","arch":"x64","engine_version":"1.1.1.1","definition_version":"1.2.3.4"}"#;
+        refused(
+            mixed.into(),
+            file("windows/x64/mpam-fe.exe", 1),
+            "one version",
+        );
+        let linux = r#"{"platform":"linux","ring":"production","arch":"x64","engine_version":"1","definition_version":"1"}"#;
+        refused(
+            linux.into(),
+            file("windows/x64/mpam-fe.exe", 1),
+            "not a Windows item",
+        );
+    }
+
     #[test]
     fn keys_and_placements() {
         for &a in WinArch::ALL {
