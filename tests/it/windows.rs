@@ -24,14 +24,19 @@ fn package(arch: WinArch, version: &str) -> Vec<u8> {
 struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
+    key: support::Keys,
 }
 
 impl Env {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        support::keygen(&root, "k");
-        Env { _tmp: tmp, root }
+        let key = support::keygen(&root, "k");
+        Env {
+            _tmp: tmp,
+            root,
+            key,
+        }
     }
 
     fn p(&self, s: &str) -> PathBuf {
@@ -625,4 +630,58 @@ fn endpoint_config_windows_prints_and_checks() {
     assert_eq!(doc["format"], "json");
     std::fs::write(env.p("junk.txt"), "hello world\n").unwrap();
     check("junk.txt", false).fails(2, &["Get-MpPreference"]);
+}
+
+/// A `windows` bundle signed by `key` whose x64 item claims `claimed` and
+/// carries `package`, crafted field by field (export would refuse it).
+fn crafted_windows_bundle(key: &support::Keys, claimed: &str, package: Vec<u8>, out: &Path) {
+    use gapferry::manifest::{Item, Manifest};
+    use gapferry::timestamp::Timestamp;
+    use std::time::{Duration, SystemTime};
+    let payload = vec![("windows/x64/mpam-fe.exe".to_string(), package)];
+    let now = SystemTime::now();
+    let m = Manifest {
+        format: gapferry::manifest::FORMAT.into(),
+        bundle_id: "crafted-windows-0001".parse().unwrap(),
+        channel: "default".into(),
+        sequence: 1000,
+        created: Timestamp::from_time(now - Duration::from_secs(3600)),
+        expires: Timestamp::from_time(now + Duration::from_secs(86400)),
+        producer: "gapferry-tests craft".into(),
+        profile: "windows".into(),
+        items: vec![Item {
+            platform: "windows".into(),
+            ring: "production".into(),
+            arch: "x64".into(),
+            engine_version: claimed.into(),
+            definition_version: claimed.into(),
+        }],
+        files: support::craft::files_for(&payload),
+    };
+    support::craft::Parts::signed(&m, &payload, &[&key.secret_key()]).write(out);
+}
+
+#[test]
+fn import_rejects_a_package_that_is_not_what_was_signed() {
+    let env = Env::new();
+    let m = env.mirror();
+    for (name, package, needle) in [
+        (
+            "mismatch",
+            package(WinArch::X64, "1.421.6.0"),
+            "is version 1.421.6.0, but the signed item says 1.421.5.0",
+        ),
+        (
+            "html",
+            b"<!DOCTYPE html><html>captive portal</html>".to_vec(),
+            "HTML page",
+        ),
+    ] {
+        let bundle = format!("{name}.tar.zst");
+        crafted_windows_bundle(&env.key, "1.421.5.0", package, &env.p(&bundle));
+        env.import(&bundle, &["--mirror", &m])
+            .fails(3, &[needle, "windows/x64"]);
+        assert!(!env.p("mirror/windows/x64").exists());
+        support::assert_no_staging(&env.p("mirror"));
+    }
 }
