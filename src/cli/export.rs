@@ -141,6 +141,13 @@ pub struct FetchExportSummary {
     pub export: Option<ExportSummary>,
 }
 
+/// The `--json` document of `export --fetch --platform windows`.
+#[derive(Debug, Serialize)]
+pub struct WinFetchExportSummary {
+    pub fetch: super::windows::WinFetchJson,
+    pub export: Option<ExportSummary>,
+}
+
 /// Loads a secret key, asking for its password when it is encrypted.
 pub fn load_secret_key(path: &Path, password_file: Option<&Path>) -> anyhow::Result<SecretKey> {
     let text = SecretKey::read_text(path)?;
@@ -167,11 +174,22 @@ impl ExportArgs {
             bail!(UsageError("--expires-in must be at least 1m".into()));
         }
         let windows = super::windows::wants_windows(&self.platforms, "export")?;
-        if windows && (self.fetch || !self.rings.is_empty()) {
+        if windows && !self.rings.is_empty() {
             bail!(UsageError(
-                "export --platform windows: --fetch and --ring are for linux/mac; run `gapferry fetch --platform windows` first".into()
+                "export --platform windows: Windows packages have no rings; leave out --ring"
+                    .into()
             ));
         }
+        let win_plan = if windows && self.fetch {
+            Some(super::windows::plan(
+                &self.fetch_source,
+                self.from.clone(),
+                gapferry::windows::WinArch::DEFAULT.to_vec(),
+                "export --fetch",
+            )?)
+        } else {
+            None
+        };
         // The fetch plan (settings.json included) and the keys (passwords
         // included) are settled before the first download, so a typo or a
         // wrong password fails in a second, not after a gigabyte.
@@ -182,9 +200,35 @@ impl ExportArgs {
         };
         let keys = self.load_keys()?;
         if windows {
-            let summary = self.export_windows(&keys)?;
+            let Some(plan) = win_plan else {
+                let summary = self.export_windows(&keys, &[])?;
+                if self.json {
+                    print_json(&summary)?;
+                }
+                return Ok(0);
+            };
+            let report = super::windows::execute(&plan, &self.fetch_source, self.quiet, self.json)?;
+            let fetch = super::windows::WinFetchJson::new(&report);
+            if report.failed() {
+                eprintln!(
+                    "gapferry: export --fetch: a Windows package failed to fetch, so nothing was exported and {} was not written; fix the cause above and run again",
+                    self.out.display()
+                );
+                if self.json {
+                    print_json(&WinFetchExportSummary {
+                        fetch,
+                        export: None,
+                    })?;
+                }
+                return Ok(1);
+            }
+            // Carry what this run fetched, not stale folders of other arches.
+            let summary = self.export_windows(&keys, &plan.arches)?;
             if self.json {
-                print_json(&summary)?;
+                print_json(&WinFetchExportSummary {
+                    fetch,
+                    export: Some(summary),
+                })?;
             }
             return Ok(0);
         }
@@ -296,8 +340,12 @@ impl ExportArgs {
     }
 
     /// `--platform windows`: collects and checks DIR/windows/<arch>/mpam-fe.exe.
-    fn export_windows(&self, keys: &[SecretKey]) -> anyhow::Result<ExportSummary> {
-        let collected = gapferry::windows::collect::collect(&self.from, &[])?;
+    fn export_windows(
+        &self,
+        keys: &[SecretKey],
+        arches: &[gapferry::windows::WinArch],
+    ) -> anyhow::Result<ExportSummary> {
+        let collected = gapferry::windows::collect::collect(&self.from, arches)?;
         let lines = collected
             .iter()
             .map(|c| {

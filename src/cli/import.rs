@@ -195,6 +195,17 @@ impl ImportArgs {
                 .into())
             }
         };
+        if self.share.is_some()
+            && self
+                .platforms
+                .iter()
+                .any(|p| *p != super::windows::PlatformSel::Windows)
+        {
+            return Err(UsageError(
+                "--share publishes Windows packages only; leave out --platform linux/mac".into(),
+            )
+            .into());
+        }
         let trust = TrustSet::load(&self.trust)?;
         if self.threshold > trust.len() {
             return Err(UsageError(format!(

@@ -15,7 +15,7 @@ use gapferry::mde::{Arch, Platform};
 use gapferry::windows::fetch::{self as wfetch, WinFetchPlan, WinFetchReport, WinOutcome};
 use gapferry::windows::WinArch;
 
-use super::fetch::{FetchArgs, Ui};
+use super::fetch::{FetchArgs, FetchSourceArgs, Ui};
 use super::output::print_json;
 use super::UsageError;
 
@@ -136,12 +136,6 @@ pub fn win_arches(arches: &[ArchName], default: &[WinArch]) -> Result<Vec<WinArc
 /// `gapferry fetch --platform windows`.
 pub fn fetch(args: &FetchArgs) -> anyhow::Result<i32> {
     let usage = |m: &str| UsageError(format!("fetch --platform windows: {m}"));
-    if args.source.settings.is_some() {
-        return Err(usage(
-            "--settings is Microsoft's linux/mac settings.json; give --download-folder",
-        )
-        .into());
-    }
     if !args.rings.is_empty() {
         return Err(usage("Windows packages have no rings; leave out --ring").into());
     }
@@ -149,10 +143,35 @@ pub fn fetch(args: &FetchArgs) -> anyhow::Result<i32> {
         .download_folder
         .clone()
         .ok_or_else(|| usage("--download-folder DIR is required"))?;
-    let s = &args.source;
-    let plan = WinFetchPlan {
+    let plan = plan(
+        &args.source,
         download_folder,
-        arches: win_arches(&args.arches, WinArch::DEFAULT)?,
+        win_arches(&args.arches, WinArch::DEFAULT)?,
+        "fetch",
+    )?;
+    let report = execute(&plan, &args.source, args.quiet, args.json)?;
+    if args.json {
+        print_json(&WinFetchJson::new(&report))?;
+    }
+    Ok(if report.failed() { 1 } else { 0 })
+}
+
+/// The Windows fetch the flags `s` describe, into `download_folder`.
+pub fn plan(
+    s: &FetchSourceArgs,
+    download_folder: PathBuf,
+    arches: Vec<WinArch>,
+    command: &str,
+) -> anyhow::Result<WinFetchPlan> {
+    if s.settings.is_some() {
+        return Err(UsageError(format!(
+            "{command} --platform windows: --settings is Microsoft's linux/mac settings.json; leave it out"
+        ))
+        .into());
+    }
+    Ok(WinFetchPlan {
+        download_folder,
+        arches,
         upstream: s.upstream.clone(),
         backup: !s.no_backup,
         http: HttpConfig {
@@ -164,14 +183,21 @@ pub fn fetch(args: &FetchArgs) -> anyhow::Result<i32> {
                 .map_err(gapferry::mde::fetch::FetchError::CaCert)?,
         },
         max_package_size: s.max_package_size,
-    };
-    let ui = Ui::new(s.log_file.as_deref(), args.quiet, args.json)?;
-    let report = wfetch::fetch(&plan, &ui)?;
-    summary(&report, args.quiet);
-    if args.json {
-        print_json(&WinFetchJson::new(&report))?;
-    }
-    Ok(if report.failed() { 1 } else { 0 })
+    })
+}
+
+/// Runs `plan` with log lines (stderr and `--log-file`), progress bars on
+/// a terminal, and the summary on stderr.
+pub fn execute(
+    plan: &WinFetchPlan,
+    s: &FetchSourceArgs,
+    quiet: bool,
+    json: bool,
+) -> anyhow::Result<WinFetchReport> {
+    let ui = Ui::new(s.log_file.as_deref(), quiet, json)?;
+    let report = wfetch::fetch(plan, &ui)?;
+    summary(&report, quiet);
+    Ok(report)
 }
 
 fn summary(report: &WinFetchReport, quiet: bool) {
@@ -231,7 +257,7 @@ pub struct WinFetchItem {
 }
 
 impl WinFetchJson {
-    fn new(r: &WinFetchReport) -> Self {
+    pub fn new(r: &WinFetchReport) -> Self {
         let items = r
             .items
             .iter()

@@ -685,3 +685,49 @@ fn import_rejects_a_package_that_is_not_what_was_signed() {
         support::assert_no_staging(&env.p("mirror"));
     }
 }
+
+#[test]
+fn export_fetch_windows_fetches_then_exports_only_when_every_package_came() {
+    let env = Env::new();
+    let s = StandIn::start();
+    s.serve("x64", package(WinArch::X64, "1.421.30.0"));
+    s.serve("x86", b"<html>proxy login</html>".to_vec());
+    let run = |out: &str| {
+        let mut c = support::command();
+        c.args([
+            "export",
+            "--fetch",
+            "--platform",
+            "windows",
+            "--json",
+            "--retries",
+            "0",
+        ])
+        .arg("--upstream")
+        .arg(&s.base)
+        .arg("--from")
+        .arg(env.p("dl"))
+        .arg("--secret-key")
+        .arg(&env.key.secret)
+        .arg("--out")
+        .arg(env.p(out))
+        .arg("--state-dir")
+        .arg(env.p("export-state"));
+        support::Run::from_output(c.output().unwrap())
+    };
+    let failed = run("a.tar.zst").fails(1, &["HTML page", "nothing was exported"]);
+    let doc: serde_json::Value = serde_json::from_str(&failed.stdout).unwrap();
+    assert_eq!(doc["fetch"]["ok"], false, "{doc}");
+    assert!(doc["export"].is_null(), "{doc}");
+    assert!(!env.p("a.tar.zst").exists());
+
+    s.serve("x86", package(WinArch::X86, "1.421.30.0"));
+    let ok = run("b.tar.zst").ok();
+    let doc: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
+    assert_eq!(doc["fetch"]["items"][1]["outcome"], "updated", "{doc}");
+    let items = doc["export"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{doc}");
+    assert_eq!(items[1]["arch"], "x86");
+    assert_eq!(items[1]["definition_version"], "1.421.30.0");
+    assert!(env.p("b.tar.zst").is_file());
+}
