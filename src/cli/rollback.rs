@@ -30,8 +30,17 @@ use super::UsageError;
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
     /// Mirror root.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "share",
+        conflicts_with = "share"
+    )]
+    mirror: Option<PathBuf>,
+    /// With --platform windows: the folder behind a Windows share that
+    /// import --share published into (DIR/<arch>, n-1 in DIR_back/).
     #[arg(long, value_name = "DIR")]
-    mirror: PathBuf,
+    share: Option<PathBuf>,
     /// State directory given to import [default: as import's].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -58,6 +67,14 @@ pub struct RollbackArgs {
 
 impl RollbackArgs {
     pub fn run(self) -> anyhow::Result<i32> {
+        let (root, target) = match (&self.mirror, &self.share) {
+            (Some(m), None) => (m.clone(), false),
+            (None, Some(s)) if self.platform == PlatformSel::Windows => (s.clone(), true),
+            (None, Some(_)) => {
+                return Err(UsageError("rollback --share is for --platform windows".into()).into())
+            }
+            _ => return Err(UsageError("give one of --mirror DIR or --share DIR".into()).into()),
+        };
         let (slots, profile): (Vec<_>, &'static dyn Profile) = match self.platform {
             PlatformSel::Windows => {
                 if self.ring.is_some() {
@@ -70,7 +87,13 @@ impl RollbackArgs {
                 let served: Vec<WinArch> = WinArch::ALL
                     .iter()
                     .copied()
-                    .filter(|&a| placement(a).dir_in(&self.mirror).exists())
+                    .filter(|&a| {
+                        if target {
+                            root.join(a.as_str()).exists()
+                        } else {
+                            placement(a).dir_in(&root).exists()
+                        }
+                    })
                     .collect();
                 let default = if served.is_empty() {
                     WinArch::ALL
@@ -109,10 +132,11 @@ impl RollbackArgs {
         };
         let state_dir = match &self.state_dir {
             Some(d) => d.clone(),
-            None => state::default_state_dir(&self.mirror)?,
+            None => state::default_state_dir(&root)?,
         };
         let report = rollback::rollback(&RollbackOptions {
-            mirror: self.mirror.clone(),
+            mirror: root.clone(),
+            target,
             state_dir,
             slots,
             profile,

@@ -22,8 +22,15 @@ use super::output::print_json;
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Mirror root.
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["target", "share"], conflicts_with_all = ["target", "share"])]
+    mirror: Option<PathBuf>,
+    /// The folder an import --target published into (the units its state
+    /// recorded, at DIR/<leaf>, n-1 in DIR_back/).
+    #[arg(long, value_name = "DIR", conflicts_with = "share")]
+    target: Option<PathBuf>,
+    /// The folder behind a Windows share that import --share published into.
     #[arg(long, value_name = "DIR")]
-    mirror: PathBuf,
+    share: Option<PathBuf>,
     /// State directory given to import [default: as import's].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -48,11 +55,21 @@ fn age(secs: u64) -> String {
 
 impl StatusArgs {
     pub fn run(self) -> anyhow::Result<i32> {
+        let (served, root) = match (&self.mirror, self.target.as_ref().or(self.share.as_ref())) {
+            (Some(m), _) => (status::Served::Mirror(m), m),
+            (None, Some(t)) => (status::Served::Target(t), t),
+            (None, None) => {
+                return Err(super::UsageError(
+                    "give one of --mirror DIR, --target DIR or --share DIR".into(),
+                )
+                .into())
+            }
+        };
         let state_dir = match &self.state_dir {
             Some(d) => d.clone(),
-            None => state::default_state_dir(&self.mirror)?,
+            None => state::default_state_dir(root)?,
         };
-        let st = status::status(&self.mirror, &state_dir, !self.quick)?;
+        let st = status::status_at(served, &state_dir, !self.quick)?;
         let warnings = st
             .slots
             .iter()
@@ -71,7 +88,7 @@ impl StatusArgs {
                 line!(
                     out,
                     "{}: nothing is served (no arch folder and no import recorded)",
-                    escape_path(&self.mirror)
+                    escape_path(&st.mirror)
                 );
             }
             for s in &st.slots {

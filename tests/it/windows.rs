@@ -298,6 +298,78 @@ fn import_share_publishes_arch_folders_and_refuses_a_downgrade() {
     run.expect(4, &["1.421.299.0"]);
     assert_eq!(env.served_version("share/x64/mpam-fe.exe"), "1.421.300.0");
     assert!(!env.p("share_back/x64").exists());
+
+    // A newer one: the share's n-1 goes beside the share, not into it.
+    let dl2 = env.download(
+        "dl2",
+        &[(WinArch::X64, package(WinArch::X64, "1.421.301.0"))],
+    );
+    env.export(&dl2, "newer.tar.zst", Some("windows")).ok();
+    env.import("newer.tar.zst", &["--share", &share]).ok();
+    assert_eq!(env.served_version("share/x64/mpam-fe.exe"), "1.421.301.0");
+    assert_eq!(
+        env.served_version("share_back/x64/mpam-fe.exe"),
+        "1.421.300.0"
+    );
+    let names: Vec<String> = std::fs::read_dir(env.p("share"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["x64".to_string()],
+        "only arch folders in the share"
+    );
+
+    // status and rollback of the share folder.
+    let out = support::command()
+        .args(["status", "--json", "--share", &share, "--state-dir"])
+        .arg(env.p("share-state"))
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{status}");
+    let slots = status["slots"].as_array().unwrap();
+    assert_eq!(slots.len(), 1, "{status}");
+    assert_eq!(slots[0]["slot"], "windows/x64");
+    assert_eq!(slots[0]["definition_version"], "1.421.301.0");
+    assert_eq!(slots[0]["back_definition_version"], "1.421.300.0");
+    assert_eq!(slots[0]["files_match"], true, "{status}");
+    support::Run::from_output(
+        support::command()
+            .args([
+                "rollback",
+                "--platform",
+                "windows",
+                "--share",
+                &share,
+                "--state-dir",
+            ])
+            .arg(env.p("share-state"))
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    assert_eq!(env.served_version("share/x64/mpam-fe.exe"), "1.421.300.0");
+    assert_eq!(
+        env.served_version("share_back/x64/mpam-fe.exe"),
+        "1.421.301.0"
+    );
+    support::Run::from_output(
+        support::command()
+            .args([
+                "rollback",
+                "--platform",
+                "linux",
+                "--ring",
+                "production",
+                "--share",
+                &share,
+            ])
+            .output()
+            .unwrap(),
+    )
+    .fails(2, &["--platform windows"]);
 }
 
 #[test]
