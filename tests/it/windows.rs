@@ -149,18 +149,20 @@ fn estate_in_one_mirror_export_verify_import_status_rollback() {
             .unwrap(),
     )
     .ok();
-    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let packages = doc["packages"].as_array().unwrap();
-    assert_eq!(packages.len(), 2, "{doc}");
-    assert_eq!(packages[0]["path"], "windows/x64/mpam-fe.exe");
-    assert_eq!(packages[0]["version"], "1.421.100.0");
-    assert_eq!(packages[0]["authenticode"], "digest matches");
+    // Read back through the documented shape (unknown fields denied).
+    let doc: support::json::Inspect = serde_json::from_str(&run.stdout).unwrap();
+    let packages = doc.packages.expect("packages with --packages");
+    assert_eq!(packages.len(), 2, "{packages:?}");
+    assert_eq!(packages[0].path, "windows/x64/mpam-fe.exe");
+    assert_eq!(packages[0].version.as_deref(), Some("1.421.100.0"));
+    assert_eq!(packages[0].authenticode, "digest matches");
     assert!(
-        packages[1]["signer_subject"]
-            .as_str()
+        packages[1]
+            .signer_subject
+            .as_deref()
             .unwrap()
             .contains("CN=Test Windows Publisher"),
-        "{doc}"
+        "{packages:?}"
     );
     let run = support::Run::from_output(
         support::command()
