@@ -805,3 +805,82 @@ fn export_fetch_windows_fetches_then_exports_only_when_every_package_came() {
     assert_eq!(items[1]["definition_version"], "1.421.30.0");
     assert!(env.p("b.tar.zst").is_file());
 }
+
+/// The `windows` placement stages in the mirror root itself: an import
+/// killed at any publish step (with and without the exchange) leaves each
+/// arch folder with a whole package, and the next run completes it.
+#[test]
+fn an_import_killed_at_any_step_leaves_whole_packages_and_is_completed() {
+    let env = Env::new();
+    let dl1 = env.download(
+        "dl1",
+        &[
+            (WinArch::X64, package(WinArch::X64, "1.421.40.0")),
+            (WinArch::X86, package(WinArch::X86, "1.421.40.0")),
+        ],
+    );
+    env.export(&dl1, "v1.tar.zst", Some("windows")).ok();
+    let dl2 = env.download(
+        "dl2",
+        &[
+            (WinArch::X64, package(WinArch::X64, "1.421.41.0")),
+            (WinArch::X86, package(WinArch::X86, "1.421.41.0")),
+        ],
+    );
+    env.export(&dl2, "v2.tar.zst", Some("windows")).ok();
+    for fallback in ["0", "1"] {
+        let mut kills = 0;
+        for step in gapferry::mirror::publish::CRASH_STEPS {
+            let tag = format!("{step}-{fallback}");
+            let m = env.p(&format!("m-{tag}")).display().to_string();
+            let st = env.p(&format!("s-{tag}"));
+            let import = |bundle: &str, crash: Option<&str>| {
+                let mut c = support::command();
+                c.arg("import")
+                    .arg(env.p(bundle))
+                    .args(["--quiet", "--trust"])
+                    .arg(&env.key.public)
+                    .args(["--mirror", &m, "--state-dir"])
+                    .arg(&st)
+                    .env(support::FORCE_FALLBACK, fallback);
+                if let Some(s) = crash {
+                    c.env(support::CRASH_AT, s);
+                }
+                c.output().unwrap()
+            };
+            assert!(import("v1.tar.zst", None).status.success(), "{tag}");
+            let killed = import("v2.tar.zst", Some(step));
+            if std::os::unix::process::ExitStatusExt::signal(&killed.status).is_some() {
+                kills += 1;
+            }
+            for arch in ["x64", "x86"] {
+                let path = env.p(&format!("m-{tag}/windows/{arch}"));
+                if !path.exists() {
+                    // The documented window of the two-rename fallback.
+                    assert_eq!(fallback, "1", "{tag}: {arch} missing");
+                    continue;
+                }
+                let v = env.served_version(&format!("m-{tag}/windows/{arch}/mpam-fe.exe"));
+                assert!(v == "1.421.40.0" || v == "1.421.41.0", "{tag}: {arch} {v}");
+            }
+            // The next run recovers and ends with v2 served, v1 as n-1.
+            let again = import("v2.tar.zst", None);
+            assert!(again.status.success(), "{tag}: {killed:?} {again:?}");
+            for arch in ["x64", "x86"] {
+                assert_eq!(
+                    env.served_version(&format!("m-{tag}/windows/{arch}/mpam-fe.exe")),
+                    "1.421.41.0",
+                    "{tag}"
+                );
+                assert_eq!(
+                    env.served_version(&format!("m-{tag}/windows_back/{arch}/mpam-fe.exe")),
+                    "1.421.40.0",
+                    "{tag}"
+                );
+            }
+            support::assert_no_staging(&env.p(&format!("m-{tag}")));
+        }
+        // Every step but the other mode's own was reached and killed.
+        assert!(kills >= 6, "fallback {fallback}: only {kills} kills");
+    }
+}
