@@ -33,6 +33,13 @@ use super::output::{print_json, Bar};
 ///
 /// Without --settings or filters: linux and mac, production, x86_64 and
 /// arm64. With --settings, the filters narrow what settings.json selects.
+///
+/// With --platform windows: Microsoft Defender Antivirus's full package
+/// mpam-fe.exe for x64 and x86 (arm64 with --arch arm64) into
+/// <DIR>/windows/<arch>/, n-1 in <DIR>/windows_back/. Each download must be
+/// a complete PE for its arch with a version resource and an embedded
+/// Authenticode signature matching the file; the same version as held is
+/// "unchanged", an older one is refused.
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// Folder to fill (<DIR>/<platform>/<ring>/arch_<arch>/); overrides
