@@ -884,3 +884,20 @@ fn an_import_killed_at_any_step_leaves_whole_packages_and_is_completed() {
         assert!(kills >= 6, "fallback {fallback}: only {kills} kills");
     }
 }
+
+/// The Windows group sits in the mirror root itself; a mirror root that is
+/// a symbolic link (the operator's to place) still works.
+#[test]
+fn a_symlinked_mirror_root_takes_windows_packages() {
+    let env = Env::new();
+    let dl = env.download("dl", &[(WinArch::X64, package(WinArch::X64, "1.421.50.0"))]);
+    env.export(&dl, "w.tar.zst", Some("windows")).ok();
+    std::fs::create_dir(env.p("real")).unwrap();
+    std::os::unix::fs::symlink(env.p("real"), env.p("link")).unwrap();
+    let link = env.p("link").display().to_string();
+    env.import("w.tar.zst", &["--mirror", &link]).ok();
+    assert_eq!(
+        env.served_version("real/windows/x64/mpam-fe.exe"),
+        "1.421.50.0"
+    );
+}
