@@ -33,6 +33,8 @@ use crate::mirror::session::SessionError;
 use crate::mirror::state::{PolicyError, StateError};
 use crate::sequence::SequenceError;
 use crate::trustpolicy::TrustError;
+use crate::windows::collect::WinCollectError;
+use crate::windows::fetch::WinSlotError;
 
 /// What kind of failure an error is, which decides the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +135,8 @@ crate_error! {
     Inbox(InboxError),
     Metrics(MetricsError),
     Trust(TrustError),
+    WinCollect(WinCollectError),
+    WinSlot(WinSlotError),
 }
 
 impl Classify for Error {
@@ -161,6 +165,8 @@ impl Classify for Error {
             Error::Inbox(e) => e.exit_kind(),
             Error::Metrics(e) => e.exit_kind(),
             Error::Trust(e) => e.exit_kind(),
+            Error::WinCollect(e) => e.exit_kind(),
+            Error::WinSlot(e) => e.exit_kind(),
         }
     }
 }

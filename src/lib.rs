@@ -30,5 +30,6 @@ pub mod timestamp;
 pub mod trustpolicy;
 pub mod units;
 pub mod verify;
+pub mod windows;
 
 pub use error::{Error, ExitKind};

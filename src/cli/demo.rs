@@ -214,6 +214,7 @@ impl DemoArgs {
         d.status()?;
         d.rollback_and_forward()?;
         d.rotation()?;
+        d.windows()?;
         d.next_release()?;
         d.try_next(&b2)?;
         Ok(0)
@@ -469,6 +470,7 @@ impl Demo {
         for what in ["rolled back", "rolled forward"] {
             let report = rollback::rollback(&RollbackOptions {
                 mirror: self.mirror.clone(),
+                target: false,
                 state_dir: self.state.clone(),
                 slots: slots.clone(),
                 profile: &mde::profile::Mde,
@@ -490,6 +492,59 @@ impl Demo {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Step 11: fake signed packages in `download/windows/<arch>/`, exported
+    /// as a `windows` bundle and imported into the mirror and a share folder.
+    fn windows(&self) -> anyhow::Result<()> {
+        use gapferry::windows::{collect, pe_fake::FakePackage, WinArch};
+        step(
+            11,
+            "Windows endpoints: mpam-fe.exe packages in their own bundle, for a file share",
+        )?;
+        for &arch in WinArch::DEFAULT {
+            let dir = self.download.join(arch.rel());
+            std::fs::create_dir_all(&dir)?;
+            let mut p = FakePackage::signed(arch, [1, 419, 200, 0]);
+            p.signer = Some("GAPFERRY DEMO - NOT MICROSOFT".into());
+            p.filler = 256 * 1024;
+            std::fs::write(dir.join(gapferry::windows::MPAM_FE), p.build())?;
+        }
+        let collected = collect::collect(&self.download, &[])?;
+        let out = self.bundles.join("demo-windows-1.tar.zst");
+        let req = ExportRequest {
+            collection: collect::to_collection(&collected),
+            out: out.clone(),
+            channel: "default".into(),
+            expires_in: Duration::from_secs(30 * 86400),
+            sequence_dir: self.export_state.clone(),
+            sequence: None,
+            producer: format!("gapferry {} (demo)", env!("CARGO_PKG_VERSION")),
+            split: None,
+            write: WriteOptions::default(),
+            trust: Vec::new(),
+        };
+        export::export(&req, std::slice::from_ref(&self.sk), &NoProgress)?;
+        say!("    {} (profile windows, x64 and x86)", out.display());
+        self.import(&out)?;
+        let share = self.abs.join("share");
+        std::fs::create_dir_all(&share)?;
+        let opts = ImportOptions {
+            target: Target::Ring(share.clone()),
+            state_dir: self.abs.join("share-state"),
+            ..self.import_opts(&out)
+        };
+        let (_, err) = import::import(&opts, &NoProgress);
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        say!(
+            "    {}/x64/mpam-fe.exe is what \\\\server\\share\\x64\\mpam-fe.exe serves; \
+             `{} endpoint-config --platform windows --share '\\\\server\\share'` prints the client settings",
+            share.display(),
+            runnable()
+        );
         Ok(())
     }
 

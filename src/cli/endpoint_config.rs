@@ -26,6 +26,8 @@ Examples:
   gapferry endpoint-config --url https://mirror.example/mde --platform mac \\
       --format plist --out defender-offline.mobileconfig
   gapferry endpoint-config --check /etc/opt/microsoft/mdatp/managed/mdatp_managed.json
+  gapferry endpoint-config --platform windows --share '\\\\fs01\\defender'
+  gapferry endpoint-config --platform windows --check mppreference.txt
 
 Exit codes with --check:
   0  no problems (notes may be printed)
@@ -66,8 +68,15 @@ pub struct EndpointConfigArgs {
     pub path: Option<PathBuf>,
     /// The endpoints' platform: linux or mac. Required to generate; with
     /// --check, the platform the URL must be for (a plist implies mac).
-    #[arg(long, value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
-    pub platform: Option<Platform>,
+    /// windows: PowerShell and Group Policy settings for --share, or with
+    /// --check a saved `Get-MpPreference` output (text or JSON).
+    #[arg(long, value_name = "P", value_parser = super::windows::platform_parser())]
+    pub platform: Option<super::windows::PlatformSel>,
+    /// With --platform windows: the UNC share clients read
+    /// (\\server\share, without the x64/x86 folder); with --check, the
+    /// share the client must list.
+    #[arg(long, value_name = "UNC", conflicts_with_all = ["url", "path"])]
+    pub share: Option<String>,
     /// The ring: production or preview [default: production]. With
     /// --check, the ring the URL must be for (any when not given).
     #[arg(long, value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
@@ -136,6 +145,12 @@ impl CheckOutput {
 
 impl EndpointConfigArgs {
     pub fn run(self) -> anyhow::Result<i32> {
+        if self.platform == Some(super::windows::PlatformSel::Windows) {
+            return self.run_windows();
+        }
+        if self.share.is_some() {
+            return Err(UsageError("--share is for --platform windows".into()).into());
+        }
         if let Some(file) = &self.check {
             return self.check(file);
         }
@@ -148,8 +163,8 @@ impl EndpointConfigArgs {
             )
             .into()),
         };
-        let platform = self.platform.ok_or_else(|| {
-            UsageError("--platform linux or --platform mac is required to generate settings".into())
+        let platform = self.mde_platform().ok_or_else(|| {
+            UsageError("--platform linux, mac or windows is required to generate settings".into())
         })?;
         let settings = EndpointSettings::new(
             &location,
@@ -185,9 +200,100 @@ impl EndpointConfigArgs {
         Ok(0)
     }
 
+    fn mde_platform(&self) -> Option<Platform> {
+        match self.platform {
+            Some(super::windows::PlatformSel::Mde(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// `--platform windows`: print the settings for `--share`, or check a
+    /// saved `Get-MpPreference` output.
+    fn run_windows(&self) -> anyhow::Result<i32> {
+        use gapferry::windows::endpoint as win;
+        if self.url.is_some() || self.path.is_some() || self.ring.is_some() {
+            return Err(UsageError(
+                "--platform windows takes --share \\\\server\\share (no --url, --path or --ring)"
+                    .into(),
+            )
+            .into());
+        }
+        if let Some(share) = &self.share {
+            win::check_share(share).map_err(UsageError)?;
+        }
+        if let Some(file) = &self.check {
+            let report = win::check_file(file, self.share.as_deref())
+                .map_err(|e| UsageError(e.to_string()))?;
+            if self.json {
+                print_json(&report)?;
+            } else {
+                let mut err = std::io::stderr().lock();
+                for f in &report.findings {
+                    writeln!(
+                        err,
+                        "{}: {}: {}: {}",
+                        gapferry::text::escape_path(file),
+                        match f.severity {
+                            win::Severity::Problem => "problem",
+                            win::Severity::Note => "note",
+                        },
+                        f.key,
+                        gapferry::text::Esc(&f.message)
+                    )?;
+                    if let Some(fix) = &f.fix {
+                        writeln!(err, "    fix: {}", gapferry::text::Esc(fix))?;
+                    }
+                }
+                writeln!(
+                    err,
+                    "{}: {} problem(s), {} note(s){}",
+                    gapferry::text::escape_path(file),
+                    report.problems,
+                    report.notes,
+                    if report.ok {
+                        format!(
+                            ": security intelligence from {}",
+                            gapferry::text::Esc(&report.share_sources.join(" | "))
+                        )
+                    } else {
+                        String::new()
+                    }
+                )?;
+            }
+            return Ok(if report.ok { 0 } else { 1 });
+        }
+        if self.format != OutputFormat::Json {
+            return Err(UsageError(
+                "--format is for linux/mac settings; --platform windows prints PowerShell and Group Policy settings".into(),
+            )
+            .into());
+        }
+        let share = self.share.as_deref().ok_or_else(|| {
+            UsageError(
+                "--platform windows needs --share \\\\server\\share (or --check FILE)".into(),
+            )
+        })?;
+        let text = win::settings_text(share);
+        match &self.out {
+            Some(path) => {
+                write_atomically(path, text.as_bytes())?;
+                eprintln!(
+                    "gapferry: wrote {} (Windows settings for {share})",
+                    path.display()
+                );
+            }
+            None => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+            }
+        }
+        Ok(0)
+    }
+
     fn check(&self, file: &Path) -> anyhow::Result<i32> {
         let expect = Expect {
-            platform: self.platform,
+            platform: self.mde_platform(),
             ring: self.ring,
         };
         let report = endpoint::check_file(file, &expect)?;

@@ -56,9 +56,11 @@ pub struct ExportArgs {
     /// 1y is 365.25 days).
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = gapferry::units::parse_lifetime)]
     pub expires_in: Duration,
-    /// Only carry this platform (linux, mac); repeatable.
-    #[arg(long = "platform", value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
-    pub platforms: Vec<Platform>,
+    /// Only carry this platform (linux, mac); repeatable. `--platform
+    /// windows` alone carries DIR/windows/<arch>/mpam-fe.exe instead, in a
+    /// bundle of its own (profile "windows").
+    #[arg(long = "platform", value_name = "P", value_parser = super::windows::platform_parser())]
+    pub platforms: Vec<super::windows::PlatformSel>,
     /// Only carry this ring (production, preview); repeatable.
     #[arg(long = "ring", value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     pub rings: Vec<Ring>,
@@ -149,6 +151,13 @@ pub struct FetchExportSummary {
     pub export: Option<ExportSummary>,
 }
 
+/// The `--json` document of `export --fetch --platform windows`.
+#[derive(Debug, Serialize)]
+pub struct WinFetchExportSummary {
+    pub fetch: super::windows::WinFetchJson,
+    pub export: Option<ExportSummary>,
+}
+
 /// Loads a secret key, asking for its password when it is encrypted.
 pub fn load_secret_key(path: &Path, password_file: Option<&Path>) -> anyhow::Result<SecretKey> {
     let text = SecretKey::read_text(path)?;
@@ -205,6 +214,23 @@ impl ExportArgs {
             .map_err(|e| UsageError(format!("--channel: {}", e.0)))?;
         // Before the password prompt: a typo in --out must not cost one.
         out_folder_exists(&self.out)?;
+        let windows = super::windows::wants_windows(&self.platforms, "export")?;
+        if windows && !self.rings.is_empty() {
+            bail!(UsageError(
+                "export --platform windows: Windows packages have no rings; leave out --ring"
+                    .into()
+            ));
+        }
+        let win_plan = if windows && self.fetch {
+            Some(super::windows::plan(
+                &self.fetch_source,
+                self.from.clone(),
+                gapferry::windows::WinArch::DEFAULT.to_vec(),
+                "export --fetch",
+            )?)
+        } else {
+            None
+        };
         // The fetch plan (settings.json included) and the keys (passwords
         // included) are settled before the first download, so a typo or a
         // wrong password fails in a second, not after a gigabyte.
@@ -215,8 +241,46 @@ impl ExportArgs {
         };
         let trust = self.load_trust_policy()?;
         let keys = self.load_keys()?;
+        if windows {
+            let Some(plan) = win_plan else {
+                let summary = self.export_windows(&keys, &[], &trust)?;
+                if self.json {
+                    print_json(&summary)?;
+                }
+                return Ok(0);
+            };
+            let report = super::windows::execute(&plan, &self.fetch_source, self.quiet, self.json)?;
+            let fetch = super::windows::WinFetchJson::new(&report);
+            if report.failed() {
+                eprintln!(
+                    "gapferry: export --fetch: a Windows package failed to fetch, so nothing was exported and {} was not written; fix the cause above and run again",
+                    self.out.display()
+                );
+                if self.json {
+                    print_json(&WinFetchExportSummary {
+                        fetch,
+                        export: None,
+                    })?;
+                }
+                return Ok(1);
+            }
+            // Carry what this run fetched, not stale folders of other arches.
+            let summary = self.export_windows(&keys, &plan.arches, &trust)?;
+            if self.json {
+                print_json(&WinFetchExportSummary {
+                    fetch,
+                    export: Some(summary),
+                })?;
+            }
+            return Ok(0);
+        }
         let Some(plan) = fetch_plan else {
-            let summary = self.export(&keys, &self.platforms, &self.rings, &trust)?;
+            let summary = self.export(
+                &keys,
+                &super::windows::mde_platforms(&self.platforms),
+                &self.rings,
+                &trust,
+            )?;
             if self.json {
                 print_json(&summary)?;
             }
@@ -270,7 +334,7 @@ impl ExportArgs {
     fn fetch_plan(&self) -> anyhow::Result<FetchPlan> {
         Ok(FetchPlan::from_options(&FetchOptions {
             download_folder: Some(self.from.clone()),
-            platforms: self.platforms.clone(),
+            platforms: super::windows::mde_platforms(&self.platforms),
             rings: self.rings.clone(),
             ..self.fetch_source.options()
         })?)
@@ -332,8 +396,63 @@ impl ExportArgs {
             }
         }
         let collected = gapferry::mde::collect::collect(&self.from, platforms, rings)?;
+        let lines = collected
+            .iter()
+            .map(|c| {
+                format!(
+                    "  {:<28} engine {:<14} definitions {}",
+                    c.slot.rel(),
+                    gapferry::text::Esc(&c.versions.engine_version.to_string()),
+                    gapferry::text::Esc(&c.versions.definition_version.to_string())
+                )
+            })
+            .collect();
+        self.write_bundle(
+            keys,
+            gapferry::mde::collect::to_collection(&collected),
+            lines,
+            trust,
+        )
+    }
+
+    /// `--platform windows`: collects and checks DIR/windows/<arch>/mpam-fe.exe.
+    fn export_windows(
+        &self,
+        keys: &[SecretKey],
+        arches: &[gapferry::windows::WinArch],
+        trust: &[SignedPolicy],
+    ) -> anyhow::Result<ExportSummary> {
+        let collected = gapferry::windows::collect::collect(&self.from, arches)?;
+        let lines = collected
+            .iter()
+            .map(|c| {
+                format!(
+                    "  {:<28} version {:<14} signed by {}",
+                    c.arch.rel(),
+                    gapferry::text::Esc(&c.version),
+                    gapferry::text::Esc(c.signer.as_deref().unwrap_or("(signer not named)"))
+                )
+            })
+            .collect();
+        self.write_bundle(
+            keys,
+            gapferry::windows::collect::to_collection(&collected),
+            lines,
+            trust,
+        )
+    }
+
+    /// Writes and signs the bundle of `collection`, and tells people about
+    /// it on stderr (`lines`: one per carried unit).
+    fn write_bundle(
+        &self,
+        keys: &[SecretKey],
+        collection: gapferry::profile::Collection,
+        lines: Vec<String>,
+        trust: &[SignedPolicy],
+    ) -> anyhow::Result<ExportSummary> {
         let req = ExportRequest {
-            collection: gapferry::mde::collect::to_collection(&collected),
+            collection,
             out: self.out.clone(),
             channel: self.channel.clone(),
             expires_in: self.expires_in,
@@ -385,13 +504,8 @@ impl ExportArgs {
                 m.sequence,
                 gapferry::text::Esc(m.expires.as_str())
             );
-            for c in &collected {
-                eprintln!(
-                    "  {:<28} engine {:<14} definitions {}",
-                    c.slot.rel(),
-                    gapferry::text::Esc(&c.versions.engine_version.to_string()),
-                    gapferry::text::Esc(&c.versions.definition_version.to_string())
-                );
+            for line in &lines {
+                eprintln!("{line}");
             }
             eprintln!(
                 "  signed by {}",

@@ -17,7 +17,7 @@ use gapferry::mde::fetch::{
     self as lib, FetchObserver, FetchOptions, FetchPlan, FetchReport, Level, SlotOutcome,
 };
 use gapferry::mde::upstream::HttpConfig;
-use gapferry::mde::{Arch, Platform, Ring};
+use gapferry::mde::Ring;
 use gapferry::progress::Observer;
 
 use super::output::{log_format_parser, print_json, Bar};
@@ -34,6 +34,13 @@ use super::output::{log_format_parser, print_json, Bar};
 ///
 /// Without --settings or filters: linux and mac, production, x86_64 and
 /// arm64. With --settings, the filters narrow what settings.json selects.
+///
+/// With --platform windows: Microsoft Defender Antivirus's full package
+/// mpam-fe.exe for x64 and x86 (arm64 with --arch arm64) into
+/// <DIR>/windows/<arch>/, n-1 in <DIR>/windows_back/. Each download must be
+/// a complete PE for its arch with a version resource and an embedded
+/// Authenticode signature matching the file; the same version as held is
+/// "unchanged", an older one is refused.
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// Folder to fill (<DIR>/<platform>/<ring>/arch_<arch>/); overrides
@@ -41,17 +48,19 @@ pub struct FetchArgs {
     #[arg(long, value_name = "DIR")]
     pub download_folder: Option<PathBuf>,
 
-    /// Only this platform: linux or mac (repeatable).
-    #[arg(long = "platform", value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
-    pub platforms: Vec<Platform>,
+    /// Only this platform: linux or mac (repeatable); or windows alone, for
+    /// <DIR>/windows/<arch>/mpam-fe.exe (see "Windows endpoints" in the README).
+    #[arg(long = "platform", value_name = "P", value_parser = super::windows::platform_parser())]
+    pub platforms: Vec<super::windows::PlatformSel>,
 
     /// Only this ring: production or preview (repeatable).
     #[arg(long = "ring", value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     pub rings: Vec<Ring>,
 
-    /// Only this architecture: x86_64 or arm64 (repeatable).
-    #[arg(long = "arch", value_name = "A", value_parser = super::one_of(Arch::ALL, Arch::as_str))]
-    pub arches: Vec<Arch>,
+    /// Only this architecture: x86_64 or arm64; with --platform windows x64,
+    /// x86 or arm64 (repeatable).
+    #[arg(long = "arch", value_name = "A", value_parser = super::windows::arch_parser())]
+    pub arches: Vec<super::windows::ArchName>,
 
     #[command(flatten)]
     pub source: FetchSourceArgs,
@@ -152,11 +161,14 @@ impl FetchSourceArgs {
 
 impl FetchArgs {
     pub fn run(self) -> anyhow::Result<i32> {
+        if super::windows::wants_windows(&self.platforms, "fetch")? {
+            return super::windows::fetch(&self);
+        }
         let plan = FetchPlan::from_options(&FetchOptions {
             download_folder: self.download_folder.clone(),
-            platforms: self.platforms.clone(),
+            platforms: super::windows::mde_platforms(&self.platforms),
             rings: self.rings.clone(),
-            arches: self.arches.clone(),
+            arches: super::windows::mde_arches(&self.arches)?,
             ..self.source.options()
         })?;
         let report = execute(&plan, self.quiet, self.json, self.source.log_format)?;
@@ -186,7 +198,7 @@ pub fn execute(
 
 /// Progress bars and log lines for one fetch run.
 #[derive(Debug)]
-struct Ui {
+pub(super) struct Ui {
     bar: Bar,
     quiet: bool,
     terminal: bool,
@@ -195,7 +207,7 @@ struct Ui {
 }
 
 impl Ui {
-    fn new(log_file: Option<&Path>, quiet: bool, json: bool) -> anyhow::Result<Self> {
+    pub(super) fn new(log_file: Option<&Path>, quiet: bool, json: bool) -> anyhow::Result<Self> {
         let log_file = match log_file {
             Some(p) => {
                 let path = if p.is_dir() {

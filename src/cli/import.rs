@@ -13,7 +13,7 @@ use clap::Args;
 use gapferry::eventlog::{Event, Level, LogFormat};
 use gapferry::keys::TrustSet;
 use gapferry::manifest;
-use gapferry::mde::{Platform, Ring};
+use gapferry::mde::Ring;
 use gapferry::mirror::import::{self, ImportOptions, ImportReport, Target, UnitFilter};
 use gapferry::mirror::inbox::{self, BundleResult, InboxOptions, Tracker};
 use gapferry::mirror::ledger::Outcome;
@@ -72,19 +72,24 @@ pub struct ImportArgs {
     #[arg(
         long,
         value_name = "DIR",
-        required_unless_present = "target",
-        conflicts_with = "target"
+        required_unless_present_any = ["target", "share"],
+        conflicts_with_all = ["target", "share"]
     )]
     mirror: Option<PathBuf>,
     /// The folder an endpoint's offlineDefinitionUpdateUrl names (one
     /// platform and ring): publishes DIR/arch_<arch>/, n-1 in DIR_back/.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "share")]
     target: Option<PathBuf>,
     /// Create the --mirror (or --target) folder if it does not exist yet;
     /// without it a missing folder is refused, so a typo cannot publish
     /// where no endpoint looks.
     #[arg(long)]
     create: bool,
+    /// The folder behind a Windows file share (\\server\share): publishes
+    /// a `windows` bundle's DIR/<arch>/mpam-fe.exe (x64, x86, arm64), n-1
+    /// in DIR_back/ (outside the share).
+    #[arg(long, value_name = "DIR")]
+    share: Option<PathBuf>,
     /// State and ledger directory [default: <base>/<mirror>-<hash>, where
     /// <base> is $GAPFERRY_STATE_DIR if set, else /var/lib/gapferry as root,
     /// else $XDG_STATE_HOME/gapferry or ~/.local/state/gapferry; never inside
@@ -103,9 +108,9 @@ pub struct ImportArgs {
     /// The channel this mirror accepts.
     #[arg(long, default_value = "default", value_name = "C")]
     channel: String,
-    /// Only publish this platform (linux, mac); repeatable.
-    #[arg(long = "platform", value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
-    platforms: Vec<Platform>,
+    /// Only publish this platform (linux, mac, windows); repeatable.
+    #[arg(long = "platform", value_name = "P", value_parser = super::windows::platform_parser())]
+    platforms: Vec<super::windows::PlatformSel>,
     /// Only publish this ring (production, preview); repeatable.
     #[arg(long = "ring", value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
     rings: Vec<Ring>,
@@ -208,7 +213,7 @@ impl ImportArgs {
         }
         manifest::check_channel(&self.channel)
             .map_err(|e| UsageError(format!("--channel: {}", e.0)))?;
-        let target = match (&self.mirror, &self.target) {
+        let target = match (&self.mirror, self.target.as_ref().or(self.share.as_ref())) {
             (Some(m), None) => Target::Mirror(m.clone()),
             (None, Some(t)) => {
                 // A path naming no folder (`..`, `/`) fails here, before
@@ -217,17 +222,31 @@ impl ImportArgs {
                 Target::Ring(t.clone())
             }
             _ => {
-                return Err(
-                    UsageError("give exactly one of --mirror DIR or --target DIR".into()).into(),
+                return Err(UsageError(
+                    "give exactly one of --mirror DIR, --target DIR or --share DIR".into(),
                 )
+                .into())
             }
         };
+        if self.share.is_some()
+            && self
+                .platforms
+                .iter()
+                .any(|p| *p != super::windows::PlatformSel::Windows)
+        {
+            return Err(UsageError(
+                "--share publishes Windows packages only; leave out --platform linux/mac".into(),
+            )
+            .into());
+        }
         if let Some(file) = &self.prometheus {
             metrics::check_path(file)?;
         }
         if !self.create {
             let flag = if self.mirror.is_some() {
                 "--mirror"
+            } else if self.share.is_some() {
+                "--share"
             } else {
                 "--target"
             };
@@ -259,7 +278,15 @@ impl ImportArgs {
             state_dir,
             channel: self.channel.clone(),
             only: UnitFilter::default()
-                .with("platform", &self.platforms)
+                .with(
+                    "platform",
+                    if self.share.is_some() {
+                        // A share holds Windows packages only.
+                        vec!["windows".to_string()]
+                    } else {
+                        self.platforms.iter().map(|p| p.to_string()).collect()
+                    },
+                )
                 .with("ring", &self.rings),
             allow_downgrade: self.allow_downgrade,
             allow_expired: self.allow_expired,

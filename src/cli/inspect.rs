@@ -1,7 +1,7 @@
 //! `gapferry inspect`: what a bundle claims and who signed it, reading only
 //! its head (manifest and signatures), so it is as fast on 2 GB as on 10 MB.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use clap::Args;
@@ -25,6 +25,10 @@ use super::UsageError;
 ///
 /// With --trust, also says which signers are trusted and whether each of
 /// their signatures verifies. Use `gapferry verify` for the full check.
+///
+/// With --packages (Windows bundles), also reads each carried mpam-fe.exe
+/// and shows its version and the subject of its Authenticode signer (the
+/// whole payload is read).
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The bundle file; for a split bundle its first volume, its index
@@ -42,6 +46,23 @@ pub struct InspectArgs {
     /// TEXT is not a receipt.
     #[arg(long, value_name = "TEXT")]
     receipt: Option<String>,
+    /// Read the payload of a `windows` bundle and show each package's
+    /// version and Authenticode signer (not a chain check: see SECURITY.md).
+    #[arg(long, conflicts_with = "receipt")]
+    packages: bool,
+}
+
+/// One carried Windows package, as `inspect --packages` read it.
+#[derive(Debug, Serialize)]
+pub struct PackageReport {
+    pub path: String,
+    /// The version in its version resource.
+    pub version: Option<String>,
+    /// The subject of the certificate its Authenticode signer names.
+    pub signer_subject: Option<String>,
+    /// `digest matches` (the signed Authenticode digest equals the file's),
+    /// `unsigned`, or why the package is not usable.
+    pub authenticode: String,
 }
 
 /// The `--json` output of `inspect --receipt`.
@@ -82,6 +103,9 @@ pub struct InspectOutput {
     /// --trust-root` checks them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trust_policy: Vec<PolicySummary>,
+    /// With --packages: each carried Windows package.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packages: Option<Vec<PackageReport>>,
 }
 
 /// One carried policy version on one line.
@@ -130,7 +154,58 @@ pub fn describe(bundle: PathBuf, head: &Head, trust: Option<&TrustSet>) -> Inspe
         items: m.items.clone(),
         files: m.files.clone(),
         trust_policy: head.trust.iter().map(|p| p.summary()).collect(),
+        packages: None,
     }
+}
+
+/// Reads every payload file in manifest order (checking each one's SHA-256)
+/// and looks into the Windows packages.
+fn read_packages(
+    mut reader: gapferry::bundle::reader::BundleReader<volumes::BundleInput>,
+    head: &Head,
+) -> anyhow::Result<Vec<PackageReport>> {
+    let mut out = Vec::new();
+    for f in &head.manifest.files {
+        let path = f.path.to_string();
+        let package = path.ends_with(&format!("/{}", gapferry::windows::MPAM_FE));
+        if !package || f.size > gapferry::windows::MAX_PACKAGE {
+            reader.copy_file(
+                &mut std::io::sink(),
+                Path::new("-"),
+                &gapferry::progress::NoProgress,
+            )?;
+            if package {
+                out.push(PackageReport {
+                    path,
+                    version: None,
+                    signer_subject: None,
+                    authenticode: "too large to read".into(),
+                });
+            }
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(f.size as usize);
+        reader.copy_file(&mut bytes, Path::new("-"), &gapferry::progress::NoProgress)?;
+        out.push(match gapferry::windows::pe::analyze(&bytes) {
+            Ok(info) => PackageReport {
+                path,
+                version: Some(info.version),
+                authenticode: if info.signature.is_some() {
+                    "digest matches".into()
+                } else {
+                    "unsigned".into()
+                },
+                signer_subject: info.signature.and_then(|s| s.signer_subject),
+            },
+            Err(why) => PackageReport {
+                path,
+                version: None,
+                signer_subject: None,
+                authenticode: why,
+            },
+        });
+    }
+    Ok(out)
 }
 
 impl InspectArgs {
@@ -202,7 +277,18 @@ impl InspectArgs {
         if let Some(r) = wanted {
             return self.check_receipt(&r, &head);
         }
-        let out = describe(self.bundle.clone(), &head, trust.as_ref());
+        let mut out = describe(self.bundle.clone(), &head, trust.as_ref());
+        if self.packages {
+            if head.manifest.profile != gapferry::windows::PROFILE {
+                return Err(UsageError(format!(
+                    "--packages reads Windows packages; {} is a {:?} bundle",
+                    self.bundle.display(),
+                    head.manifest.profile
+                ))
+                .into());
+            }
+            out.packages = Some(read_packages(opened.reader, &head)?);
+        }
         if self.json {
             print_json(&out)?;
             return Ok(0);
@@ -241,6 +327,16 @@ impl InspectArgs {
         }
         let _ = writeln!(s, "items");
         for i in &out.items {
+            if out.profile == gapferry::windows::PROFILE {
+                let folder = format!("{}/{}", i.platform, i.arch);
+                let _ = writeln!(
+                    s,
+                    "  {:<30} version {}",
+                    Esc(&folder),
+                    Esc(&i.definition_version)
+                );
+                continue;
+            }
             let folder = format!("{}/{}/arch_{}", i.platform, i.ring, i.arch);
             let _ = writeln!(
                 s,
@@ -249,6 +345,19 @@ impl InspectArgs {
                 Esc(&i.engine_version),
                 Esc(&i.definition_version)
             );
+        }
+        if let Some(packages) = &out.packages {
+            let _ = writeln!(s, "packages");
+            for p in packages {
+                let _ = writeln!(
+                    s,
+                    "  {:<30} version {:<14} {}; signer {}",
+                    Esc(&p.path),
+                    Esc(p.version.as_deref().unwrap_or("?")),
+                    Esc(&p.authenticode),
+                    Esc(p.signer_subject.as_deref().unwrap_or("(not named)"))
+                );
+            }
         }
         let _ = writeln!(s, "files ({} bytes)", out.payload_size);
         for f in &out.files {

@@ -20,6 +20,7 @@ mod rollback;
 mod status;
 mod trust;
 mod verify;
+mod windows;
 
 pub const EXIT_CODES: &str = "\
 Exit codes:

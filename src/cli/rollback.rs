@@ -5,12 +5,16 @@ use std::time::Duration;
 
 use clap::Args;
 
-use gapferry::mde::{Arch, Platform, Ring, Slot};
+use gapferry::mde::{Arch, Ring, Slot};
 use gapferry::mirror::publish::PublishOptions;
 use gapferry::mirror::rollback::{self, RollbackError, RollbackOptions};
 use gapferry::mirror::state;
+use gapferry::profile::Profile;
+use gapferry::windows::profile::placement;
+use gapferry::windows::WinArch;
 
 use super::output::print_json;
+use super::windows::PlatformSel;
 use super::UsageError;
 
 /// Swap the served set with its n-1 (<ring>_back), atomically.
@@ -26,20 +30,30 @@ use super::UsageError;
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
     /// Mirror root.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "share",
+        conflicts_with = "share"
+    )]
+    mirror: Option<PathBuf>,
+    /// With --platform windows: the folder behind a Windows share that
+    /// import --share published into (DIR/<arch>, n-1 in DIR_back/).
     #[arg(long, value_name = "DIR")]
-    mirror: PathBuf,
+    share: Option<PathBuf>,
     /// State directory given to import [default: as import's].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Platform (linux, mac).
-    #[arg(long, value_name = "P", value_parser = super::one_of(Platform::ALL, Platform::as_str))]
-    platform: Platform,
-    /// Ring (production, preview).
+    /// Platform (linux, mac, windows).
+    #[arg(long, value_name = "P", value_parser = super::windows::platform_parser())]
+    platform: super::windows::PlatformSel,
+    /// Ring (production, preview); required for linux and mac.
     #[arg(long, value_name = "R", value_parser = super::one_of(Ring::ALL, Ring::as_str))]
-    ring: Ring,
-    /// Only this arch (x86_64, arm64); repeatable [default: both].
-    #[arg(long = "arch", value_name = "A", value_parser = super::one_of(Arch::ALL, Arch::as_str))]
-    arches: Vec<Arch>,
+    ring: Option<Ring>,
+    /// Only this arch (x86_64, arm64; windows: x64, x86, arm64); repeatable
+    /// [default: all].
+    #[arg(long = "arch", value_name = "A", value_parser = super::windows::arch_parser())]
+    arches: Vec<super::windows::ArchName>,
     /// How long to wait for a running import to finish.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     lock_wait: Duration,
@@ -63,7 +77,9 @@ struct Hinted {
 impl RollbackArgs {
     /// Without --arch every arch is rolled back or none: when one of them
     /// cannot be (no n-1, not served), says how to roll back the others.
-    fn with_arch_hint(&self, e: RollbackError, tried: &[Arch]) -> anyhow::Error {
+    /// `tried`: each arch rolled back, as (its folder's name, its `--arch`
+    /// value).
+    fn with_arch_hint(&self, e: RollbackError, tried: &[(String, String)]) -> anyhow::Error {
         let dir = match &e {
             RollbackError::NoBack { dir, .. } | RollbackError::NotServed { dir } => dir.clone(),
             _ => return gapferry::Error::from(e).into(),
@@ -73,9 +89,8 @@ impl RollbackArgs {
         // be rolled back.
         let others: Vec<String> = tried
             .iter()
-            .map(|a| format!("arch_{a}"))
-            .filter(|name| name != failed && dir.with_file_name(name).is_dir())
-            .map(|name| format!("--arch {}", &name["arch_".len()..]))
+            .filter(|(name, _)| name != failed && dir.with_file_name(name).is_dir())
+            .map(|(_, arch)| format!("--arch {arch}"))
             .collect();
         let inner = gapferry::Error::from(e);
         if !self.arches.is_empty() || others.is_empty() {
@@ -93,11 +108,20 @@ impl RollbackArgs {
     }
 
     pub fn run(self) -> anyhow::Result<i32> {
-        if !self.mirror.is_dir() {
+        let (root, target) = match (&self.mirror, &self.share) {
+            (Some(m), None) => (m.clone(), false),
+            (None, Some(s)) if self.platform == PlatformSel::Windows => (s.clone(), true),
+            (None, Some(_)) => {
+                return Err(UsageError("rollback --share is for --platform windows".into()).into())
+            }
+            _ => return Err(UsageError("give one of --mirror DIR or --share DIR".into()).into()),
+        };
+        if !root.is_dir() {
             return Err(UsageError(format!(
-                "--mirror {}: {}; check the path",
-                self.mirror.display(),
-                if self.mirror.exists() {
+                "{} {}: {}; check the path",
+                if target { "--share" } else { "--mirror" },
+                root.display(),
+                if root.exists() {
                     "not a folder"
                 } else {
                     "does not exist"
@@ -105,37 +129,87 @@ impl RollbackArgs {
             ))
             .into());
         }
-        let arches: Vec<Arch> = if self.arches.is_empty() {
-            Arch::ALL.to_vec()
-        } else {
-            self.arches.clone()
-        };
-        let slots = arches
-            .iter()
-            .map(|&arch| {
-                let slot = Slot {
-                    platform: self.platform,
-                    ring: self.ring,
-                    arch,
-                };
-                (slot.key(), slot.placement())
-            })
-            .collect();
+        let (slots, profile, tried): (Vec<_>, &'static dyn Profile, Vec<(String, String)>) =
+            match self.platform {
+                PlatformSel::Windows => {
+                    if self.ring.is_some() {
+                        return Err(UsageError(
+                        "rollback --platform windows: Windows packages have no rings; leave out --ring".into(),
+                    )
+                    .into());
+                    }
+                    // Without --arch: the arch folders the mirror serves.
+                    let served: Vec<WinArch> = WinArch::ALL
+                        .iter()
+                        .copied()
+                        .filter(|&a| {
+                            if target {
+                                root.join(a.as_str()).exists()
+                            } else {
+                                placement(a).dir_in(&root).exists()
+                            }
+                        })
+                        .collect();
+                    let default = if served.is_empty() {
+                        WinArch::ALL
+                    } else {
+                        &served
+                    };
+                    let arches = super::windows::win_arches(&self.arches, default)?;
+                    let tried = arches
+                        .iter()
+                        .map(|a| (a.as_str().to_string(), a.as_str().to_string()))
+                        .collect();
+                    let slots = arches
+                        .into_iter()
+                        .map(|a| (a.key(), placement(a)))
+                        .collect();
+                    (slots, &gapferry::windows::profile::Windows, tried)
+                }
+                PlatformSel::Mde(platform) => {
+                    let ring = self.ring.ok_or_else(|| {
+                        UsageError(format!(
+                            "rollback --platform {platform}: --ring is required"
+                        ))
+                    })?;
+                    let mut arches: Vec<Arch> = super::windows::mde_arches(&self.arches)?;
+                    if arches.is_empty() {
+                        arches = Arch::ALL.to_vec();
+                    }
+                    let slots = arches
+                        .iter()
+                        .map(|&arch| {
+                            let slot = Slot {
+                                platform,
+                                ring,
+                                arch,
+                            };
+                            (slot.key(), slot.placement())
+                        })
+                        .collect();
+                    let tried = arches
+                        .iter()
+                        .map(|a| (format!("arch_{a}"), a.to_string()))
+                        .collect();
+                    (slots, &gapferry::mde::profile::Mde, tried)
+                }
+            };
         let state_dir = match &self.state_dir {
             Some(d) => d.clone(),
-            None => state::default_state_dir(&self.mirror)?,
+            None => state::default_state_dir(&root)?,
         };
         let report = match rollback::rollback(&RollbackOptions {
-            mirror: self.mirror.clone(),
+            mirror: root.clone(),
+            target,
             state_dir,
             slots,
-            profile: &gapferry::mde::profile::Mde,
+            profile,
             lock_wait: self.lock_wait,
             publish: PublishOptions::from_env(),
             force: self.force,
         }) {
             Ok(r) => r,
-            Err(e) => return Err(self.with_arch_hint(e, &arches)),
+            Err(e) => return Err(self.with_arch_hint(e, &tried)),
         };
         if self.json {
             print_json(&report)?;

@@ -24,8 +24,15 @@ use super::UsageError;
 #[command(after_help = STATUS_EXIT_CODES)]
 pub struct StatusArgs {
     /// Mirror root.
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["target", "share"], conflicts_with_all = ["target", "share"])]
+    mirror: Option<PathBuf>,
+    /// The folder an import --target published into (the units its state
+    /// recorded, at DIR/<leaf>, n-1 in DIR_back/).
+    #[arg(long, value_name = "DIR", conflicts_with = "share")]
+    target: Option<PathBuf>,
+    /// The folder behind a Windows share that import --share published into.
     #[arg(long, value_name = "DIR")]
-    mirror: PathBuf,
+    share: Option<PathBuf>,
     /// State directory given to import [default: as import's].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -63,13 +70,30 @@ fn age(secs: u64) -> String {
 
 impl StatusArgs {
     pub fn run(self) -> anyhow::Result<i32> {
-        if !self.mirror.is_dir() {
+        let (served, root) = match (&self.mirror, self.target.as_ref().or(self.share.as_ref())) {
+            (Some(m), _) => (status::Served::Mirror(m), m),
+            (None, Some(t)) => (status::Served::Target(t), t),
+            (None, None) => {
+                return Err(super::UsageError(
+                    "give one of --mirror DIR, --target DIR or --share DIR".into(),
+                )
+                .into())
+            }
+        };
+        if !root.is_dir() {
             // Said plainly rather than "nothing is served": a typo, or a
             // mirror that was never created or is not mounted.
+            let flag = if self.mirror.is_some() {
+                "--mirror"
+            } else if self.target.is_some() {
+                "--target"
+            } else {
+                "--share"
+            };
             return Err(UsageError(format!(
-                "--mirror {}: {}; check the path (import creates a new mirror only with --create)",
-                self.mirror.display(),
-                if self.mirror.exists() {
+                "{flag} {}: {}; check the path (import creates a new mirror only with --create)",
+                root.display(),
+                if root.exists() {
                     "not a folder"
                 } else {
                     "does not exist"
@@ -79,14 +103,20 @@ impl StatusArgs {
         }
         let state_dir = match &self.state_dir {
             Some(d) => d.clone(),
-            None => state::default_state_dir(&self.mirror)?,
+            None => state::default_state_dir(root)?,
         };
-        let st = match &self.prometheus {
-            Some(file) => {
+        let st = match (&self.prometheus, &self.mirror) {
+            (Some(file), Some(mirror)) => {
                 metrics::check_path(file)?;
-                metrics::refresh(file, &self.mirror, &state_dir, !self.quick)?
+                metrics::refresh(file, mirror, &state_dir, !self.quick)?
             }
-            None => status::status(&self.mirror, &state_dir, !self.quick)?,
+            (Some(_), None) => {
+                return Err(UsageError(
+                    "--prometheus needs --mirror DIR (metrics describe a mirror)".into(),
+                )
+                .into())
+            }
+            (None, _) => status::status_at(served, &state_dir, !self.quick)?,
         };
         let warnings = st
             .slots
@@ -108,7 +138,7 @@ impl StatusArgs {
                 line!(
                     out,
                     "{}: nothing is served (no arch folder and no import recorded)",
-                    escape_path(&self.mirror)
+                    escape_path(&st.mirror)
                 );
             }
             for s in &st.slots {

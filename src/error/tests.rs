@@ -37,9 +37,11 @@ fn variant(e: &Error) -> &'static str {
         Error::Inbox(_) => "Inbox",
         Error::Metrics(_) => "Metrics",
         Error::Trust(_) => "Trust",
+        Error::WinCollect(_) => "WinCollect",
+        Error::WinSlot(_) => "WinSlot",
     }
 }
-const VARIANTS: usize = 21;
+const VARIANTS: usize = 23;
 
 fn broken_ledger() -> LedgerError {
     LedgerError::Broken {
@@ -264,6 +266,21 @@ fn samples() -> Vec<(Error, i32)> {
             }
             .into(),
             2,
+        ),
+        (
+            crate::windows::collect::WinCollectError::Nothing {
+                root: p("/d"),
+                filter: String::new(),
+            }
+            .into(),
+            1,
+        ),
+        (
+            crate::windows::fetch::WinSlotError::Unsigned {
+                url: "http://127.0.0.1/x".into(),
+            }
+            .into(),
+            1,
         ),
     ]
 }

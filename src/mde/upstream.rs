@@ -555,6 +555,26 @@ impl Upstream {
             Ring::Production => format!("{} {}", slot.platform, slot.arch),
             Ring::Preview => format!("{} {} preview", slot.platform, slot.arch),
         };
+        self.download_url(&url, &label, true, out, path, cap, observer, on_retry)
+    }
+
+    /// Streams `url` into `out` as [`Upstream::download`] does, with the
+    /// same retries, redirect rule, proxies, cap and length check; the
+    /// early "starts like a zip" check only when `zip` is set (other
+    /// profiles check their packages themselves once they are complete).
+    #[allow(clippy::too_many_arguments)]
+    pub fn download_url(
+        &self,
+        url: &str,
+        label: &str,
+        zip: bool,
+        out: &mut std::fs::File,
+        path: &std::path::Path,
+        cap: u64,
+        observer: &dyn Observer,
+        on_retry: &dyn Fn(&UpstreamError, Duration),
+    ) -> Result<Download, UpstreamError> {
+        let url = url.to_string();
         let (mut d, attempts) = self.with_retries(on_retry, |_| {
             let write_err = |source| UpstreamError::Write {
                 url: url.clone(),
@@ -577,10 +597,11 @@ impl Upstream {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("unknown")
                 .to_string();
-            observer.start(&label, expected.unwrap_or(0));
+            observer.start(label, expected.unwrap_or(0));
             let sink = Sink {
                 url: &url,
                 path,
+                zip,
                 cap,
                 expected,
                 content_type: &content_type,
@@ -1068,6 +1089,8 @@ fn body_error(
 struct Sink<'a> {
     url: &'a str,
     path: &'a std::path::Path,
+    /// Check that the body starts like a zip.
+    zip: bool,
     cap: u64,
     expected: Option<u64>,
     content_type: &'a str,
@@ -1084,6 +1107,7 @@ impl Sink<'_> {
         let Sink {
             url,
             path,
+            zip,
             cap,
             expected,
             content_type,
@@ -1100,7 +1124,7 @@ impl Sink<'_> {
                 Ok(n) => n,
                 Err(e) => return Err(body_error(url, e, total, expected, timeout)),
             };
-            if head.len() < 64 {
+            if zip && head.len() < 64 {
                 let take = (64 - head.len()).min(n);
                 head.extend_from_slice(&buf[..take]);
                 if head.len() >= ZIP_LOCAL_HEADER.len() && !head.starts_with(ZIP_LOCAL_HEADER) {
@@ -1131,7 +1155,7 @@ impl Sink<'_> {
                 attempts: 1,
             });
         }
-        if head.len() < ZIP_LOCAL_HEADER.len() {
+        if zip && head.len() < ZIP_LOCAL_HEADER.len() {
             return Err(not_zip(url, content_type, &head));
         }
         Ok((total, hex::encode(hasher.finalize())))

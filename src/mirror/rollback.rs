@@ -34,6 +34,9 @@ use crate::profile::{Placement, Profile, UnitKey};
 #[derive(Debug, Clone)]
 pub struct RollbackOptions {
     pub mirror: PathBuf,
+    /// `mirror` is one folder of leaves (`import --target`/`--share`):
+    /// each unit at `<mirror>/<leaf>`, n-1 in `<mirror>_back/<leaf>`.
+    pub target: bool,
     pub state_dir: PathBuf,
     /// The units to swap and where their folders are.
     pub slots: Vec<(UnitKey, Placement)>,
@@ -110,13 +113,26 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
     let state_dir = session.dir();
     // An import killed while publishing: record what recovery completed
     // (including what n-1 now holds) before judging n-1.
-    let (mut state, _) = session.recover(&publish::mirror_areas(&opts.mirror), &opts.publish)?;
+    let areas = if opts.target {
+        // Staging of a target lives in its parent, as the import put it.
+        vec![std::path::absolute(&opts.mirror)
+            .ok()
+            .and_then(|d| d.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."))]
+    } else {
+        publish::mirror_areas(&opts.mirror)
+    };
+    let (mut state, _) = session.recover(&areas, &opts.publish)?;
     let on_disk = |dir: &Path| opts.profile.versions_on_disk(dir);
     // Check every slot before moving anything.
     let mut dests = Vec::new();
     let mut forced = Vec::new();
     for (key, place) in &opts.slots {
-        let dest = Destination::in_mirror(&opts.mirror, place)?;
+        let dest = if opts.target {
+            Destination::in_target(&opts.mirror, &place.leaf)?
+        } else {
+            Destination::in_mirror(&opts.mirror, place)?
+        };
         dest.check_folders()?;
         if !dest.current().is_dir() {
             return Err(RollbackError::NotServed {

@@ -119,9 +119,28 @@ fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((n, hex::encode(h.finalize())))
 }
 
-/// Looks at every slot that is served or recorded.
+/// Where the served folders are.
+#[derive(Debug, Clone, Copy)]
+pub enum Served<'a> {
+    /// A mirror root: each unit at its placement.
+    Mirror(&'a Path),
+    /// One folder of leaves (`import --target` or `--share`): the units its
+    /// state records, at `<dir>/<leaf>`, n-1 in `<dir>_back/<leaf>`.
+    Target(&'a Path),
+}
+
+/// Looks at every slot of a mirror that is served or recorded.
 pub fn status(
     mirror: &Path,
+    state_dir: &Path,
+    check_hashes: bool,
+) -> Result<MirrorStatus, super::state::StateError> {
+    status_at(Served::Mirror(mirror), state_dir, check_hashes)
+}
+
+/// [`status`] of a mirror or of a `--target`/`--share` folder.
+pub fn status_at(
+    served: Served<'_>,
     state_dir: &Path,
     check_hashes: bool,
 ) -> Result<MirrorStatus, super::state::StateError> {
@@ -133,10 +152,19 @@ pub fn status(
     let mut slots = Vec::new();
     let units = crate::profile::all()
         .iter()
-        .flat_map(|p| p.all_units().into_iter().map(move |u| (*p, u)));
-    for (profile, (key, place)) in units {
-        let dir = place.dir_in(mirror);
-        let back = place.back_dir_in(mirror);
+        .flat_map(|p| p.all_units().into_iter().map(move |u| (*p, u)))
+        .filter_map(|(profile, (key, place))| match served {
+            Served::Mirror(m) => Some((profile, key, place.dir_in(m), place.back_dir_in(m))),
+            Served::Target(t) => {
+                // A target holds leaves of any group: only what its state
+                // recorded is known to be there.
+                state.served(&key)?;
+                let dir = t.join(&place.leaf);
+                let back = super::publish::back_of(&dir)?;
+                Some((profile, key, dir, back))
+            }
+        });
+    for (profile, key, dir, back) in units {
         let recorded = state.served(&key);
         if !dir.exists() && recorded.is_none() {
             continue;
@@ -280,7 +308,9 @@ pub fn status(
             .iter()
             .any(|s| s.findings.iter().any(|f| f.severity == Severity::Problem));
     Ok(MirrorStatus {
-        mirror: mirror.to_path_buf(),
+        mirror: match served {
+            Served::Mirror(p) | Served::Target(p) => p.to_path_buf(),
+        },
         state_dir: state_dir.to_path_buf(),
         slots,
         problems,

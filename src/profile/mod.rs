@@ -188,7 +188,7 @@ pub trait Profile: fmt::Debug + Send + Sync {
 
 /// The profiles this build knows.
 pub fn all() -> &'static [&'static dyn Profile] {
-    &[&crate::mde::profile::Mde]
+    &[&crate::mde::profile::Mde, &crate::windows::profile::Windows]
 }
 
 /// The profile a manifest names.
@@ -223,8 +223,9 @@ mod tests {
 
     #[test]
     fn unknown_profile_is_named() {
-        let e = find("windows").unwrap_err();
-        assert!(e.0.contains("\"windows\""), "{e}");
+        let e = find("macos").unwrap_err();
+        assert!(e.0.contains("\"macos\""), "{e}");
         assert_eq!(find("mde").unwrap().name(), "mde");
+        assert_eq!(find("windows").unwrap().name(), "windows");
     }
 }

@@ -75,6 +75,16 @@ fn demo_runs_end_to_end_and_can_be_rerun() {
         .assert()
         .success()
         .stdout(predicates::str::contains("trust policy version 2"));
+    // The Windows unit: served in the mirror and in the share folder.
+    for p in [
+        mirror.join("windows/x64/mpam-fe.exe"),
+        mirror.join("windows/x86/mpam-fe.exe"),
+        dir.join("share/x64/mpam-fe.exe"),
+    ] {
+        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let info = gapferry::windows::pe::analyze(&bytes).unwrap();
+        assert_eq!(info.version, "1.419.200.0", "{}", p.display());
+    }
     gapferry()
         .args(["ledger", "verify", "--state-dir"])
         .arg(dir.join("state"))

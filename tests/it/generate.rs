@@ -198,9 +198,9 @@ fn completions_offer_values_and_hide_generate() {
     }
     let bash = fs::read_to_string(dir.path().join("gapferry.bash")).unwrap();
     for (flag, values) in [
-        ("--platform", "linux mac"),
+        ("--platform", "linux mac windows"),
         ("--ring", "production preview"),
-        ("--arch", "x86_64 arm64"),
+        ("--arch", "x86_64 arm64 x64 x86"),
     ] {
         let want = format!("{flag})\n                    COMPREPLY=($(compgen -W \"{values}\"");
         assert!(bash.contains(&want), "{flag} does not offer {values}");

@@ -921,8 +921,13 @@ fn manifest_field_rules() {
             "lists no files",
         ),
         (
+            Box::new(|v: &mut serde_json::Value| v["profile"] = "macos".into()),
+            "profile \"macos\" is not supported",
+        ),
+        (
+            // An mde item under the windows profile.
             Box::new(|v: &mut serde_json::Value| v["profile"] = "windows".into()),
-            "profile \"windows\" is not supported",
+            "is not a Windows item",
         ),
         (
             Box::new(|v: &mut serde_json::Value| v["items"][0]["arch"] = "mips".into()),

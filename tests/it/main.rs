@@ -47,3 +47,4 @@ mod regressions;
 mod status_rollback;
 mod trust_policy;
 mod volumes;
+mod windows;

@@ -627,6 +627,19 @@ pub mod json {
         /// The carried trust policy versions (absent: none).
         #[serde(default)]
         pub trust_policy: Vec<PolicySummary>,
+        /// Only with `--packages`.
+        #[serde(default)]
+        pub packages: Option<Vec<Package>>,
+    }
+
+    /// One Windows package of `inspect --packages --json`.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Package {
+        pub path: String,
+        pub version: Option<String>,
+        pub signer_subject: Option<String>,
+        pub authenticode: String,
     }
 
     /// `gapferry verify --json`.
