@@ -21,7 +21,7 @@ use gapferry::sequence;
 use gapferry::trustpolicy::{self, SignedPolicy};
 
 use super::fetch::{self as fetch_cli, FetchSourceArgs};
-use super::output::{print_json, Bar};
+use super::output::{print_json, Bar, ErrorJson};
 use super::{password, UsageError};
 
 /// Pack a download folder into a signed .tar.zst bundle.
@@ -105,6 +105,8 @@ pub struct ExportArgs {
 /// The `--json` summary of an export.
 #[derive(Debug, Serialize)]
 pub struct ExportSummary {
+    pub bundle_path: PathBuf,
+    /// Deprecated name of `bundle_path` (docs/JSON.md).
     pub bundle: PathBuf,
     pub bundle_id: String,
     pub channel: String,
@@ -114,6 +116,8 @@ pub struct ExportSummary {
     pub manifest_sha256: String,
     pub bundle_size: u64,
     pub payload_size: u64,
+    pub signer_key_ids: Vec<String>,
+    /// Deprecated name of `signer_key_ids` (docs/JSON.md).
     pub signers: Vec<String>,
     pub items: Vec<Item>,
     /// With --split: the index and the volumes, in order.
@@ -218,7 +222,7 @@ impl ExportArgs {
         let Some(plan) = fetch_plan else {
             let summary = self.export(&keys, &self.platforms, &self.rings, &trust)?;
             if self.json {
-                print_json(&summary)?;
+                print_json(&summary, None)?;
             }
             return Ok(0);
         };
@@ -229,17 +233,21 @@ impl ExportArgs {
         if report.failed() {
             // Said even with --quiet or --json: cron and systemd must see
             // why no bundle appeared.
-            eprintln!(
-                "gapferry: export --fetch: {} of {} fetch items failed, so nothing was exported and {} was not written; fix the cause above and run again",
+            let msg = format!(
+                "export --fetch: {} of {} fetch items failed, so nothing was exported and {} was not written; fix the cause above and run again",
                 report.count_failed(),
                 report.items.len(),
                 self.out.display()
             );
+            eprintln!("gapferry: {msg}");
             if self.json {
-                print_json(&FetchExportSummary {
-                    fetch: fetch_json,
-                    export: None,
-                })?;
+                print_json(
+                    &FetchExportSummary {
+                        fetch: fetch_json,
+                        export: None,
+                    },
+                    Some(ErrorJson::new(msg, 1)),
+                )?;
             }
             return Ok(1);
         }
@@ -257,10 +265,13 @@ impl ExportArgs {
         }
         let summary = self.export(&keys, &platforms, &rings, &trust)?;
         if self.json {
-            print_json(&FetchExportSummary {
-                fetch: fetch_json,
-                export: Some(summary),
-            })?;
+            print_json(
+                &FetchExportSummary {
+                    fetch: fetch_json,
+                    export: Some(summary),
+                },
+                None,
+            )?;
         }
         Ok(0)
     }
@@ -402,6 +413,7 @@ impl ExportArgs {
             );
         }
         Ok(ExportSummary {
+            bundle_path: self.out.clone(),
             bundle: self.out.clone(),
             bundle_id: m.bundle_id.to_string(),
             channel: m.channel.clone(),
@@ -411,6 +423,7 @@ impl ExportArgs {
             manifest_sha256: written.manifest_sha256.to_string(),
             bundle_size: written.bundle_size,
             payload_size: m.total_size(),
+            signer_key_ids: keys.iter().map(|k| k.key_id.to_string()).collect(),
             signers: keys.iter().map(|k| k.key_id.to_string()).collect(),
             items: m.items.clone(),
             split,

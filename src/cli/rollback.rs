@@ -138,7 +138,7 @@ impl RollbackArgs {
             Err(e) => return Err(self.with_arch_hint(e, &arches)),
         };
         if self.json {
-            print_json(&report)?;
+            print_json(&report, None)?;
         } else {
             for s in &report.slots {
                 let v = |x: &Option<gapferry::mirror::ledger::Versions>| {
