@@ -85,6 +85,8 @@ fn verify_intact_chain() {
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct V {
+        schema_version: u32,
+        ok: bool,
         ledger: String,
         entries: usize,
         head_sha256: String,
