@@ -189,6 +189,40 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// `--json` is found at any depth of subcommands, with the command's
+    /// words; without it there is no failure document.
+    #[test]
+    fn json_command_finds_the_flag_and_the_words() {
+        let m = |args: &[&str]| {
+            let mut all = vec!["gapferry"];
+            all.extend_from_slice(args);
+            json_command(&Cli::command().try_get_matches_from(all).unwrap())
+        };
+        assert_eq!(
+            m(&["ledger", "verify", "--state-dir", "s", "--json"]).as_deref(),
+            Some("ledger verify")
+        );
+        assert_eq!(
+            m(&["verify", "b", "--trust", "k", "--json"]).as_deref(),
+            Some("verify")
+        );
+        assert_eq!(m(&["verify", "b", "--trust", "k"]), None);
+        assert_eq!(m(&["ledger", "show", "--state-dir", "s"]), None);
+        // A command without --json (keygen) never has one.
+        assert_eq!(
+            m(&["keygen", "--secret-key", "k", "--public-key", "p"]),
+            None
+        );
+        assert_eq!(
+            command_words(
+                ["gapferry", "trust", "show", "--bogus"]
+                    .into_iter()
+                    .map(std::ffi::OsString::from)
+            ),
+            "trust show"
+        );
+    }
+
     /// The binary's one mapping, on errors as the subcommands raise them:
     /// `bail!` of a usage error, a library error under `.context(..)`, the
     /// crate error, and an I/O error of the binary's own.
