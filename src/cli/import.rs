@@ -142,8 +142,9 @@ impl ImportArgs {
         let opts = match self.plan() {
             Ok(opts) => opts,
             // --json promises one report on stdout, even when the command
-            // line or a key file is wrong.
-            Err(e) if self.json => {
+            // line or a key file is wrong (the inbox's stream gets the
+            // failure line instead, from main).
+            Err(e) if self.json && self.inbox.is_none() => {
                 let code = super::exit_code(&e);
                 let msg = super::describe(&e);
                 print_import(&ImportReport {

@@ -298,6 +298,24 @@ fn every_command_on_success_and_failure_matches_its_schema() {
         2,
     );
 
+    // A key file that cannot be read: the stream is the failure line.
+    c.failure(
+        "import",
+        &run(&[
+            "import",
+            "--inbox",
+            s(&inbox),
+            "--trust",
+            s(&missing),
+            "--mirror",
+            s(&mirror),
+            "--state-dir",
+            s(&state),
+            "--json",
+        ]),
+        2,
+    );
+
     // status: healthy, a damaged served file, a folder that does not exist.
     let st = [
         "status",
