@@ -1,12 +1,12 @@
-//! Shared output helpers: progress bars on a terminal only, JSON on stdout.
+//! Shared output helpers: progress bars on a terminal only, JSON on stdout
+//! (the `--json` envelope and the failure document, docs/JSON.md).
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::Serialize;
-use std::path::Path;
-
 use anyhow::Context;
+use serde::Serialize;
 
 use std::sync::Mutex;
 
