@@ -121,13 +121,18 @@ pub struct ManifestArgs {
 #[derive(Debug, Serialize)]
 pub struct CosignOutput {
     /// The bundle as given.
+    pub bundle_path: PathBuf,
+    /// Deprecated name of `bundle_path` (docs/JSON.md).
     pub bundle: PathBuf,
+
     /// The bundle file written (the new set's index for a split bundle).
     pub written: PathBuf,
     pub manifest_sha256: String,
     /// Key ids added.
     pub added: Vec<String>,
     /// Key ids of every signature the bundle now carries.
+    pub signer_key_ids: Vec<String>,
+    /// Deprecated name of `signer_key_ids` (docs/JSON.md).
     pub signers: Vec<String>,
     /// Compressed bytes of the head before and after, and bytes copied as
     /// they were.
@@ -142,7 +147,10 @@ pub struct CosignOutput {
 /// The `--json` output of `manifest`.
 #[derive(Debug, Serialize)]
 pub struct ManifestOutput {
+    pub bundle_path: PathBuf,
+    /// Deprecated name of `bundle_path` (docs/JSON.md).
     pub bundle: PathBuf,
+
     pub manifest: PathBuf,
     pub manifest_sha256: String,
     pub trusted_comment: String,
@@ -162,17 +170,22 @@ fn report(
     let sha = head.manifest_sha256.to_string();
     let ids = |v: &[gapferry::keys::KeyId]| v.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     if json {
-        return print_json(&CosignOutput {
-            bundle: bundle.to_path_buf(),
-            written: c.bundle.clone(),
-            manifest_sha256: sha,
-            added: ids(&c.added),
-            signers: ids(&c.signers),
-            head_before: c.head_before,
-            head_after: c.head_after,
-            copied: c.copied,
-            volumes: c.volumes.clone(),
-        });
+        return print_json(
+            &CosignOutput {
+                bundle_path: bundle.to_path_buf(),
+                bundle: bundle.to_path_buf(),
+                written: c.bundle.clone(),
+                manifest_sha256: sha,
+                added: ids(&c.added),
+                signer_key_ids: ids(&c.signers),
+                signers: ids(&c.signers),
+                head_before: c.head_before,
+                head_after: c.head_after,
+                copied: c.copied,
+                volumes: c.volumes.clone(),
+            },
+            None,
+        );
     }
     if !quiet {
         // What the new signature vouches for, so the signer sees it.
@@ -397,15 +410,19 @@ impl ManifestArgs {
             quote_path(&pubkey)
         );
         if self.json {
-            print_json(&ManifestOutput {
-                bundle: self.bundle.clone(),
-                manifest: self.out.clone(),
-                manifest_sha256: head.manifest_sha256.to_string(),
-                trusted_comment: comment,
-                signature: sig,
-                minisign_command: minisign,
-                attach_command: attach,
-            })?;
+            print_json(
+                &ManifestOutput {
+                    bundle_path: self.bundle.clone(),
+                    bundle: self.bundle.clone(),
+                    manifest: self.out.clone(),
+                    manifest_sha256: head.manifest_sha256.to_string(),
+                    trusted_comment: comment,
+                    signature: sig,
+                    minisign_command: minisign,
+                    attach_command: attach,
+                },
+                None,
+            )?;
             return Ok(0);
         }
         let default_key = if self.minisign_key.is_none() {

@@ -16,7 +16,7 @@ use gapferry::mde::endpoint::{
 };
 use gapferry::mde::{Platform, Ring};
 
-use super::output::{print_json, write_atomically};
+use super::output::{print_json, write_atomically, ErrorJson};
 use super::UsageError;
 
 const AFTER_HELP: &str = "\
@@ -119,9 +119,11 @@ pub struct CheckOutput {
     pub file: PathBuf,
     /// "json" or "plist".
     pub format: ConfigFormat,
-    /// True when there are no problems (the exit code is then 0).
-    pub ok: bool,
+    pub problem_count: usize,
+    pub note_count: usize,
+    /// Deprecated name of `problem_count` (docs/JSON.md).
     pub problems: usize,
+    /// Deprecated name of `note_count` (docs/JSON.md).
     pub notes: usize,
     /// antivirusEngine.offlineDefinitionUpdateUrl, when it is a string.
     pub update_url: Option<String>,
@@ -134,7 +136,8 @@ impl CheckOutput {
         CheckOutput {
             file: r.path.clone(),
             format: r.format,
-            ok: r.is_ok(),
+            problem_count: r.problems(),
+            note_count: r.findings.len() - r.problems(),
             problems: r.problems(),
             notes: r.findings.len() - r.problems(),
             update_url: r.update_url.clone(),
@@ -225,7 +228,17 @@ impl EndpointConfigArgs {
             let report = win::check_file(file, self.share.as_deref())
                 .map_err(|e| UsageError(e.to_string()))?;
             if self.json {
-                print_json(&report)?;
+                let error = (!report.ok).then(|| {
+                    ErrorJson::new(
+                        format!(
+                            "{}: {} problem(s); `gapferry endpoint-config --platform windows --share \\\\server\\share` prints correct settings",
+                            file.display(),
+                            report.problem_count
+                        ),
+                        1,
+                    )
+                });
+                print_json(&report, error)?;
             } else {
                 let mut err = std::io::stderr().lock();
                 for f in &report.findings {
@@ -298,7 +311,17 @@ impl EndpointConfigArgs {
         };
         let report = endpoint::check_file(file, &expect)?;
         if self.json {
-            print_json(&CheckOutput::new(&report))?;
+            let error = (!report.is_ok()).then(|| {
+                ErrorJson::new(
+                    format!(
+                        "{}: {} problem(s); `gapferry endpoint-config --url URL --platform P` prints correct settings",
+                        file.display(),
+                        report.problems()
+                    ),
+                    1,
+                )
+            });
+            print_json(&CheckOutput::new(&report), error)?;
         } else {
             let mut err = std::io::stderr().lock();
             for f in &report.findings {

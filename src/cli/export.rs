@@ -21,7 +21,7 @@ use gapferry::sequence;
 use gapferry::trustpolicy::{self, SignedPolicy};
 
 use super::fetch::{self as fetch_cli, FetchSourceArgs};
-use super::output::{print_json, Bar};
+use super::output::{print_json, Bar, ErrorJson};
 use super::{password, UsageError};
 
 /// Pack a download folder into a signed .tar.zst bundle.
@@ -107,6 +107,8 @@ pub struct ExportArgs {
 /// The `--json` summary of an export.
 #[derive(Debug, Serialize)]
 pub struct ExportSummary {
+    pub bundle_path: PathBuf,
+    /// Deprecated name of `bundle_path` (docs/JSON.md).
     pub bundle: PathBuf,
     pub bundle_id: String,
     pub channel: String,
@@ -116,6 +118,8 @@ pub struct ExportSummary {
     pub manifest_sha256: String,
     pub bundle_size: u64,
     pub payload_size: u64,
+    pub signer_key_ids: Vec<String>,
+    /// Deprecated name of `signer_key_ids` (docs/JSON.md).
     pub signers: Vec<String>,
     pub items: Vec<Item>,
     /// With --split: the index and the volumes, in order.
@@ -245,7 +249,7 @@ impl ExportArgs {
             let Some(plan) = win_plan else {
                 let summary = self.export_windows(&keys, &[], &trust)?;
                 if self.json {
-                    print_json(&summary)?;
+                    print_json(&summary, None)?;
                 }
                 return Ok(0);
             };
@@ -257,20 +261,29 @@ impl ExportArgs {
                     self.out.display()
                 );
                 if self.json {
-                    print_json(&WinFetchExportSummary {
-                        fetch,
-                        export: None,
-                    })?;
+                    print_json(
+                        &WinFetchExportSummary {
+                            fetch,
+                            export: None,
+                        },
+                        Some(ErrorJson::new(
+                            "a Windows package failed to fetch, so nothing was exported".into(),
+                            1,
+                        )),
+                    )?;
                 }
                 return Ok(1);
             }
             // Carry what this run fetched, not stale folders of other arches.
             let summary = self.export_windows(&keys, &plan.arches, &trust)?;
             if self.json {
-                print_json(&WinFetchExportSummary {
-                    fetch,
-                    export: Some(summary),
-                })?;
+                print_json(
+                    &WinFetchExportSummary {
+                        fetch,
+                        export: Some(summary),
+                    },
+                    None,
+                )?;
             }
             return Ok(0);
         }
@@ -282,7 +295,7 @@ impl ExportArgs {
                 &trust,
             )?;
             if self.json {
-                print_json(&summary)?;
+                print_json(&summary, None)?;
             }
             return Ok(0);
         };
@@ -293,17 +306,21 @@ impl ExportArgs {
         if report.failed() {
             // Said even with --quiet or --json: cron and systemd must see
             // why no bundle appeared.
-            eprintln!(
-                "gapferry: export --fetch: {} of {} fetch items failed, so nothing was exported and {} was not written; fix the cause above and run again",
+            let msg = format!(
+                "export --fetch: {} of {} fetch items failed, so nothing was exported and {} was not written; fix the cause above and run again",
                 report.count_failed(),
                 report.items.len(),
                 self.out.display()
             );
+            eprintln!("gapferry: {msg}");
             if self.json {
-                print_json(&FetchExportSummary {
-                    fetch: fetch_json,
-                    export: None,
-                })?;
+                print_json(
+                    &FetchExportSummary {
+                        fetch: fetch_json,
+                        export: None,
+                    },
+                    Some(ErrorJson::new(msg, 1)),
+                )?;
             }
             return Ok(1);
         }
@@ -321,10 +338,13 @@ impl ExportArgs {
         }
         let summary = self.export(&keys, &platforms, &rings, &trust)?;
         if self.json {
-            print_json(&FetchExportSummary {
-                fetch: fetch_json,
-                export: Some(summary),
-            })?;
+            print_json(
+                &FetchExportSummary {
+                    fetch: fetch_json,
+                    export: Some(summary),
+                },
+                None,
+            )?;
         }
         Ok(0)
     }
@@ -516,6 +536,7 @@ impl ExportArgs {
             );
         }
         Ok(ExportSummary {
+            bundle_path: self.out.clone(),
             bundle: self.out.clone(),
             bundle_id: m.bundle_id.to_string(),
             channel: m.channel.clone(),
@@ -525,6 +546,7 @@ impl ExportArgs {
             manifest_sha256: written.manifest_sha256.to_string(),
             bundle_size: written.bundle_size,
             payload_size: m.total_size(),
+            signer_key_ids: keys.iter().map(|k| k.key_id.to_string()).collect(),
             signers: keys.iter().map(|k| k.key_id.to_string()).collect(),
             items: m.items.clone(),
             split,

@@ -20,7 +20,7 @@ use gapferry::mde::upstream::HttpConfig;
 use gapferry::mde::Ring;
 use gapferry::progress::Observer;
 
-use super::output::{log_format_parser, print_json, Bar};
+use super::output::{log_format_parser, print_json, Bar, ErrorJson};
 
 /// Download Defender offline definition updates into a download folder, as
 /// Microsoft's xplat_offline_updates_download.sh does, but safely.
@@ -173,7 +173,17 @@ impl FetchArgs {
         })?;
         let report = execute(&plan, self.quiet, self.json, self.source.log_format)?;
         if self.json {
-            print_json(&json::Report::new(&report))?;
+            let error = report.failed().then(|| {
+                ErrorJson::new(
+                    format!(
+                        "fetch: {} of {} items failed; each failed item's error names the URL or file and the fix",
+                        report.count_failed(),
+                        report.items.len()
+                    ),
+                    1,
+                )
+            });
+            print_json(&json::Report::new(&report), error)?;
         }
         Ok(if report.failed() { 1 } else { 0 })
     }
@@ -427,8 +437,6 @@ pub mod json {
     pub struct Report {
         pub download_folder: String,
         pub upstream: String,
-        /// False when any item failed (the exit code is then 1).
-        pub ok: bool,
         pub updated: usize,
         pub unchanged: usize,
         pub failed: usize,
@@ -471,7 +479,6 @@ pub mod json {
             Report {
                 download_folder: r.download_folder.display().to_string(),
                 upstream: r.upstream.clone(),
-                ok: !r.failed(),
                 updated: r.count_updated(),
                 unchanged: r.count_unchanged(),
                 failed: r.count_failed(),

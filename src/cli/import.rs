@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -24,7 +23,7 @@ use gapferry::mirror::state;
 
 use gapferry::text::{escape_path, Esc};
 
-use super::output::{log_format_parser, print_json, Bar};
+use super::output::{log_format_parser, print_json, print_json_line, Bar, ErrorJson};
 use super::UsageError;
 
 /// Verify a bundle and publish it into the mirror endpoints read.
@@ -148,11 +147,12 @@ impl ImportArgs {
         let opts = match self.plan() {
             Ok(opts) => opts,
             // --json promises one report on stdout, even when the command
-            // line or a key file is wrong.
-            Err(e) if self.json => {
+            // line or a key file is wrong (the inbox's stream gets the
+            // failure line instead, from main).
+            Err(e) if self.json && self.inbox.is_none() => {
                 let code = super::exit_code(&e);
                 let msg = super::describe(&e);
-                print_json(&ImportReport {
+                print_import(&ImportReport {
                     outcome: Outcome::Failed,
                     bundle: self
                         .bundle
@@ -192,7 +192,7 @@ impl ImportArgs {
         }
         show_receipt(&report, self.quiet || self.json);
         if self.json {
-            print_json(&report)?;
+            print_import(&report)?;
         }
         match err {
             None => Ok(0),
@@ -374,10 +374,7 @@ impl ImportArgs {
         let mut on_result = |r: &BundleResult| {
             self.refresh_metrics(&opts.import);
             if json {
-                let mut out = std::io::stdout().lock();
-                let _ = serde_json::to_writer(&mut out, r);
-                let _ = writeln!(out);
-                let _ = out.flush();
+                let _ = print_json_line(r, failure(r.exit_code, r.error.as_deref(), r.outcome));
             }
             if json || quiet {
                 if log != LogFormat::Text {
@@ -542,6 +539,37 @@ fn bundle_event(r: &BundleResult, head: Option<String>) -> Event {
 
 /// Prints the receipt the import kept (unless quiet) and the ledger head
 /// it carries; warns when there is no head to carry.
+/// The `error` object of an import or inbox result that did not exit 0.
+fn failure(exit_code: i32, error: Option<&str>, outcome: Outcome) -> Option<ErrorJson> {
+    (exit_code != 0).then(|| {
+        ErrorJson::new(
+            error.map_or_else(|| format!("import {}", outcome.as_str()), str::to_string),
+            exit_code,
+        )
+    })
+}
+
+/// `import --json`: the report with the vocabulary's names
+/// (`bundle_path`, `signer_key_ids`) before its own fields, and the error
+/// in the envelope.
+fn print_import(report: &ImportReport) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    struct ImportJson<'a> {
+        bundle_path: &'a Path,
+        signer_key_ids: &'a [gapferry::keys::KeyId],
+        #[serde(flatten)]
+        report: &'a ImportReport,
+    }
+    print_json(
+        &ImportJson {
+            bundle_path: &report.bundle,
+            signer_key_ids: &report.signers,
+            report,
+        },
+        failure(report.exit_code, report.error.as_deref(), report.outcome),
+    )
+}
+
 fn show_receipt(report: &ImportReport, quiet: bool) {
     let Some(receipt) = &report.receipt else {
         return;

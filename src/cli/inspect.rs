@@ -18,7 +18,7 @@ use gapferry::mirror::receipt;
 use gapferry::text::{escape_path, Esc};
 use gapferry::trustpolicy::PolicySummary;
 
-use super::output::print_json;
+use super::output::{print_json, ErrorJson};
 use super::UsageError;
 
 /// Show a bundle's manifest and signers without reading its payload.
@@ -68,6 +68,8 @@ pub struct PackageReport {
 /// The `--json` output of `inspect --receipt`.
 #[derive(Debug, Serialize)]
 pub struct ReceiptCheck {
+    pub bundle_path: PathBuf,
+    /// Deprecated name of `bundle_path` (docs/JSON.md).
     pub bundle: PathBuf,
     pub receipt: String,
     pub matches: bool,
@@ -83,6 +85,8 @@ pub struct ReceiptCheck {
 /// The `--json` output of inspect.
 #[derive(Debug, Serialize)]
 pub struct InspectOutput {
+    pub bundle_path: PathBuf,
+    /// Deprecated name of `bundle_path` (docs/JSON.md).
     pub bundle: PathBuf,
     pub format: String,
     pub bundle_id: String,
@@ -138,6 +142,7 @@ pub fn policy_line(p: &PolicySummary) -> String {
 pub fn describe(bundle: PathBuf, head: &Head, trust: Option<&TrustSet>) -> InspectOutput {
     let m = &head.manifest;
     InspectOutput {
+        bundle_path: bundle.clone(),
         bundle,
         format: m.format.clone(),
         bundle_id: m.bundle_id.to_string(),
@@ -214,6 +219,7 @@ impl InspectArgs {
         let matches = r.matches(m.sequence, head.manifest_sha256.as_str());
         let expected = receipt::Receipt::new(m.sequence, head.manifest_sha256.as_str(), r.outcome);
         let out = ReceiptCheck {
+            bundle_path: self.bundle.clone(),
             bundle: self.bundle.clone(),
             receipt: r.to_string(),
             matches,
@@ -227,7 +233,18 @@ impl InspectArgs {
             expected: expected.to_string(),
         };
         if self.json {
-            print_json(&out)?;
+            let error = (!matches).then(|| {
+                ErrorJson::new(
+                    format!(
+                        "receipt {} does not match {}: this bundle's receipt would be {}",
+                        out.receipt,
+                        self.bundle.display(),
+                        out.expected
+                    ),
+                    1,
+                )
+            });
+            print_json(&out, error)?;
         } else if matches {
             eprintln!(
                 "gapferry: receipt {} matches {}: bundle {} sequence {} was {} on the disconnected side",
@@ -290,7 +307,7 @@ impl InspectArgs {
             out.packages = Some(read_packages(opened.reader, &head)?);
         }
         if self.json {
-            print_json(&out)?;
+            print_json(&out, None)?;
             return Ok(0);
         }
         let mut s = String::new();

@@ -124,7 +124,8 @@ struct VerifyArgs {
 struct ShowArgs {
     #[command(flatten)]
     location: Location,
-    /// Print a JSON array of entries on stdout instead of a table.
+    /// Print one JSON document (`entries`: the ledger's lines) on stdout
+    /// instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -143,6 +144,13 @@ struct VerifyJson {
     due: Option<LedgerEntry>,
 }
 
+/// `ledger show --json` output: the entries as the ledger holds them.
+#[derive(Debug, Serialize)]
+struct ShowJson<'a> {
+    ledger: PathBuf,
+    entries: &'a [LedgerEntry],
+}
+
 impl LedgerArgs {
     pub fn run(self) -> anyhow::Result<i32> {
         match self.command {
@@ -154,14 +162,17 @@ impl LedgerArgs {
                 note_suppressed(&ledger.suppressed_pending(), &ledger);
                 let head = report.checkpoint().to_string();
                 if a.json {
-                    print_json(&VerifyJson {
-                        ledger: ledger.path().to_path_buf(),
-                        entries: report.entries,
-                        head_sha256: report.head_sha256,
-                        head,
-                        expected_heads: a.expect_head.iter().map(|e| e.to_string()).collect(),
-                        due,
-                    })?;
+                    print_json(
+                        &VerifyJson {
+                            ledger: ledger.path().to_path_buf(),
+                            entries: report.entries,
+                            head_sha256: report.head_sha256,
+                            head,
+                            expected_heads: a.expect_head.iter().map(|e| e.to_string()).collect(),
+                            due,
+                        },
+                        None,
+                    )?;
                 } else {
                     let path = escape_path(ledger.path());
                     eprintln!(
@@ -195,7 +206,13 @@ impl LedgerArgs {
                 note_due(&dir.ledger_due()?, &dir);
                 note_suppressed(&ledger.suppressed_pending(), &ledger);
                 if a.json {
-                    print_json(&entries)?;
+                    print_json(
+                        &ShowJson {
+                            ledger: ledger.path().to_path_buf(),
+                            entries: &entries,
+                        },
+                        None,
+                    )?;
                 } else {
                     let mut out = std::io::stdout().lock();
                     out.write_all(table(&entries).as_bytes())?;

@@ -2,7 +2,7 @@
 //! arguments (doc comments are the help text) and a `run` that returns the
 //! process exit code. Human output goes to stderr, `--json` to stdout.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cosign;
 mod demo;
@@ -14,7 +14,7 @@ mod import;
 mod inspect;
 mod keygen;
 mod ledger;
-mod output;
+pub mod output;
 mod password;
 mod rollback;
 mod status;
@@ -114,6 +114,44 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     gapferry::error::exit_kind_of_chain(err.chain()).code()
 }
 
+/// The subcommand words (`ledger verify`) when the command was given
+/// `--json`, at any level of subcommands; `None` without `--json`. The one
+/// place the binary learns that a failure must be a JSON document too.
+pub fn json_command(matches: &clap::ArgMatches) -> Option<String> {
+    let mut words = Vec::new();
+    let mut json = false;
+    let mut m = matches;
+    while let Some((name, sub)) = m.subcommand() {
+        words.push(name);
+        json |= matches!(sub.try_get_one::<bool>("json"), Ok(Some(true)));
+        m = sub;
+    }
+    json.then(|| words.join(" "))
+}
+
+/// The subcommand words of a raw command line clap refused: the leading
+/// words that are not flags (`ledger verify` of `ledger verify --bogus`).
+pub fn command_words(args: impl Iterator<Item = std::ffi::OsString>) -> String {
+    let mut cmd = Cli::command();
+    let mut words = Vec::new();
+    for a in args.skip(1) {
+        let Some(a) = a.to_str() else { break };
+        let Some(sub) = cmd.find_subcommand(a).cloned() else {
+            break;
+        };
+        words.push(a.to_string());
+        cmd = sub;
+    }
+    words.join(" ")
+}
+
+/// The first line of a clap error, without its `error: ` prefix.
+pub fn clap_message(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
 /// The error and its causes on one line, skipping a cause whose text the
 /// message already contains (error types that print their source inline).
 /// Escaped for a terminal or log ([`gapferry::text::escape`]): errors quote
@@ -150,6 +188,40 @@ mod tests {
     #[test]
     fn cli_debug_assert() {
         Cli::command().debug_assert();
+    }
+
+    /// `--json` is found at any depth of subcommands, with the command's
+    /// words; without it there is no failure document.
+    #[test]
+    fn json_command_finds_the_flag_and_the_words() {
+        let m = |args: &[&str]| {
+            let mut all = vec!["gapferry"];
+            all.extend_from_slice(args);
+            json_command(&Cli::command().try_get_matches_from(all).unwrap())
+        };
+        assert_eq!(
+            m(&["ledger", "verify", "--state-dir", "s", "--json"]).as_deref(),
+            Some("ledger verify")
+        );
+        assert_eq!(
+            m(&["verify", "b", "--trust", "k", "--json"]).as_deref(),
+            Some("verify")
+        );
+        assert_eq!(m(&["verify", "b", "--trust", "k"]), None);
+        assert_eq!(m(&["ledger", "show", "--state-dir", "s"]), None);
+        // A command without --json (keygen) never has one.
+        assert_eq!(
+            m(&["keygen", "--secret-key", "k", "--public-key", "p"]),
+            None
+        );
+        assert_eq!(
+            command_words(
+                ["gapferry", "trust", "show", "--bogus"]
+                    .into_iter()
+                    .map(std::ffi::OsString::from)
+            ),
+            "trust show"
+        );
     }
 
     /// The binary's one mapping, on errors as the subcommands raise them:

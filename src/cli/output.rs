@@ -1,9 +1,12 @@
-//! Shared output helpers: progress bars on a terminal only, JSON on stdout.
+//! Shared output helpers: progress bars on a terminal only, JSON on stdout
+//! (the `--json` envelope and the failure document, docs/JSON.md).
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
+use serde::Serialize;
 
 use std::sync::Mutex;
 
@@ -12,13 +15,109 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use gapferry::durable;
 use gapferry::progress::Observer;
 
-/// Prints `value` as one JSON document on stdout.
-pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+/// The `schema_version` of every `--json` document (docs/JSON.md): fields
+/// are only ever added; a rename, removal or change of type bumps it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Set once a command has printed its one JSON document, so the binary's
+/// failure document ([`print_failure`]) is never a second one.
+static DOCUMENT_PRINTED: AtomicBool = AtomicBool::new(false);
+
+/// The envelope every `--json` document shares: `schema_version` and `ok`
+/// (true exactly when the command exits 0) before the command's own fields.
+#[derive(Serialize)]
+struct Doc<'a, T: ?Sized> {
+    schema_version: u32,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorJson>,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// Prints `value` as one JSON document on stdout, in the envelope:
+/// `schema_version`, `ok` (true exactly when the command exits 0) and, when
+/// it does not, `error` (why, and the exit code).
+pub fn print_json<T: Serialize + ?Sized>(
+    value: &T,
+    error: Option<ErrorJson>,
+) -> anyhow::Result<()> {
+    DOCUMENT_PRINTED.store(true, Ordering::SeqCst);
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
+    let doc = Doc {
+        schema_version: SCHEMA_VERSION,
+        ok: error.is_none(),
+        error,
+        body: value,
+    };
+    serde_json::to_writer_pretty(&mut out, &doc).map_err(std::io::Error::from)?;
     out.write_all(b"\n")?;
     out.flush()?;
     Ok(())
+}
+
+/// Prints `value` as one line of a JSON-lines stream (`import --inbox`), in
+/// the same envelope as [`print_json`].
+pub fn print_json_line<T: Serialize + ?Sized>(
+    value: &T,
+    error: Option<ErrorJson>,
+) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let doc = Doc {
+        schema_version: SCHEMA_VERSION,
+        ok: error.is_none(),
+        error,
+        body: value,
+    };
+    serde_json::to_writer(&mut out, &doc).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// The `error` object of a failed command's document: the message printed
+/// on stderr, the exit code, and its name.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorJson {
+    pub message: String,
+    pub exit_code: i32,
+    /// `operational` (1), `usage` (2), `rejected` (3) or `policy` (4).
+    pub kind: &'static str,
+}
+
+impl ErrorJson {
+    pub fn new(message: String, exit_code: i32) -> Self {
+        let kind = match exit_code {
+            2 => "usage",
+            3 => "rejected",
+            4 => "policy",
+            _ => "operational",
+        };
+        ErrorJson {
+            message,
+            exit_code,
+            kind,
+        }
+    }
+
+    /// The error as the binary reports it ([`super::describe`],
+    /// [`super::exit_code`]).
+    pub fn of(err: &anyhow::Error) -> Self {
+        ErrorJson::new(super::describe(err), super::exit_code(err))
+    }
+}
+
+/// The document of a command that failed before it printed its own:
+/// `{"schema_version", "ok": false, "command", "error"}`, on one line (so it
+/// also ends a JSON-lines stream). Nothing when a document was printed.
+pub fn print_failure(command: &str, error: ErrorJson) -> std::io::Result<()> {
+    #[derive(Serialize)]
+    struct Failure<'a> {
+        command: &'a str,
+    }
+    if DOCUMENT_PRINTED.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    print_json_line(&Failure { command }, Some(error))
 }
 
 /// Prints text for people or scripts on stdout; a closed pipe is an error

@@ -212,7 +212,7 @@ impl RollbackArgs {
             Err(e) => return Err(self.with_arch_hint(e, &tried)),
         };
         if self.json {
-            print_json(&report)?;
+            print_json(&report, None)?;
         } else {
             for s in &report.slots {
                 let v = |x: &Option<gapferry::mirror::ledger::Versions>| {

@@ -8,7 +8,7 @@ use gapferry::mirror::status::{self, Severity};
 use gapferry::mirror::{metrics, state};
 use gapferry::text::{escape_path, Esc};
 
-use super::output::print_json;
+use super::output::{print_json, ErrorJson};
 use super::UsageError;
 
 /// Show what each arch folder of a mirror serves and whether it is healthy.
@@ -129,8 +129,28 @@ impl StatusArgs {
                 let _ = writeln!($o, $($t)*);
             }};
         }
+        let strict_warnings = self.strict
+            && (warnings
+                || st
+                    .trust_policy
+                    .as_ref()
+                    .is_some_and(|t| t.warning.is_some()));
         if self.json {
-            print_json(&st)?;
+            let error = if st.problems {
+                Some(format!(
+                    "{}: {} problem(s) found; each slot's findings say what and how to fix it",
+                    root.display(),
+                    st.problem_count
+                ))
+            } else if strict_warnings {
+                Some(format!(
+                    "{}: warnings found and --strict was given; each slot's findings say what",
+                    root.display()
+                ))
+            } else {
+                None
+            };
+            print_json(&st, error.map(|m| ErrorJson::new(m, 1)))?;
         } else if self.prometheus.is_some() {
             // The metrics file is the report.
         } else {
@@ -159,7 +179,7 @@ impl StatusArgs {
                 );
                 line!(
                     out,
-                    "  definitions_version     : {}",
+                    "  definition_version      : {}",
                     Esc(s.definition_version.as_deref().unwrap_or("-"))
                 );
                 line!(

@@ -520,7 +520,7 @@ impl ShowArgs {
             adopted_at: adopted.as_ref().map(|a| a.adopted_at.to_string()),
         };
         if self.json {
-            print_json(&out)?;
+            print_json(&out, None)?;
             return Ok(0);
         }
         let s = &out.policy;

@@ -60,14 +60,17 @@ pub struct VerifyArgs {
 /// The `--json` output of verify.
 #[derive(Debug, Serialize)]
 pub struct VerifyOutput {
+    pub bundle_path: PathBuf,
+    /// Deprecated name of `bundle_path` (docs/JSON.md).
     pub bundle: PathBuf,
-    pub ok: bool,
     pub bundle_id: String,
     pub channel: String,
     pub sequence: u64,
     pub expires: String,
     pub expired: bool,
     pub manifest_sha256: String,
+    pub signer_key_ids: Vec<String>,
+    /// Deprecated name of `signer_key_ids` (docs/JSON.md).
     pub signers: Vec<String>,
     pub files_checked: usize,
     pub bytes_checked: u64,
@@ -122,14 +125,15 @@ impl VerifyArgs {
         let m = &head.manifest;
         let expired = verified.accepted.expired();
         let out = VerifyOutput {
+            bundle_path: self.bundle.clone(),
             bundle: self.bundle.clone(),
-            ok: true,
             bundle_id: m.bundle_id.to_string(),
             channel: m.channel.clone(),
             sequence: m.sequence,
             expires: m.expires.to_string(),
             expired,
             manifest_sha256: head.manifest_sha256.to_string(),
+            signer_key_ids: signers.iter().map(|k| k.to_string()).collect(),
             signers: signers.iter().map(|k| k.to_string()).collect(),
             files_checked: verified.files_checked,
             bytes_checked: verified.bytes_checked,
@@ -137,7 +141,7 @@ impl VerifyArgs {
             counted_under_policy: verified.accepted.trust().map(|t| t.authority.version()),
         };
         if self.json {
-            print_json(&out)?;
+            print_json(&out, None)?;
         } else if !self.quiet {
             eprintln!(
                 "gapferry: {} is valid: bundle {} channel {} sequence {}, {} files ({} bytes) match, signed by {}{}",

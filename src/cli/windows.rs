@@ -16,7 +16,7 @@ use gapferry::windows::fetch::{self as wfetch, WinFetchPlan, WinFetchReport, Win
 use gapferry::windows::WinArch;
 
 use super::fetch::{FetchArgs, FetchSourceArgs, Ui};
-use super::output::print_json;
+use super::output::{print_json, ErrorJson};
 use super::UsageError;
 
 /// A `--platform` value: an `mde` platform, or `windows`.
@@ -151,7 +151,13 @@ pub fn fetch(args: &FetchArgs) -> anyhow::Result<i32> {
     )?;
     let report = execute(&plan, &args.source, args.quiet, args.json)?;
     if args.json {
-        print_json(&WinFetchJson::new(&report))?;
+        let error = report.failed().then(|| {
+            ErrorJson::new(
+                "a Windows package failed to fetch; each failed item says why".into(),
+                1,
+            )
+        });
+        print_json(&WinFetchJson::new(&report), error)?;
     }
     Ok(if report.failed() { 1 } else { 0 })
 }
@@ -234,7 +240,6 @@ fn summary(report: &WinFetchReport, quiet: bool) {
 pub struct WinFetchJson {
     pub download_folder: PathBuf,
     pub upstream: String,
-    pub ok: bool,
     pub items: Vec<WinFetchItem>,
 }
 
@@ -305,7 +310,6 @@ impl WinFetchJson {
         WinFetchJson {
             download_folder: r.download_folder.clone(),
             upstream: r.upstream.clone(),
-            ok: !r.failed(),
             items,
         }
     }

@@ -189,7 +189,9 @@ pub struct ImportReport {
     /// imported (`<slot>: <the first file that differs>`): removed, never
     /// kept as n-1; n-1 stayed as it was.
     pub discarded: Vec<String>,
-    /// The error, when the outcome is not a success.
+    /// The error, when the outcome is not a success (in `--json`, the
+    /// document's `error.message`).
+    #[serde(skip)]
     pub error: Option<String>,
     pub exit_code: i32,
     /// The receipt (`GF1-...`, see [`super::receipt`]) of a successful

@@ -490,6 +490,8 @@ pub fn refresh(
                 state_dir: state_dir.to_path_buf(),
                 slots: Vec::new(),
                 problems: true,
+                problem_count: 1,
+                warning_count: 0,
                 trust_policy: None,
             },
             Some(e),
@@ -541,6 +543,8 @@ mod tests {
             mirror: "/m".into(),
             state_dir: "/s".into(),
             problems: slots.is_empty(),
+            problem_count: usize::from(slots.is_empty()),
+            warning_count: 0,
             slots,
             trust_policy: None,
         }

@@ -61,8 +61,12 @@ pub struct MirrorStatus {
     pub mirror: PathBuf,
     pub state_dir: PathBuf,
     pub slots: Vec<SlotStatus>,
-    /// True when any finding is a problem.
+    /// True when any finding is a problem (or nothing is served).
     pub problems: bool,
+    /// How many findings are problems (nothing served counts as one).
+    pub problem_count: usize,
+    /// How many findings are warnings.
+    pub warning_count: usize,
     /// The trust policy a root-pinned mirror follows (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trust_policy: Option<TrustStatus>,
@@ -303,10 +307,16 @@ pub fn status_at(
         });
     }
     // An empty mirror serves nothing: monitoring must hear about it.
-    let problems = slots.is_empty()
-        || slots
+    let count = |sev: Severity| {
+        slots
             .iter()
-            .any(|s| s.findings.iter().any(|f| f.severity == Severity::Problem));
+            .flat_map(|s| &s.findings)
+            .filter(|f| f.severity == sev)
+            .count()
+    };
+    let problem_count = count(Severity::Problem) + usize::from(slots.is_empty());
+    let warning_count = count(Severity::Warning);
+    let problems = problem_count > 0;
     Ok(MirrorStatus {
         mirror: match served {
             Served::Mirror(p) | Served::Target(p) => p.to_path_buf(),
@@ -314,6 +324,8 @@ pub fn status_at(
         state_dir: state_dir.to_path_buf(),
         slots,
         problems,
+        problem_count,
+        warning_count,
         trust_policy: trust_status(&state, now),
     })
 }

@@ -101,8 +101,14 @@ pub struct WinCheckReport {
     pub file: PathBuf,
     /// "text" or "json".
     pub format: &'static str,
+    /// No problem found (the `--json` envelope's `ok` says it there).
+    #[serde(skip)]
     pub ok: bool,
+    pub problem_count: usize,
+    pub note_count: usize,
+    /// Deprecated name of `problem_count` (docs/JSON.md).
     pub problems: usize,
+    /// Deprecated name of `note_count` (docs/JSON.md).
     pub notes: usize,
     /// The file-share sources, as the client has them.
     pub share_sources: Vec<String>,
@@ -330,6 +336,8 @@ fn check_prefs(
         file: path.to_path_buf(),
         format,
         ok: problems == 0,
+        problem_count: problems,
+        note_count: findings.len() - problems,
         problems,
         notes: findings.len() - problems,
         share_sources: sources,

@@ -424,9 +424,14 @@ fn plist_profile_key_by_key() {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CheckJson {
+    schema_version: u32,
+    ok: bool,
+    error: Option<crate::support::json::Error>,
     file: String,
     format: String,
-    ok: bool,
+    problem_count: usize,
+    note_count: usize,
+    /// Deprecated names of the counts (docs/JSON.md).
     problems: usize,
     notes: usize,
     update_url: Option<String>,
@@ -535,8 +540,11 @@ fn check_flags_microsofts_misspelling_and_near_misses() {
     let p = write(dir.path(), "sample.json", &v);
     let (code, doc) = check_json(&p, &[]);
     assert_eq!(code, 1);
-    assert!(!doc.ok);
-    assert_eq!(doc.problems, 1, "{:?}", doc.findings);
+    assert!(!doc.ok && doc.schema_version == 1);
+    assert_eq!(doc.problem_count, 1, "{:?}", doc.findings);
+    assert_eq!(doc.problems, doc.problem_count);
+    assert_eq!(doc.notes, doc.note_count);
+    assert_eq!(doc.error.as_ref().map(|e| e.exit_code), Some(1));
     let f = &doc.findings[0];
     assert_eq!(f.severity, "problem");
     assert_eq!(

@@ -91,8 +91,9 @@ fn fetch_then_export_in_one_command() {
         .keys()
         .map(|k| k.as_str())
         .collect();
-    assert_eq!(keys, ["export", "fetch"]);
-    assert_eq!(doc["fetch"]["ok"], true);
+    assert_eq!(keys, ["export", "fetch", "ok", "schema_version"]);
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["fetch"]["failed"], 0);
     assert_eq!(doc["fetch"]["updated"], 4);
     assert_eq!(doc["fetch"]["failed"], 0);
     let items = doc["export"]["items"].as_array().unwrap();
@@ -149,7 +150,12 @@ fn a_failed_fetch_item_exports_nothing() {
         r.stderr
     );
     let doc = json(&r.stdout);
-    assert_eq!(doc["fetch"]["ok"], false);
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["error"]["exit_code"], 1);
+    assert!(doc["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nothing was exported"));
     assert_eq!(doc["fetch"]["failed"], 2);
     assert_eq!(doc["export"], Value::Null);
     // No bundle, no temp file beside it, no sequence used up.

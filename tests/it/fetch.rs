@@ -114,9 +114,11 @@ fn fetched_once(next: Release) -> (Mock, tempfile::TempDir, BTreeMap<String, Opt
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 struct JsonReport {
+    schema_version: u32,
+    ok: bool,
+    error: Option<crate::support::json::Error>,
     download_folder: String,
     upstream: String,
-    ok: bool,
     updated: usize,
     unchanged: usize,
     failed: usize,

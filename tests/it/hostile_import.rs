@@ -285,7 +285,7 @@ impl Fx {
             self.state.as_os_str(),
         ]);
         let r = r.ok();
-        serde_json::from_str::<Vec<serde_json::Value>>(&r.stdout).unwrap()
+        support::json::ledger_entries(&r.stdout)
     }
 
     fn ledger_verify(&self) {

@@ -225,7 +225,7 @@ fn ledger_records_every_attempt_and_verifies() {
         .arg(&fx.state);
     let r = fx.run(c);
     r.expect(0, &[]);
-    let shown: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let shown: Vec<serde_json::Value> = support::json::ledger_entries(&r.stdout);
     let lines = fs::read_to_string(fx.state.join("ledger.jsonl")).unwrap();
     let raw: Vec<&str> = lines.lines().collect();
     assert_eq!(shown.len(), 5);
@@ -311,7 +311,7 @@ fn ledger_records_every_attempt_and_verifies() {
         .arg(&fx.state);
     let r = fx.run(c);
     r.expect(3, &["broken at line 3"]);
-    assert!(r.stdout.is_empty());
+    support::json::failure(&r.stdout, "ledger show", 3);
 
     // An edited last line is caught when the next import chains onto it.
     fs::write(fx.state.join("ledger.jsonl"), &lines).unwrap();
@@ -447,6 +447,12 @@ fn disk_full_fails_cleanly() {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Report {
+    schema_version: u32,
+    ok: bool,
+    /// With `ok` false: `{ message, exit_code, kind }` (docs/JSON.md).
+    error: Option<support::json::Error>,
+    bundle_path: PathBuf,
+    signer_key_ids: Vec<String>,
     outcome: String,
     bundle: PathBuf,
     bundle_id: Option<String>,
@@ -459,7 +465,6 @@ struct Report {
     downgrades: Vec<String>,
     recovered: Vec<PathBuf>,
     discarded: Vec<String>,
-    error: Option<String>,
     exit_code: i32,
     receipt: Option<String>,
 }
@@ -494,6 +499,15 @@ fn report(r: &Run, code: i32) -> Report {
     let rep: Report = serde_json::from_str(&r.stdout)
         .unwrap_or_else(|e| panic!("{e}: stdout is not one report:\n{}", r.stdout));
     assert_eq!(rep.exit_code, code);
+    assert_eq!((rep.schema_version, rep.ok), (1, code == 0));
+    assert_eq!(
+        rep.error.as_ref().map(|e| e.exit_code),
+        (code != 0).then_some(code)
+    );
+    assert_eq!(
+        (&rep.bundle_path, &rep.signer_key_ids),
+        (&rep.bundle, &rep.signers)
+    );
     rep
 }
 
@@ -584,20 +598,28 @@ fn json_report_for_every_outcome() {
     assert_eq!(rep.outcome, "refused");
     assert_eq!(rep.sequence, Some(5));
     assert_eq!(rep.bytes_written, 0);
-    let err = rep.error.unwrap();
+    let err = rep.error.unwrap().message;
     assert!(err.contains("sequence 5 is below 20"), "{err}");
     assert!(r.stderr.contains("sequence 5 is below 20"), "{}", r.stderr);
 
     let rep = report(&fx.import(&be, &[&k.public], &json), 3);
     assert_eq!(rep.outcome, "rejected");
     assert!(rep.signers.is_empty());
-    assert!(rep.error.unwrap().contains("no signature by a trusted key"));
+    assert!(rep
+        .error
+        .unwrap()
+        .message
+        .contains("no signature by a trusted key"));
 
     let rep = report(
         &fx.import(&b2, &[&k.public], &["--json", "--platform", "mac"]),
         2,
     );
-    assert!(rep.error.unwrap().contains("no carried folder matches"));
+    assert!(rep
+        .error
+        .unwrap()
+        .message
+        .contains("no carried folder matches"));
 
     // Errors found before the import starts still give one report.
     let missing = fx.root.join("keys/missing.pub");
@@ -606,13 +628,13 @@ fn json_report_for_every_outcome() {
     let rep = report(&r, 2);
     assert_eq!(rep.outcome, "failed");
     assert_eq!(rep.bundle, b2);
-    assert!(rep.error.unwrap().contains("missing.pub"));
+    assert!(rep.error.unwrap().message.contains("missing.pub"));
     assert!(r.stderr.contains("missing.pub"), "{}", r.stderr);
     let rep = report(
         &fx.import(&b2, &[&k.public], &["--json", "--threshold", "2"]),
         2,
     );
-    assert!(rep.error.unwrap().contains("--threshold 2"));
+    assert!(rep.error.unwrap().message.contains("--threshold 2"));
 
     let sd = StateDir::open(&fx.state).unwrap();
     let lock = sd.lock(Duration::from_secs(5)).unwrap();
@@ -626,6 +648,7 @@ fn json_report_for_every_outcome() {
     assert!(rep
         .error
         .unwrap()
+        .message
         .contains("another gapferry import is running"));
     fx.assert_unchanged(&before);
 }

@@ -482,7 +482,10 @@ fn a_symlinked_bundle_is_never_opened_and_is_moved_aside() {
     let l = line_for(&lines, "link.tar.zst");
     assert_eq!(l["outcome"], "rejected");
     assert!(
-        l["error"].as_str().unwrap().contains("symbolic link"),
+        l["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("symbolic link"),
         "{l}"
     );
     assert!(!fx.sb.join("mirror").exists(), "nothing was imported");
@@ -512,7 +515,10 @@ fn a_fifo_named_like_a_bundle_does_not_hang_the_pass() {
     let lines = json_lines(&run);
     let l = line_for(&lines, "pipe.tar.zst");
     assert_eq!(l["outcome"], "rejected");
-    assert!(l["error"].as_str().unwrap().contains("FIFO"), "{l}");
+    assert!(
+        l["error"]["message"].as_str().unwrap().contains("FIFO"),
+        "{l}"
+    );
     assert_eq!(line_for(&lines, "good.tar.zst")["outcome"], "imported");
     assert_eq!(fx.served_defs(), "1.419.100.0");
 }
@@ -874,7 +880,7 @@ fn a_split_bundle_with_a_symlinked_volume_is_rejected_unread() {
     let lines = json_lines(&run);
     let l = line_for(&lines, "s.tar.zst.volumes.json");
     assert_eq!(l["outcome"], "rejected");
-    let err = l["error"].as_str().unwrap();
+    let err = l["error"]["message"].as_str().unwrap();
     assert!(
         err.contains("s.tar.zst.002") && err.contains("symbolic link"),
         "{l}"

@@ -1,6 +1,7 @@
 //! `--json` output of export, inspect and verify: one JSON document on
 //! stdout in the shape docs/FORMAT.md documents, read back with
-//! `deny_unknown_fields` (support::json), and nothing on stdout on failure.
+//! `deny_unknown_fields` (support::json), and the failure document on
+//! stdout on failure.
 
 use crate::support;
 
@@ -45,7 +46,9 @@ fn export_inspect_verify_json_agree() {
         "--json keeps stderr quiet on success: {r:#?}"
     );
     let e: json::Export = json::parse(&r.stdout);
-    assert_eq!(e.bundle, bundle.to_str().unwrap());
+    assert_eq!(e.bundle_path, bundle.to_str().unwrap());
+    assert_eq!(e.bundle, e.bundle_path);
+    assert!(e.ok && e.schema_version == 1);
     assert_eq!(e.channel, "plant-7");
     assert_eq!(e.bundle_size, fs::metadata(&bundle).unwrap().len());
     let payload: Vec<(String, Vec<u8>)> = releases.iter().flat_map(|r| r.payload()).collect();
@@ -57,7 +60,8 @@ fn export_inspect_verify_json_agree() {
         e.manifest_sha256,
         support::sha256_hex(&manifest_bytes(&bundle))
     );
-    assert_eq!(e.signers, [a.id().to_string(), b.id().to_string()]);
+    assert_eq!(e.signer_key_ids, [a.id().to_string(), b.id().to_string()]);
+    assert_eq!(e.signers, e.signer_key_ids);
     assert_eq!(
         e.items,
         [
@@ -159,7 +163,8 @@ fn export_inspect_verify_json_agree() {
     assert_eq!(v.expires, e.expires);
     assert!(!v.expired);
     assert_eq!(v.manifest_sha256, e.manifest_sha256);
-    assert_eq!(v.signers, e.signers);
+    assert_eq!(v.signer_key_ids, e.signer_key_ids);
+    assert_eq!(v.signers, v.signer_key_ids);
     assert_eq!(v.files_checked, 4);
     assert_eq!(v.bytes_checked, e.payload_size);
 }
@@ -196,12 +201,14 @@ fn json_for_invalid_and_expired_signatures() {
             .contains("does not match the data"),
         "{i:?}"
     );
-    // verify --json on a rejected bundle: exit 3, nothing on stdout.
+    // verify --json on a rejected bundle: exit 3, the failure document.
     let before = tree_digest(sb.path());
     let r = sb
         .verify(&bad, &[&a.public], &["--json"])
         .fails(3, &["bad.tar.zst"]);
-    assert!(r.stdout.is_empty(), "no JSON document on failure: {r:#?}");
+    let f = json::failure(&r.stdout, "verify", 3);
+    assert_eq!(f.error.kind, "rejected");
+    assert!(f.error.message.contains("bad.tar.zst"), "{f:?}");
     assert_eq!(tree_digest(sb.path()), before);
 
     // An expired bundle: inspect says so; verify --allow-expired too.
@@ -220,7 +227,8 @@ fn json_for_invalid_and_expired_signatures() {
     let r = sb
         .verify(&old, &[&a.public], &["--json"])
         .fails(4, &["expired"]);
-    assert!(r.stdout.is_empty(), "{r:#?}");
+    let f = json::failure(&r.stdout, "verify", 4);
+    assert_eq!(f.error.kind, "policy");
     assert_eq!(tree_digest(sb.path()), before);
     let r = sb
         .verify(&old, &[&a.public], &["--json", "--allow-expired"])
@@ -230,7 +238,7 @@ fn json_for_invalid_and_expired_signatures() {
 }
 
 #[test]
-fn export_json_failure_prints_nothing_on_stdout() {
+fn export_json_failure_prints_the_failure_document() {
     let sb = Sandbox::new();
     let a = sb.keygen("a");
     let from = sb.mkdir("empty-dl");
@@ -245,6 +253,7 @@ fn export_json_failure_prints_nothing_on_stdout() {
         .arg("--json");
     let before = tree_digest(sb.path());
     let r = support::run(cmd).fails(1, &["nothing to carry"]);
-    assert!(r.stdout.is_empty(), "{r:#?}");
+    let f = json::failure(&r.stdout, "export", 1);
+    assert!(f.error.message.contains("nothing to carry"), "{f:?}");
     assert_eq!(tree_digest(sb.path()), before);
 }

@@ -85,6 +85,8 @@ fn verify_intact_chain() {
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct V {
+        schema_version: u32,
+        ok: bool,
         ledger: String,
         entries: usize,
         head_sha256: String,
@@ -189,7 +191,8 @@ fn show_json_and_table() {
         .arg(sd.path())
         .assert()
         .success();
-    let entries: Vec<E> = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let entries: Vec<E> =
+        crate::support::json::ledger_entries(&String::from_utf8_lossy(&out.get_output().stdout));
     assert_eq!(entries.len(), 3);
     assert_eq!(entries[1].outcome, "refused");
     assert_eq!(entries[0].prev_hash, "0".repeat(64));
@@ -368,7 +371,7 @@ fn a_file_name_cannot_forge_a_ledger_row_and_unsigned_claims_are_marked() {
 
     // JSON stays JSON: the name comes back byte for byte, and the mark.
     let json = s.ledger(&["show", "--json"]).ok();
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&json.stdout).unwrap();
+    let entries: Vec<serde_json::Value> = crate::support::json::ledger_entries(&json.stdout);
     assert_eq!(entries.len(), 1);
     assert_eq!(
         entries[0]["bundle_path"].as_str().unwrap(),
@@ -381,7 +384,7 @@ fn a_file_name_cannot_forge_a_ledger_row_and_unsigned_claims_are_marked() {
     // A signed import is not marked.
     s.import(&s.bundle, &s.keys).ok();
     let json = s.ledger(&["show", "--json"]).ok();
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&json.stdout).unwrap();
+    let entries: Vec<serde_json::Value> = crate::support::json::ledger_entries(&json.stdout);
     assert_eq!(entries[1]["outcome"], "imported");
     assert!(entries[1].get("unverified").is_none(), "{}", entries[1]);
     let show = s.ledger(&["show"]).ok();

@@ -30,6 +30,7 @@ mod import_ops;
 mod import_policy;
 mod inbox;
 mod json_output;
+mod json_schema;
 mod ledger;
 mod limits;
 mod logs;

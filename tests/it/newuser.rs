@@ -47,7 +47,10 @@ fn import_into_a_missing_mirror_is_refused_unless_create() {
     });
     assert_eq!(r.code, 2, "{r:?}");
     let rep: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    assert!(rep["error"].as_str().unwrap().contains("does not exist"));
+    assert!(rep["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("does not exist"));
 
     // --target too.
     let r = fx.run({
@@ -567,7 +570,7 @@ fn a_roll_forward_is_recorded_as_one() {
     c.args(["ledger", "show", "--json", "--state-dir"])
         .arg(&fx.state);
     let r = fx.run(c);
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let entries: Vec<serde_json::Value> = crate::support::json::ledger_entries(&r.stdout);
     let outcomes: Vec<&str> = entries
         .iter()
         .map(|e| e["outcome"].as_str().unwrap())

@@ -792,7 +792,8 @@ fn export_fetch_windows_fetches_then_exports_only_when_every_package_came() {
     };
     let failed = run("a.tar.zst").fails(1, &["HTML page", "nothing was exported"]);
     let doc: serde_json::Value = serde_json::from_str(&failed.stdout).unwrap();
-    assert_eq!(doc["fetch"]["ok"], false, "{doc}");
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert_eq!(doc["fetch"]["items"][1]["outcome"], "failed", "{doc}");
     assert!(doc["export"].is_null(), "{doc}");
     assert!(!env.p("a.tar.zst").exists());
 

@@ -158,6 +158,8 @@ pub struct BundleResult {
     pub sequence: Option<u64>,
     pub manifest_sha256: Option<crate::sha256hex::Sha256Hex>,
     pub receipt: Option<String>,
+    /// The error (in `--json`, the line's `error.message`).
+    #[serde(skip)]
     pub error: Option<String>,
     /// Why its files were left in the inbox although the outcome is
     /// settled (e.g. `processed/` is not a usable folder); null otherwise.

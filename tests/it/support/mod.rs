@@ -552,6 +552,11 @@ pub mod json {
     #[derive(Debug, Clone, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Export {
+        /// The envelope (docs/JSON.md).
+        pub schema_version: u32,
+        pub ok: bool,
+        pub bundle_path: String,
+        /// Deprecated name of `bundle_path`.
         pub bundle: String,
         pub bundle_id: String,
         pub channel: String,
@@ -561,6 +566,8 @@ pub mod json {
         pub manifest_sha256: String,
         pub bundle_size: u64,
         pub payload_size: u64,
+        pub signer_key_ids: Vec<String>,
+        /// Deprecated name of `signer_key_ids`.
         pub signers: Vec<String>,
         pub items: Vec<Item>,
         /// With `--trust-policy`: the versions carried.
@@ -609,6 +616,11 @@ pub mod json {
     #[derive(Debug, Clone, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Inspect {
+        /// The envelope (docs/JSON.md).
+        pub schema_version: u32,
+        pub ok: bool,
+        pub bundle_path: String,
+        /// Deprecated name of `bundle_path`.
         pub bundle: String,
         pub format: String,
         pub bundle_id: String,
@@ -646,14 +658,20 @@ pub mod json {
     #[derive(Debug, Clone, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Verify {
-        pub bundle: String,
+        /// The envelope (docs/JSON.md).
+        pub schema_version: u32,
         pub ok: bool,
+        pub bundle_path: String,
+        /// Deprecated name of `bundle_path`.
+        pub bundle: String,
         pub bundle_id: String,
         pub channel: String,
         pub sequence: u64,
         pub expires: String,
         pub expired: bool,
         pub manifest_sha256: String,
+        pub signer_key_ids: Vec<String>,
+        /// Deprecated name of `signer_key_ids`.
         pub signers: Vec<String>,
         pub files_checked: usize,
         pub bytes_checked: u64,
@@ -663,6 +681,61 @@ pub mod json {
         /// With `--trust-root`: the version the signatures counted under.
         #[serde(default)]
         pub counted_under_policy: Option<u64>,
+    }
+
+    /// The `error` of a document whose `ok` is false.
+    #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Error {
+        pub message: String,
+        pub exit_code: i32,
+        /// `operational`, `usage`, `rejected` or `policy`.
+        pub kind: String,
+    }
+
+    /// The failure document of a command that failed before it had a
+    /// report (docs/JSON.md).
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Failure {
+        pub schema_version: u32,
+        pub ok: bool,
+        pub error: Error,
+        pub command: String,
+    }
+
+    /// Parses stdout as the failure document of `command` exiting `code`.
+    #[track_caller]
+    pub fn failure(stdout: &str, command: &str, code: i32) -> Failure {
+        let f: Failure = parse(stdout);
+        assert_eq!(
+            (
+                f.schema_version,
+                f.ok,
+                f.command.as_str(),
+                f.error.exit_code
+            ),
+            (1, false, command, code),
+            "{f:?}"
+        );
+        f
+    }
+
+    /// The entries of `ledger show --json` (`{ "ledger", "entries" }`).
+    #[track_caller]
+    pub fn ledger_entries<T: serde::de::DeserializeOwned>(stdout: &str) -> Vec<T> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Show<T> {
+            schema_version: u32,
+            ok: bool,
+            #[allow(dead_code)]
+            ledger: String,
+            entries: Vec<T>,
+        }
+        let s: Show<T> = parse(stdout);
+        assert!(s.schema_version == 1 && s.ok, "{stdout}");
+        s.entries
     }
 
     /// Parses stdout as exactly one JSON document of type `T`.
