@@ -10,6 +10,7 @@
 
 pub mod frames;
 pub mod hashing;
+pub mod parity;
 pub mod reader;
 pub mod trust;
 pub mod volumes;

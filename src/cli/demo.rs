@@ -294,6 +294,7 @@ impl DemoArgs {
             sequence: None,
             producer: format!("gapferry {} (demo)", env!("CARGO_PKG_VERSION")),
             split: None,
+            parity: 0,
             write: WriteOptions::default(),
         };
         let written = export::export(&req, std::slice::from_ref(sk), &NoProgress)?.written;

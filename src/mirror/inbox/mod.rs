@@ -484,6 +484,8 @@ fn scan_split(
         index,
         index_bytes: bytes,
         files: Arc::new(InboxFiles(Arc::clone(dir))),
+        recovery: Default::default(),
+        rebuilt: Vec::new(),
     };
     let vols: Vec<String> = split.volume_paths().iter().map(|p| file_name(p)).collect();
     let sigs: Vec<String> = split
