@@ -121,6 +121,9 @@ impl Shape {
     }
 }
 
+/// Where each computed block goes: `(volume index, bytes)`.
+pub type BlockSink<'a> = dyn FnMut(usize, &[u8]) -> Result<(), BundleError> + 'a;
+
 /// A volume to read: its file, its path (for errors) and its size.
 #[derive(Debug)]
 pub struct Source<'a> {
@@ -152,7 +155,7 @@ pub fn encode(
     layout: &Shape,
     data: &[Source<'_>],
     wanted: &[bool],
-    out: &mut dyn FnMut(usize, &[u8]) -> Result<(), BundleError>,
+    out: &mut BlockSink<'_>,
     observer: &dyn Observer,
 ) -> Result<(), BundleError> {
     assert_eq!(data.len(), layout.n);
@@ -188,7 +191,7 @@ pub fn rebuild(
     sizes: &[u64],
     data: &[Option<Source<'_>>],
     parity: &[Option<Source<'_>>],
-    out: &mut dyn FnMut(usize, &[u8]) -> Result<(), BundleError>,
+    out: &mut BlockSink<'_>,
     observer: &dyn Observer,
 ) -> Result<(), BundleError> {
     assert_eq!(data.len(), layout.n);
