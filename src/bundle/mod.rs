@@ -12,6 +12,7 @@ pub mod frames;
 pub mod hashing;
 pub mod parity;
 pub mod reader;
+pub mod repair;
 pub mod trust;
 pub mod volumes;
 pub mod writer;

@@ -861,6 +861,17 @@ pub fn split_volume_name(path: &Path) -> Option<(PathBuf, usize)> {
     }
 }
 
+/// `NAME.pNNN` → (`NAME`, NNN) for a parity volume.
+pub fn split_parity_name(path: &Path) -> Option<(PathBuf, usize)> {
+    let s = path.to_str()?;
+    let (base, num) = s.rsplit_once(".p")?;
+    if num.len() == 3 && num.bytes().all(|b| b.is_ascii_digit()) && !base.is_empty() {
+        Some((PathBuf::from(base), num.parse().ok()?))
+    } else {
+        None
+    }
+}
+
 fn reject(path: &Path, reason: impl Into<String>) -> BundleError {
     BundleError::Rejected {
         path: path.to_path_buf(),
@@ -871,7 +882,26 @@ fn reject(path: &Path, reason: impl Into<String>) -> BundleError {
 /// Finds what `path` names: a directory holding one split bundle, a split
 /// bundle's index or any of its volumes, or a single-file bundle.
 pub fn resolve(path: &Path) -> Result<Layout, BundleError> {
-    let meta = std::fs::metadata(path).map_err(BundleError::io(path))?;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        // A lost volume named on the command line: its set may still be
+        // whole through its parity volumes.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // The name given to `export --out` of a split bundle.
+            let idx = index_path(path);
+            if idx.exists() {
+                return load_split(&idx).map(|s| Layout::Split(Box::new(s)));
+            }
+            if let Some((base, _)) = split_volume_name(path).or_else(|| split_parity_name(path)) {
+                let idx = index_path(&base);
+                if idx.exists() {
+                    return load_split(&idx).map(|s| Layout::Split(Box::new(s)));
+                }
+            }
+            return Err(BundleError::io(path)(e));
+        }
+        Err(e) => return Err(BundleError::io(path)(e)),
+    };
     if meta.is_dir() {
         let mut found = Vec::new();
         for e in std::fs::read_dir(path).map_err(BundleError::io(path))? {
@@ -904,7 +934,7 @@ pub fn resolve(path: &Path) -> Result<Layout, BundleError> {
     if name.ends_with(INDEX_SUFFIX) {
         return load_split(path).map(|s| Layout::Split(Box::new(s)));
     }
-    if let Some((base, k)) = split_volume_name(path) {
+    if let Some((base, k)) = split_volume_name(path).or_else(|| split_parity_name(path)) {
         let idx = index_path(&base);
         if idx.exists() {
             return load_split(&idx).map(|s| Layout::Split(Box::new(s)));

@@ -134,6 +134,7 @@ impl ImportArgs {
                     downgrades: Vec::new(),
                     recovered: Vec::new(),
                     discarded: Vec::new(),
+                    rebuilt_volumes: Vec::new(),
                     error: Some(msg.clone()),
                     exit_code: code,
                     receipt: None,
@@ -389,6 +390,9 @@ fn show_receipt(report: &ImportReport, quiet: bool) {
 }
 
 fn summary(r: &ImportReport) {
+    for why in &r.rebuilt_volumes {
+        eprintln!("gapferry: rebuilt from the parity volumes: {}", Esc(why));
+    }
     for p in &r.recovered {
         eprintln!(
             "gapferry: completed an interrupted publish of {}",

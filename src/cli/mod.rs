@@ -15,6 +15,7 @@ mod keygen;
 mod ledger;
 mod output;
 mod password;
+mod repair;
 mod rollback;
 mod status;
 mod verify;
@@ -43,6 +44,7 @@ enum Command {
     Export(export::ExportArgs),
     Inspect(inspect::InspectArgs),
     Verify(verify::VerifyArgs),
+    Repair(repair::RepairArgs),
     Import(import::ImportArgs),
     Status(status::StatusArgs),
     Rollback(rollback::RollbackArgs),
@@ -62,6 +64,7 @@ impl Cli {
             Command::Export(a) => a.run(),
             Command::Inspect(a) => a.run(),
             Command::Verify(a) => a.run(),
+            Command::Repair(a) => a.run(),
             Command::Import(a) => a.run(),
             Command::Status(a) => a.run(),
             Command::Rollback(a) => a.run(),

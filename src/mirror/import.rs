@@ -148,6 +148,10 @@ pub struct ImportReport {
     /// imported (`<slot>: <the first file that differs>`): removed, never
     /// kept as n-1; n-1 stayed as it was.
     pub discarded: Vec<String>,
+    /// Volumes of a split bundle rebuilt from its parity volumes
+    /// (`volume 3 of 5 is missing`); absent when none was.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rebuilt_volumes: Vec<String>,
     /// The error, when the outcome is not a success.
     pub error: Option<String>,
     pub exit_code: i32,
@@ -208,6 +212,8 @@ struct Attempt {
     bytes_written: u64,
     downgrades: Vec<super::state::Downgrade>,
     recovered: Vec<PathBuf>,
+    /// Volumes rebuilt from parity (why each was rebuilt).
+    rebuilt_volumes: Vec<String>,
     /// Damaged served sets this run replaced and removed (slot: why).
     discarded: Vec<String>,
     /// The run saved its own ledger entry with the state (the import stands
@@ -308,6 +314,7 @@ fn report(
         downgrades: attempt.downgrades.iter().map(|d| d.to_string()).collect(),
         recovered: attempt.recovered,
         discarded: attempt.discarded,
+        rebuilt_volumes: attempt.rebuilt_volumes,
         error: err.as_ref().map(|e| format!("{e}")),
         exit_code: err.as_ref().map_or(0, |e| e.exit_kind().code()),
         receipt: None,
@@ -505,6 +512,14 @@ fn accept(
 ) -> Result<(BundleReader<BundleInput>, Accepted), ImportError> {
     let opened = opened?;
     attempt.head = Some(opened.head.clone());
+    if let Some(split) = &opened.split {
+        attempt.rebuilt_volumes = split
+            .recovery
+            .rebuilt
+            .iter()
+            .map(|(_, why)| why.clone())
+            .collect();
+    }
     let policy = Policy {
         trust: &opts.trust,
         threshold: opts.threshold,

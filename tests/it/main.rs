@@ -36,6 +36,7 @@ mod mirror_crash;
 mod mirror_lock;
 mod mirror_publish;
 mod packaging;
+mod parity;
 mod properties;
 mod receipt;
 mod regressions;
