@@ -28,6 +28,7 @@ mod import_live;
 mod import_ops;
 mod import_policy;
 mod inbox;
+mod inbox_give_up;
 mod json_output;
 mod ledger;
 mod limits;

@@ -439,3 +439,79 @@ fn repair_writes_lost_data_and_parity_volumes_back_byte_for_byte() {
     assert!(v["rebuilt_volumes"].as_array().unwrap().is_empty());
     assert!(v["rebuilt_parity"].as_array().unwrap().is_empty());
 }
+
+impl Fx {
+    /// One inbox pass over `inbox` into mirror `mirror`.
+    fn inbox_pass(&self, inbox: &Path, mirror: &str, extra: &[&str]) -> support::Run {
+        let mut c = self.sb.cmd();
+        c.arg("import")
+            .arg("--trust")
+            .arg(&self.keys.public)
+            .arg("--mirror")
+            .arg(self.sb.join(mirror))
+            .arg("--state-dir")
+            .arg(self.sb.join(format!("{mirror}-state")))
+            .arg("--inbox")
+            .arg(inbox)
+            .args(["--settle", "0s"])
+            .args(extra);
+        support::run(c)
+    }
+
+    /// The set copied into a new inbox `name/` without `lost`.
+    fn inbox_without(&self, name: &str, lost: &[V]) -> PathBuf {
+        let base = self.copy(name);
+        for &v in lost {
+            spoil(&base, v, true);
+        }
+        base.parent().unwrap().to_path_buf()
+    }
+}
+
+/// The inbox imports a set missing up to K volumes (rebuilding them) once
+/// the rest has settled, instead of waiting for volumes that will not come.
+#[test]
+fn the_inbox_imports_a_set_missing_up_to_k_volumes() {
+    let fx = Fx::new();
+    let inbox = fx.inbox_without("inbox", &[V::D(1), V::P(2)]);
+    let run = fx.inbox_pass(&inbox, "mirror", &[]).ok();
+    assert!(
+        run.stderr.contains("b.tar.zst.volumes.json: imported"),
+        "{run:#?}"
+    );
+    assert!(fx.sb.join("mirror/linux").is_dir());
+    let processed = names(&inbox.join("processed"));
+    assert!(processed.contains(&"b.tar.zst.volumes.json".to_string()));
+    assert!(processed.contains(&"b.tar.zst.p001".to_string()));
+    assert!(!processed.contains(&"b.tar.zst.001".to_string()));
+    // Nothing is left behind in the inbox, no temporary file either.
+    assert_eq!(names(&inbox), vec!["processed".to_string()]);
+}
+
+/// K+1 volumes missing: the inbox waits, saying what for and for how long,
+/// then after --give-up-after rejects the set naming what is missing.
+#[test]
+fn the_inbox_waits_for_k_plus_one_missing_volumes_then_gives_up() {
+    let fx = Fx::new();
+    let inbox = fx.inbox_without("inbox", &[V::D(2), V::D(3), V::P(1)]);
+    let before = tree_digest(&inbox);
+    let run = fx.inbox_pass(&inbox, "mirror", &[]).ok();
+    assert!(
+        run.stderr.contains("b.tar.zst.volumes.json: left alone (1 more volume(s) needed of b.tar.zst.002 (missing), b.tar.zst.003 (missing), b.tar.zst.p001 (missing); last change"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr.contains("if still incomplete 1h after it"),
+        "{run:#?}"
+    );
+    assert_eq!(tree_digest(&inbox), before, "a waiting set is not touched");
+    let run = fx.inbox_pass(&inbox, "mirror", &["--give-up-after", "0s"]);
+    run.expect(3, &["b.tar.zst.volumes.json", "still incomplete"]);
+    assert!(!fx.sb.join("mirror/linux").exists());
+    let rejected = inbox.join("rejected");
+    let reason = fs::read_to_string(rejected.join("b.tar.zst.volumes.json.reason.json")).unwrap();
+    assert!(reason.contains("1 more volume(s) needed"), "{reason}");
+    assert!(reason.contains("b.tar.zst.002 (missing)"), "{reason}");
+    assert!(names(&rejected).contains(&"b.tar.zst.p002".to_string()));
+    assert_eq!(names(&inbox), vec!["rejected".to_string()]);
+}
