@@ -570,7 +570,11 @@ pub fn write_split(
         ));
     }
     if !opts.overwrite {
-        for p in [&idx_path, &volume_path(out, 1)] {
+        for p in [
+            &idx_path,
+            &volume_path(out, 1),
+            &parity::parity_path(out, 1),
+        ] {
             if p.exists() {
                 return Err(input_err(
                     p,
@@ -767,21 +771,65 @@ fn write_parity(
         ));
     }
     observer.start("computing parity", layout.parity_size() * layout.n as u64);
-    parity::encode(
-        layout,
-        &data,
-        &vec![true; layout.k],
-        &mut |j, block| {
-            let (_, path, w, h) = &mut outs[j];
-            w.write_all(block).map_err(BundleError::io(&*path))?;
-            h.update(block);
-            Ok(())
-        },
-        observer,
-    )?;
+    // Two stages: this thread reads and encodes stripe s + 1 while a writer
+    // thread hashes and writes stripe s. One stripe's parity blocks are in
+    // flight at a time (a rendezvous channel), and their buffers go back to
+    // the encoder, so memory stays the coder's work area plus K blocks.
+    let k = layout.k;
+    let block = layout.block as usize;
+    let (to_writer, from_encoder) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(0);
+    let (to_encoder, spare) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<Vec<_>, BundleError> {
+            let mut outs = outs;
+            for stripe in from_encoder {
+                for (j, b) in stripe.iter().enumerate() {
+                    let (_, path, w, h) = &mut outs[j];
+                    w.write_all(b).map_err(BundleError::io(&*path))?;
+                    h.update(b);
+                }
+                // The encoder may be gone after an error: nothing to return to.
+                let _ = to_encoder.send(stripe);
+            }
+            Ok(outs)
+        });
+        let mut stripe: Vec<Vec<u8>> = vec![Vec::with_capacity(block); k];
+        // Two stripes of buffers in all: one filled here, one written there.
+        let mut allocated = 1;
+        let encoded = parity::encode(
+            layout,
+            &data,
+            &vec![true; k],
+            &mut |j, b| {
+                stripe[j].clear();
+                stripe[j].extend_from_slice(b);
+                if j + 1 == k {
+                    let stopped = || {
+                        // The writer stopped on an error; it reports it.
+                        BundleError::io(dir)(io::Error::other("the parity writer stopped"))
+                    };
+                    let next = if allocated < 2 {
+                        allocated += 1;
+                        vec![Vec::with_capacity(block); k]
+                    } else {
+                        spare.recv().map_err(|_| stopped())?
+                    };
+                    let full = std::mem::replace(&mut stripe, next);
+                    to_writer.send(full).map_err(|_| stopped())?;
+                }
+                Ok(())
+            },
+            observer,
+        );
+        drop(to_writer);
+        let outs = writer.join().expect("parity writer panicked");
+        // The writer's own error first: it is why the encoder stopped.
+        let outs = outs?;
+        encoded.map(|()| outs)
+    })?;
     observer.finish();
     let mut done = Vec::with_capacity(layout.k);
-    for (j, (tmp, path, w, h)) in outs.into_iter().enumerate() {
+    for (j, (tmp, path, w, h)) in written.into_iter().enumerate() {
         w.finish().map_err(BundleError::io(&path))?;
         done.push((
             tmp,
@@ -1645,6 +1693,53 @@ mod tests {
     }
 
     #[test]
+    fn parity_needs_format_2_and_a_sound_layout() {
+        let with_parity = |block: u64, size: u64| {
+            let mut i = sample();
+            i.format = INDEX_FORMAT_PARITY.into();
+            i.parity = Some(ParityIndex {
+                scheme: parity::SCHEME.into(),
+                block_size: block,
+                volumes: vec![ParityEntry {
+                    number: 1,
+                    size,
+                    sha256: "c".repeat(64),
+                }],
+            });
+            i
+        };
+        let good = with_parity(64, 64);
+        good.validate().unwrap();
+        assert_eq!(VolumeIndex::parse(&good.to_bytes()).unwrap(), good);
+        assert!(good.trusted_comment().ends_with(" parity:1"));
+        assert!(!sample().trusted_comment().contains("parity"));
+        let mut v1 = good.clone();
+        v1.format = INDEX_FORMAT.into();
+        assert!(v1.validate().unwrap_err().contains("no parity volumes"));
+        let mut v2 = sample();
+        v2.format = INDEX_FORMAT_PARITY.into();
+        assert!(v2.validate().unwrap_err().contains("must list"));
+        assert!(
+            with_parity(100, 100).validate().is_err(),
+            "not a multiple of 64"
+        );
+        assert!(
+            with_parity(2 << 20, 2 << 20).validate().is_err(),
+            "above 1 MiB"
+        );
+        assert!(
+            with_parity(64, 128).validate().is_err(),
+            "not stripes x block"
+        );
+        let mut scheme = good.clone();
+        scheme.parity.as_mut().unwrap().scheme = "par2".into();
+        assert!(scheme.validate().unwrap_err().contains("scheme"));
+        // An older reader's view: the v1 type would refuse `parity` as unknown.
+        let text = String::from_utf8(good.to_bytes()).unwrap();
+        assert!(text.contains("\"format\": \"gapferry-volumes/2\""));
+    }
+
+    #[test]
     fn volume_names() {
         assert_eq!(
             split_volume_name(Path::new("d/b.tar.zst.003")),
@@ -1652,6 +1747,12 @@ mod tests {
         );
         assert_eq!(split_volume_name(Path::new("b.tar.zst")), None);
         assert_eq!(split_volume_name(Path::new("b.tar.zst.1234")), None);
+        assert_eq!(split_volume_name(Path::new("b.tar.zst.p001")), None);
+        assert_eq!(
+            split_parity_name(Path::new("d/b.tar.zst.p002")),
+            Some((PathBuf::from("d/b.tar.zst"), 2))
+        );
+        assert_eq!(split_parity_name(Path::new("d/b.tar.zst.002")), None);
     }
 
     #[test]
