@@ -515,3 +515,34 @@ fn the_inbox_waits_for_k_plus_one_missing_volumes_then_gives_up() {
     assert!(names(&rejected).contains(&"b.tar.zst.p002".to_string()));
     assert_eq!(names(&inbox), vec!["rejected".to_string()]);
 }
+
+/// Replacing a split bundle with `--force` removes its stale parity
+/// volumes (they would be offered to the next reader as parity of another
+/// bundle); without `--force` an existing parity volume is not overwritten.
+#[test]
+fn force_removes_stale_parity_volumes_and_without_it_none_is_overwritten() {
+    let fx = Fx::new();
+    let from = fx.sb.join("dl");
+    let before = fs::read(par(&fx.out, 1)).unwrap();
+    fs::remove_file(index(&fx.out)).unwrap();
+    fs::remove_file(vol(&fx.out, 1)).unwrap();
+    let mut c = fx.sb.cmd();
+    c.arg("export")
+        .arg("--from")
+        .arg(&from)
+        .arg("--out")
+        .arg(&fx.out)
+        .arg("--secret-key")
+        .arg(&fx.keys.secret)
+        .args(["--split", SPLIT, "--parity", "2"]);
+    support::run(c).fails(1, &["b.tar.zst.p001", "already exists"]);
+    assert_eq!(fs::read(par(&fx.out, 1)).unwrap(), before);
+    fx.sb
+        .export(&from, &[&fx.keys], &fx.out, &["--split", SPLIT, "--force"])
+        .ok();
+    assert!(!par(&fx.out, 1).exists() && !par(&fx.out, 2).exists());
+    let idx: serde_json::Value =
+        serde_json::from_slice(&fs::read(index(&fx.out)).unwrap()).unwrap();
+    assert_eq!(idx["format"], "gapferry-volumes/1");
+    assert!(idx.get("parity").is_none());
+}
