@@ -145,6 +145,18 @@ impl StatusArgs {
                 }
             }
         }
+        if let (false, Some(w)) = (self.json, &st.inbox) {
+            line!(
+                out,
+                "inbox {} (last pass {}): {} waiting",
+                escape_path(&w.inbox),
+                Esc(&w.checked),
+                w.waiting.len()
+            );
+            for l in &w.waiting {
+                line!(out, "  {}", Esc(l));
+            }
+        }
         super::output::print_text(&out)?;
         Ok(if st.problems || (self.strict && warnings) {
             1

@@ -63,6 +63,10 @@ pub struct MirrorStatus {
     pub slots: Vec<SlotStatus>,
     /// True when any finding is a problem.
     pub problems: bool,
+    /// What the last `import --inbox` pass with this state directory left
+    /// waiting (absent when no inbox pass ran here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbox: Option<super::inbox::waiting::Waiting>,
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
@@ -237,5 +241,6 @@ pub fn status(
         state_dir: state_dir.to_path_buf(),
         slots,
         problems,
+        inbox: super::inbox::waiting::read(state_dir),
     })
 }

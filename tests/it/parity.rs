@@ -505,6 +505,22 @@ fn the_inbox_waits_for_k_plus_one_missing_volumes_then_gives_up() {
         "{run:#?}"
     );
     assert_eq!(tree_digest(&inbox), before, "a waiting set is not touched");
+    // `status` shows what the last pass left waiting, and since when.
+    let status = fx.sb.run([
+        "status".as_ref(),
+        "--mirror".as_ref(),
+        fx.sb.join("mirror").as_os_str(),
+        "--state-dir".as_ref(),
+        fx.sb.join("mirror-state").as_os_str(),
+    ]);
+    assert!(status.stdout.contains("): 1 waiting"), "{status:#?}");
+    assert!(
+        status
+            .stdout
+            .contains("b.tar.zst.volumes.json: left alone (1 more volume(s) needed"),
+        "{status:#?}"
+    );
+    assert!(status.stdout.contains("last change"), "{status:#?}");
     let run = fx.inbox_pass(&inbox, "mirror", &["--give-up-after", "0s"]);
     run.expect(3, &["b.tar.zst.volumes.json", "still incomplete"]);
     assert!(!fx.sb.join("mirror/linux").exists());

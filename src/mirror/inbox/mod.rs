@@ -28,6 +28,7 @@
 
 mod dirfd;
 mod frames;
+pub mod waiting;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Seek};
@@ -778,6 +779,13 @@ pub fn pass(
         waiting: found.waiting,
         ..PassSummary::default()
     };
+    // For `gapferry status`: what this pass leaves waiting, and since when.
+    if let Err(e) = waiting::record(&opts.import.state_dir, &opts.dir, &summary.waiting) {
+        summary.waiting.push(format!(
+            "(could not record the waiting list in {}: {e})",
+            opts.import.state_dir.display()
+        ));
+    }
     let mut subs = Subdirs::default();
     for p in found.problems {
         if stop.load(Ordering::Relaxed) {
