@@ -476,8 +476,11 @@ impl VolumeSink {
                 self.too_many = true;
                 return Err(io::Error::other(format!("more than {MAX_VOLUMES} volumes")));
             }
-            let tmp = temp_in(&self.dir, &format!("{}.{number:03}", self.name))
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            let tmp = tempfile::Builder::new()
+                .prefix(&format!(".{}.{number:03}.", self.name))
+                .suffix(".partial")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .tempfile_in(&self.dir)?;
             let file = tmp.as_file().try_clone()?;
             self.current = Some(OpenVolume {
                 tmp: tmp.into_temp_path(),
@@ -585,6 +588,12 @@ pub fn write_split(
     }
     let dir = dir_of(out);
     let name = file_name(out);
+    if !dir.is_dir() {
+        return Err(input_err(
+            &dir,
+            "the folder of --out does not exist (or is not a folder); create it first",
+        ));
+    }
     let prepared = writer::prepare(spec, keys, opts, observer)?;
     let mut sink = VolumeSink {
         dir: dir.clone(),
