@@ -562,3 +562,22 @@ fn force_removes_stale_parity_volumes_and_without_it_none_is_overwritten() {
     assert_eq!(idx["format"], "gapferry-volumes/1");
     assert!(idx.get("parity").is_none());
 }
+
+#[test]
+fn a_split_export_into_a_missing_folder_names_it() {
+    let sb = Sandbox::new();
+    let keys = sb.keygen("k");
+    let from = sb.download_folder("dl", &standard_releases());
+    let out = sb.join("nowhere/b.tar.zst");
+    let mut c = sb.cmd();
+    c.arg("export")
+        .arg("--from")
+        .arg(&from)
+        .arg("--out")
+        .arg(&out)
+        .arg("--secret-key")
+        .arg(&keys.secret)
+        .args(["--split", SPLIT, "--parity", "1"]);
+    support::run(c).fails(1, &["nowhere", "does not exist", "create it first"]);
+    assert!(!sb.join("nowhere").exists());
+}
