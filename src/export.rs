@@ -37,6 +37,8 @@ pub struct ExportRequest {
     pub producer: String,
     /// Split into volumes of at most this many bytes.
     pub split: Option<u64>,
+    /// With `split`: this many parity volumes (0: none).
+    pub parity: usize,
     /// Compression level and whether to replace `out`.
     pub write: WriteOptions,
     /// Trust policy versions to carry in the head (`--trust-policy`).
@@ -58,6 +60,7 @@ pub struct SplitParts {
     pub index_path: PathBuf,
     pub index: VolumeIndex,
     pub volume_paths: Vec<PathBuf>,
+    pub parity_paths: Vec<PathBuf>,
     pub signature_paths: Vec<PathBuf>,
 }
 
@@ -136,13 +139,17 @@ pub fn export(
                 index_path,
                 index,
                 volume_paths,
+                parity_paths,
                 signature_paths,
-            } = volumes::write_split(&spec, keys, &req.out, size, &req.write, observer)
-                .map_err(failed)?;
+            } = volumes::write_split(
+                &spec, keys, &req.out, size, req.parity, &req.write, observer,
+            )
+            .map_err(failed)?;
             let parts = SplitParts {
                 index_path,
                 index,
                 volume_paths,
+                parity_paths,
                 signature_paths,
             };
             (written, Some(parts))

@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 
 use super::frames::{self, Frames};
 use super::hashing::to_hex;
+use super::parity;
 use super::reader::{BundleReader, Head};
 use super::volumes::{self, OpenChecks, SplitBundle, VolumeEntry, VolumeIndex};
 use super::writer::{header, tar_padding};
@@ -240,8 +241,8 @@ impl Cosign {
                 self.write_single(&src, out, overwrite)
             }
             (None, Some(s)) => {
-                let s = s.clone();
-                self.write_split(&s, out, index_keys, overwrite, observer)
+                let mut s = s.clone();
+                self.write_split(&mut s, out, index_keys, overwrite, observer)
             }
             (None, None) => unreachable!("a bundle is single or split"),
         }
@@ -417,7 +418,7 @@ impl Cosign {
 
     fn write_split(
         self,
-        s: &SplitBundle,
+        s: &mut SplitBundle,
         out: Option<&Path>,
         index_keys: &[SecretKey],
         overwrite: bool,
@@ -486,10 +487,33 @@ impl Cosign {
                 ),
             ));
         }
+        // A set with parity volumes keeps as many: they are computed anew
+        // over the new data volumes (the old ones protect the old bytes).
+        let parity_parts = match &s.index.parity {
+            Some(p) => {
+                let layout = parity::Shape {
+                    n: parts.len(),
+                    k: p.volumes.len(),
+                    volume_size: s.index.volume_size,
+                    block: parity::block_size_for(
+                        s.index.volume_size,
+                        parts.len(),
+                        p.volumes.len(),
+                    ),
+                };
+                let pv = volumes::write_parity(&dir, &name, &layout, &parts, observer)?;
+                Some((layout, pv))
+            }
+            None => None,
+        };
         let mut index: VolumeIndex = s.index.clone();
         index.bundle = name.clone();
         index.volumes = parts.iter().map(|(_, e)| e.clone()).collect();
         index.total_size = index.volumes.iter().map(|v| v.size).sum();
+        if let (Some(p), Some((layout, pv))) = (index.parity.as_mut(), &parity_parts) {
+            p.block_size = layout.block;
+            p.volumes = pv.iter().map(|(_, e)| e.clone()).collect();
+        }
         index
             .validate()
             .map_err(|e| refused(out, format!("the new volume index is invalid: {e}")))?;
@@ -519,6 +543,11 @@ impl Cosign {
         let mut volume_paths = Vec::new();
         for (tmp, entry) in parts {
             let to = volumes::volume_path(out, entry.number);
+            durable::persist_path(tmp, &to, clobber).map_err(io_err(&to))?;
+            volume_paths.push(to);
+        }
+        for (tmp, entry) in parity_parts.into_iter().flat_map(|(_, pv)| pv) {
+            let to = parity::parity_path(out, entry.number);
             durable::persist_path(tmp, &to, clobber).map_err(io_err(&to))?;
             volume_paths.push(to);
         }

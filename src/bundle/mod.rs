@@ -11,7 +11,9 @@
 pub mod cosign;
 pub mod frames;
 pub mod hashing;
+pub mod parity;
 pub mod reader;
+pub mod repair;
 pub mod trust;
 pub mod volumes;
 pub mod writer;

@@ -13,13 +13,14 @@
 //! own signatures and per-file hashes, stays the authority.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::hashing::{to_hex, CHUNK};
+use super::parity::{self, ParityEntry, ParityIndex, Shape, Source};
 use super::reader::{BundleReader, Head};
 use super::writer::{self, BundleSpec, WriteOptions, Written};
 use super::{BundleError, MAX_SIGNATURES};
@@ -28,8 +29,12 @@ use crate::keys::{KeyId, SecretKey, TrustSet};
 use crate::progress::Observer;
 use crate::sign::{Signature, MAX_SIGNATURE_FILE};
 
-/// The `format` of a volume index.
+/// The `format` of a volume index without parity volumes.
 pub const INDEX_FORMAT: &str = "gapferry-volumes/1";
+/// The `format` of a volume index with parity volumes (a `parity` object);
+/// written only when parity is asked for, so sets without parity stay
+/// readable by releases that know only `gapferry-volumes/1`.
+pub const INDEX_FORMAT_PARITY: &str = "gapferry-volumes/2";
 /// What the index's name adds to the bundle's name.
 pub const INDEX_SUFFIX: &str = ".volumes.json";
 /// Most volumes one bundle may be split into (three-digit suffixes).
@@ -67,6 +72,9 @@ pub struct VolumeIndex {
     /// Sum of the volumes' sizes: the size of the joined `.tar.zst`.
     pub total_size: u64,
     pub volumes: Vec<VolumeEntry>,
+    /// The parity volumes (`gapferry-volumes/2` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity: Option<ParityIndex>,
 }
 
 fn is_hex64(s: &str) -> bool {
@@ -89,11 +97,22 @@ impl VolumeIndex {
 
     /// The index's own rules.
     pub fn validate(&self) -> Result<(), String> {
-        if self.format != INDEX_FORMAT {
-            return Err(format!(
-                "format is {:?}, this gapferry reads {INDEX_FORMAT:?} (a newer gapferry wrote it?)",
-                self.format
-            ));
+        match (self.format.as_str(), &self.parity) {
+            (INDEX_FORMAT, None) | (INDEX_FORMAT_PARITY, Some(_)) => {}
+            (INDEX_FORMAT, Some(_)) => {
+                return Err(format!(
+                    "format {INDEX_FORMAT:?} has no parity volumes; an index with `parity` is {INDEX_FORMAT_PARITY:?}"
+                ))
+            }
+            (INDEX_FORMAT_PARITY, None) => {
+                return Err(format!("format {INDEX_FORMAT_PARITY:?} must list its parity volumes"))
+            }
+            _ => {
+                return Err(format!(
+                    "format is {:?}, this gapferry reads {INDEX_FORMAT:?} and {INDEX_FORMAT_PARITY:?} (a newer gapferry wrote it?)",
+                    self.format
+                ))
+            }
         }
         let plain = |name: &str, v: &str, max: usize| {
             if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
@@ -152,7 +171,52 @@ impl VolumeIndex {
                 self.total_size
             ));
         }
+        if let Some(p) = &self.parity {
+            if p.scheme != parity::SCHEME {
+                return Err(format!(
+                    "parity scheme is {:?}, this gapferry reads {:?}",
+                    p.scheme,
+                    parity::SCHEME
+                ));
+            }
+            let layout = self.layout().expect("parity checked above");
+            layout.check()?;
+            for (j, v) in p.volumes.iter().enumerate() {
+                if v.number != j + 1 {
+                    return Err(format!(
+                        "parity volumes must be numbered 1 to {} in order; entry {} says {}",
+                        p.volumes.len(),
+                        j + 1,
+                        v.number
+                    ));
+                }
+                if !is_hex64(&v.sha256) {
+                    return Err(format!(
+                        "parity volume {}: sha256 must be 64 lower-case hex digits",
+                        v.number
+                    ));
+                }
+                if v.size != layout.parity_size() {
+                    return Err(format!(
+                        "parity volume {} is {} bytes; every parity volume is stripes x block_size ({})",
+                        v.number,
+                        v.size,
+                        layout.parity_size()
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The erasure-code layout, when the index has parity volumes.
+    pub fn layout(&self) -> Option<Shape> {
+        self.parity.as_ref().map(|p| Shape {
+            n: self.volumes.len(),
+            k: p.volumes.len(),
+            volume_size: self.volume_size,
+            block: p.block_size,
+        })
     }
 
     /// The bytes gapferry writes: pretty JSON and a newline.
@@ -165,8 +229,12 @@ impl VolumeIndex {
     /// The trusted comment of the index signatures, so `minisign -V` shows
     /// what the index vouches for and a reader can require it.
     pub fn trusted_comment(&self) -> String {
+        let parity = match &self.parity {
+            Some(p) => format!(" parity:{}", p.volumes.len()),
+            None => String::new(),
+        };
         format!(
-            "gapferry volumes bundle_id:{} channel:{} sequence:{} volumes:{} total_size:{} manifest_sha256:{}",
+            "gapferry volumes bundle_id:{} channel:{} sequence:{} volumes:{} total_size:{} manifest_sha256:{}{parity}",
             self.bundle_id,
             self.channel,
             self.sequence,
@@ -275,6 +343,7 @@ pub struct SplitWritten {
     pub index_path: PathBuf,
     pub index: VolumeIndex,
     pub volume_paths: Vec<PathBuf>,
+    pub parity_paths: Vec<PathBuf>,
     pub signature_paths: Vec<PathBuf>,
 }
 
@@ -323,29 +392,162 @@ fn copy_hashing(
     Ok(to_hex(&h.finalize().into()))
 }
 
+/// The volumes of a bundle being written: each under a hidden temporary
+/// name, cut at `volume_size`, synced as it goes and hashed as the bytes
+/// pass; the writer streams the bundle straight into it.
+struct VolumeSink {
+    dir: PathBuf,
+    name: String,
+    volume_size: u64,
+    current: Option<OpenVolume>,
+    done: Vec<(tempfile::TempPath, VolumeEntry)>,
+    buf: Vec<u8>,
+    /// Set when the bundle needs more than [`MAX_VOLUMES`].
+    too_many: bool,
+}
+
+struct OpenVolume {
+    tmp: tempfile::TempPath,
+    out: durable::SyncingWriter,
+    hash: Sha256,
+    len: u64,
+}
+
+impl std::fmt::Debug for VolumeSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeSink")
+            .field("name", &self.name)
+            .field("volumes", &self.done.len())
+            .finish()
+    }
+}
+
+impl VolumeSink {
+    fn close(&mut self) -> io::Result<()> {
+        if let Some(v) = self.current.take() {
+            v.out.finish()?;
+            let number = self.done.len() + 1;
+            self.done.push((
+                v.tmp,
+                VolumeEntry {
+                    number,
+                    size: v.len,
+                    sha256: to_hex(&v.hash.finalize().into()),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    fn open_next(&mut self) -> io::Result<&mut OpenVolume> {
+        if self.current.is_none() {
+            let number = self.done.len() + 1;
+            if number > MAX_VOLUMES {
+                self.too_many = true;
+                return Err(io::Error::other(format!("more than {MAX_VOLUMES} volumes")));
+            }
+            let tmp = tempfile::Builder::new()
+                .prefix(&format!(".{}.{number:03}.", self.name))
+                .suffix(".partial")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .tempfile_in(&self.dir)?;
+            let file = tmp.as_file().try_clone()?;
+            self.current = Some(OpenVolume {
+                tmp: tmp.into_temp_path(),
+                out: durable::SyncingWriter::new(file),
+                hash: Sha256::new(),
+                len: 0,
+            });
+        }
+        Ok(self.current.as_mut().expect("just opened"))
+    }
+}
+
+impl Write for VolumeSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let volume_size = self.volume_size;
+        let v = self.open_next()?;
+        let room = (volume_size - v.len).min(buf.len() as u64) as usize;
+        let n = v.out.write(&buf[..room])?;
+        v.hash.update(&buf[..n]);
+        v.len += n as u64;
+        if v.len == volume_size {
+            self.close()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl writer::Sink for VolumeSink {
+    /// Through user space: every byte is hashed for its volume's entry.
+    fn copy_from(&mut self, src: &File, n: u64) -> io::Result<u64> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(CHUNK, 0);
+        let mut copied = 0;
+        let result = loop {
+            if copied == n {
+                break Ok(copied);
+            }
+            let want = (n - copied).min(CHUNK as u64) as usize;
+            match (&*src).read(&mut buf[..want]) {
+                Ok(0) => break Ok(copied),
+                Ok(got) => {
+                    if let Err(e) = self.write_all(&buf[..got]) {
+                        break Err(e);
+                    }
+                    copied += got as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.buf = buf;
+        result
+    }
+}
+
 /// Writes a signed bundle split into volumes of `volume_size` bytes beside
-/// `out`: `out.001`, `out.002`, ..., then the signatures of the index, then
-/// the index `out.volumes.json` last. Nothing appears under a final name
-/// before it is complete and synced; a watcher that waits for the index
-/// never sees a partial set.
+/// `out`: `out.001`, `out.002`, ..., with `parity` parity volumes `out.p001`
+/// ... (none when 0), then the signatures of the index, then the index
+/// `out.volumes.json` last. Nothing appears under a final name before it is
+/// complete and synced; a watcher that waits for the index never sees a
+/// partial set.
 ///
-/// The bundle is first written whole under a temporary name, then cut from
-/// its end (each volume copied out, then the file truncated), so the extra
-/// disk space needed is one volume, not a second bundle; what is left is
-/// volume 1.
+/// One pass: the bundle streams straight into the volumes (each byte
+/// written once, hashed on the way); the parity volumes are then computed
+/// stripe by stripe from the volumes just written (read back, from the page
+/// cache when they fit), so memory stays at one stripe whatever the size.
 pub fn write_split(
     spec: &BundleSpec,
     keys: &[SecretKey],
     out: &Path,
     volume_size: u64,
+    parity: usize,
     opts: &WriteOptions,
     observer: &dyn Observer,
 ) -> Result<SplitWritten, BundleError> {
     assert!(!keys.is_empty(), "at least one signing key");
     assert!(volume_size > 0, "volume size checked by units::parse_size");
     let idx_path = index_path(out);
+    if parity > parity::MAX_PARITY {
+        return Err(input_err(
+            out,
+            format!("--parity {parity} is more than {}", parity::MAX_PARITY),
+        ));
+    }
     if !opts.overwrite {
-        for p in [&idx_path, &volume_path(out, 1)] {
+        for p in [
+            &idx_path,
+            &volume_path(out, 1),
+            &parity::parity_path(out, 1),
+        ] {
             if p.exists() {
                 return Err(input_err(
                     p,
@@ -356,78 +558,63 @@ pub fn write_split(
     }
     let dir = dir_of(out);
     let name = file_name(out);
-    let whole = temp_in(&dir, &format!("{name}.split"))?.into_temp_path();
-    let whole_path = whole.to_path_buf();
-    let written = writer::write_bundle(
-        spec,
-        keys,
-        &whole_path,
-        &WriteOptions {
-            overwrite: true,
-            ..opts.clone()
-        },
-        observer,
-    )?;
-    let total = written.bundle_size;
-    let n = total.div_ceil(volume_size).max(1) as usize;
-    if n > MAX_VOLUMES {
+    if !dir.is_dir() {
+        return Err(input_err(
+            &dir,
+            "the folder of --out does not exist (or is not a folder); create it first",
+        ));
+    }
+    let prepared = writer::prepare(spec, keys, opts, observer)?;
+    let mut sink = VolumeSink {
+        dir: dir.clone(),
+        name: name.clone(),
+        volume_size,
+        current: None,
+        done: Vec::new(),
+        buf: Vec::new(),
+        too_many: false,
+    };
+    let written =
+        writer::write_prepared(spec, prepared, opts, &mut sink, out, observer).and_then(|w| {
+            sink.close().map_err(BundleError::io(out))?;
+            Ok(w)
+        });
+    if sink.too_many {
         return Err(input_err(
             out,
             format!(
-                "{total} bytes in volumes of {volume_size} bytes would make {n} volumes, more than {MAX_VOLUMES}; choose a larger --split"
+                "the bundle does not fit in {MAX_VOLUMES} volumes of {volume_size} bytes; choose a larger --split"
             ),
         ));
     }
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&whole_path)
-        .map_err(BundleError::io(&whole_path))?;
-    observer.start("splitting", total);
-    let mut parts: Vec<Option<(tempfile::TempPath, VolumeEntry)>> = (0..n).map(|_| None).collect();
-    for k in (2..=n).rev() {
-        let start = (k as u64 - 1) * volume_size;
-        let len = (total - start).min(volume_size);
-        let tmp = temp_in(&dir, &format!("{name}.{k:03}"))?;
-        let tmp_path = tmp.path().to_path_buf();
-        let mut vf = tmp
-            .as_file()
-            .try_clone()
-            .map_err(BundleError::io(&tmp_path))?;
-        f.seek(SeekFrom::Start(start))
-            .map_err(BundleError::io(&whole_path))?;
-        let sha = copy_hashing(&mut f, Some(&mut vf), len, &whole_path, &tmp_path, observer)?;
-        vf.sync_all().map_err(BundleError::io(&tmp_path))?;
-        // Cutting the copied tail off keeps the extra space at one volume.
-        f.set_len(start).map_err(BundleError::io(&whole_path))?;
-        parts[k - 1] = Some((
-            tmp.into_temp_path(),
-            VolumeEntry {
-                number: k,
-                size: len,
-                sha256: sha,
-            },
-        ));
-    }
-    f.seek(SeekFrom::Start(0))
-        .map_err(BundleError::io(&whole_path))?;
-    let len1 = total.min(volume_size);
-    let sha1 = copy_hashing(&mut f, None, len1, &whole_path, &whole_path, observer)?;
-    f.sync_all().map_err(BundleError::io(&whole_path))?;
-    drop(f);
-    observer.finish();
-    parts[0] = Some((
-        whole,
-        VolumeEntry {
-            number: 1,
-            size: len1,
-            sha256: sha1,
-        },
-    ));
+    let written = written?;
+    let total = written.bundle_size;
+    let parts = std::mem::take(&mut sink.done);
+    let n = parts.len();
+
+    let parity_parts = if parity > 0 {
+        let layout = Shape {
+            n,
+            k: parity,
+            volume_size,
+            block: parity::block_size_for(volume_size, n, parity),
+        };
+        Some((
+            layout,
+            write_parity(&dir, &name, &layout, &parts, observer)?,
+        ))
+    } else {
+        None
+    };
 
     let m = &written.manifest;
     let index = VolumeIndex {
-        format: INDEX_FORMAT.into(),
+        format: if parity > 0 {
+            INDEX_FORMAT_PARITY
+        } else {
+            INDEX_FORMAT
+        }
+        .into(),
         bundle: name.clone(),
         bundle_id: m.bundle_id.to_string(),
         channel: m.channel.clone(),
@@ -435,10 +622,12 @@ pub fn write_split(
         manifest_sha256: written.manifest_sha256.to_string(),
         volume_size,
         total_size: total,
-        volumes: parts
-            .iter()
-            .map(|p| p.as_ref().expect("every volume cut").1.clone())
-            .collect(),
+        volumes: parts.iter().map(|p| p.1.clone()).collect(),
+        parity: parity_parts.as_ref().map(|(layout, pv)| ParityIndex {
+            scheme: parity::SCHEME.into(),
+            block_size: layout.block,
+            volumes: pv.iter().map(|p| p.1.clone()).collect(),
+        }),
     };
     index
         .validate()
@@ -456,20 +645,31 @@ pub fn write_split(
         }
     }
     let mut volume_paths = Vec::with_capacity(n);
-    for (tmp, entry) in parts.into_iter().map(|p| p.expect("every volume cut")) {
+    for (tmp, entry) in parts {
         let to = volume_path(out, entry.number);
         persist(tmp, &to, opts.overwrite)?;
         volume_paths.push(to);
     }
+    let mut parity_paths = Vec::new();
+    for (tmp, entry) in parity_parts.into_iter().flat_map(|(_, pv)| pv) {
+        let to = parity::parity_path(out, entry.number);
+        persist(tmp, &to, opts.overwrite)?;
+        parity_paths.push(to);
+    }
     if opts.overwrite {
         // Volumes of a longer split under the same name would join a
-        // `cat out.0*` pipeline; they go too.
-        for k in n + 1..=MAX_VOLUMES {
-            let stale = volume_path(out, k);
-            match std::fs::remove_file(&stale) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                Err(e) => return Err(BundleError::io(&stale)(e)),
+        // `cat out.0*` pipeline; they go too, and stale parity volumes.
+        for (first, path) in [
+            (n + 1, volume_path as fn(&Path, usize) -> PathBuf),
+            (parity + 1, parity::parity_path),
+        ] {
+            for k in first..=MAX_VOLUMES {
+                let stale = path(out, k);
+                match std::fs::remove_file(&stale) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) => return Err(BundleError::io(&stale)(e)),
+                }
             }
         }
         for old in find_signature_files(&idx_path).map_err(BundleError::io(&dir))? {
@@ -510,8 +710,116 @@ pub fn write_split(
         index_path: idx_path,
         index,
         volume_paths,
+        parity_paths,
         signature_paths,
     })
+}
+
+/// Computes the parity volumes of the data volumes `parts` into hidden
+/// temporary files in `dir`, synced, with their entries.
+pub(crate) fn write_parity(
+    dir: &Path,
+    name: &str,
+    layout: &Shape,
+    parts: &[(tempfile::TempPath, VolumeEntry)],
+    observer: &dyn Observer,
+) -> Result<Vec<(tempfile::TempPath, ParityEntry)>, BundleError> {
+    let files = parts
+        .iter()
+        .map(|(p, _)| File::open(p).map_err(BundleError::io(p.to_path_buf())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let data: Vec<Source<'_>> = parts
+        .iter()
+        .zip(&files)
+        .map(|((p, e), f)| Source {
+            file: f,
+            path: p,
+            size: e.size,
+        })
+        .collect();
+    let mut outs = Vec::with_capacity(layout.k);
+    for j in 1..=layout.k {
+        let tmp = temp_in(dir, &format!("{name}.p{j:03}"))?;
+        let path = tmp.path().to_path_buf();
+        let file = tmp.as_file().try_clone().map_err(BundleError::io(&path))?;
+        outs.push((
+            tmp.into_temp_path(),
+            path,
+            durable::SyncingWriter::new(file),
+            Sha256::new(),
+        ));
+    }
+    observer.start("computing parity", layout.parity_size() * layout.n as u64);
+    // Two stages: this thread reads and encodes stripe s + 1 while a writer
+    // thread hashes and writes stripe s. One stripe's parity blocks are in
+    // flight at a time (a rendezvous channel), and their buffers go back to
+    // the encoder, so memory stays the coder's work area plus K blocks.
+    let k = layout.k;
+    let block = layout.block as usize;
+    let (to_writer, from_encoder) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(0);
+    let (to_encoder, spare) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<Vec<_>, BundleError> {
+            let mut outs = outs;
+            for stripe in from_encoder {
+                for (j, b) in stripe.iter().enumerate() {
+                    let (_, path, w, h) = &mut outs[j];
+                    w.write_all(b).map_err(BundleError::io(&*path))?;
+                    h.update(b);
+                }
+                // The encoder may be gone after an error: nothing to return to.
+                let _ = to_encoder.send(stripe);
+            }
+            Ok(outs)
+        });
+        let mut stripe: Vec<Vec<u8>> = vec![Vec::with_capacity(block); k];
+        // Two stripes of buffers in all: one filled here, one written there.
+        let mut allocated = 1;
+        let encoded = parity::encode(
+            layout,
+            &data,
+            &vec![true; k],
+            &mut |j, b| {
+                stripe[j].clear();
+                stripe[j].extend_from_slice(b);
+                if j + 1 == k {
+                    let stopped = || {
+                        // The writer stopped on an error; it reports it.
+                        BundleError::io(dir)(io::Error::other("the parity writer stopped"))
+                    };
+                    let next = if allocated < 2 {
+                        allocated += 1;
+                        vec![Vec::with_capacity(block); k]
+                    } else {
+                        spare.recv().map_err(|_| stopped())?
+                    };
+                    let full = std::mem::replace(&mut stripe, next);
+                    to_writer.send(full).map_err(|_| stopped())?;
+                }
+                Ok(())
+            },
+            observer,
+        );
+        drop(to_writer);
+        let outs = writer.join().expect("parity writer panicked");
+        // The writer's own error first: it is why the encoder stopped.
+        let outs = outs?;
+        encoded.map(|()| outs)
+    })?;
+    observer.finish();
+    let mut done = Vec::with_capacity(layout.k);
+    for (j, (tmp, path, w, h)) in written.into_iter().enumerate() {
+        w.finish().map_err(BundleError::io(&path))?;
+        done.push((
+            tmp,
+            ParityEntry {
+                number: j + 1,
+                size: layout.parity_size(),
+                sha256: to_hex(&h.finalize().into()),
+            },
+        ));
+    }
+    Ok(done)
 }
 
 /// The `<index>.<KEYID>.minisig` files beside an index, sorted.
@@ -554,12 +862,36 @@ pub struct SplitBundle {
     pub index_bytes: Vec<u8>,
     /// How its volumes and signatures are opened.
     pub files: std::sync::Arc<dyn SplitFiles>,
+    /// What [`SplitBundle::check_volumes`] rebuilt from parity.
+    pub recovery: Recovery,
+    /// The rebuilt data volumes (number, unnamed temporary file).
+    pub rebuilt: Vec<(usize, std::sync::Arc<File>)>,
+}
+
+/// What the parity volumes were needed for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Data volumes rebuilt (number, what was wrong with it), in order.
+    pub rebuilt: Vec<(usize, String)>,
+    /// Parity volumes missing or damaged, never used (number, why).
+    pub bad_parity: Vec<(usize, String)>,
 }
 
 /// `NAME.NNN` → (`NAME`, NNN) for a three-digit suffix.
 pub fn split_volume_name(path: &Path) -> Option<(PathBuf, usize)> {
     let s = path.to_str()?;
     let (base, num) = s.rsplit_once('.')?;
+    if num.len() == 3 && num.bytes().all(|b| b.is_ascii_digit()) && !base.is_empty() {
+        Some((PathBuf::from(base), num.parse().ok()?))
+    } else {
+        None
+    }
+}
+
+/// `NAME.pNNN` → (`NAME`, NNN) for a parity volume.
+pub fn split_parity_name(path: &Path) -> Option<(PathBuf, usize)> {
+    let s = path.to_str()?;
+    let (base, num) = s.rsplit_once(".p")?;
     if num.len() == 3 && num.bytes().all(|b| b.is_ascii_digit()) && !base.is_empty() {
         Some((PathBuf::from(base), num.parse().ok()?))
     } else {
@@ -577,7 +909,26 @@ fn reject(path: &Path, reason: impl Into<String>) -> BundleError {
 /// Finds what `path` names: a directory holding one split bundle, a split
 /// bundle's index or any of its volumes, or a single-file bundle.
 pub fn resolve(path: &Path) -> Result<Layout, BundleError> {
-    let meta = std::fs::metadata(path).map_err(BundleError::io(path))?;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        // A lost volume named on the command line: its set may still be
+        // whole through its parity volumes.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // The name given to `export --out` of a split bundle.
+            let idx = index_path(path);
+            if idx.exists() {
+                return load_split(&idx).map(|s| Layout::Split(Box::new(s)));
+            }
+            if let Some((base, _)) = split_volume_name(path).or_else(|| split_parity_name(path)) {
+                let idx = index_path(&base);
+                if idx.exists() {
+                    return load_split(&idx).map(|s| Layout::Split(Box::new(s)));
+                }
+            }
+            return Err(BundleError::io(path)(e));
+        }
+        Err(e) => return Err(BundleError::io(path)(e)),
+    };
     if meta.is_dir() {
         let mut found = Vec::new();
         for e in std::fs::read_dir(path).map_err(BundleError::io(path))? {
@@ -610,7 +961,7 @@ pub fn resolve(path: &Path) -> Result<Layout, BundleError> {
     if name.ends_with(INDEX_SUFFIX) {
         return load_split(path).map(|s| Layout::Split(Box::new(s)));
     }
-    if let Some((base, k)) = split_volume_name(path) {
+    if let Some((base, k)) = split_volume_name(path).or_else(|| split_parity_name(path)) {
         let idx = index_path(&base);
         if idx.exists() {
             return load_split(&idx).map(|s| Layout::Split(Box::new(s)));
@@ -647,6 +998,8 @@ pub fn load_split(index_path: &Path) -> Result<SplitBundle, BundleError> {
         index,
         index_bytes: bytes,
         files: std::sync::Arc::new(ByPath),
+        recovery: Recovery::default(),
+        rebuilt: Vec::new(),
     })
 }
 
@@ -656,11 +1009,22 @@ impl SplitBundle {
         volume_path(&self.base, number)
     }
 
+    /// The file of parity volume `number` (1-based).
+    pub fn parity_path(&self, number: usize) -> PathBuf {
+        parity::parity_path(&self.base, number)
+    }
+
     /// All volume files, in order.
     pub fn volume_paths(&self) -> Vec<PathBuf> {
         (1..=self.index.volumes.len())
             .map(|k| self.volume_path(k))
             .collect()
+    }
+
+    /// All parity volume files, in order (none without parity).
+    pub fn parity_paths(&self) -> Vec<PathBuf> {
+        let k = self.index.parity.as_ref().map_or(0, |p| p.volumes.len());
+        (1..=k).map(|j| self.parity_path(j)).collect()
     }
 
     /// The detached signature files beside the index.
@@ -672,6 +1036,7 @@ impl SplitBundle {
     /// Every file of the set: volumes, signatures, index.
     pub fn all_files(&self) -> Result<Vec<PathBuf>, BundleError> {
         let mut v = self.volume_paths();
+        v.extend(self.parity_paths());
         v.extend(self.signature_paths()?);
         v.push(self.index_path.clone());
         Ok(v)
@@ -754,47 +1119,111 @@ impl SplitBundle {
         Ok(signers)
     }
 
+    /// Checks one volume's presence and size: `Ok(None)` when it is
+    /// present and exactly `size` bytes, else what is wrong with it (and
+    /// whether to add the advice to copy it again).
+    fn size_problem(
+        &self,
+        path: &Path,
+        what: &str,
+        size: u64,
+    ) -> Result<Option<(String, bool)>, BundleError> {
+        let meta = match self.files.open(path).and_then(|f| f.metadata()) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Some((format!("{what} is missing"), true)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                return Ok(Some((format!("{what} is not a regular file ({e})"), false)))
+            }
+            Err(e) => return Err(BundleError::io(path)(e)),
+        };
+        Ok(if meta.len() < size {
+            Some((
+                format!(
+                    "{what} is truncated: {} bytes, the index says {size}",
+                    meta.len()
+                ),
+                true,
+            ))
+        } else if meta.len() > size {
+            Some((
+                format!(
+                    "{what} is damaged: {} bytes, the index says {size}",
+                    meta.len()
+                ),
+                true,
+            ))
+        } else {
+            None
+        })
+    }
+
+    /// Hashes one volume: `Ok(None)` when its SHA-256 is `sha256`, else what
+    /// is wrong with it.
+    fn hash_problem(
+        &self,
+        path: &Path,
+        what: &str,
+        size: u64,
+        sha256: &str,
+        copy_of: &dyn Fn(&str) -> Option<String>,
+        observer: &dyn Observer,
+    ) -> Result<Option<String>, BundleError> {
+        let mut f = self.files.open(path).map_err(BundleError::io(path))?;
+        let got = match copy_hashing(&mut f, None, size, path, path, observer) {
+            Ok(got) => got,
+            Err(BundleError::Io { source, .. })
+                if source.kind() == io::ErrorKind::UnexpectedEof =>
+            {
+                return Ok(Some(format!("{what} is truncated")))
+            }
+            Err(e) => return Err(e),
+        };
+        if got == sha256 {
+            return Ok(None);
+        }
+        Ok(Some(match copy_of(&got) {
+            Some(other) => format!("{what} is damaged: it is a duplicate of {other}"),
+            None => format!(
+                "{what} is damaged or from another bundle: SHA-256 is {got}, the index says {sha256}"
+            ),
+        }))
+    }
+
     /// Checks every volume against the index: present, exactly its size,
-    /// and (with `hash`) its SHA-256; and no volume beyond the last. Names
-    /// the first bad one by number.
-    pub fn check_volumes(&self, hash: bool, observer: &dyn Observer) -> Result<(), BundleError> {
+    /// and (with `hash`) its SHA-256; and no volume beyond the last. Without
+    /// parity volumes, names the first bad one by number.
+    ///
+    /// With parity volumes, a bad data volume is not the end: every volume
+    /// (data and parity) is hashed, and when no more data volumes are bad
+    /// than parity volumes are good, the bad ones are rebuilt into unnamed
+    /// temporary files ([`SplitBundle::recovery`] says which), which
+    /// [`SplitBundle::chain`] then reads instead. More bad volumes than
+    /// that is a rejection naming every one and how many more are needed.
+    pub fn check_volumes(
+        &mut self,
+        hash: bool,
+        observer: &dyn Observer,
+    ) -> Result<(), BundleError> {
         let n = self.index.volumes.len();
         let again = "copy it again from the export (or the original medium)";
+        let mut bad: Vec<(usize, String)> = Vec::new();
         for v in &self.index.volumes {
             let p = self.volume_path(v.number);
-            let k = v.number;
-            let meta = match self.files.open(&p).and_then(|f| f.metadata()) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(reject(&p, format!("volume {k} of {n} is missing; {again}")))
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            let what = format!("volume {} of {n}", v.number);
+            if let Some((reason, advice)) = self.size_problem(&p, &what, v.size)? {
+                if self.index.parity.is_none() {
                     return Err(reject(
                         &p,
-                        format!("volume {k} of {n} is not a regular file ({e})"),
-                    ))
+                        if advice {
+                            format!("{reason}; {again}")
+                        } else {
+                            reason
+                        },
+                    ));
                 }
-                Err(e) => return Err(BundleError::io(&p)(e)),
-            };
-            if meta.len() < v.size {
-                return Err(reject(
-                    &p,
-                    format!(
-                        "volume {k} of {n} is truncated: {} bytes, the index says {}; {again}",
-                        meta.len(),
-                        v.size
-                    ),
-                ));
-            }
-            if meta.len() > v.size {
-                return Err(reject(
-                    &p,
-                    format!(
-                        "volume {k} of {n} is damaged: {} bytes, the index says {}; {again}",
-                        meta.len(),
-                        v.size
-                    ),
-                ));
+                bad.push((v.number, reason));
             }
         }
         let extra = self.volume_path(n + 1);
@@ -807,45 +1236,185 @@ impl SplitBundle {
                 ),
             ));
         }
-        if !hash {
+        if !hash && bad.is_empty() {
             return Ok(());
         }
-        observer.start("checking volumes", self.index.total_size);
-        for v in &self.index.volumes {
+        let parity_entries: Vec<ParityEntry> = self
+            .index
+            .parity
+            .as_ref()
+            .map(|p| p.volumes.clone())
+            .unwrap_or_default();
+        let parity_total: u64 = parity_entries.iter().map(|p| p.size).sum();
+        observer.start("checking volumes", self.index.total_size + parity_total);
+        let volumes = self.index.volumes.clone();
+        let copy_of = |got: &str, me: usize| {
+            volumes
+                .iter()
+                .find(|o| o.sha256 == got && o.number != me)
+                .map(|o| format!("volume {}", o.number))
+        };
+        for v in &volumes {
+            if bad.iter().any(|(k, _)| *k == v.number) {
+                continue;
+            }
             let p = self.volume_path(v.number);
-            let k = v.number;
-            let mut f = self.files.open(&p).map_err(BundleError::io(&p))?;
-            let got =
-                copy_hashing(&mut f, None, v.size, &p, &p, observer).map_err(|e| match e {
-                    BundleError::Io { source, .. }
-                        if source.kind() == io::ErrorKind::UnexpectedEof =>
-                    {
-                        reject(&p, format!("volume {k} of {n} is truncated; {again}"))
-                    }
-                    e => e,
-                })?;
-            if got != v.sha256 {
-                let copy_of = self
-                    .index
-                    .volumes
-                    .iter()
-                    .find(|o| o.sha256 == got && o.number != k);
-                return Err(reject(
-                    &p,
-                    match copy_of {
-                        Some(o) => format!(
-                            "volume {k} of {n} is damaged: it is a duplicate of volume {}; {again}",
-                            o.number
-                        ),
-                        None => format!(
-                            "volume {k} of {n} is damaged or from another bundle: SHA-256 is {got}, the index says {}; {again}",
-                            v.sha256
-                        ),
-                    },
-                ));
+            let what = format!("volume {} of {n}", v.number);
+            let problem = self.hash_problem(
+                &p,
+                &what,
+                v.size,
+                &v.sha256,
+                &|got| copy_of(got, v.number),
+                observer,
+            )?;
+            if let Some(reason) = problem {
+                if self.index.parity.is_none() {
+                    return Err(reject(&p, format!("{reason}; {again}")));
+                }
+                bad.push((v.number, reason));
+            }
+        }
+        let Some(layout) = self.index.layout() else {
+            observer.finish();
+            return Ok(());
+        };
+        let mut bad_parity: Vec<(usize, String)> = Vec::new();
+        for e in &parity_entries {
+            let p = self.parity_path(e.number);
+            let what = format!("parity volume {} of {}", e.number, layout.k);
+            let problem = match self.size_problem(&p, &what, e.size)? {
+                Some((reason, _)) => Some(reason),
+                None => self.hash_problem(&p, &what, e.size, &e.sha256, &|_| None, observer)?,
+            };
+            if let Some(reason) = problem {
+                bad_parity.push((e.number, reason));
             }
         }
         observer.finish();
+        bad.sort();
+        self.recovery.bad_parity = bad_parity.clone();
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let good_parity = layout.k - bad_parity.len();
+        if bad.len() > good_parity {
+            let more = bad.len() - good_parity;
+            let list = bad
+                .iter()
+                .chain(&bad_parity)
+                .map(|(_, r)| r.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(reject(
+                &self.index_path,
+                format!(
+                    "{} of {n} data volumes and {} of {} parity volumes are missing or damaged ({list}); {} good parity volume(s) can rebuild at most {good_parity}, so {more} more good volume(s) (data or parity) are needed: copy at least {more} of them again from the export (or the original medium)",
+                    bad.len(),
+                    bad_parity.len(),
+                    layout.k,
+                    good_parity,
+                ),
+            ));
+        }
+        self.rebuild(&layout, &bad, &bad_parity, observer)
+    }
+
+    /// Rebuilds the data volumes `bad` into unnamed temporary files.
+    fn rebuild(
+        &mut self,
+        layout: &Shape,
+        bad: &[(usize, String)],
+        bad_parity: &[(usize, String)],
+        observer: &dyn Observer,
+    ) -> Result<(), BundleError> {
+        let is_bad = |k: usize| bad.iter().any(|(b, _)| *b == k);
+        let parity_bad = |k: usize| bad_parity.iter().any(|(b, _)| *b == k);
+        let mut data_files = Vec::with_capacity(layout.n);
+        for v in &self.index.volumes {
+            let p = self.volume_path(v.number);
+            data_files.push(if is_bad(v.number) {
+                None
+            } else {
+                Some((self.files.open(&p).map_err(BundleError::io(&p))?, p, v.size))
+            });
+        }
+        let mut parity_files = Vec::with_capacity(layout.k);
+        for j in 1..=layout.k {
+            let p = self.parity_path(j);
+            parity_files.push(if parity_bad(j) {
+                None
+            } else {
+                Some((self.files.open(&p).map_err(BundleError::io(&p))?, p))
+            });
+        }
+        let data: Vec<Option<Source<'_>>> = data_files
+            .iter()
+            .map(|d| {
+                d.as_ref().map(|(f, p, size)| Source {
+                    file: f,
+                    path: p,
+                    size: *size,
+                })
+            })
+            .collect();
+        let parity: Vec<Option<Source<'_>>> = parity_files
+            .iter()
+            .map(|d| {
+                d.as_ref().map(|(f, p)| Source {
+                    file: f,
+                    path: p,
+                    size: layout.parity_size(),
+                })
+            })
+            .collect();
+        let scratch_dir = std::env::temp_dir();
+        let mut outs: Vec<Option<(File, Sha256)>> = Vec::with_capacity(layout.n);
+        for v in &self.index.volumes {
+            outs.push(if is_bad(v.number) {
+                let f =
+                    tempfile::tempfile_in(&scratch_dir).map_err(BundleError::io(&scratch_dir))?;
+                Some((f, Sha256::new()))
+            } else {
+                None
+            });
+        }
+        let sizes: Vec<u64> = self.index.volumes.iter().map(|v| v.size).collect();
+        observer.start(
+            "rebuilding volumes",
+            layout.parity_size() * bad.len() as u64,
+        );
+        parity::rebuild(
+            layout,
+            &sizes,
+            &data,
+            &parity,
+            &mut |i, block| {
+                let (f, h) = outs[i].as_mut().expect("a missing volume");
+                f.write_all(block).map_err(BundleError::io(&scratch_dir))?;
+                h.update(block);
+                Ok(())
+            },
+            observer,
+        )?;
+        observer.finish();
+        let mut rebuilt = Vec::new();
+        for (v, out) in self.index.volumes.iter().zip(outs) {
+            let Some((f, h)) = out else { continue };
+            let got = to_hex(&h.finalize().into());
+            if got != v.sha256 {
+                return Err(reject(
+                    &self.volume_path(v.number),
+                    format!(
+                        "volume {} rebuilt from parity does not match the signed index (SHA-256 {got}); the surviving volumes are not one export: copy the whole set again",
+                        v.number
+                    ),
+                ));
+            }
+            rebuilt.push((v.number, std::sync::Arc::new(f)));
+        }
+        self.recovery.rebuilt = bad.to_vec();
+        self.rebuilt = rebuilt;
         Ok(())
     }
 
@@ -878,6 +1447,7 @@ impl SplitBundle {
                 .iter()
                 .map(|v| (self.volume_path(v.number), v.size))
                 .collect(),
+            rebuilt: self.rebuilt.clone(),
             next: 0,
             current: None,
             files: std::sync::Arc::clone(&self.files),
@@ -890,8 +1460,10 @@ impl SplitBundle {
 #[derive(Debug)]
 pub struct VolumeChain {
     volumes: Vec<(PathBuf, u64)>,
+    /// Volumes rebuilt from parity, read instead of their path.
+    rebuilt: Vec<(usize, std::sync::Arc<File>)>,
     next: usize,
-    current: Option<(io::Take<File>, usize)>,
+    current: Option<(io::Take<VolumeFile>, usize)>,
     files: std::sync::Arc<dyn SplitFiles>,
 }
 
@@ -902,10 +1474,14 @@ impl Read for VolumeChain {
                 let Some((p, size)) = self.volumes.get(self.next) else {
                     return Ok(0);
                 };
-                let f = self
-                    .files
-                    .open(p)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+                let number = self.next + 1;
+                let f =
+                    match self.rebuilt.iter().find(|(k, _)| *k == number) {
+                        Some((_, f)) => VolumeFile::Rebuilt(std::sync::Arc::clone(f), 0),
+                        None => VolumeFile::Disk(self.files.open(p).map_err(|e| {
+                            io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+                        })?),
+                    };
                 self.current = Some((f.take(*size), self.next));
                 self.next += 1;
             }
@@ -925,6 +1501,27 @@ impl Read for VolumeChain {
                 ));
             }
             self.current = None;
+        }
+    }
+}
+
+/// One volume being read: its file, or its rebuilt copy (read by offset,
+/// as it is shared).
+#[derive(Debug)]
+enum VolumeFile {
+    Disk(File),
+    Rebuilt(std::sync::Arc<File>, u64),
+}
+
+impl Read for VolumeFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            VolumeFile::Disk(f) => f.read(buf),
+            VolumeFile::Rebuilt(f, pos) => {
+                let n = std::os::unix::fs::FileExt::read_at(&**f, buf, *pos)?;
+                *pos += n as u64;
+                Ok(n)
+            }
         }
     }
 }
@@ -992,7 +1589,7 @@ pub fn open(
 /// every check of `checks` runs before a byte is decompressed; then the
 /// head is read and matched against the index.
 pub fn open_split(
-    s: SplitBundle,
+    mut s: SplitBundle,
     path: &Path,
     checks: OpenChecks<'_>,
     observer: &dyn Observer,
@@ -1032,6 +1629,7 @@ mod tests {
                     sha256: "b".repeat(64),
                 })
                 .collect(),
+            parity: None,
         }
     }
 
@@ -1062,6 +1660,53 @@ mod tests {
     }
 
     #[test]
+    fn parity_needs_format_2_and_a_sound_layout() {
+        let with_parity = |block: u64, size: u64| {
+            let mut i = sample();
+            i.format = INDEX_FORMAT_PARITY.into();
+            i.parity = Some(ParityIndex {
+                scheme: parity::SCHEME.into(),
+                block_size: block,
+                volumes: vec![ParityEntry {
+                    number: 1,
+                    size,
+                    sha256: "c".repeat(64),
+                }],
+            });
+            i
+        };
+        let good = with_parity(64, 64);
+        good.validate().unwrap();
+        assert_eq!(VolumeIndex::parse(&good.to_bytes()).unwrap(), good);
+        assert!(good.trusted_comment().ends_with(" parity:1"));
+        assert!(!sample().trusted_comment().contains("parity"));
+        let mut v1 = good.clone();
+        v1.format = INDEX_FORMAT.into();
+        assert!(v1.validate().unwrap_err().contains("no parity volumes"));
+        let mut v2 = sample();
+        v2.format = INDEX_FORMAT_PARITY.into();
+        assert!(v2.validate().unwrap_err().contains("must list"));
+        assert!(
+            with_parity(100, 100).validate().is_err(),
+            "not a multiple of 64"
+        );
+        assert!(
+            with_parity(2 << 20, 2 << 20).validate().is_err(),
+            "above 1 MiB"
+        );
+        assert!(
+            with_parity(64, 128).validate().is_err(),
+            "not stripes x block"
+        );
+        let mut scheme = good.clone();
+        scheme.parity.as_mut().unwrap().scheme = "par2".into();
+        assert!(scheme.validate().unwrap_err().contains("scheme"));
+        // An older reader's view: the v1 type would refuse `parity` as unknown.
+        let text = String::from_utf8(good.to_bytes()).unwrap();
+        assert!(text.contains("\"format\": \"gapferry-volumes/2\""));
+    }
+
+    #[test]
     fn volume_names() {
         assert_eq!(
             split_volume_name(Path::new("d/b.tar.zst.003")),
@@ -1069,6 +1714,12 @@ mod tests {
         );
         assert_eq!(split_volume_name(Path::new("b.tar.zst")), None);
         assert_eq!(split_volume_name(Path::new("b.tar.zst.1234")), None);
+        assert_eq!(split_volume_name(Path::new("b.tar.zst.p001")), None);
+        assert_eq!(
+            split_parity_name(Path::new("d/b.tar.zst.p002")),
+            Some((PathBuf::from("d/b.tar.zst"), 2))
+        );
+        assert_eq!(split_parity_name(Path::new("d/b.tar.zst.002")), None);
     }
 
     #[test]
@@ -1079,6 +1730,7 @@ mod tests {
         std::fs::write(volume_path(&base, 2), b"world").unwrap();
         let mut c = VolumeChain {
             volumes: vec![(volume_path(&base, 1), 6), (volume_path(&base, 2), 5)],
+            rebuilt: Vec::new(),
             next: 0,
             current: None,
             files: std::sync::Arc::new(ByPath),
@@ -1088,6 +1740,7 @@ mod tests {
         assert_eq!(s, "hello world");
         let mut c = VolumeChain {
             volumes: vec![(volume_path(&base, 1), 7), (volume_path(&base, 2), 5)],
+            rebuilt: Vec::new(),
             next: 0,
             current: None,
             files: std::sync::Arc::new(ByPath),

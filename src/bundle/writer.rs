@@ -204,11 +204,11 @@ const ZSTD_OUT_BUFFER: usize = 1 << 20;
 /// A zstd encoder writing one frame into `out`. `threads` > 1 uses zstd's
 /// worker threads, whose job buffers are what bounds export's memory: jobs
 /// are `4 x window` (2 MiB at level 1), so a few are in flight per worker.
-fn encoder(
-    out: &mut SyncingWriter,
+fn encoder<W: Write>(
+    out: W,
     level: i32,
     threads: u32,
-) -> io::Result<zstd::stream::write::Encoder<'static, &mut SyncingWriter>> {
+) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
     use zstd::stream::raw::CParameter;
     let raw = zstd::stream::raw::Encoder::new(level)?;
     let mut enc = zstd::stream::write::Encoder::with_writer(
@@ -262,7 +262,7 @@ mod raw_frame {
     /// copied, fewer than `size` only if `src` ended early (the frame is then
     /// malformed and the caller must fail).
     pub(super) fn write(
-        out: &mut SyncingWriter,
+        out: &mut dyn Sink,
         head: &[u8],
         src: &File,
         size: u64,
@@ -304,7 +304,7 @@ mod raw_frame {
     }
 
     /// A stored frame of bytes in memory (at most one block).
-    pub(super) fn write_bytes(out: &mut SyncingWriter, bytes: &[u8]) -> io::Result<()> {
+    pub(super) fn write_bytes(out: &mut dyn Sink, bytes: &[u8]) -> io::Result<()> {
         let len = bytes.len() as u64;
         assert!(len <= BLOCK);
         out.write_all(&frame_header(len))?;
@@ -407,6 +407,20 @@ fn build_manifest(
     ))
 }
 
+/// Where the bundle's bytes go: one file ([`SyncingWriter`]) or a series of
+/// volumes (`volumes::write_split`).
+pub(crate) trait Sink: Write {
+    /// Appends up to `n` bytes of `src` from its current position; returns
+    /// how many were copied, fewer only at the end of `src`.
+    fn copy_from(&mut self, src: &File, n: u64) -> io::Result<u64>;
+}
+
+impl Sink for SyncingWriter {
+    fn copy_from(&mut self, src: &File, n: u64) -> io::Result<u64> {
+        SyncingWriter::copy_from(self, src, n)
+    }
+}
+
 /// Writes a signed bundle to `out` atomically.
 ///
 /// The archive is a series of zstd frames, which decoders read as one
@@ -428,14 +442,6 @@ pub fn write_bundle(
             "already exists; choose another --out or add --force to replace it",
         ));
     }
-    let (manifest, stamps, compress) = build_manifest(spec, opts.level, observer)?;
-    let manifest_bytes = manifest.to_bytes();
-    let comment = manifest.trusted_comment();
-    let sigs: Vec<Signature> = keys
-        .iter()
-        .map(|k| Signature::sign(k, &manifest_bytes, &comment))
-        .collect();
-
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -444,6 +450,7 @@ pub fn write_bundle(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "bundle".into());
+    let prepared = prepare(spec, keys, opts, observer)?;
     // Bundles are not secret: like any ordinary output file they get 0644
     // minus the umask (a temp file would otherwise stay 0600, unreadable by
     // an import job running as another user on a transfer share).
@@ -454,9 +461,84 @@ pub fn write_bundle(
         .tempfile_in(&dir)
         .map_err(BundleError::io(&dir))?;
     let tmp_path = tmp.path().to_path_buf();
-    let io_tmp = || BundleError::io(&tmp_path);
-    let file = tmp.as_file().try_clone().map_err(io_tmp())?;
+    let file = tmp
+        .as_file()
+        .try_clone()
+        .map_err(BundleError::io(&tmp_path))?;
     let mut sink = SyncingWriter::new(file);
+    let written = write_prepared(spec, prepared, opts, &mut sink, &tmp_path, observer)?;
+    sink.finish().map_err(BundleError::io(&tmp_path))?;
+    let bundle_size = tmp
+        .as_file()
+        .metadata()
+        .map_err(BundleError::io(&tmp_path))?
+        .len();
+    let clobber = if opts.overwrite {
+        Clobber::Replace
+    } else {
+        Clobber::Refuse
+    };
+    durable::persist(tmp, out, clobber).map_err(BundleError::io(out))?;
+    Ok(Written {
+        bundle_size,
+        ..written
+    })
+}
+
+/// A bundle ready to stream: its manifest, signatures and what the writer
+/// decided per file.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    sigs: Vec<Signature>,
+    stamps: Vec<Stamp>,
+    compress: Vec<bool>,
+}
+
+/// Hashes the payload, builds and signs the manifest.
+pub(crate) fn prepare(
+    spec: &BundleSpec,
+    keys: &[SecretKey],
+    opts: &WriteOptions,
+    observer: &dyn Observer,
+) -> Result<Prepared, BundleError> {
+    let (manifest, stamps, compress) = build_manifest(spec, opts.level, observer)?;
+    let manifest_bytes = manifest.to_bytes();
+    let comment = manifest.trusted_comment();
+    let sigs: Vec<Signature> = keys
+        .iter()
+        .map(|k| Signature::sign(k, &manifest_bytes, &comment))
+        .collect();
+    Ok(Prepared {
+        manifest,
+        manifest_bytes,
+        sigs,
+        stamps,
+        compress,
+    })
+}
+
+/// Streams a prepared bundle into `sink` (`sink_path` names it in errors).
+/// The returned `bundle_size` is the number of bytes written.
+pub(crate) fn write_prepared(
+    spec: &BundleSpec,
+    prepared: Prepared,
+    opts: &WriteOptions,
+    sink: &mut dyn Sink,
+    sink_path: &Path,
+    observer: &dyn Observer,
+) -> Result<Written, BundleError> {
+    let Prepared {
+        manifest,
+        manifest_bytes,
+        sigs,
+        stamps,
+        compress,
+    } = prepared;
+    let io_tmp = || BundleError::io(sink_path);
+    let mut sink = Counting { inner: sink, n: 0 };
+    let sink = &mut sink;
     let mtime = spec
         .created
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -495,7 +577,7 @@ pub fn write_bundle(
                 .map_err(io_tmp())?;
         }
     }
-    let mut enc = encoder(&mut sink, opts.level, 0).map_err(io_tmp())?;
+    let mut enc = encoder(&mut *sink, opts.level, 0).map_err(io_tmp())?;
     enc.write_all(&head).map_err(io_tmp())?;
     enc.finish().map_err(io_tmp())?;
 
@@ -524,7 +606,7 @@ pub fn write_bundle(
             } else {
                 opts.threads
             };
-            let mut enc = encoder(&mut sink, opts.level, threads).map_err(io_tmp())?;
+            let mut enc = encoder(&mut *sink, opts.level, threads).map_err(io_tmp())?;
             enc.write_all(hdr.as_bytes()).map_err(io_tmp())?;
             buf.resize(CHUNK, 0);
             let mut left = entry.size;
@@ -543,7 +625,7 @@ pub fn write_bundle(
             enc.write_all(pad).map_err(io_tmp())?;
             enc.finish().map_err(io_tmp())?;
         } else {
-            let copied = raw_frame::write(&mut sink, hdr.as_bytes(), &f, entry.size, pad, observer)
+            let copied = raw_frame::write(sink, hdr.as_bytes(), &f, entry.size, pad, observer)
                 .map_err(io_tmp())?;
             if copied != entry.size {
                 return Err(changed());
@@ -556,20 +638,38 @@ pub fn write_bundle(
     }
     observer.finish();
     // End-of-archive marker: two zero blocks.
-    raw_frame::write_bytes(&mut sink, &[0u8; 1024]).map_err(io_tmp())?;
-    sink.finish().map_err(io_tmp())?;
-    let bundle_size = tmp.as_file().metadata().map_err(io_tmp())?.len();
-    let clobber = if opts.overwrite {
-        Clobber::Replace
-    } else {
-        Clobber::Refuse
-    };
-    durable::persist(tmp, out, clobber).map_err(BundleError::io(out))?;
+    raw_frame::write_bytes(sink, &[0u8; 1024]).map_err(io_tmp())?;
     Ok(Written {
         manifest_sha256: crate::sha256hex::Sha256Hex::of(&manifest_bytes),
         manifest,
-        bundle_size,
+        bundle_size: sink.n,
     })
+}
+
+/// A sink that counts what passes.
+struct Counting<'a> {
+    inner: &'a mut dyn Sink,
+    n: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Sink for Counting<'_> {
+    fn copy_from(&mut self, src: &File, n: u64) -> io::Result<u64> {
+        let got = self.inner.copy_from(src, n)?;
+        self.n += got;
+        Ok(got)
+    }
 }
 
 #[cfg(test)]

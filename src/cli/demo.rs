@@ -524,6 +524,7 @@ impl Demo {
             split: None,
             write: WriteOptions::default(),
             trust: Vec::new(),
+            parity: 0,
         };
         export::export(&req, std::slice::from_ref(&self.sk), &NoProgress)?;
         say!("    {} (profile windows, x64 and x86)", out.display());
@@ -622,6 +623,7 @@ impl Demo {
             sequence: None,
             producer: format!("gapferry {} (demo)", env!("CARGO_PKG_VERSION")),
             split: None,
+            parity: 0,
             write: WriteOptions::default(),
             trust,
         };

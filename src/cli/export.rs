@@ -81,6 +81,12 @@ pub struct ExportArgs {
     /// still reads it. For FAT32 sticks use at most 4G.
     #[arg(long, value_name = "SIZE", value_parser = gapferry::units::parse_size)]
     pub split: Option<u64>,
+    /// With --split: also write K parity volumes OUT.p001 ... OUT.pK, listed
+    /// in the signed index; verify, import and the inbox rebuild up to K
+    /// missing or damaged volumes from them (`gapferry repair` writes them
+    /// back). The data volumes stay exactly as without parity.
+    #[arg(long, value_name = "K", requires = "split", value_parser = clap::value_parser!(u16).range(1..=999))]
+    pub parity: Option<u16>,
     /// zstd compression level (low levels suit already-compressed zips).
     #[arg(long, default_value_t = 1, value_name = "LEVEL", allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19))]
     pub zstd_level: i32,
@@ -136,6 +142,9 @@ pub struct SplitSummary {
     pub index: PathBuf,
     pub volume_size: u64,
     pub volumes: Vec<VolumeSummary>,
+    /// With --parity: the parity volumes, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parity: Vec<VolumeSummary>,
 }
 
 /// One volume of a split export (`--json`).
@@ -483,6 +492,7 @@ impl ExportArgs {
             sequence: self.sequence,
             producer: format!("gapferry {}", env!("CARGO_PKG_VERSION")),
             split: self.split,
+            parity: self.parity.map_or(0, usize::from),
             write: WriteOptions {
                 level: self.zstd_level,
                 overwrite: self.force,
@@ -505,14 +515,37 @@ impl ExportArgs {
                     sha256: v.sha256.clone(),
                 })
                 .collect(),
+            parity: w
+                .parity_paths
+                .iter()
+                .zip(w.index.parity.iter().flat_map(|p| &p.volumes))
+                .map(|(p, v)| VolumeSummary {
+                    path: p.clone(),
+                    size: v.size,
+                    sha256: v.sha256.clone(),
+                })
+                .collect(),
         });
         let m = &written.manifest;
         if !self.quiet && !self.json {
             let what = match &split {
                 None => self.out.display().to_string(),
-                Some(sp) => format!(
+                Some(sp) if sp.parity.is_empty() => format!(
                     "{} and index {}",
                     volumes_phrase(sp.volumes.len(), &self.out),
+                    sp.index.display()
+                ),
+                Some(sp) => format!(
+                    "{}, {} parity volume{} {}.p001{} and index {}",
+                    volumes_phrase(sp.volumes.len(), &self.out),
+                    sp.parity.len(),
+                    if sp.parity.len() == 1 { "" } else { "s" },
+                    self.out.display(),
+                    if sp.parity.len() == 1 {
+                        String::new()
+                    } else {
+                        format!(" to .p{:03}", sp.parity.len())
+                    },
                     sp.index.display()
                 ),
             };

@@ -58,6 +58,12 @@ pub struct ImportArgs {
     /// unchanged since the previous scan) before it is looked at.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration, requires = "inbox")]
     settle: Duration,
+    /// With --inbox: a file or split set still incomplete this long after
+    /// its last change (a truncated copy that stopped growing, a volume that
+    /// never came) is moved to DIR/rejected/ with a reason naming what is
+    /// missing. Until then each pass lists it as waiting, with its age.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = humantime::parse_duration, requires = "inbox")]
+    give_up_after: Duration,
     /// Public key file or directory of *.pub files; repeatable.
     #[arg(
         long = "trust",
@@ -169,6 +175,7 @@ impl ImportArgs {
                     downgrades: Vec::new(),
                     recovered: Vec::new(),
                     discarded: Vec::new(),
+                    rebuilt_volumes: Vec::new(),
                     error: Some(msg.clone()),
                     exit_code: code,
                     receipt: None,
@@ -354,6 +361,7 @@ impl ImportArgs {
         let opts = InboxOptions {
             dir,
             settle: self.settle,
+            give_up_after: self.give_up_after,
             import,
         };
         let mut tracker = Tracker::new(self.watch);
@@ -604,6 +612,9 @@ fn where_recorded(r: &ImportReport, state_dir: &Path) {
 }
 
 fn summary(r: &ImportReport) {
+    for why in &r.rebuilt_volumes {
+        eprintln!("gapferry: rebuilt from the parity volumes: {}", Esc(why));
+    }
     for p in &r.recovered {
         eprintln!(
             "gapferry: completed an interrupted publish of {}",

@@ -16,6 +16,7 @@ mod keygen;
 mod ledger;
 pub mod output;
 mod password;
+mod repair;
 mod rollback;
 mod status;
 mod trust;
@@ -49,6 +50,7 @@ enum Command {
     Sign(cosign::SignArgs),
     Manifest(cosign::ManifestArgs),
     Attach(cosign::AttachArgs),
+    Repair(repair::RepairArgs),
     Import(import::ImportArgs),
     Status(status::StatusArgs),
     Rollback(rollback::RollbackArgs),
@@ -72,6 +74,7 @@ impl Cli {
             Command::Sign(a) => a.run(),
             Command::Manifest(a) => a.run(),
             Command::Attach(a) => a.run(),
+            Command::Repair(a) => a.run(),
             Command::Import(a) => a.run(),
             Command::Status(a) => a.run(),
             Command::Rollback(a) => a.run(),

@@ -264,6 +264,18 @@ impl StatusArgs {
                 .trust_policy
                 .as_ref()
                 .is_some_and(|t| t.warning.is_some());
+        if let (false, None, Some(w)) = (self.json, &self.prometheus, &st.inbox) {
+            line!(
+                out,
+                "inbox {} (last pass {}): {} waiting",
+                escape_path(&w.inbox),
+                Esc(&w.checked),
+                w.waiting.len()
+            );
+            for l in &w.waiting {
+                line!(out, "  {}", Esc(l));
+            }
+        }
         super::output::print_text(&out)?;
         Ok(if st.problems || (self.strict && warnings) {
             1

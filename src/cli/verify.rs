@@ -80,6 +80,13 @@ pub struct VerifyOutput {
     /// With --trust-root: the policy version the signatures counted under.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counted_under_policy: Option<u64>,
+    /// Data volumes of a split bundle rebuilt from its parity volumes (why
+    /// each was), absent when none was.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rebuilt_volumes: Vec<String>,
+    /// Parity volumes missing or damaged (never used), absent when none is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged_parity: Vec<String>,
 }
 
 impl VerifyArgs {
@@ -111,6 +118,11 @@ impl VerifyArgs {
             },
             &bar,
         )?;
+        let recovery = opened
+            .split
+            .as_ref()
+            .map(|s| s.recovery.clone())
+            .unwrap_or_default();
         let policy = Policy {
             trust: &trust_set,
             threshold: self.threshold,
@@ -139,10 +151,24 @@ impl VerifyArgs {
             bytes_checked: verified.bytes_checked,
             trust_policy: head.trust.iter().map(|p| p.summary()).collect(),
             counted_under_policy: verified.accepted.trust().map(|t| t.authority.version()),
+            rebuilt_volumes: recovery.rebuilt.into_iter().map(|(_, w)| w).collect(),
+            damaged_parity: recovery.bad_parity.into_iter().map(|(_, w)| w).collect(),
         };
         if self.json {
             print_json(&out, None)?;
         } else if !self.quiet {
+            for why in &out.rebuilt_volumes {
+                eprintln!(
+                    "gapferry: rebuilt from the parity volumes: {}",
+                    gapferry::text::Esc(why)
+                );
+            }
+            for why in &out.damaged_parity {
+                eprintln!(
+                    "gapferry: warning: not used: {}; `gapferry repair` rewrites it",
+                    gapferry::text::Esc(why)
+                );
+            }
             eprintln!(
                 "gapferry: {} is valid: bundle {} channel {} sequence {}, {} files ({} bytes) match, signed by {}{}",
                 gapferry::text::escape_path(&self.bundle),

@@ -189,6 +189,10 @@ pub struct ImportReport {
     /// imported (`<slot>: <the first file that differs>`): removed, never
     /// kept as n-1; n-1 stayed as it was.
     pub discarded: Vec<String>,
+    /// Volumes of a split bundle rebuilt from its parity volumes
+    /// (`volume 3 of 5 is missing`); absent when none was.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rebuilt_volumes: Vec<String>,
     /// The error, when the outcome is not a success (in `--json`, the
     /// document's `error.message`).
     #[serde(skip)]
@@ -259,6 +263,8 @@ struct Attempt {
     bytes_written: u64,
     downgrades: Vec<super::state::Downgrade>,
     recovered: Vec<PathBuf>,
+    /// Volumes rebuilt from parity (why each was rebuilt).
+    rebuilt_volumes: Vec<String>,
     /// Damaged served sets this run replaced and removed (slot: why).
     discarded: Vec<String>,
     /// The run saved its own ledger entry with the state (the import stands
@@ -361,6 +367,7 @@ fn report(
         downgrades: attempt.downgrades.iter().map(|d| d.to_string()).collect(),
         recovered: attempt.recovered,
         discarded: attempt.discarded,
+        rebuilt_volumes: attempt.rebuilt_volumes,
         error: err.as_ref().map(|e| format!("{e}")),
         exit_code: err.as_ref().map_or(0, |e| e.exit_kind().code()),
         receipt: None,
@@ -583,6 +590,14 @@ fn accept(
     let opened = opened?;
     attempt.head = Some(opened.head.clone());
     let root_trust = root_trust(opts, dir, state)?;
+    if let Some(split) = &opened.split {
+        attempt.rebuilt_volumes = split
+            .recovery
+            .rebuilt
+            .iter()
+            .map(|(_, why)| why.clone())
+            .collect();
+    }
     let policy = Policy {
         roots: root_trust.as_ref(),
         trust: &opts.trust,

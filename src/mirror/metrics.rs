@@ -493,6 +493,7 @@ pub fn refresh(
                 problem_count: 1,
                 warning_count: 0,
                 trust_policy: None,
+                inbox: None,
             },
             Some(e),
         ),
@@ -547,6 +548,7 @@ mod tests {
             warning_count: 0,
             slots,
             trust_policy: None,
+            inbox: None,
         }
     }
 

@@ -70,6 +70,10 @@ pub struct MirrorStatus {
     /// The trust policy a root-pinned mirror follows (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trust_policy: Option<TrustStatus>,
+    /// What the last `import --inbox` pass with this state directory left
+    /// waiting (absent when no inbox pass ran here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbox: Option<super::inbox::waiting::Waiting>,
 }
 
 /// The adopted trust policy in `status`.
@@ -327,5 +331,6 @@ pub fn status_at(
         problem_count,
         warning_count,
         trust_policy: trust_status(&state, now),
+        inbox: super::inbox::waiting::read(state_dir),
     })
 }

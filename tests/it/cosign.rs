@@ -520,3 +520,55 @@ fn sign_with_trust_co_signs_only_what_a_trusted_key_signed() {
     let trust = [t.k2.public.as_path(), t.k3.public.as_path()];
     import(&t.sb, &t.offline, &trust, 2, "m").ok();
 }
+
+/// A split set with parity volumes is signed into a new set that has as
+/// many parity volumes, computed over the new data volumes: it still
+/// survives the loss of a volume.
+#[test]
+fn a_split_bundle_with_parity_keeps_working_parity_when_signed() {
+    let sb = Sandbox::new();
+    let k2 = sb.keygen("k2");
+    let k3 = sb.keygen("k3");
+    let from = sb.download_folder("dl", &standard_releases());
+    sb.mkdir("out");
+    let out = sb.join("out/b.tar.zst");
+    sb.export(
+        &from,
+        &[&k2],
+        &out,
+        &["--split", "400", "--parity", "2", "--quiet"],
+    );
+    sb.mkdir("signed");
+    let signed = sb.join("signed/b.tar.zst");
+    let mut c = sb.cmd();
+    c.arg("sign")
+        .arg(sb.join("out/b.tar.zst.volumes.json"))
+        .arg("--secret-key")
+        .arg(&k3.secret)
+        .arg("--out")
+        .arg(&signed);
+    support::run(c).ok();
+    let idx: serde_json::Value =
+        serde_json::from_slice(&fs::read(sb.join("signed/b.tar.zst.volumes.json")).unwrap())
+            .unwrap();
+    assert_eq!(idx["format"], "gapferry-volumes/2", "{idx}");
+    let parity = idx["parity"]["volumes"].as_array().unwrap();
+    assert_eq!(parity.len(), 2, "{idx}");
+    for p in parity {
+        let n = p["number"].as_u64().unwrap();
+        let bytes = fs::read(sb.join(format!("signed/b.tar.zst.p{n:03}"))).unwrap();
+        assert_eq!(bytes.len() as u64, p["size"].as_u64().unwrap());
+    }
+    // Two data volumes lost on the way: rebuilt from the new parity, and
+    // both signatures count.
+    fs::remove_file(sb.join("signed/b.tar.zst.001")).unwrap();
+    fs::remove_file(sb.join("signed/b.tar.zst.003")).unwrap();
+    import(
+        &sb,
+        &sb.join("signed/b.tar.zst.volumes.json"),
+        &[&k2.public, &k3.public],
+        2,
+        "mirror",
+    )
+    .ok();
+}

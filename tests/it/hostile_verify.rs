@@ -1189,6 +1189,7 @@ fn split_bundle_reads_through_the_same_bounded_reader() {
         volume_size: half as u64,
         total_size: joined.len() as u64,
         volumes,
+        parity: None,
     };
     let idx = index_path(&bundle);
     let bytes = index.to_bytes();

@@ -173,6 +173,39 @@ fn every_command_on_success_and_failure_matches_its_schema() {
         0,
     );
     assert!(e["split"]["volumes"].as_array().unwrap().len() > 1, "{e}");
+    // With parity, and verified with a volume lost: rebuilt, and said so.
+    let par = sb.join("par.tar.zst");
+    let e = c.run(
+        "export.json",
+        &run(&[
+            &base[..],
+            &["--out", s(&par), "--split", "1M", "--parity", "1"],
+        ]
+        .concat()),
+        0,
+    );
+    assert_eq!(
+        e["split"]["parity"].as_array().map(Vec::len),
+        Some(1),
+        "{e}"
+    );
+    fs::remove_file(sb.join("par.tar.zst.002")).unwrap();
+    let v = c.run(
+        "verify.json",
+        &run(&[
+            "verify",
+            s(&sb.join("par.tar.zst.001")),
+            "--trust",
+            s(&public),
+            "--json",
+        ]),
+        0,
+    );
+    assert_eq!(
+        v["rebuilt_volumes"].as_array().map(Vec::len),
+        Some(1),
+        "{v}"
+    );
     c.failure(
         "export",
         &run(&[&base[..], &["--out", s(&missing.join("x.tar.zst"))]].concat()),

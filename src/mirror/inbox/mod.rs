@@ -7,8 +7,11 @@
 //! modification time did not change since the previous scan) and its zstd
 //! frame runs to its end; a split bundle when its index (`*.volumes.json`),
 //! at least one index signature and every volume at its indexed size are
-//! there and settled. Anything else is left alone for a later pass. Hidden
-//! files (exporters' and copy tools' temporaries) are never touched.
+//! there and settled, or with parity volumes any `n` of its data and parity
+//! volumes, none of its files still changing. Anything else is left alone
+//! for a later pass, until `give_up_after` past its last change: then it is
+//! moved to `rejected/` with what is missing. Hidden files (exporters' and
+//! copy tools' temporaries) are never touched.
 //!
 //! Other users may write the inbox, so every operation in it goes through
 //! the opened folder ([`dirfd`]): nothing in it is reached through a
@@ -25,6 +28,7 @@
 
 mod dirfd;
 mod frames;
+pub mod waiting;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Seek};
@@ -114,6 +118,7 @@ impl Candidate {
             Candidate::Split(s) => {
                 let mut v = vec![file_name(&s.index_path)];
                 v.extend(s.volume_paths().iter().map(|p| file_name(p)));
+                v.extend(s.parity_paths().iter().map(|p| file_name(p)));
                 v.extend(
                     s.signature_paths()
                         .unwrap_or_default()
@@ -138,6 +143,9 @@ pub struct InboxOptions {
     pub dir: PathBuf,
     /// How long a file must be left unmodified before it is looked at.
     pub settle: Duration,
+    /// A file or split set still incomplete this long after its last change
+    /// is moved to `rejected/` with what is missing.
+    pub give_up_after: Duration,
     /// Every import runs with these, `bundle` replaced.
     pub import: ImportOptions,
 }
@@ -285,7 +293,32 @@ const WAITING: &str = "still arriving (modified within --settle), or waiting for
 
 /// Looks through the opened inbox (not its subdirectories) for complete
 /// bundles.
-fn scan(dir: &Arc<DirFd>, settle: Duration, tracker: &mut Tracker) -> Result<Scan, InboxError> {
+/// How long ago `mtime` was (zero for a time in the future).
+fn age(mtime: SystemTime) -> Duration {
+    SystemTime::now().duration_since(mtime).unwrap_or_default()
+}
+
+/// A duration for people, to the second.
+fn show(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// The waiting line's clock: since when, and when the pass gives up.
+fn waited(last: SystemTime, give_up: Duration) -> String {
+    let a = age(last);
+    format!(
+        "last change {} ago; moved to {REJECTED}/ if still incomplete {} after it",
+        show(a),
+        show(give_up)
+    )
+}
+
+fn scan(
+    dir: &Arc<DirFd>,
+    settle: Duration,
+    give_up: Duration,
+    tracker: &mut Tracker,
+) -> Result<Scan, InboxError> {
     let names: Vec<String> = dir
         .names()?
         .into_iter()
@@ -295,13 +328,11 @@ fn scan(dir: &Arc<DirFd>, settle: Duration, tracker: &mut Tracker) -> Result<Sca
     let mut claimed: Vec<String> = Vec::new();
     let mut ready: Vec<(u64, String, Candidate)> = Vec::new();
     for n in names.iter().filter(|n| n.ends_with(INDEX_SUFFIX)) {
-        match scan_split(dir, n, settle, tracker, &mut claimed) {
-            Ok(Some(split)) => ready.push((
-                split.index.sequence,
-                n.clone(),
-                Candidate::Split(Box::new(split)),
-            )),
-            Ok(None) => out.waiting.push(format!("{n}: left alone ({WAITING})")),
+        match scan_split(dir, n, settle, give_up, tracker, &mut claimed) {
+            Ok(SplitScan::Ready(split)) => {
+                ready.push((split.index.sequence, n.clone(), Candidate::Split(split)))
+            }
+            Ok(SplitScan::Waiting(why)) => out.waiting.push(format!("{n}: left alone ({why})")),
             Err(p) => out.problems.push(p),
         }
     }
@@ -311,8 +342,29 @@ fn scan(dir: &Arc<DirFd>, settle: Duration, tracker: &mut Tracker) -> Result<Sca
         if n.ends_with(INDEX_SUFFIX) || claimed.contains(n) {
             continue;
         }
-        if volumes::split_volume_name(Path::new(n)).is_some() {
-            out.waiting.push(format!("{n}: left alone ({WAITING})"));
+        if volumes::split_volume_name(Path::new(n)).is_some()
+            || volumes::split_parity_name(Path::new(n)).is_some()
+        {
+            // A volume whose index has not arrived (or never will).
+            if let Ok(st) = dir.stat(n) {
+                let (_, mtime) = stat_parts(&st);
+                if age(mtime) >= give_up {
+                    out.problems.push(Problem {
+                        files: vec![n.clone()],
+                        why: format!(
+                            "{}: a volume of a split bundle whose index has not arrived {} after its last change; copy the whole set (index, .minisig files and volumes) again",
+                            dir.display(n).display(),
+                            show(age(mtime))
+                        ),
+                        reject: true,
+                    });
+                    continue;
+                }
+                out.waiting.push(format!(
+                    "{n}: left alone (a volume waiting for its index; {})",
+                    waited(mtime, give_up)
+                ));
+            }
             continue;
         }
         if !n.ends_with(".tar.zst") {
@@ -333,7 +385,10 @@ fn scan(dir: &Arc<DirFd>, settle: Duration, tracker: &mut Tracker) -> Result<Sca
         }
         let (size, mtime) = stat_parts(&st);
         if !tracker.settled(n, size, mtime, settle) {
-            out.waiting.push(format!("{n}: left alone ({WAITING})"));
+            out.waiting.push(format!(
+                "{n}: left alone ({WAITING}; {size} bytes so far, {})",
+                waited(mtime, give_up)
+            ));
             continue;
         }
         singles.push((mtime, size, n.clone()));
@@ -348,7 +403,19 @@ fn scan(dir: &Arc<DirFd>, settle: Duration, tracker: &mut Tracker) -> Result<Sca
         }
         match open_single(dir, &n, (size, mtime)) {
             Ok(Some((seq, c))) => ready.push((seq, n, c)),
-            Ok(None) => out.waiting.push(format!("{n}: left alone ({WAITING})")),
+            Ok(None) if age(mtime) >= give_up => out.problems.push(Problem {
+                files: vec![n.clone()],
+                why: format!(
+                    "{}: still incomplete {} after its last change: {size} bytes, and its last zstd frame is cut short (bytes are missing at the end); copy it again",
+                    dir.display(&n).display(),
+                    show(age(mtime))
+                ),
+                reject: true,
+            }),
+            Ok(None) => out.waiting.push(format!(
+                "{n}: left alone (incomplete: {size} bytes, its last zstd frame is cut short; {})",
+                waited(mtime, give_up)
+            )),
             Err(p) => out.problems.push(p),
         }
     }
@@ -427,15 +494,30 @@ fn open_single(
     )))
 }
 
+/// What [`scan_split`] found.
+#[derive(Debug)]
+enum SplitScan {
+    Ready(Box<SplitBundle>),
+    /// Still arriving: what is waited for.
+    Waiting(String),
+}
+
 /// Looks at one split index and the files it names, all by `lstat` through
-/// the folder: `Ok(None)` while something is still arriving.
+/// the folder. The set is ready when the index, at least one signature and
+/// enough volumes are there, each at its indexed size: every data volume,
+/// or with parity volumes any `n` of the data and parity volumes; and no
+/// file of the set is still changing (younger than the settle time, or in
+/// watch mode changed since the previous scan). A set still incomplete
+/// `give_up` after its newest file last changed is a rejection naming what
+/// is missing.
 fn scan_split(
     dir: &Arc<DirFd>,
     name: &str,
     settle: Duration,
+    give_up: Duration,
     tracker: &mut Tracker,
     claimed: &mut Vec<String>,
-) -> Result<Option<SplitBundle>, Problem> {
+) -> Result<SplitScan, Problem> {
     let reject = |files: Vec<String>, why: String| Problem {
         files,
         why,
@@ -443,14 +525,17 @@ fn scan_split(
     };
     let st = match dir.stat(name) {
         Ok(st) => st,
-        Err(_) => return Ok(None),
+        Err(_) => return Ok(SplitScan::Waiting(WAITING.into())),
     };
     if !is_regular(&st) {
         return Err(reject(vec![name.to_string()], not_regular(dir, name, &st)));
     }
     let (size, mtime) = stat_parts(&st);
     if !tracker.settled(name, size, mtime, settle) {
-        return Ok(None);
+        return Ok(SplitScan::Waiting(format!(
+            "the index is still arriving; {}",
+            waited(mtime, give_up)
+        )));
     }
     let path = dir.display(name);
     let mut o = dir.open_regular(name).map_err(|e| Problem {
@@ -486,7 +571,10 @@ fn scan_split(
         index,
         index_bytes: bytes,
         files: Arc::new(InboxFiles(Arc::clone(dir))),
+        recovery: Default::default(),
+        rebuilt: Vec::new(),
     };
+    let pars: Vec<String> = split.parity_paths().iter().map(|p| file_name(p)).collect();
     let vols: Vec<String> = split.volume_paths().iter().map(|p| file_name(p)).collect();
     let sigs: Vec<String> = split
         .signature_paths()
@@ -495,25 +583,62 @@ fn scan_split(
         .map(|p| file_name(p))
         .collect();
     claimed.extend(vols.iter().cloned());
+    claimed.extend(pars.iter().cloned());
     claimed.extend(sigs.iter().cloned());
-    let mut complete = !sigs.is_empty();
     // A bad file rejects the whole set: its files all go to `rejected/`.
     let set: Vec<String> = std::iter::once(name.to_string())
         .chain(vols.iter().cloned())
+        .chain(pars.iter().cloned())
         .chain(sigs.iter().cloned())
         .collect();
-    for (v, vn) in split.index.volumes.iter().zip(&vols) {
+    let n = split.index.volumes.len();
+    let parity_sizes: Vec<u64> = split
+        .index
+        .parity
+        .as_ref()
+        .map(|p| p.volumes.iter().map(|v| v.size).collect())
+        .unwrap_or_default();
+    let mut newest = mtime;
+    let mut changing = false;
+    let mut arrived = (0usize, 0usize);
+    let mut missing: Vec<String> = Vec::new();
+    let entries = split
+        .index
+        .volumes
+        .iter()
+        .map(|v| v.size)
+        .zip(&vols)
+        .map(|(size, vn)| (size, vn, true))
+        .chain(
+            parity_sizes
+                .iter()
+                .copied()
+                .zip(&pars)
+                .map(|(size, vn)| (size, vn, false)),
+        );
+    for (want, vn, data) in entries {
         match dir.stat(vn) {
             Ok(st) if !is_regular(&st) => {
                 return Err(reject(set, not_regular(dir, vn, &st)));
             }
             Ok(st) => {
                 let (size, mtime) = stat_parts(&st);
-                if size < v.size || !tracker.settled(vn, size, mtime, settle) {
-                    complete = false;
+                newest = newest.max(mtime);
+                if !tracker.settled(vn, size, mtime, settle) {
+                    changing = true;
+                } else if size >= want {
+                    // Longer is damaged, not missing: the import's hash
+                    // check names it (and rebuilds it from parity).
+                    if data {
+                        arrived.0 += 1;
+                    } else {
+                        arrived.1 += 1;
+                    }
+                } else {
+                    missing.push(format!("{vn} ({size} of {want} bytes)"));
                 }
             }
-            Err(_) => complete = false,
+            Err(_) => missing.push(format!("{vn} (missing)")),
         }
     }
     for sn in &sigs {
@@ -521,9 +646,52 @@ fn scan_split(
             if !is_regular(&st) {
                 return Err(reject(set, not_regular(dir, sn, &st)));
             }
+            newest = newest.max(stat_parts(&st).1);
         }
     }
-    Ok(complete.then_some(split))
+    let enough = arrived.0 == n || (!pars.is_empty() && arrived.0 + arrived.1 >= n);
+    if !sigs.is_empty() && !changing && enough {
+        return Ok(SplitScan::Ready(Box::new(split)));
+    }
+    let mut what = Vec::new();
+    if sigs.is_empty() {
+        what.push(format!(
+            "no signature of the index ({name}.<KEYID>.minisig)"
+        ));
+    }
+    if !enough {
+        let need = if pars.is_empty() {
+            n - arrived.0
+        } else {
+            n - arrived.0 - arrived.1
+        };
+        what.push(format!(
+            "{need} more volume(s) needed of {}",
+            if missing.is_empty() {
+                "those still arriving".to_string()
+            } else {
+                missing.join(", ")
+            }
+        ));
+    }
+    if changing {
+        what.push("a volume is still changing".into());
+    }
+    let what = what.join("; ");
+    if age(newest) >= give_up && !changing {
+        return Err(reject(
+            set,
+            format!(
+                "{}: split bundle still incomplete {} after its last change: {what}; copy the missing files again from the export (or the original medium)",
+                dir.display(name).display(),
+                show(age(newest))
+            ),
+        ));
+    }
+    Ok(SplitScan::Waiting(format!(
+        "{what}; {}",
+        waited(newest, give_up)
+    )))
 }
 
 /// The two subfolders, each opened at most once per pass (or why not).
@@ -608,11 +776,18 @@ pub fn pass(
     on_result: &mut dyn FnMut(&BundleResult),
 ) -> Result<PassSummary, InboxError> {
     let dir = Arc::new(DirFd::open(&opts.dir)?);
-    let found = scan(&dir, opts.settle, tracker)?;
+    let found = scan(&dir, opts.settle, opts.give_up_after, tracker)?;
     let mut summary = PassSummary {
         waiting: found.waiting,
         ..PassSummary::default()
     };
+    // For `gapferry status`: what this pass leaves waiting, and since when.
+    if let Err(e) = waiting::record(&opts.import.state_dir, &opts.dir, &summary.waiting) {
+        summary.waiting.push(format!(
+            "(could not record the waiting list in {}: {e})",
+            opts.import.state_dir.display()
+        ));
+    }
     let mut subs = Subdirs::default();
     for p in found.problems {
         if stop.load(Ordering::Relaxed) {
