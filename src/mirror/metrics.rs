@@ -421,6 +421,22 @@ pub fn render(i: &Inputs<'_>) -> String {
             policy_expiry.add(&[], unix(ts.time()));
         }
     }
+    let mut waiting = Family::new(
+        "gapferry_inbox_waiting",
+        "gauge",
+        "Files or split sets the last import --inbox pass left waiting (incomplete or still changing).",
+    );
+    let mut inbox_checked = Family::new(
+        "gapferry_inbox_pass_timestamp_seconds",
+        "gauge",
+        "When the last import --inbox pass with this state directory looked.",
+    );
+    if let Some(w) = &i.status.inbox {
+        waiting.add(&[], w.waiting.len() as u64);
+        if let Ok(ts) = w.checked.parse::<crate::timestamp::Timestamp>() {
+            inbox_checked.add(&[], unix(ts.time()));
+        }
+    }
     let mut generated = Family::new(
         "gapferry_metrics_timestamp_seconds",
         "gauge",
@@ -452,6 +468,8 @@ pub fn render(i: &Inputs<'_>) -> String {
         &keys,
         &policy_version,
         &policy_expiry,
+        &waiting,
+        &inbox_checked,
         &generated,
     ] {
         f.render(&mut out);
@@ -706,6 +724,36 @@ mod tests {
         assert!(text.contains("gapferry_trust_policy_version 3\n"), "{text}");
         assert!(
             text.contains("gapferry_trust_policy_expiry_timestamp_seconds 1798761600\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn what_the_inbox_left_waiting_is_counted() {
+        let mut st = status(Vec::new());
+        let none = render(&Inputs {
+            status: &st,
+            ledger: LedgerView::Missing,
+            hashed: false,
+            key_expiry: Vec::new(),
+            now: at("2026-01-01T00:00:00Z"),
+        });
+        assert!(!none.contains("gapferry_inbox_waiting "), "{none}");
+        st.inbox = Some(crate::mirror::inbox::waiting::Waiting {
+            inbox: "/srv/inbox".into(),
+            checked: "2026-01-01T00:00:00Z".into(),
+            waiting: vec!["a".into(), "b".into()],
+        });
+        let text = render(&Inputs {
+            status: &st,
+            ledger: LedgerView::Missing,
+            hashed: false,
+            key_expiry: Vec::new(),
+            now: at("2026-01-01T00:00:00Z"),
+        });
+        assert!(text.contains("gapferry_inbox_waiting 2\n"), "{text}");
+        assert!(
+            text.contains("gapferry_inbox_pass_timestamp_seconds 1767225600\n"),
             "{text}"
         );
     }
