@@ -513,20 +513,12 @@ impl Demo {
         }
         let collected = collect::collect(&self.download, &[])?;
         let out = self.bundles.join("demo-windows-1.tar.zst");
-        let req = ExportRequest {
-            collection: collect::to_collection(&collected),
-            out: out.clone(),
-            channel: "default".into(),
-            expires_in: Duration::from_secs(30 * 86400),
-            sequence_dir: self.export_state.clone(),
-            sequence: None,
-            producer: format!("gapferry {} (demo)", env!("CARGO_PKG_VERSION")),
-            split: None,
-            write: WriteOptions::default(),
-            trust: Vec::new(),
-            parity: 0,
-        };
-        export::export(&req, std::slice::from_ref(&self.sk), &NoProgress)?;
+        self.export_collection(
+            collect::to_collection(&collected),
+            &self.sk,
+            &out,
+            Vec::new(),
+        )?;
         say!("    {} (profile windows, x64 and x86)", out.display());
         self.import(&out)?;
         let share = self.abs.join("share");
@@ -614,8 +606,23 @@ impl Demo {
         trust: Vec<SignedPolicy>,
     ) -> anyhow::Result<gapferry::manifest::Manifest> {
         let collected = gapferry::mde::collect::collect(download, &[], &[Ring::Production])?;
+        self.export_collection(
+            gapferry::mde::collect::to_collection(&collected),
+            sk,
+            out,
+            trust,
+        )
+    }
+
+    fn export_collection(
+        &self,
+        collection: gapferry::profile::Collection,
+        sk: &SecretKey,
+        out: &Path,
+        trust: Vec<SignedPolicy>,
+    ) -> anyhow::Result<gapferry::manifest::Manifest> {
         let req = ExportRequest {
-            collection: gapferry::mde::collect::to_collection(&collected),
+            collection,
             out: out.to_path_buf(),
             channel: "default".into(),
             expires_in: Duration::from_secs(30 * 86400),
@@ -623,9 +630,9 @@ impl Demo {
             sequence: None,
             producer: format!("gapferry {} (demo)", env!("CARGO_PKG_VERSION")),
             split: None,
-            parity: 0,
             write: WriteOptions::default(),
             trust,
+            parity: 0,
         };
         let written = export::export(&req, std::slice::from_ref(sk), &NoProgress)?.written;
         Ok(written.manifest)
