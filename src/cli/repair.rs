@@ -35,11 +35,10 @@ pub struct RepairArgs {
     quiet: bool,
 }
 
-/// The `--json` output of repair.
+/// The `--json` output of repair (`ok` is the envelope's).
 #[derive(Debug, Serialize)]
 pub struct RepairOutput {
     pub index: PathBuf,
-    pub ok: bool,
     /// Data volumes written back.
     pub rebuilt_volumes: Vec<Written>,
     /// Parity volumes written back.
@@ -66,7 +65,6 @@ impl RepairArgs {
         };
         let out = RepairOutput {
             index: done.index_path,
-            ok: true,
             rebuilt_volumes: conv(done.data),
             rebuilt_parity: conv(done.parity),
         };

@@ -15,7 +15,11 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
+use gapferry::windows::pe_fake::{parse_version, FakePackage};
+use gapferry::windows::WinArch;
+
 use support::fetch_mock::{Mock, Release};
+use support::win_standin::StandIn;
 use support::{Run, Sandbox};
 
 /// The schema files, compiled once, and which of them the tests used.
@@ -96,6 +100,15 @@ impl Checker {
             .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {r:#?}"));
         de.end()
             .unwrap_or_else(|e| panic!("stdout holds more than one document ({e}): {r:#?}"));
+        // A body field named like an envelope field would print the key
+        // twice (serde_json keeps the last one, so validation alone misses it).
+        for key in ["\"schema_version\":", "\"ok\":"] {
+            assert_eq!(
+                r.stdout.matches(key).count(),
+                1,
+                "{key} printed twice: {r:#?}"
+            );
+        }
         self.document(schema, &doc, code, &format!("{r:#?}"));
         doc
     }
@@ -211,6 +224,26 @@ fn every_command_on_success_and_failure_matches_its_schema() {
         &run(&[&base[..], &["--out", s(&missing.join("x.tar.zst"))]].concat()),
         2,
     );
+
+    // repair: the lost volume written back; then more volumes lost than
+    // there are parity volumes (the failure document, exit 3).
+    let par_index = e["split"]["index"].as_str().unwrap().to_string();
+    let repair = || run(&["repair", &par_index, "--trust", s(&public), "--json"]);
+    let doc = c.run("repair.json", &repair(), 0);
+    assert_eq!(
+        doc["rebuilt_volumes"].as_array().map(Vec::len),
+        Some(1),
+        "{doc}"
+    );
+    assert_eq!(
+        doc["rebuilt_volumes"][0]["path"],
+        s(&sb.join("par.tar.zst.002")),
+        "{doc}"
+    );
+    assert!(sb.join("par.tar.zst.002").is_file());
+    fs::remove_file(sb.join("par.tar.zst.001")).unwrap();
+    fs::remove_file(sb.join("par.tar.zst.002")).unwrap();
+    c.failure("repair", &repair(), 3);
 
     // inspect, inspect --receipt, verify.
     c.run(
@@ -632,6 +665,92 @@ fn every_command_on_success_and_failure_matches_its_schema() {
     );
     assert!(doc["export"].is_null(), "{doc}");
 
+    // fetch --platform windows from the loopback stand-in: fetched, one
+    // arch failed (exit 1), a command line it refuses (failure document).
+    let win = StandIn::start();
+    let pkg = |arch, v| FakePackage::signed(arch, parse_version(v).unwrap()).build();
+    win.serve("x64", pkg(WinArch::X64, "1.421.40.0"));
+    win.serve("x86", b"<html>proxy login</html>".to_vec());
+    let win_dl = sb.join("win-dl");
+    let win_fetch = |arch: &str, extra: &[&str]| {
+        let mut a = vec![
+            "fetch",
+            "--platform",
+            "windows",
+            "--arch",
+            arch,
+            "--upstream",
+            &win.base,
+            "--download-folder",
+            s(&win_dl),
+            "--retries",
+            "0",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let doc = c.run("fetch-windows.json", &win_fetch("x64", &[]), 0);
+    assert_eq!(doc["items"][0]["outcome"], "updated", "{doc}");
+    assert_eq!(doc["items"][0]["version"], "1.421.40.0", "{doc}");
+    let doc = c.run("fetch-windows.json", &win_fetch("x86", &[]), 1);
+    assert_eq!(doc["items"][0]["outcome"], "failed", "{doc}");
+    c.failure("fetch", &win_fetch("x64", &["--ring", "production"]), 2);
+
+    // export --platform windows --fetch: stopped by the failed arch, then
+    // fetched and exported.
+    let win_export = || {
+        run(&[
+            "export",
+            "--fetch",
+            "--platform",
+            "windows",
+            "--upstream",
+            &win.base,
+            "--from",
+            s(&win_dl),
+            "--retries",
+            "0",
+            "--secret-key",
+            s(&key),
+            "--state-dir",
+            s(&sb.join("win-export-state")),
+            "--out",
+            s(&sb.join("win.tar.zst")),
+            "--json",
+        ])
+    };
+    let doc = c.run("export-fetch-windows.json", &win_export(), 1);
+    assert!(doc["export"].is_null(), "{doc}");
+    win.serve("x86", pkg(WinArch::X86, "1.421.40.0"));
+    let doc = c.run("export-fetch-windows.json", &win_export(), 0);
+    assert_eq!(
+        doc["export"]["items"].as_array().map(Vec::len),
+        Some(2),
+        "{doc}"
+    );
+
+    // export --platform windows without --fetch: the plain export document.
+    let doc = c.run(
+        "export.json",
+        &run(&[
+            "export",
+            "--platform",
+            "windows",
+            "--from",
+            s(&win_dl),
+            "--secret-key",
+            s(&key),
+            "--state-dir",
+            s(&sb.join("win-export-state")),
+            "--out",
+            s(&sb.join("win2.tar.zst")),
+            "--json",
+        ]),
+        0,
+    );
+    assert_eq!(doc["items"][0]["platform"], "windows", "{doc}");
+
     // A command line clap refuses: the failure document, exit 2.
     c.failure(
         "verify",
@@ -686,4 +805,32 @@ fn schemas_refuse_a_renamed_or_missing_field() {
         "error": { "message": "x", "exit_code": 3, "kind": "refused" }
     });
     assert!(c.validate("failure.json", &bad_error).is_err());
+
+    // A Windows fetch item that failed carries its error and no version;
+    // repair's document is printed only on success.
+    let item = serde_json::json!({
+        "platform": "windows", "arch": "x64", "path": "windows/x64",
+        "outcome": "failed", "version": null, "previous": null, "signer": null,
+        "backed_up": false, "bytes": 0, "sha256": null, "error": "HTML page"
+    });
+    let win = |item: &Value| {
+        serde_json::json!({
+            "schema_version": 1, "ok": false,
+            "error": { "message": "x", "exit_code": 1, "kind": "operational" },
+            "download_folder": "dl", "upstream": "http://127.0.0.1/", "items": [item]
+        })
+    };
+    assert!(c.validate("fetch-windows.json", &win(&item)).is_ok());
+    let mut no_error = item.clone();
+    no_error["error"] = Value::Null;
+    assert!(c.validate("fetch-windows.json", &win(&no_error)).is_err());
+    let mut versioned = item;
+    versioned["version"] = "1.421.40.0".into();
+    assert!(c.validate("fetch-windows.json", &win(&versioned)).is_err());
+    let repair_failed = serde_json::json!({
+        "schema_version": 1, "ok": false,
+        "error": { "message": "x", "exit_code": 3, "kind": "rejected" },
+        "index": "b.tar.zst.volumes.json", "rebuilt_volumes": [], "rebuilt_parity": []
+    });
+    assert!(c.validate("repair.json", &repair_failed).is_err());
 }

@@ -6,16 +6,13 @@
 //! folder, shown by status, rolled back; and the hostile packages (an HTML
 //! page, no version, no signature, an older version).
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use gapferry::windows::pe_fake::{parse_version, FakePackage};
 use gapferry::windows::WinArch;
 
 use crate::support;
+use support::win_standin::StandIn;
 
 fn package(arch: WinArch, version: &str) -> Vec<u8> {
     FakePackage::signed(arch, parse_version(version).unwrap()).build()
@@ -448,68 +445,6 @@ fn export_refuses_hostile_packages_naming_the_file() {
             .unwrap(),
     )
     .fails(2, &["own bundle"]);
-}
-
-/// A loopback stand-in for `https://go.microsoft.com/fwlink/?LinkID=121721&arch=<arch>`:
-/// answers each `arch=` with the bytes set for it (404 when none).
-struct StandIn {
-    base: String,
-    bodies: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-    hits: Arc<Mutex<Vec<String>>>,
-}
-
-impl StandIn {
-    fn start() -> StandIn {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}/fwlink/", listener.local_addr().unwrap());
-        let bodies: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
-        let hits: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (b, h) = (bodies.clone(), hits.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                loop {
-                    let mut header = String::new();
-                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                        break;
-                    }
-                }
-                let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                h.lock().unwrap().push(target.clone());
-                let arch = target
-                    .split(['?', '&'])
-                    .find_map(|kv| kv.strip_prefix("arch="))
-                    .unwrap_or("")
-                    .to_string();
-                let ok = target.contains("LinkID=121721");
-                let body = b.lock().unwrap().get(&arch).cloned().filter(|_| ok);
-                let _ = match body {
-                    Some(body) => conn
-                        .write_all(
-                            format!(
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
-                                body.len()
-                            )
-                            .as_bytes(),
-                        )
-                        .and_then(|_| conn.write_all(&body)),
-                    None => conn.write_all(
-                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    ),
-                };
-            }
-        });
-        StandIn { base, bodies, hits }
-    }
-
-    fn serve(&self, arch: &str, body: Vec<u8>) {
-        self.bodies.lock().unwrap().insert(arch.into(), body);
-    }
 }
 
 fn fetch(env: &Env, s: &StandIn, arches: &[&str]) -> support::Run {

@@ -10,7 +10,8 @@
 //! ones; [`import`] is the mirror-and-state fixture ([`import::Fx`]);
 //! [`crash`] is the crash and live-import world with its scenario builder
 //! ("v1, v2, v3 exported and imported", [`crash::World::chain`]);
-//! [`fetch_mock`] is the loopback upstream for `fetch`.
+//! [`fetch_mock`] is the loopback upstream for `fetch`; [`win_standin`]
+//! the one for `fetch --platform windows`.
 //!
 //! Every test module reaches it as `crate::support`.
 
@@ -20,6 +21,7 @@ pub mod craft;
 pub mod crash;
 pub mod fetch_mock;
 pub mod import;
+pub mod win_standin;
 
 use std::collections::BTreeMap;
 use std::fs;
