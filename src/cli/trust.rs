@@ -122,6 +122,103 @@ fn policy_usage(path: &Path, reason: String) -> anyhow::Error {
     UsageError(format!("{}: {reason}", path.display())).into()
 }
 
+/// The per-signer rules `trust init` and `trust edit` set (FORMAT.md
+/// section 11: a signer's `channels` and `not_after`).
+#[derive(Debug, Args)]
+struct RuleArgs {
+    /// Limit a signer to these channels: KEYID=C1,C2 (KEYID= clears the
+    /// limit: every channel); repeatable.
+    #[arg(long = "signer-channels", value_name = "KEYID=C1,C2")]
+    signer_channels: Vec<String>,
+    /// End a signer's signatures at an RFC 3339 time or after a duration
+    /// from now: KEYID=2027-06-30T00:00:00Z or KEYID=90d (KEYID= clears
+    /// it); repeatable.
+    #[arg(long = "signer-not-after", value_name = "KEYID=TIME|DURATION")]
+    signer_not_after: Vec<String>,
+}
+
+/// `KEYID=VALUE` of `flag`, with the key id checked.
+fn keyed<'a>(s: &'a str, flag: &str) -> anyhow::Result<(KeyId, &'a str)> {
+    let Some((id, value)) = s.split_once('=') else {
+        bail!(UsageError(format!(
+            "{flag} {:?}: expected KEYID=VALUE (KEYID= clears it)",
+            Esc(s)
+        )));
+    };
+    Ok((key_id(id, flag)?, value))
+}
+
+/// A `--signer-not-after` value: an RFC 3339 time, or a duration from now.
+fn not_after(value: &str, id: KeyId) -> anyhow::Result<Timestamp> {
+    if let Ok(d) = humantime::parse_duration(value) {
+        return Ok(Timestamp::from_time(SystemTime::now() + d));
+    }
+    value.parse::<Timestamp>().map_err(|_| {
+        UsageError(format!(
+            "--signer-not-after {id}={:?}: neither an RFC 3339 time (2027-06-30T00:00:00Z) nor a duration (90d)",
+            Esc(value)
+        ))
+        .into()
+    })
+}
+
+impl RuleArgs {
+    /// Sets the rules on `p`'s signers; a key id that is not one of them,
+    /// or one given twice to a flag, is refused.
+    fn apply(&self, p: &mut TrustPolicy) -> anyhow::Result<()> {
+        let version = p.version;
+        let find = |id: KeyId, flag: &str, seen: &mut Vec<KeyId>| {
+            if seen.contains(&id) {
+                bail!(UsageError(format!("{flag} {id}: given twice")));
+            }
+            seen.push(id);
+            let signers: Vec<KeyId> = p.signers.keys.iter().map(|k| id_of(&k.key)).collect();
+            match signers.iter().position(|k| *k == id) {
+                Some(i) => Ok(i),
+                None => bail!(UsageError(format!(
+                    "{flag} {id}: not a signer of version {version} (signers: {}); add it with --add-signer or --signer first",
+                    join(&signers)
+                ))),
+            }
+        };
+        let mut seen = Vec::new();
+        let mut channels = Vec::new();
+        for s in &self.signer_channels {
+            let (id, value) = keyed(s, "--signer-channels")?;
+            let i = find(id, "--signer-channels", &mut seen)?;
+            let list = if value.is_empty() {
+                None
+            } else {
+                let list: Vec<String> = value.split(',').map(str::to_string).collect();
+                for c in &list {
+                    gapferry::manifest::check_channel(c).map_err(|e| {
+                        UsageError(format!("--signer-channels {id}={}: {e}", Esc(value)))
+                    })?;
+                }
+                Some(list)
+            };
+            channels.push((i, list));
+        }
+        let mut seen = Vec::new();
+        let mut ends = Vec::new();
+        for s in &self.signer_not_after {
+            let (id, value) = keyed(s, "--signer-not-after")?;
+            let i = find(id, "--signer-not-after", &mut seen)?;
+            let t = (!value.is_empty())
+                .then(|| not_after(value, id))
+                .transpose()?;
+            ends.push((i, t));
+        }
+        for (i, c) in channels {
+            p.signers.keys[i].channels = c;
+        }
+        for (i, t) in ends {
+            p.signers.keys[i].not_after = t;
+        }
+        Ok(())
+    }
+}
+
 /// Write version 1 of a trust policy (unsigned; sign it with `trust sign`).
 #[derive(Debug, Args)]
 struct InitArgs {
@@ -143,19 +240,22 @@ struct InitArgs {
     /// Where to write the policy (for a chain folder: DIR/1.json).
     #[arg(long, value_name = "POLICY")]
     out: PathBuf,
+    #[command(flatten)]
+    rules: RuleArgs,
 }
 
 impl InitArgs {
     fn run(self) -> anyhow::Result<i32> {
         let roots = load_keys(&self.roots)?;
         let signers = load_keys(&self.signers)?;
-        let policy = TrustPolicy::initial(
+        let mut policy = TrustPolicy::initial(
             &roots,
             self.root_threshold,
             &signers,
             self.threshold,
             expires_in(self.expires_in)?,
         );
+        self.rules.apply(&mut policy)?;
         policy.check().map_err(|r| policy_usage(&self.out, r))?;
         files::write_policy(&self.out, &policy.to_bytes())?;
         eprintln!(
@@ -202,6 +302,8 @@ struct EditArgs {
     /// New expiry, from now (else the current one is kept).
     #[arg(long, value_parser = humantime::parse_duration)]
     expires_in: Option<Duration>,
+    #[command(flatten)]
+    rules: RuleArgs,
 }
 
 fn key_id(s: &str, flag: &str) -> anyhow::Result<KeyId> {
@@ -272,6 +374,7 @@ impl EditArgs {
         for k in load_keys(&self.add_roots)? {
             p.root.keys.push(k.to_base64());
         }
+        self.rules.apply(&mut p)?;
         if let Some(t) = self.threshold {
             p.signers.threshold = t;
         }

@@ -523,10 +523,43 @@ pub fn changes(old: Option<&TrustPolicy>, new: &TrustPolicy) -> Vec<String> {
     if oexp.as_deref() != Some(new.expires.as_str()) {
         out.push(format!("expires {}", new.expires));
     }
-    if let Some(o) = old {
-        let rules = |p: &TrustPolicy| p.signers.keys.clone();
-        if rules(o) != rules(new) && out.iter().all(|c| !c.starts_with("signer ")) {
-            out.push("signer channels or not_after changed".into());
+    out.extend(rule_changes(old, new));
+    out
+}
+
+/// The per-key rule changes from `old` to `new`: `signer <KEYID> channels
+/// a,b` (or `channels any` once cleared), `signer <KEYID> not_after <TIME>`
+/// (or `not_after none`). A key added with rules names them too; a removed
+/// key's rules go with it.
+fn rule_changes(old: Option<&TrustPolicy>, new: &TrustPolicy) -> Vec<String> {
+    let old_rules = |id: &KeyId| {
+        old.and_then(|o| {
+            o.signer_keys()
+                .expect("checked")
+                .into_iter()
+                .find(|(k, _)| k.key_id == *id)
+                .map(|(_, r)| (r.channels.clone(), r.not_after.clone()))
+        })
+        .unwrap_or((None, None))
+    };
+    let mut keys = new.signer_keys().expect("checked");
+    keys.sort_by_key(|(k, _)| k.key_id);
+    let mut out = Vec::new();
+    for (k, rules) in keys {
+        let (channels, not_after) = old_rules(&k.key_id);
+        if channels != rules.channels {
+            out.push(match &rules.channels {
+                Some(c) => format!("signer {} channels {}", k.key_id, c.join(",")),
+                None => format!("signer {} channels any", k.key_id),
+            });
+        }
+        if not_after.as_ref().map(Timestamp::as_str)
+            != rules.not_after.as_ref().map(Timestamp::as_str)
+        {
+            out.push(match &rules.not_after {
+                Some(t) => format!("signer {} not_after {t}", k.key_id),
+                None => format!("signer {} not_after none", k.key_id),
+            });
         }
     }
     out

@@ -261,3 +261,48 @@ fn changes_name_what_moved() {
     assert!(!c.iter().any(|x| x.starts_with("expires")), "{c:?}");
     assert!(changes(Some(&v1), &v1).is_empty());
 }
+
+#[test]
+fn changes_name_each_signer_rule() {
+    let k = keys();
+    let v1 = policy(1, &[&k.r1], 1, &[&k.k1, &k.k2]);
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.signers.keys[0].channels = Some(vec!["lab".into(), "prod".into()]);
+    v2.signers.keys[1].not_after = Some("2030-01-02T03:04:05Z".parse().unwrap());
+    let c = changes(Some(&v1), &v2);
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert!(
+        c.contains(&format!("signer {} channels lab,prod", k.k1.key_id)),
+        "{c:?}"
+    );
+    assert!(
+        c.contains(&format!(
+            "signer {} not_after 2030-01-02T03:04:05Z",
+            k.k2.key_id
+        )),
+        "{c:?}"
+    );
+    let back = changes(Some(&v2), &v1);
+    assert!(
+        back.contains(&format!("signer {} channels any", k.k1.key_id)),
+        "{back:?}"
+    );
+    assert!(
+        back.contains(&format!("signer {} not_after none", k.k2.key_id)),
+        "{back:?}"
+    );
+    // A key added with rules names them beside its addition.
+    let mut v3 = policy(3, &[&k.r1], 1, &[&k.k1, &k.k2, &k.r3]);
+    v3.expires = v1.expires.clone();
+    v3.signers.keys[2].channels = Some(vec!["lab".into()]);
+    let c = changes(Some(&v1), &v3);
+    assert!(
+        c.contains(&format!("signer added {}", k.r3.key_id)),
+        "{c:?}"
+    );
+    assert!(
+        c.contains(&format!("signer {} channels lab", k.r3.key_id)),
+        "{c:?}"
+    );
+}

@@ -855,44 +855,154 @@ fn an_import_killed_mid_publish_adopts_nothing_and_the_same_bundle_again_adopts(
 
 #[test]
 fn signer_channels_and_not_after_apply_through_the_binary() {
-    use gapferry::timestamp::Timestamp;
-    use gapferry::trustpolicy::{files, TrustPolicy};
     let w = World::new();
-    // Hand-written rules (trust edit does not set them): K1 only for
-    // channel "lab", K2 no longer after an hour ago.
-    let mut p = TrustPolicy::initial(
-        &[w.r1.public_key(), w.r2.public_key()],
-        2,
-        &[w.k1.public_key(), w.k2.public_key(), w.k3.public_key()],
-        1,
-        Timestamp::from_time(SystemTime::now() + Duration::from_secs(86_400 * 200)),
+    let (k1, k2, k3) = (
+        w.k1.id().to_string(),
+        w.k2.id().to_string(),
+        w.k3.id().to_string(),
     );
-    p.signers.keys[0].channels = Some(vec!["lab".into()]);
-    p.signers.keys[1].not_after = Some(Timestamp::from_time(
-        SystemTime::now() - Duration::from_secs(3600),
-    ));
-    let path = w.version(1);
-    files::write_policy(&path, &p.to_bytes()).unwrap();
+    let init = |extra: &[&str]| {
+        let mut c = w.fx.cmd();
+        c.args(["trust", "init", "--root"])
+            .arg(&w.r1.public)
+            .arg("--root")
+            .arg(&w.r2.public)
+            .args(["--root-threshold", "2", "--signer"])
+            .arg(&w.k1.public)
+            .arg("--signer")
+            .arg(&w.k2.public)
+            .arg("--out")
+            .arg(w.version(1))
+            .args(extra);
+        w.fx.run(c)
+    };
+    // A key id that is not a signer is refused, naming it; nothing written.
+    init(&["--signer-channels", &format!("{k3}=lab")]).fails(
+        2,
+        &[&format!(
+            "--signer-channels {k3}: not a signer of version 1"
+        )],
+    );
+    init(&["--signer-not-after", &format!("{k1}=soon")])
+        .fails(2, &["--signer-not-after", &k1, "neither an RFC 3339 time"]);
+    init(&["--signer-channels", &format!("{k1}=lab,no/pe")]).fails(2, &["--signer-channels", &k1]);
+    assert!(!w.version(1).exists());
+    // v1: K1 only for channel "lab", K2 anywhere.
+    init(&["--signer-channels", &format!("{k1}=lab")]).ok();
     for r in [&w.r1, &w.r2] {
         w.sign(1, r).ok();
     }
-    assert_eq!(files::read_version(&path).unwrap().signatures.len(), 2);
-    let b = w.bundle(&[&w.k1], Some(&path), &[]);
+    let b = w.bundle(&[&w.k2], Some(&w.version(1)), &[]);
+    w.import(&b).ok();
+    assert_eq!(w.adopted_version(), 1);
+    // After adoption K1 counts on "lab" only.
+    let b = w.bundle(&[&w.k1], Some(&w.version(1)), &[]);
     w.import(&b).fails(
         3,
         &[&format!(
-            "key {} is not allowed to sign channel \"default\"",
-            w.k1.id()
+            "key {k1} is not allowed to sign channel \"default\""
         )],
     );
-    let b = w.bundle(&[&w.k2], Some(&path), &[]);
-    w.import(&b)
-        .fails(3, &[&format!("key {} is past its not_after", w.k2.id())]);
-    // K1 on its own channel, K3 anywhere.
-    let b = w.bundle(&[&w.k1], Some(&path), &["--channel", "lab"]);
+    let b = w.bundle(&[&w.k1], Some(&w.version(1)), &["--channel", "lab"]);
     w.import_pinned(&b, &[&w.r1, &w.r2], "2", &["--channel", "lab"])
         .ok();
-    let b = w.bundle(&[&w.k3], None, &["--channel", "lab"]);
+    // v2: K1's limit cleared, K2 ended an hour ago, K3 added for "lab"
+    // until a year from now.
+    let mut c = w.fx.cmd();
+    c.args(["trust", "edit"])
+        .arg(w.version(1))
+        .arg("--out")
+        .arg(w.version(2))
+        .arg("--add-signer")
+        .arg(&w.k3.public)
+        .args(["--signer-channels", &format!("{k1}=")])
+        .args(["--signer-channels", &format!("{k3}=lab")])
+        .args(["--signer-not-after", &format!("{k2}=2020-01-01T00:00:00Z")])
+        .args(["--signer-not-after", &format!("{k3}=365d")]);
+    let edit = w.fx.run(c).ok();
+    let named = [
+        format!("signer {k1} channels any"),
+        format!("signer {k2} not_after 2020-01-01T00:00:00Z"),
+        format!("signer {k3} channels lab"),
+        format!("signer {k3} not_after "),
+    ];
+    for n in &named {
+        assert!(
+            edit.stderr.contains(n.as_str()),
+            "{n} not in {}",
+            edit.stderr
+        );
+    }
+    let mut c = w.fx.cmd();
+    c.args(["trust", "show", "--json"]).arg(w.version(2));
+    let shown: serde_json::Value = json::parse(&w.fx.run(c).ok().stdout);
+    let rules = |id: &str| {
+        shown["signer_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert!(rules(&k1).get("channels").is_none(), "{shown}");
+    assert_eq!(rules(&k2)["not_after"], "2020-01-01T00:00:00Z");
+    assert_eq!(rules(&k3)["channels"], serde_json::json!(["lab"]));
+    let k3_end: gapferry::timestamp::Timestamp =
+        rules(&k3)["not_after"].as_str().unwrap().parse().unwrap();
+    assert!(k3_end.time() > SystemTime::now() + Duration::from_secs(300 * 86_400));
+    // An unknown key id on edit is refused too, and nothing written.
+    let mut c = w.fx.cmd();
+    c.args(["trust", "edit"])
+        .arg(w.version(2))
+        .arg("--out")
+        .arg(w.version(3))
+        .args(["--signer-not-after", &format!("{}=30d", w.r1.id())]);
+    w.fx.run(c).fails(
+        2,
+        &[&format!(
+            "--signer-not-after {}: not a signer of version 3",
+            w.r1.id()
+        )],
+    );
+    assert!(!w.version(3).exists());
+    for r in [&w.r1, &w.r2] {
+        w.sign(2, r).ok();
+    }
+    // v2 rides in a bundle of K1 on the default channel: adopted, and the
+    // ledger names the rule changes.
+    let b = w.bundle(&[&w.k1], Some(&w.chain), &[]);
+    w.import(&b).ok();
+    assert_eq!(w.adopted_version(), 2);
+    let last = w.ledger().pop().unwrap();
+    let changes: Vec<String> = last["trust_updated"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        changes.contains(&format!("signer added {k3}")),
+        "{changes:?}"
+    );
+    for n in &named {
+        assert!(
+            changes.iter().any(|c| c.starts_with(n.as_str())),
+            "{n} not in {changes:?}"
+        );
+    }
+    // K2 is past its not_after now; K3 counts on "lab" only.
+    let b = w.bundle(&[&w.k2], Some(&w.chain), &[]);
+    w.import(&b)
+        .fails(3, &[&format!("key {k2} is past its not_after")]);
+    let b = w.bundle(&[&w.k3], Some(&w.chain), &[]);
+    w.import(&b).fails(
+        3,
+        &[&format!(
+            "key {k3} is not allowed to sign channel \"default\""
+        )],
+    );
+    let b = w.bundle(&[&w.k3], Some(&w.chain), &["--channel", "lab"]);
     w.import_pinned(&b, &[&w.r1, &w.r2], "2", &["--channel", "lab"])
         .ok();
 }
