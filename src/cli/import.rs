@@ -257,7 +257,12 @@ impl ImportArgs {
             } else {
                 "--target"
             };
-            existing_folder(flag, target.served_root())?;
+            super::existing_folder(
+                flag,
+                target.served_root(),
+                "check the path (endpoints only read the folder they are configured with), \
+                 or add --create to start a new mirror there",
+            )?;
         }
         let roots = self.roots.load()?;
         let trust = TrustSet::load(&self.trust)?;
@@ -302,27 +307,6 @@ impl ImportArgs {
             roots,
             allow_expired_policy: self.roots.allow_expired_policy,
         })
-    }
-}
-
-/// Refuses a served folder that does not exist (or is not a folder): the
-/// import creates one only with `--create`.
-fn existing_folder(flag: &str, dir: &Path) -> Result<(), UsageError> {
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(UsageError(format!(
-            "{flag} {}: not a folder; give the mirror's folder",
-            dir.display()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UsageError(format!(
-            "{flag} {} does not exist; check the path (endpoints only read the folder they are \
-             configured with), or add --create to start a new mirror there",
-            dir.display()
-        ))),
-        Err(e) => Err(UsageError(format!(
-            "{flag} {}: {e}; check the path and its permissions",
-            dir.display()
-        ))),
     }
 }
 

@@ -183,6 +183,32 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// Refuses a served folder given as `flag` that does not exist or is not a
+/// folder, saying so plainly rather than "nothing is served" (a typo, or a
+/// mirror never created or not mounted); `fix` ends the "does not exist"
+/// message.
+pub(crate) fn existing_folder(
+    flag: &str,
+    dir: &std::path::Path,
+    fix: &str,
+) -> Result<(), UsageError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(UsageError(format!(
+            "{flag} {}: not a folder; give the mirror's folder",
+            dir.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UsageError(format!(
+            "{flag} {} does not exist; {fix}",
+            dir.display()
+        ))),
+        Err(e) => Err(UsageError(format!(
+            "{flag} {}: {e}; check the path and its permissions",
+            dir.display()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

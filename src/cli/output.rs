@@ -35,6 +35,17 @@ struct Doc<'a, T: ?Sized> {
     body: &'a T,
 }
 
+impl<'a, T: ?Sized> Doc<'a, T> {
+    fn new(body: &'a T, error: Option<ErrorJson>) -> Self {
+        Doc {
+            schema_version: SCHEMA_VERSION,
+            ok: error.is_none(),
+            error,
+            body,
+        }
+    }
+}
+
 /// Prints `value` as one JSON document on stdout, in the envelope:
 /// `schema_version`, `ok` (true exactly when the command exits 0) and, when
 /// it does not, `error` (why, and the exit code).
@@ -44,12 +55,7 @@ pub fn print_json<T: Serialize + ?Sized>(
 ) -> anyhow::Result<()> {
     DOCUMENT_PRINTED.store(true, Ordering::SeqCst);
     let mut out = std::io::stdout().lock();
-    let doc = Doc {
-        schema_version: SCHEMA_VERSION,
-        ok: error.is_none(),
-        error,
-        body: value,
-    };
+    let doc = Doc::new(value, error);
     serde_json::to_writer_pretty(&mut out, &doc).map_err(std::io::Error::from)?;
     out.write_all(b"\n")?;
     out.flush()?;
@@ -63,12 +69,7 @@ pub fn print_json_line<T: Serialize + ?Sized>(
     error: Option<ErrorJson>,
 ) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    let doc = Doc {
-        schema_version: SCHEMA_VERSION,
-        ok: error.is_none(),
-        error,
-        body: value,
-    };
+    let doc = Doc::new(value, error);
     serde_json::to_writer(&mut out, &doc).map_err(std::io::Error::from)?;
     out.write_all(b"\n")?;
     out.flush()

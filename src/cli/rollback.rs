@@ -116,19 +116,11 @@ impl RollbackArgs {
             }
             _ => return Err(UsageError("give one of --mirror DIR or --share DIR".into()).into()),
         };
-        if !root.is_dir() {
-            return Err(UsageError(format!(
-                "{} {}: {}; check the path",
-                if target { "--share" } else { "--mirror" },
-                root.display(),
-                if root.exists() {
-                    "not a folder"
-                } else {
-                    "does not exist"
-                }
-            ))
-            .into());
-        }
+        super::existing_folder(
+            if target { "--share" } else { "--mirror" },
+            &root,
+            "check the path",
+        )?;
         let (slots, profile, tried): (Vec<_>, &'static dyn Profile, Vec<(String, String)>) =
             match self.platform {
                 PlatformSel::Windows => {

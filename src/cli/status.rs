@@ -80,27 +80,18 @@ impl StatusArgs {
                 .into())
             }
         };
-        if !root.is_dir() {
-            // Said plainly rather than "nothing is served": a typo, or a
-            // mirror that was never created or is not mounted.
-            let flag = if self.mirror.is_some() {
-                "--mirror"
-            } else if self.target.is_some() {
-                "--target"
-            } else {
-                "--share"
-            };
-            return Err(UsageError(format!(
-                "{flag} {}: {}; check the path (import creates a new mirror only with --create)",
-                root.display(),
-                if root.exists() {
-                    "not a folder"
-                } else {
-                    "does not exist"
-                }
-            ))
-            .into());
-        }
+        let flag = if self.mirror.is_some() {
+            "--mirror"
+        } else if self.target.is_some() {
+            "--target"
+        } else {
+            "--share"
+        };
+        super::existing_folder(
+            flag,
+            root,
+            "check the path (import creates a new mirror only with --create)",
+        )?;
         let state_dir = match &self.state_dir {
             Some(d) => d.clone(),
             None => state::default_state_dir(root)?,
