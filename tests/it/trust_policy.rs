@@ -56,27 +56,28 @@ impl World {
         self.chain.join(format!("{n}.json"))
     }
 
+    /// `trust init` of v1 with roots R1+R2 (2 of 2), the signers given,
+    /// and `extra` (threshold, expiry...); unsigned.
+    fn init(&self, signers: &[&Keys], extra: &[&str]) -> Run {
+        let mut c = self.fx.cmd();
+        c.args(["trust", "init", "--root"])
+            .arg(&self.r1.public)
+            .arg("--root")
+            .arg(&self.r2.public)
+            .args(["--root-threshold", "2"]);
+        for k in signers {
+            c.arg("--signer").arg(&k.public);
+        }
+        c.args(extra).arg("--out").arg(self.version(1));
+        self.fx.run(c)
+    }
+
     /// v1: roots R1+R2 (2 of 2), signer K1, signed by both roots.
     fn init_v1(&self, expires_in: &str) {
-        let out = self.version(1);
-        self.gf(&[
-            &"trust",
-            &"init",
-            &"--root",
-            &self.r1.public,
-            &"--root",
-            &self.r2.public,
-            &"--root-threshold",
-            &"2",
-            &"--signer",
-            &self.k1.public,
-            &"--threshold",
-            &"1",
-            &"--expires-in",
-            &expires_in,
-            &"--out",
-            &out,
-        ])
+        self.init(
+            &[&self.k1],
+            &["--threshold", "1", "--expires-in", expires_in],
+        )
         .ok();
         self.sign(1, &self.r1).ok();
         self.sign(1, &self.r2).ok();
@@ -282,21 +283,7 @@ fn scenario_1_a_mirror_pinned_to_two_offline_roots_adopts_the_carried_v1() {
 fn a_policy_signed_below_the_pinned_threshold_is_neither_exported_nor_adopted() {
     let w = World::new();
     let out = w.version(1);
-    w.gf(&[
-        &"trust",
-        &"init",
-        &"--root",
-        &w.r1.public,
-        &"--root",
-        &w.r2.public,
-        &"--root-threshold",
-        &"2",
-        &"--signer",
-        &w.k1.public,
-        &"--out",
-        &out,
-    ])
-    .ok();
+    w.init(&[&w.k1], &[]).ok();
     w.sign(1, &w.r1).ok();
     // A key that is not a root cannot sign it.
     w.sign(1, &w.k1).fails(2, &["not a root of version 1"]);
@@ -1033,27 +1020,8 @@ fn a_split_bundle_carries_the_policy_too() {
 #[test]
 fn a_co_signed_bundle_keeps_its_policy_and_meets_the_threshold() {
     let w = World::new();
-    w.gf(&[
-        &"trust",
-        &"init",
-        &"--root",
-        &w.r1.public,
-        &"--root",
-        &w.r2.public,
-        &"--root-threshold",
-        &"2",
-        &"--signer",
-        &w.k1.public,
-        &"--signer",
-        &w.k2.public,
-        &"--threshold",
-        &"2",
-        &"--expires-in",
-        &"1y",
-        &"--out",
-        &w.version(1),
-    ])
-    .ok();
+    w.init(&[&w.k1, &w.k2], &["--threshold", "2", "--expires-in", "1y"])
+        .ok();
     w.sign(1, &w.r1).ok();
     w.sign(1, &w.r2).ok();
     let b1 = w.bundle(&[&w.k1], Some(&w.version(1)), &[]);
