@@ -31,6 +31,7 @@ use crate::mirror::publish::PublishError;
 use crate::mirror::rollback::RollbackError;
 use crate::mirror::session::SessionError;
 use crate::mirror::state::{PolicyError, StateError};
+use crate::s3::S3Error;
 use crate::sequence::SequenceError;
 use crate::trustpolicy::TrustError;
 use crate::windows::collect::WinCollectError;
@@ -137,6 +138,7 @@ crate_error! {
     Trust(TrustError),
     WinCollect(WinCollectError),
     WinSlot(WinSlotError),
+    S3(S3Error),
 }
 
 impl Classify for Error {
@@ -167,6 +169,7 @@ impl Classify for Error {
             Error::Trust(e) => e.exit_kind(),
             Error::WinCollect(e) => e.exit_kind(),
             Error::WinSlot(e) => e.exit_kind(),
+            Error::S3(e) => e.exit_kind(),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod mde;
 pub mod mirror;
 pub mod profile;
 pub mod progress;
+pub mod s3;
 pub mod safepath;
 pub mod sequence;
 pub mod sha256hex;

@@ -41,7 +41,7 @@ fn variant(e: &Error) -> &'static str {
         Error::WinSlot(_) => "WinSlot",
     }
 }
-const VARIANTS: usize = 23;
+const VARIANTS: usize = 24;
 
 fn broken_ledger() -> LedgerError {
     LedgerError::Broken {
@@ -281,6 +281,18 @@ fn samples() -> Vec<(Error, i32)> {
             }
             .into(),
             1,
+        ),
+        (
+            crate::s3::S3Error::NoBucket {
+                url: "s3://mirror/defender".into(),
+                bucket: "mirror".into(),
+            }
+            .into(),
+            1,
+        ),
+        (
+            crate::s3::S3Error::Config("AWS_ACCESS_KEY_ID is not set".into()).into(),
+            2,
         ),
     ]
 }
