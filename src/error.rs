@@ -31,6 +31,7 @@ use crate::mirror::publish::PublishError;
 use crate::mirror::rollback::RollbackError;
 use crate::mirror::session::SessionError;
 use crate::mirror::state::{PolicyError, StateError};
+use crate::mirror::s3mirror::S3PublishError;
 use crate::s3::S3Error;
 use crate::sequence::SequenceError;
 use crate::trustpolicy::TrustError;
@@ -139,6 +140,7 @@ crate_error! {
     WinCollect(WinCollectError),
     WinSlot(WinSlotError),
     S3(S3Error),
+    S3Publish(S3PublishError),
 }
 
 impl Classify for Error {
@@ -170,6 +172,7 @@ impl Classify for Error {
             Error::WinCollect(e) => e.exit_kind(),
             Error::WinSlot(e) => e.exit_kind(),
             Error::S3(e) => e.exit_kind(),
+            Error::S3Publish(e) => e.exit_kind(),
         }
     }
 }

@@ -73,7 +73,9 @@ pub struct ImportArgs {
     trust: Vec<PathBuf>,
     #[command(flatten)]
     roots: super::trust::RootArgs,
-    /// Mirror root: publishes DIR/<platform>/<ring>/arch_<arch>/.
+    /// Mirror root: publishes DIR/<platform>/<ring>/arch_<arch>/. Or
+    /// s3://BUCKET/PREFIX: the same layout as objects (needs --state-dir;
+    /// see --s3-endpoint).
     #[arg(
         long,
         value_name = "DIR",
@@ -85,6 +87,8 @@ pub struct ImportArgs {
     /// platform and ring): publishes DIR/arch_<arch>/, n-1 in DIR_back/.
     #[arg(long, value_name = "DIR", conflicts_with = "share")]
     target: Option<PathBuf>,
+    #[command(flatten)]
+    s3: super::s3::S3Args,
     /// Create the --mirror (or --target) folder if it does not exist yet;
     /// without it a missing folder is refused, so a typo cannot publish
     /// where no endpoint looks.
@@ -220,7 +224,11 @@ impl ImportArgs {
         }
         manifest::check_channel(&self.channel)
             .map_err(|e| UsageError(format!("--channel: {}", e.0)))?;
+        let s3 = self
+            .s3
+            .mirror(self.mirror.as_deref(), self.state_dir.as_deref())?;
         let target = match (&self.mirror, self.target.as_ref().or(self.share.as_ref())) {
+            (Some(_), None) if s3.is_some() => Target::S3(s3.clone().expect("just checked")),
             (Some(m), None) => Target::Mirror(m.clone()),
             (None, Some(t)) => {
                 // A path naming no folder (`..`, `/`) fails here, before
@@ -249,7 +257,11 @@ impl ImportArgs {
         if let Some(file) = &self.prometheus {
             metrics::check_path(file)?;
         }
-        if !self.create {
+        if let Some(m) = &s3 {
+            // The bucket must exist and the credentials work before the
+            // lock, the ledger or any staging.
+            m.client().check_bucket()?;
+        } else if !self.create {
             let flag = if self.mirror.is_some() {
                 "--mirror"
             } else if self.share.is_some() {

@@ -18,6 +18,7 @@ pub mod output;
 mod password;
 mod repair;
 mod rollback;
+mod s3;
 mod status;
 mod trust;
 mod verify;

@@ -41,7 +41,7 @@ fn variant(e: &Error) -> &'static str {
         Error::WinSlot(_) => "WinSlot",
     }
 }
-const VARIANTS: usize = 24;
+const VARIANTS: usize = 25;
 
 fn broken_ledger() -> LedgerError {
     LedgerError::Broken {
@@ -293,6 +293,14 @@ fn samples() -> Vec<(Error, i32)> {
         (
             crate::s3::S3Error::Config("AWS_ACCESS_KEY_ID is not set".into()).into(),
             2,
+        ),
+        (
+            crate::mirror::s3mirror::S3PublishError::Changed {
+                url: "s3://mirror/defender/linux/production/arch_x86_64/updates.zip".into(),
+                location: "s3://mirror/defender".into(),
+            }
+            .into(),
+            1,
         ),
     ]
 }

@@ -131,6 +131,11 @@ impl Profile for Mde {
         Platform::ALL.iter().map(|p| p.to_string()).collect()
     }
 
+    fn index_files(&self) -> &'static [&'static str] {
+        // Endpoints read manifest.json for the versions, then updates.zip.
+        &["manifest.json"]
+    }
+
     fn all_units(&self) -> Vec<(UnitKey, Placement)> {
         Slot::all().map(|s| (s.key(), s.placement())).collect()
     }

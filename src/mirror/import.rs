@@ -87,6 +87,10 @@ pub enum Target {
     /// `offlineDefinitionUpdateUrl` names, for one platform and ring):
     /// `<dir>/<leaf>/`, n-1 in `<dir>_back/`.
     Ring(PathBuf),
+    /// An `s3://BUCKET/PREFIX` mirror: the mirror layout as objects
+    /// (docs/OPERATIONS.md, "Publishing into object storage"); units are
+    /// staged under its shadow root in the state directory.
+    S3(std::sync::Arc<super::s3mirror::S3Mirror>),
 }
 
 impl Target {
@@ -94,6 +98,15 @@ impl Target {
     pub fn served_root(&self) -> &Path {
         match self {
             Target::Mirror(p) | Target::Ring(p) => p,
+            Target::S3(m) => m.shadow_root(),
+        }
+    }
+
+    /// Where the folders of this target are checked.
+    pub fn tree(&self) -> setcheck::Tree<'_> {
+        match self {
+            Target::S3(m) => setcheck::Tree::S3(m),
+            _ => setcheck::Tree::Fs,
         }
     }
 }
@@ -231,6 +244,9 @@ pub enum ImportError {
     /// damaged record).
     #[error(transparent)]
     Trust(#[from] crate::trustpolicy::TrustError),
+    /// Publishing into an `s3://` mirror failed.
+    #[error(transparent)]
+    S3(#[from] super::s3mirror::S3PublishError),
     #[error("{path}: cannot keep the receipt {receipt}: {source}; the import itself stands, note the receipt by hand")]
     Receipt {
         path: PathBuf,
@@ -244,6 +260,7 @@ impl Classify for ImportError {
         match self {
             ImportError::Bundle(e) => e.exit_kind(),
             ImportError::Session(e) => e.exit_kind(),
+            ImportError::S3(e) => e.exit_kind(),
             ImportError::Rollback { policy, .. } => policy.exit_kind(),
             ImportError::Usage { .. } => ExitKind::Usage,
             ImportError::Trust(e) => e.exit_kind(),
@@ -521,7 +538,14 @@ fn run(
     observer: &dyn Observer,
 ) -> Result<Outcome, ImportError> {
     // Finish whatever a crashed import left before looking at anything.
-    let (mut state, recovered) = session.recover(&areas(&opts.target), &opts.publish)?;
+    let mut recovered_s3 = Vec::new();
+    if let Target::S3(m) = &opts.target {
+        m.claim()?;
+        recovered_s3 = m.recover(observer)?;
+    }
+    let (mut state, mut recovered) =
+        session.recover(&areas(&opts.target), &opts.publish, opts.target.tree())?;
+    recovered.extend(recovered_s3.iter().map(|r| PathBuf::from(m_url(opts, r))));
     attempt.recovered = recovered;
     let (reader, accepted) = accept(opts, session.dir(), &state, opened, attempt)?;
     let Some(plan) = plan(opts, &state, &accepted, attempt)? else {
@@ -557,6 +581,7 @@ fn run(
                 &plan,
                 staged,
                 attempt,
+                observer,
             )
         });
     if result.is_err() {
@@ -569,6 +594,7 @@ fn run(
 fn areas(target: &Target) -> Vec<PathBuf> {
     match target {
         Target::Mirror(root) => publish::mirror_areas(root),
+        Target::S3(m) => publish::mirror_areas(m.shadow_root()),
         Target::Ring(dir) => vec![std::path::absolute(dir)
             .ok()
             .and_then(|d| d.parent().map(Path::to_path_buf))
@@ -768,10 +794,17 @@ fn plan_unit(
     let dest = match &opts.target {
         Target::Mirror(root) => Destination::in_mirror(root, &unit.placement)?,
         Target::Ring(dir) => Destination::in_target(dir, &unit.placement.leaf)?,
+        Target::S3(m) => Destination::in_mirror(m.shadow_root(), &unit.placement)?,
     };
     // Before anything is read from or staged next to these folders.
     dest.check_folders()?;
-    let (baseline, damaged) = baseline_of(state, accepted.profile(), &unit.key, &dest.current());
+    let (baseline, damaged) = baseline_of(
+        state,
+        accepted.profile(),
+        &unit.key,
+        &dest.current(),
+        opts.target.tree(),
+    );
     let publish = baseline.manifest_sha256() != Some(&accepted.head().manifest_sha256);
     Ok(PlannedUnit {
         unit,
@@ -795,10 +828,11 @@ fn baseline_of(
     profile: &dyn Profile,
     key: &UnitKey,
     current: &Path,
+    tree: setcheck::Tree<'_>,
 ) -> (Baseline, Option<String>) {
     let recorded = state.served(key).filter(|s| !s.files.is_empty());
     let damaged = recorded
-        .and_then(|s| setcheck::check(current, &s.files, setcheck::Depth::Hashes).err())
+        .and_then(|s| tree.check(current, &s.files, setcheck::Depth::Hashes).err())
         .map(|m| m.to_string());
     let baseline = match state.served(key) {
         Some(s) if damaged.is_none() => Baseline::Recorded(s.clone()),
@@ -1004,6 +1038,7 @@ fn stage(
 
 /// Commit: records the intent, publishes unit by unit, then records what
 /// is served, the accepted sequence and the ledger line together.
+#[allow(clippy::too_many_arguments)]
 fn commit(
     opts: &ImportOptions,
     state_dir: &StateDir,
@@ -1012,6 +1047,7 @@ fn commit(
     plan: &Plan,
     mut staged: Staged,
     attempt: &mut Attempt,
+    observer: &dyn Observer,
 ) -> Result<Outcome, ImportError> {
     let head = accepted.head();
     let m = &head.manifest;
@@ -1031,7 +1067,7 @@ fn commit(
     // so that a run killed mid-publish is settled by the next one.
     state.pending = Some(intent(accepted, plan, &staged, &served, &record, attempt));
     state_dir.save(state)?;
-    publish_units(state, accepted, plan, &mut staged, served, attempt)?;
+    publish_units(opts, state, accepted, plan, &mut staged, served, attempt, observer)?;
     state.record_accepted(&m.channel, m.sequence, record);
     state.withdrawn.remove(&head.manifest_sha256);
     state.pending = None;
@@ -1082,13 +1118,16 @@ fn intent(
 
 /// Publishes the staged units one by one and records in `state` what each
 /// folder and its n-1 now serve.
+#[allow(clippy::too_many_arguments)]
 fn publish_units(
+    opts: &ImportOptions,
     state: &mut State,
     accepted: &Accepted,
     plan: &Plan,
     staged: &mut Staged,
     served: Vec<ServedSlot>,
     attempt: &mut Attempt,
+    observer: &dyn Observer,
 ) -> Result<(), ImportError> {
     let bundle_id = accepted.head().manifest.bundle_id.as_str();
     for (i, (u, s)) in plan.units.iter().zip(served).enumerate() {
@@ -1099,12 +1138,30 @@ fn publish_units(
                 Some(_) => publish::OldSet::Discard,
                 None => publish::OldSet::KeepAsBack,
             };
-            let published = staged.staging.publish_with(folder, bundle_id, old_set)?;
+            let (rotated, discarded_old) = match &opts.target {
+                Target::S3(m) => {
+                    let p = m.publish(
+                        accepted.profile(),
+                        u.unit.key.as_str(),
+                        folder.dir(),
+                        &u.unit.placement,
+                        &s.files,
+                        old_set == publish::OldSet::KeepAsBack,
+                        bundle_id,
+                        observer,
+                    )?;
+                    (p.rotated, u.damaged.is_some())
+                }
+                _ => {
+                    let p = staged.staging.publish_with(folder, bundle_id, old_set)?;
+                    (p.back.is_some(), p.discarded_old)
+                }
+            };
             attempt.slots[i].published = true;
-            if let (true, Some(why)) = (published.discarded_old, &u.damaged) {
+            if let (true, Some(why)) = (discarded_old, &u.damaged) {
                 attempt.discarded.push(format!("{}: {why}", u.unit.key));
             }
-            if published.back.is_some() {
+            if rotated {
                 match state.served(&u.unit.key).cloned() {
                     Some(old) => {
                         state.back.insert(u.unit.key.clone(), old);
@@ -1178,5 +1235,13 @@ impl CreatedDirs {
         for d in dirs {
             let _ = std::fs::remove_dir(&d);
         }
+    }
+}
+
+/// `s3://bucket/prefix/<rel>`, for reports of folders in an `s3://` mirror.
+fn m_url(opts: &ImportOptions, rel: &str) -> String {
+    match &opts.target {
+        Target::S3(m) => m.client().url_of(rel),
+        _ => rel.to_string(),
     }
 }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod publish;
 pub mod receipt;
 pub mod rollback;
+pub mod s3mirror;
 pub mod session;
 pub mod setcheck;
 pub mod state;

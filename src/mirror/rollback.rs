@@ -122,7 +122,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
     } else {
         publish::mirror_areas(&opts.mirror)
     };
-    let (mut state, _) = session.recover(&areas, &opts.publish)?;
+    let (mut state, _) = session.recover(&areas, &opts.publish, super::setcheck::Tree::Fs)?;
     let on_disk = |dir: &Path| opts.profile.versions_on_disk(dir);
     // Check every slot before moving anything.
     let mut dests = Vec::new();

@@ -107,6 +107,7 @@ impl Session {
         &self,
         areas: &[PathBuf],
         opts: &PublishOptions,
+        tree: setcheck::Tree<'_>,
     ) -> Result<(State, Vec<PathBuf>), SessionError> {
         let mut completed = Vec::new();
         for area in areas {
@@ -119,7 +120,7 @@ impl Session {
             }
         }
         let mut state = self.dir.load()?;
-        settle_interrupted(&self.dir, &mut state)?;
+        settle_interrupted(&self.dir, &mut state, tree)?;
         Ok((state, completed))
     }
 }
@@ -161,10 +162,14 @@ pub fn settle(dir: &StateDir, state: &mut State) -> Result<(), SessionError> {
 /// and an import killed while publishing, whose ledger line is written now
 /// (or the ledger would never show that bundle as imported). Rollback runs
 /// it too, so that it checks n-1 against an up-to-date record.
-fn settle_interrupted(state_dir: &StateDir, state: &mut State) -> Result<(), SessionError> {
+fn settle_interrupted(
+    state_dir: &StateDir,
+    state: &mut State,
+    tree: setcheck::Tree<'_>,
+) -> Result<(), SessionError> {
     settle(state_dir, state)?;
     if state.pending.is_some() {
-        match reconcile(state) {
+        match reconcile(state, tree) {
             Some(entry) => commit(state_dir, state, entry)?,
             None => state_dir.save(state)?,
         }
@@ -177,11 +182,14 @@ fn settle_interrupted(state_dir: &StateDir, state: &mut State) -> Result<(), Ses
 /// forward) is recorded as served; the bundle's sequence counts as accepted.
 /// Returns the ledger entry of the interrupted import when it published
 /// anything.
-fn reconcile(state: &mut State) -> Option<LedgerEntry> {
+fn reconcile(state: &mut State, tree: setcheck::Tree<'_>) -> Option<LedgerEntry> {
     let p = state.pending.take()?;
     let mut changes = Vec::new();
     for (key, ps) in &p.slots {
-        if setcheck::check(&ps.dir, &ps.served.files, setcheck::Depth::Hashes).is_ok() {
+        if tree
+            .check(&ps.dir, &ps.served.files, setcheck::Depth::Hashes)
+            .is_ok()
+        {
             changes.push(SlotChange {
                 slot: key.clone(),
                 before: state.served(key).map(ServedSlot::versions),
@@ -189,7 +197,7 @@ fn reconcile(state: &mut State) -> Option<LedgerEntry> {
             });
             let replaced = state.served(key).cloned();
             state.record_served(key, ps.served.clone());
-            settle_back(state, key, replaced, &ps.dir);
+            settle_back(state, key, replaced, &ps.dir, tree);
         }
     }
     if changes.is_empty() {
@@ -217,12 +225,18 @@ fn reconcile(state: &mut State) -> Option<LedgerEntry> {
 /// interrupted publish that recovery completed: the replaced set when it was
 /// rotated there, else the record it had, or none when neither matches (a
 /// record that does not match would make `rollback` refuse a good n-1).
-fn settle_back(state: &mut State, key: &UnitKey, replaced: Option<ServedSlot>, current: &Path) {
+fn settle_back(
+    state: &mut State,
+    key: &UnitKey,
+    replaced: Option<ServedSlot>,
+    current: &Path,
+    tree: setcheck::Tree<'_>,
+) {
     let Some(back) = publish::back_of(current) else {
         return;
     };
     let holds = |r: &ServedSlot| {
-        !r.files.is_empty() && setcheck::check(&back, &r.files, setcheck::Depth::Hashes).is_ok()
+        !r.files.is_empty() && tree.check(&back, &r.files, setcheck::Depth::Hashes).is_ok()
     };
     match replaced.filter(|r| holds(r)) {
         Some(r) => {

@@ -67,6 +67,24 @@ fn describe(path: &Path, problem: &Problem) -> String {
     }
 }
 
+/// Where the folders being checked live: on this machine, or in an
+/// `s3://` mirror whose folders are named by paths under its shadow root.
+#[derive(Debug, Clone, Copy)]
+pub enum Tree<'a> {
+    Fs,
+    S3(&'a super::s3mirror::S3Mirror),
+}
+
+impl Tree<'_> {
+    /// [`check`] where the folder lives.
+    pub fn check(&self, dir: &Path, files: &[ServedFile], depth: Depth) -> Result<(), Mismatch> {
+        match self {
+            Tree::Fs => check(dir, files, depth),
+            Tree::S3(m) => m.check(dir, files, depth),
+        }
+    }
+}
+
 /// Checks every recorded file of `dir`; extra files are not looked at.
 pub fn check(dir: &Path, files: &[ServedFile], depth: Depth) -> Result<(), Mismatch> {
     for f in files {

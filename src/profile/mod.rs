@@ -181,6 +181,14 @@ pub trait Profile: fmt::Debug + Send + Sync {
     /// recovery of interrupted publishes.
     fn areas(&self) -> Vec<String>;
 
+    /// The files of a unit that describe the others (an endpoint reads them
+    /// first to decide what to fetch). Where a folder cannot be replaced in
+    /// one step (object storage), they are written after the files they
+    /// describe.
+    fn index_files(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// The units a mirror of this profile can hold, for commands that walk
     /// it (status, rollback).
     fn all_units(&self) -> Vec<(UnitKey, Placement)>;

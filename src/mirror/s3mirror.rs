@@ -1,0 +1,645 @@
+//! Publishing into an `s3://BUCKET/PREFIX` mirror: the same layout as a
+//! folder mirror (`<platform>/<ring>/arch_<arch>/`, n-1 in `<ring>_back/`),
+//! written object by object, because object stores have no rename.
+//!
+//! # What a client polling the store sees (the guarantee)
+//!
+//! - **Per object**: every GET returns a complete object that an import
+//!   uploaded and the store verified (each upload carries the SHA-256 of its
+//!   bytes, which the store checks before the object becomes visible; a
+//!   multipart upload is invisible until it completes). Never a truncated
+//!   or mixed object.
+//! - **Per folder**: the files of a unit are written in one order: payload
+//!   files first, the profile's index files last (`mde`: `manifest.json`
+//!   after `updates.zip`). So an index file never names a version whose
+//!   payload is not yet there: a client that reads `manifest.json` and then
+//!   `updates.zip` gets a payload at least as new as the manifest it read.
+//!   For the few milliseconds between two PUTs, a client may read a new
+//!   payload beside the previous index; it then installs the newer payload
+//!   (or waits for its next poll), never an older one than announced.
+//! - **n-1 first**: before the first byte of the new set is written, the
+//!   served set is copied server-side into `<ring>_back/` (a metadata-only
+//!   copy on Garage), each copy conditional on the object still being the
+//!   one recorded (`x-amz-copy-source-if-match`), so n-1 can only ever hold
+//!   what was served.
+//!
+//! # The journal
+//!
+//! The staged unit (already verified and checked by its profile) is moved
+//! into `<state-dir>/s3/publish/<unit>/files/`, and `journal.json` beside it
+//! records the unit, the new files (name, size, SHA-256), the objects it
+//! replaces (with their ETags) and whether n-1 is done. From the moment the
+//! journal is on disk the publish is decided: a run killed at any step is
+//! rolled forward by the next run ([`recover`]), which re-does only what
+//! the store does not already hold (an object whose size and SHA-256
+//! metadata match is not uploaded again). The journal and its files are
+//! removed last. The state and the ledger are written by the import only
+//! after every object of the unit was verified (HEAD: size and SHA-256).
+//!
+//! # Several importers
+//!
+//! The import lock is the state directory's (as for a folder mirror), so
+//! importers sharing one state directory run one after the other. A
+//! prefix is claimed by one state directory with the object
+//! `.gapferry-claim` ([`S3Mirror::claim`]), written with `If-None-Match: *`
+//! (honoured by stores with conditional writes; Garage 2.5 ignores it) and
+//! read back: an import from another state directory is refused.
+//!
+//! This module owns the object order, the journal and recovery; it never
+//! reads bundles or decides policy, and it never writes the state.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::setcheck::{self, Depth, Mismatch, Problem};
+use super::state::ServedFile;
+use crate::durable::{self, Clobber};
+use crate::error::{Classify, ExitKind};
+use crate::faults::crash_point;
+use crate::profile::{Placement, Profile};
+use crate::progress::Observer;
+use crate::s3::{Client, Location, S3Error};
+
+/// Every crash step of an S3 publish, in order, for the crash tests.
+pub const S3_CRASH_STEPS: &[&str] = &[
+    "s3-journal-written",
+    "s3-back-copied",
+    "s3-back-done",
+    "s3-object-uploaded",
+    "s3-current-done",
+];
+
+/// The object that names the state directory owning a prefix.
+pub const CLAIM_OBJECT: &str = ".gapferry-claim";
+
+const JOURNAL_FORMAT: u32 = 1;
+
+/// Why an S3 publish failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum S3PublishError {
+    #[error(transparent)]
+    Store(#[from] S3Error),
+    #[error("cannot write {path}: {source}")]
+    Local { path: PathBuf, source: io::Error },
+    #[error("the journal {path} cannot be read ({reason}); check the store by hand, then remove {dir}")]
+    Journal {
+        path: PathBuf,
+        dir: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "{url} changed while this import was publishing (another writer?); \
+         nothing more was written: check who else writes {location}, then run the import again"
+    )]
+    Changed { url: String, location: String },
+    #[error(
+        "{location} is claimed by another state directory ({found}); this one is {ours}: \
+         import into this prefix with that state directory, or remove {claim} if that \
+         state directory is gone for good"
+    )]
+    Claimed {
+        location: String,
+        claim: String,
+        found: String,
+        ours: String,
+    },
+}
+
+impl Classify for S3PublishError {
+    fn exit_kind(&self) -> ExitKind {
+        match self {
+            S3PublishError::Store(e) => e.exit_kind(),
+            _ => ExitKind::Operational,
+        }
+    }
+}
+
+/// An `s3://` mirror as the import, status and rollback see it: the store,
+/// and a local shadow root in the state directory where units are staged
+/// (paths under it name the unit's folder in the store).
+#[derive(Debug)]
+pub struct S3Mirror {
+    client: Client,
+    state_dir: PathBuf,
+    shadow: PathBuf,
+}
+
+/// What publishing one unit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Published {
+    /// Whether the replaced set was copied to n-1.
+    pub rotated: bool,
+}
+
+/// One file in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct JFile {
+    name: String,
+    size: u64,
+    sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Journal {
+    format: u32,
+    location: String,
+    unit: String,
+    current: String,
+    back: String,
+    /// The new set, in upload order (index files last).
+    new: Vec<JFile>,
+    /// What the folder held when the publish was decided, in copy order.
+    old: Vec<JFile>,
+    /// Copy the old set to n-1 (false: it was found damaged, or empty).
+    keep_old: bool,
+    back_done: bool,
+    tag: String,
+}
+
+impl S3Mirror {
+    /// A mirror at `client`'s location, with its local parts under
+    /// `state_dir/s3/`.
+    pub fn new(client: Client, state_dir: &Path) -> S3Mirror {
+        let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        S3Mirror {
+            client,
+            shadow: state_dir.join("s3").join("tree"),
+            state_dir,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn location(&self) -> &Location {
+        self.client.location()
+    }
+
+    /// The local shadow root: units are staged under it as if it were a
+    /// folder mirror, and a path under it names the same folder in the
+    /// store.
+    pub fn shadow_root(&self) -> &Path {
+        &self.shadow
+    }
+
+    fn publish_root(&self) -> PathBuf {
+        self.state_dir.join("s3").join("publish")
+    }
+
+    /// The store-relative folder of a shadow path (`linux/production/arch_x86_64`).
+    pub fn rel_of(&self, dir: &Path) -> Option<String> {
+        let dir = std::path::absolute(dir).ok()?;
+        let rel = dir.strip_prefix(&self.shadow).ok()?;
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        Some(parts.join("/"))
+    }
+
+    /// The store-relative folder of a placement and of its n-1.
+    pub fn rel_of_placement(place: &Placement) -> (String, String) {
+        let join = |group: &str| {
+            [place.area.as_str(), group, place.leaf.as_str()]
+                .iter()
+                .filter(|p| !p.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        (join(&place.group), join(&format!("{}_back", place.group)))
+    }
+
+    /// Claims the prefix for this state directory, or checks the claim.
+    /// `id` is the state directory's identity (its path and a random id
+    /// kept in it).
+    pub fn claim(&self) -> Result<(), S3PublishError> {
+        let ours = self.claim_id()?;
+        let found = self.client.get_bytes(CLAIM_OBJECT, 4096)?;
+        let found = match found {
+            Some(b) => String::from_utf8_lossy(&b).trim().to_string(),
+            None => {
+                self.client.put_bytes(
+                    CLAIM_OBJECT,
+                    format!("{ours}\n").as_bytes(),
+                    "text/plain",
+                    true,
+                )?;
+                let back = self.client.get_bytes(CLAIM_OBJECT, 4096)?;
+                back.map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                    .unwrap_or_default()
+            }
+        };
+        if found != ours {
+            return Err(S3PublishError::Claimed {
+                location: self.location().to_string(),
+                claim: self.client.url_of(CLAIM_OBJECT),
+                found,
+                ours,
+            });
+        }
+        Ok(())
+    }
+
+    /// This state directory's claim text: a random id kept in
+    /// `s3/claim-id`, made on first use.
+    fn claim_id(&self) -> Result<String, S3PublishError> {
+        let path = self.state_dir.join("s3").join("claim-id");
+        let local = |source| S3PublishError::Local {
+            path: path.clone(),
+            source,
+        };
+        match fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(local(e)),
+        }
+        durable::ensure_private_dir(&self.state_dir.join("s3")).map_err(local)?;
+        let mut raw = [0u8; 16];
+        getrandom::getrandom(&mut raw).map_err(|e| local(io::Error::other(e.to_string())))?;
+        let host = fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let id = format!(
+            "gapferry state {} on {} ({})",
+            hex::encode(raw),
+            host.trim(),
+            std::path::absolute(&self.state_dir)
+                .unwrap_or_else(|_| self.state_dir.clone())
+                .display()
+        );
+        durable::write_atomic(
+            &path,
+            format!("{id}\n").as_bytes(),
+            durable::PRIVATE_FILE_MODE,
+            Clobber::Refuse,
+        )
+        .map_err(local)?;
+        Ok(id)
+    }
+
+    /// Checks the objects of the store folder that `dir` (a shadow path)
+    /// names against recorded files, by HEAD: size, and with
+    /// [`Depth::Hashes`] the SHA-256 gapferry stored with each object.
+    pub fn check(&self, dir: &Path, files: &[ServedFile], depth: Depth) -> Result<(), Mismatch> {
+        let Some(rel) = self.rel_of(dir) else {
+            return setcheck::check(dir, files, depth);
+        };
+        for f in files {
+            let key = format!("{rel}/{}", f.name);
+            let fail = |problem| Mismatch {
+                path: PathBuf::from(self.client.url_of(&key)),
+                problem,
+            };
+            match self.client.head(&key) {
+                Err(e) => return Err(fail(Problem::Unreadable(io::Error::other(e.to_string())))),
+                Ok(None) => return Err(fail(Problem::Missing)),
+                Ok(Some(info)) if info.size != f.size => {
+                    return Err(fail(Problem::Size {
+                        recorded: f.size,
+                        found: info.size,
+                    }))
+                }
+                Ok(Some(info)) => {
+                    if depth == Depth::Hashes && info.sha256.as_deref() != Some(f.sha256.as_str()) {
+                        return Err(fail(Problem::Sha256));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the staged unit folder `staged` (a shadow staging folder,
+    /// every file written and synced) to the store folder `current`
+    /// (n-1 `back`), as the module docs say. `keep_old`: copy the served
+    /// set to n-1 first. `files`: the unit's files as hashed when staged.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish(
+        &self,
+        profile: &dyn Profile,
+        unit_key: &str,
+        staged: &Path,
+        place: &Placement,
+        files: &[ServedFile],
+        keep_old: bool,
+        tag: &str,
+        observer: &dyn Observer,
+    ) -> Result<S3Published, S3PublishError> {
+        let (current, back) = Self::rel_of_placement(place);
+        let index = profile.index_files();
+        let new = ordered(
+            files
+                .iter()
+                .map(|f| JFile {
+                    name: f.name.clone(),
+                    size: f.size,
+                    sha256: f.sha256.as_str().to_string(),
+                    etag: None,
+                })
+                .collect(),
+            index,
+        );
+        let dir = self.publish_root().join(unit_key.replace('/', "_"));
+        let local = |path: &Path, source| S3PublishError::Local {
+            path: path.to_path_buf(),
+            source,
+        };
+        if dir.join("journal.json").exists() {
+            // An earlier publish of this unit is unfinished (recovery runs
+            // before every import, so only if it failed): finish it first.
+            self.run_journal(&dir, observer)?;
+        } else if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| local(&dir, e))?;
+        }
+        let old = ordered(self.folder_objects(&current)?, index);
+        durable::ensure_private_dir(&self.publish_root()).map_err(|e| local(&self.publish_root(), e))?;
+        durable::create_dir(&dir, durable::PRIVATE_DIR_MODE).map_err(|e| local(&dir, e))?;
+        let files_dir = dir.join("files");
+        fs::rename(staged, &files_dir).map_err(|e| local(staged, e))?;
+        durable::sync_dir(&dir).map_err(|e| local(&dir, e))?;
+        let journal = Journal {
+            format: JOURNAL_FORMAT,
+            location: self.location().to_string(),
+            unit: unit_key.to_string(),
+            current,
+            back,
+            new,
+            keep_old: keep_old && !old.is_empty(),
+            old,
+            back_done: false,
+            tag: tag.to_string(),
+        };
+        save_journal(&dir, &journal)?;
+        crash_point("s3-journal-written");
+        let rotated = journal.keep_old;
+        self.run_journal(&dir, observer)?;
+        Ok(S3Published { rotated })
+    }
+
+    /// Finishes every publish an interrupted run left, and returns the
+    /// store folders it completed.
+    pub fn recover(&self, observer: &dyn Observer) -> Result<Vec<String>, S3PublishError> {
+        let root = self.publish_root();
+        let entries = match fs::read_dir(&root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(S3PublishError::Local { path: root, source }),
+        };
+        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        dirs.sort();
+        let mut done = Vec::new();
+        for dir in dirs {
+            if !dir.join("journal.json").exists() {
+                // Killed between moving the files in and writing the
+                // journal: nothing was written to the store.
+                fs::remove_dir_all(&dir).map_err(|source| S3PublishError::Local {
+                    path: dir.clone(),
+                    source,
+                })?;
+                continue;
+            }
+            done.push(self.run_journal(&dir, observer)?);
+        }
+        Ok(done)
+    }
+
+    /// Steps 1-3 of a journaled publish, each skipped when already done.
+    fn run_journal(&self, dir: &Path, observer: &dyn Observer) -> Result<String, S3PublishError> {
+        let mut j = load_journal(dir)?;
+        if j.location != self.location().to_string() {
+            return Err(S3PublishError::Journal {
+                path: dir.join("journal.json"),
+                dir: dir.to_path_buf(),
+                reason: format!(
+                    "it belongs to {}, not {}",
+                    j.location,
+                    self.location()
+                ),
+            });
+        }
+        if !j.back_done {
+            if j.keep_old {
+                self.copy_to_back(&j)?;
+            }
+            j.back_done = true;
+            save_journal(dir, &j)?;
+            crash_point("s3-back-done");
+        }
+        let files_dir = dir.join("files");
+        for f in &j.new {
+            let key = format!("{}/{}", j.current, f.name);
+            let have = self.client.head(&key)?;
+            if have.is_some_and(|h| h.size == f.size && h.sha256.as_deref() == Some(&f.sha256)) {
+                continue;
+            }
+            let info = self.client.put_file(
+                &key,
+                &files_dir.join(&f.name),
+                &f.sha256,
+                content_type(&f.name),
+                observer,
+            )?;
+            verify(&self.client, &key, &info, f)?;
+            crash_point("s3-object-uploaded");
+        }
+        // Objects of the old set the new one does not have.
+        remove_extra(&self.client, &j.current, &j.new)?;
+        crash_point("s3-current-done");
+        fs::remove_dir_all(dir).map_err(|source| S3PublishError::Local {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let _ = durable::sync_dir(&self.publish_root());
+        Ok(j.current)
+    }
+
+    /// Copies the old set to n-1, each object only if it is still the one
+    /// recorded, then removes what n-1 held beyond it.
+    fn copy_to_back(&self, j: &Journal) -> Result<(), S3PublishError> {
+        for f in &j.old {
+            let from = format!("{}/{}", j.current, f.name);
+            let to = format!("{}/{}", j.back, f.name);
+            match self.client.copy(&from, &to, f.etag.as_deref()) {
+                Ok(info) => verify(&self.client, &to, &info, f)?,
+                Err(S3Error::Precondition { .. }) => {
+                    // The source changed. If n-1 already holds the recorded
+                    // object (a run killed after this copy), go on.
+                    let have = self.client.head(&to)?;
+                    if !have.is_some_and(|h| h.size == f.size && h.sha256.as_deref() == Some(&f.sha256)) {
+                        return Err(S3PublishError::Changed {
+                            url: self.client.url_of(&from),
+                            location: self.location().to_string(),
+                        });
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            crash_point("s3-back-copied");
+        }
+        remove_extra(&self.client, &j.back, &j.old)?;
+        Ok(())
+    }
+
+    /// The objects directly in store folder `rel`, as journal files.
+    fn folder_objects(&self, rel: &str) -> Result<Vec<JFile>, S3PublishError> {
+        let mut out = Vec::new();
+        for (key, _) in self.client.list(&format!("{rel}/"))? {
+            let Some(name) = key.strip_prefix(&format!("{rel}/")) else {
+                continue;
+            };
+            if name.is_empty() || name.contains('/') {
+                continue;
+            }
+            if let Some(info) = self.client.head(&key)? {
+                out.push(JFile {
+                    name: name.to_string(),
+                    size: info.size,
+                    sha256: info.sha256.clone().unwrap_or_default(),
+                    etag: Some(info.etag),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes store folder `current` hold what `back` holds (its n-1): the
+    /// copy for `rollback`, index files last, then removes the objects
+    /// `back` does not have. The caller has checked `back` against its
+    /// record; `files` is that record.
+    pub fn copy_back_in(
+        &self,
+        current: &str,
+        back: &str,
+        files: &[ServedFile],
+        profile: &dyn Profile,
+    ) -> Result<(), S3PublishError> {
+        let list: Vec<JFile> = files
+            .iter()
+            .map(|f| JFile {
+                name: f.name.clone(),
+                size: f.size,
+                sha256: f.sha256.as_str().to_string(),
+                etag: None,
+            })
+            .collect();
+        let list = ordered(list, profile.index_files());
+        for f in &list {
+            let from = format!("{back}/{}", f.name);
+            let to = format!("{current}/{}", f.name);
+            let info = self.client.copy(&from, &to, None)?;
+            verify(&self.client, &to, &info, f)?;
+        }
+        remove_extra(&self.client, current, &list)?;
+        Ok(())
+    }
+}
+
+/// Payload files first, in their order; index files last.
+fn ordered(mut files: Vec<JFile>, index: &[&str]) -> Vec<JFile> {
+    files.sort_by_key(|f| index.iter().position(|i| *i == f.name).map_or(0, |p| p + 1));
+    files
+}
+
+fn verify(
+    client: &Client,
+    key: &str,
+    info: &crate::s3::ObjectInfo,
+    f: &JFile,
+) -> Result<(), S3PublishError> {
+    let sha_ok = f.sha256.is_empty() || info.sha256.as_deref() == Some(f.sha256.as_str());
+    if info.size != f.size || !sha_ok {
+        return Err(S3Error::Mismatch {
+            url: client.url_of(key),
+            reason: format!(
+                "the store holds {} bytes with SHA-256 {}, {} bytes with {} were written",
+                info.size,
+                info.sha256.as_deref().unwrap_or("(none)"),
+                f.size,
+                f.sha256
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Deletes the objects directly in `folder` that `keep` does not name.
+fn remove_extra(client: &Client, folder: &str, keep: &[JFile]) -> Result<(), S3PublishError> {
+    let prefix = format!("{folder}/");
+    for (key, _) in client.list(&prefix)? {
+        let Some(name) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        if name.contains('/') || keep.iter().any(|k| k.name == name) {
+            continue;
+        }
+        client.delete(&key)?;
+    }
+    Ok(())
+}
+
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit_once('.').map(|(_, e)| e) {
+        Some("json") => "application/json",
+        Some("zip") => "application/zip",
+        Some("exe") => "application/vnd.microsoft.portable-executable",
+        _ => "application/octet-stream",
+    }
+}
+
+fn save_journal(dir: &Path, j: &Journal) -> Result<(), S3PublishError> {
+    let path = dir.join("journal.json");
+    let bytes = serde_json::to_vec_pretty(j).map_err(|e| S3PublishError::Local {
+        path: path.clone(),
+        source: io::Error::other(e),
+    })?;
+    durable::write_atomic(&path, &bytes, durable::PRIVATE_FILE_MODE, Clobber::Replace)
+        .and_then(|()| durable::sync_dir(dir))
+        .map_err(|source| S3PublishError::Local { path, source })
+}
+
+fn load_journal(dir: &Path) -> Result<Journal, S3PublishError> {
+    let path = dir.join("journal.json");
+    let bad = |reason: String| S3PublishError::Journal {
+        path: path.clone(),
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let bytes = fs::read(&path).map_err(|e| bad(e.to_string()))?;
+    let j: Journal = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if j.format != JOURNAL_FORMAT {
+        return Err(bad(format!("format {} is not {JOURNAL_FORMAT}", j.format)));
+    }
+    Ok(j)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(name: &str) -> JFile {
+        JFile {
+            name: name.into(),
+            size: 1,
+            sha256: String::new(),
+            etag: None,
+        }
+    }
+
+    #[test]
+    fn index_files_go_last() {
+        let got = ordered(
+            vec![f("manifest.json"), f("updates.zip"), f("x")],
+            &["manifest.json"],
+        );
+        let names: Vec<&str> = got.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["updates.zip", "x", "manifest.json"]);
+    }
+}
