@@ -477,6 +477,7 @@ impl Demo {
                 lock_wait: Duration::from_secs(5),
                 publish: PublishOptions::default(),
                 force: false,
+                s3: None,
             })?;
             for s in &report.slots {
                 let v = |x: &Option<gapferry::mirror::ledger::Versions>| {

@@ -326,10 +326,15 @@ impl ImportArgs {
     /// `--prometheus FILE`: rewrites the metrics after an attempt. A
     /// failure is a warning: the import's own outcome stands.
     fn refresh_metrics(&self, opts: &ImportOptions) {
-        let (Some(file), Target::Mirror(mirror)) = (&self.prometheus, &opts.target) else {
+        let Some(file) = &self.prometheus else {
             return;
         };
-        if let Err(e) = metrics::refresh(file, mirror, &opts.state_dir, false) {
+        let served = match &opts.target {
+            Target::Mirror(mirror) => gapferry::mirror::status::Served::Mirror(mirror),
+            Target::S3(m) => gapferry::mirror::status::Served::S3(m),
+            Target::Ring(_) => return,
+        };
+        if let Err(e) = metrics::refresh(file, served, &opts.state_dir, false) {
             eprintln!(
                 "gapferry: warning: metrics {}: {}",
                 escape_path(file),

@@ -29,7 +29,7 @@ use super::UsageError;
 /// file): a damaged n-1 is refused (exit 3, naming the file) unless --force.
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// Mirror root.
+    /// Mirror root, or s3://BUCKET/PREFIX (with --state-dir).
     #[arg(
         long,
         value_name = "DIR",
@@ -41,6 +41,8 @@ pub struct RollbackArgs {
     /// import --share published into (DIR/<arch>, n-1 in DIR_back/).
     #[arg(long, value_name = "DIR")]
     share: Option<PathBuf>,
+    #[command(flatten)]
+    s3: super::s3::S3Args,
     /// State directory given to import [default: as import's].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -116,11 +118,23 @@ impl RollbackArgs {
             }
             _ => return Err(UsageError("give one of --mirror DIR or --share DIR".into()).into()),
         };
-        super::existing_folder(
-            if target { "--share" } else { "--mirror" },
-            &root,
-            "check the path",
-        )?;
+        let s3 = self
+            .s3
+            .mirror(self.mirror.as_deref(), self.state_dir.as_deref())?;
+        let root = match &s3 {
+            Some(m) => {
+                m.client().check_bucket()?;
+                m.shadow_root().to_path_buf()
+            }
+            None => {
+                super::existing_folder(
+                    if target { "--share" } else { "--mirror" },
+                    &root,
+                    "check the path",
+                )?;
+                root
+            }
+        };
         let (slots, profile, tried): (Vec<_>, &'static dyn Profile, Vec<(String, String)>) =
             match self.platform {
                 PlatformSel::Windows => {
@@ -199,6 +213,7 @@ impl RollbackArgs {
             lock_wait: self.lock_wait,
             publish: PublishOptions::from_env(),
             force: self.force,
+            s3,
         }) {
             Ok(r) => r,
             Err(e) => return Err(self.with_arch_hint(e, &tried)),

@@ -23,7 +23,7 @@ use super::UsageError;
 #[derive(Debug, Args)]
 #[command(after_help = STATUS_EXIT_CODES)]
 pub struct StatusArgs {
-    /// Mirror root.
+    /// Mirror root, or s3://BUCKET/PREFIX (with --state-dir).
     #[arg(long, value_name = "DIR", required_unless_present_any = ["target", "share"], conflicts_with_all = ["target", "share"])]
     mirror: Option<PathBuf>,
     /// The folder an import --target published into (the units its state
@@ -33,6 +33,8 @@ pub struct StatusArgs {
     /// The folder behind a Windows share that import --share published into.
     #[arg(long, value_name = "DIR")]
     share: Option<PathBuf>,
+    #[command(flatten)]
+    s3: super::s3::S3Args,
     /// State directory given to import [default: as import's].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -70,9 +72,16 @@ fn age(secs: u64) -> String {
 
 impl StatusArgs {
     pub fn run(self) -> anyhow::Result<i32> {
+        let s3 = self
+            .s3
+            .mirror(self.mirror.as_deref(), self.state_dir.as_deref())?;
         let (served, root) = match (&self.mirror, self.target.as_ref().or(self.share.as_ref())) {
-            (Some(m), _) => (status::Served::Mirror(m), m),
-            (None, Some(t)) => (status::Served::Target(t), t),
+            (Some(_), _) if s3.is_some() => {
+                let m = s3.as_deref().expect("just checked");
+                (status::Served::S3(m), m.shadow_root())
+            }
+            (Some(m), _) => (status::Served::Mirror(m), m.as_path()),
+            (None, Some(t)) => (status::Served::Target(t), t.as_path()),
             (None, None) => {
                 return Err(super::UsageError(
                     "give one of --mirror DIR, --target DIR or --share DIR".into(),
@@ -87,19 +96,22 @@ impl StatusArgs {
         } else {
             "--share"
         };
-        super::existing_folder(
-            flag,
-            root,
-            "check the path (import creates a new mirror only with --create)",
-        )?;
+        match &s3 {
+            Some(m) => m.client().check_bucket()?,
+            None => super::existing_folder(
+                flag,
+                root,
+                "check the path (import creates a new mirror only with --create)",
+            )?,
+        }
         let state_dir = match &self.state_dir {
             Some(d) => d.clone(),
             None => state::default_state_dir(root)?,
         };
         let st = match (&self.prometheus, &self.mirror) {
-            (Some(file), Some(mirror)) => {
+            (Some(file), Some(_)) => {
                 metrics::check_path(file)?;
-                metrics::refresh(file, mirror, &state_dir, !self.quick)?
+                metrics::refresh(file, served, &state_dir, !self.quick)?
             }
             (Some(_), None) => {
                 return Err(UsageError(

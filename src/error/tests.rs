@@ -39,6 +39,8 @@ fn variant(e: &Error) -> &'static str {
         Error::Trust(_) => "Trust",
         Error::WinCollect(_) => "WinCollect",
         Error::WinSlot(_) => "WinSlot",
+        Error::S3(_) => "S3",
+        Error::S3Publish(_) => "S3Publish",
     }
 }
 const VARIANTS: usize = 25;

@@ -1067,7 +1067,16 @@ fn commit(
     // so that a run killed mid-publish is settled by the next one.
     state.pending = Some(intent(accepted, plan, &staged, &served, &record, attempt));
     state_dir.save(state)?;
-    publish_units(opts, state, accepted, plan, &mut staged, served, attempt, observer)?;
+    publish_units(
+        opts,
+        state,
+        accepted,
+        plan,
+        &mut staged,
+        served,
+        attempt,
+        observer,
+    )?;
     state.record_accepted(&m.channel, m.sequence, record);
     state.withdrawn.remove(&head.manifest_sha256);
     state.pending = None;

@@ -496,15 +496,15 @@ pub fn write(path: &Path, text: &str) -> Result<(), MetricsError> {
 /// after. Returns the status it looked at.
 pub fn refresh(
     path: &Path,
-    mirror: &Path,
+    served: super::status::Served<'_>,
     state_dir: &Path,
     hashed: bool,
 ) -> Result<MirrorStatus, crate::Error> {
-    let (status, err) = match super::status::status(mirror, state_dir, hashed) {
+    let (status, err) = match super::status::status_at(served, state_dir, hashed) {
         Ok(s) => (s, None),
         Err(e) => (
             MirrorStatus {
-                mirror: mirror.to_path_buf(),
+                mirror: served.name(),
                 state_dir: state_dir.to_path_buf(),
                 slots: Vec::new(),
                 problems: true,

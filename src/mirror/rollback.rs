@@ -46,6 +46,9 @@ pub struct RollbackOptions {
     pub publish: PublishOptions,
     /// Swap in an n-1 that no longer matches its record.
     pub force: bool,
+    /// An `s3://` mirror (then `mirror` is its shadow root): the swap is
+    /// done in the store ([`super::s3mirror::S3Mirror::swap`]).
+    pub s3: Option<std::sync::Arc<super::s3mirror::S3Mirror>>,
 }
 
 /// One folder swapped.
@@ -86,6 +89,9 @@ pub enum RollbackError {
     /// The lock, the state, the ledger or recovery failed.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The swap in an `s3://` mirror failed.
+    #[error(transparent)]
+    S3(#[from] super::s3mirror::S3PublishError),
     #[error("cannot copy {path} into staging: {source}")]
     Copy {
         path: PathBuf,
@@ -97,6 +103,7 @@ impl Classify for RollbackError {
     fn exit_kind(&self) -> ExitKind {
         match self {
             RollbackError::Session(e) => e.exit_kind(),
+            RollbackError::S3(e) => e.exit_kind(),
             RollbackError::BackDamaged { .. } => ExitKind::Rejected,
             RollbackError::NoBack { .. }
             | RollbackError::NotServed { .. }
@@ -122,8 +129,31 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
     } else {
         publish::mirror_areas(&opts.mirror)
     };
-    let (mut state, _) = session.recover(&areas, &opts.publish, super::setcheck::Tree::Fs)?;
-    let on_disk = |dir: &Path| opts.profile.versions_on_disk(dir);
+    let tree = match &opts.s3 {
+        Some(m) => {
+            m.claim()?;
+            m.recover(&crate::progress::NoProgress)?;
+            setcheck::Tree::S3(m)
+        }
+        None => setcheck::Tree::Fs,
+    };
+    let (mut state, _) = session.recover(&areas, &opts.publish, tree)?;
+    // What a folder serves: read from the folder, or for an s3:// mirror
+    // from the record of what was published there.
+    let served_by = |state: &State, key: &UnitKey, dir: &Path| match &opts.s3 {
+        Some(_) => state.served(key).map(|s| s.versions()),
+        None => opts.profile.versions_on_disk(dir),
+    };
+    let is_folder = |dir: &Path| -> Result<bool, RollbackError> {
+        match (&opts.s3, tree) {
+            (Some(m), _) => Ok(m
+                .rel_of(dir)
+                .map(|rel| m.folder_exists(&rel))
+                .transpose()?
+                .unwrap_or(false)),
+            (None, _) => Ok(dir.is_dir()),
+        }
+    };
     // Check every slot before moving anything.
     let mut dests = Vec::new();
     let mut forced = Vec::new();
@@ -134,12 +164,12 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
             Destination::in_mirror(&opts.mirror, place)?
         };
         dest.check_folders()?;
-        if !dest.current().is_dir() {
+        if !is_folder(&dest.current())? {
             return Err(RollbackError::NotServed {
                 dir: dest.current(),
             });
         }
-        if !dest.back().is_dir() {
+        if !is_folder(&dest.back())? {
             return Err(RollbackError::NoBack {
                 dir: dest.current(),
                 back: dest.back(),
@@ -149,7 +179,10 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
             .back
             .get(key)
             .filter(|r| !r.files.is_empty())
-            .and_then(|r| setcheck::check(&dest.back(), &r.files, setcheck::Depth::Hashes).err());
+            .and_then(|r| {
+                tree.check(&dest.back(), &r.files, setcheck::Depth::Hashes)
+                    .err()
+            });
         match mismatch {
             Some(m) if !opts.force => {
                 let err = RollbackError::BackDamaged {
@@ -170,8 +203,22 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
     let mut report = RollbackReport { slots: Vec::new() };
     let mut result = Ok(());
     for (((key, _), dest), forced_past) in opts.slots.iter().zip(&dests).zip(forced) {
-        let before = on_disk(&dest.current());
-        let method = match swap_one(dest, &opts.publish) {
+        let before = served_by(&state, key, &dest.current());
+        let swapped = match &opts.s3 {
+            Some(m) => {
+                let rel = |d: &Path| m.rel_of(d).unwrap_or_default();
+                m.swap(
+                    key.as_str(),
+                    &rel(&dest.current()),
+                    &rel(&dest.back()),
+                    opts.profile,
+                )
+                .map(|()| "copy")
+                .map_err(RollbackError::from)
+            }
+            None => swap_one(dest, &opts.publish),
+        };
+        let method = match swapped {
             Ok(m) => m,
             Err(e) => {
                 result = Err(e);
@@ -181,9 +228,15 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
         swap_state(&mut state, key);
         report.slots.push(RolledSlot {
             slot: key.clone(),
-            dir: dest.current(),
+            dir: match &opts.s3 {
+                Some(m) => PathBuf::from(
+                    m.client()
+                        .url_of(&m.rel_of(&dest.current()).unwrap_or_default()),
+                ),
+                None => dest.current(),
+            },
             before,
-            after: on_disk(&dest.current()),
+            after: served_by(&state, key, &dest.current()),
             method,
             forced_past,
         });

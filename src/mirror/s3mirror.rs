@@ -72,6 +72,10 @@ pub const S3_CRASH_STEPS: &[&str] = &[
     "s3-current-done",
 ];
 
+/// The crash step of a rollback in the store, reached after each of its
+/// three copy phases.
+pub const S3_SWAP_STEP: &str = "s3-swap-step";
+
 /// The object that names the state directory owning a prefix.
 pub const CLAIM_OBJECT: &str = ".gapferry-claim";
 
@@ -85,7 +89,9 @@ pub enum S3PublishError {
     Store(#[from] S3Error),
     #[error("cannot write {path}: {source}")]
     Local { path: PathBuf, source: io::Error },
-    #[error("the journal {path} cannot be read ({reason}); check the store by hand, then remove {dir}")]
+    #[error(
+        "the journal {path} cannot be read ({reason}); check the store by hand, then remove {dir}"
+    )]
     Journal {
         path: PathBuf,
         dir: PathBuf,
@@ -160,6 +166,20 @@ struct Journal {
     keep_old: bool,
     back_done: bool,
     tag: String,
+}
+
+/// The journal of a rollback in the store ([`S3Mirror::swap`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SwapJournal {
+    format: u32,
+    location: String,
+    current: String,
+    back: String,
+    tmp: String,
+    current_files: Vec<JFile>,
+    back_files: Vec<JFile>,
+    /// 0: copy current to tmp; 1: back to current; 2: tmp to back; 3: done.
+    phase: u32,
 }
 
 impl S3Mirror {
@@ -359,7 +379,8 @@ impl S3Mirror {
             fs::remove_dir_all(&dir).map_err(|e| local(&dir, e))?;
         }
         let old = ordered(self.folder_objects(&current)?, index);
-        durable::ensure_private_dir(&self.publish_root()).map_err(|e| local(&self.publish_root(), e))?;
+        durable::ensure_private_dir(&self.publish_root())
+            .map_err(|e| local(&self.publish_root(), e))?;
         durable::create_dir(&dir, durable::PRIVATE_DIR_MODE).map_err(|e| local(&dir, e))?;
         let files_dir = dir.join("files");
         fs::rename(staged, &files_dir).map_err(|e| local(staged, e))?;
@@ -383,18 +404,18 @@ impl S3Mirror {
         Ok(S3Published { rotated })
     }
 
-    /// Finishes every publish an interrupted run left, and returns the
-    /// store folders it completed.
+    /// Finishes every publish and rollback an interrupted run left, and
+    /// returns the store folders it completed.
     pub fn recover(&self, observer: &dyn Observer) -> Result<Vec<String>, S3PublishError> {
         let root = self.publish_root();
         let entries = match fs::read_dir(&root) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.recover_swaps(),
             Err(source) => return Err(S3PublishError::Local { path: root, source }),
         };
         let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         dirs.sort();
-        let mut done = Vec::new();
+        let mut done = self.recover_swaps()?;
         for dir in dirs {
             if !dir.join("journal.json").exists() {
                 // Killed between moving the files in and writing the
@@ -417,11 +438,7 @@ impl S3Mirror {
             return Err(S3PublishError::Journal {
                 path: dir.join("journal.json"),
                 dir: dir.to_path_buf(),
-                reason: format!(
-                    "it belongs to {}, not {}",
-                    j.location,
-                    self.location()
-                ),
+                reason: format!("it belongs to {}, not {}", j.location, self.location()),
             });
         }
         if !j.back_done {
@@ -472,7 +489,9 @@ impl S3Mirror {
                     // The source changed. If n-1 already holds the recorded
                     // object (a run killed after this copy), go on.
                     let have = self.client.head(&to)?;
-                    if !have.is_some_and(|h| h.size == f.size && h.sha256.as_deref() == Some(&f.sha256)) {
+                    if !have
+                        .is_some_and(|h| h.size == f.size && h.sha256.as_deref() == Some(&f.sha256))
+                    {
                         return Err(S3PublishError::Changed {
                             url: self.client.url_of(&from),
                             location: self.location().to_string(),
@@ -509,34 +528,112 @@ impl S3Mirror {
         Ok(out)
     }
 
-    /// Makes store folder `current` hold what `back` holds (its n-1): the
-    /// copy for `rollback`, index files last, then removes the objects
-    /// `back` does not have. The caller has checked `back` against its
-    /// record; `files` is that record.
-    pub fn copy_back_in(
+    fn swap_root(&self) -> PathBuf {
+        self.state_dir.join("s3").join("swap")
+    }
+
+    /// Whether store folder `rel` holds any object.
+    pub fn folder_exists(&self, rel: &str) -> Result<bool, S3PublishError> {
+        Ok(!self.client.list(&format!("{rel}/"))?.is_empty())
+    }
+
+    /// `rollback` in the store: swaps the sets of store folders `current`
+    /// and `back` through a hidden folder (`.gapferry-swap/<unit>/`), with
+    /// a journal in the state directory so that a run killed at any step
+    /// is finished by the next one. Each folder is written index files
+    /// last, as a publish writes it.
+    pub fn swap(
         &self,
+        unit_key: &str,
         current: &str,
         back: &str,
-        files: &[ServedFile],
         profile: &dyn Profile,
     ) -> Result<(), S3PublishError> {
-        let list: Vec<JFile> = files
-            .iter()
-            .map(|f| JFile {
-                name: f.name.clone(),
-                size: f.size,
-                sha256: f.sha256.as_str().to_string(),
-                etag: None,
-            })
+        let index = profile.index_files();
+        let name = unit_key.replace('/', "_");
+        let journal = SwapJournal {
+            format: JOURNAL_FORMAT,
+            location: self.location().to_string(),
+            current: current.to_string(),
+            back: back.to_string(),
+            tmp: format!(".gapferry-swap/{name}"),
+            current_files: ordered(self.folder_objects(current)?, index),
+            back_files: ordered(self.folder_objects(back)?, index),
+            phase: 0,
+        };
+        let root = self.swap_root();
+        durable::ensure_private_dir(&root).map_err(|source| S3PublishError::Local {
+            path: root.clone(),
+            source,
+        })?;
+        let path = root.join(format!("{name}.json"));
+        save_json(&path, &journal)?;
+        self.run_swap(&path)
+    }
+
+    fn recover_swaps(&self) -> Result<Vec<String>, S3PublishError> {
+        let root = self.swap_root();
+        let Ok(entries) = fs::read_dir(&root) else {
+            return Ok(Vec::new());
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
             .collect();
-        let list = ordered(list, profile.index_files());
-        for f in &list {
-            let from = format!("{back}/{}", f.name);
-            let to = format!("{current}/{}", f.name);
-            let info = self.client.copy(&from, &to, None)?;
-            verify(&self.client, &to, &info, f)?;
+        paths.sort();
+        let mut done = Vec::new();
+        for p in paths {
+            let j: SwapJournal = load_json(&p)?;
+            self.run_swap(&p)?;
+            done.push(j.current);
         }
-        remove_extra(&self.client, current, &list)?;
+        Ok(done)
+    }
+
+    fn run_swap(&self, path: &Path) -> Result<(), S3PublishError> {
+        let mut j: SwapJournal = load_json(path)?;
+        if j.location != self.location().to_string() {
+            return Err(S3PublishError::Journal {
+                path: path.to_path_buf(),
+                dir: path.to_path_buf(),
+                reason: format!("it belongs to {}, not {}", j.location, self.location()),
+            });
+        }
+        let copy_all = |files: &[JFile], from: &str, to: &str, cond: bool| {
+            for f in files {
+                let src = format!("{from}/{}", f.name);
+                let dst = format!("{to}/{}", f.name);
+                let etag = if cond { f.etag.as_deref() } else { None };
+                match self.client.copy(&src, &dst, etag) {
+                    Ok(info) => verify(&self.client, &dst, &info, f)?,
+                    Err(S3Error::Precondition { .. }) => {
+                        return Err(S3PublishError::Changed {
+                            url: self.client.url_of(&src),
+                            location: self.location().to_string(),
+                        })
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            remove_extra(&self.client, to, files)
+        };
+        while j.phase < 3 {
+            match j.phase {
+                0 => copy_all(&j.current_files, &j.current, &j.tmp, true)?,
+                1 => copy_all(&j.back_files, &j.back, &j.current, false)?,
+                _ => copy_all(&j.current_files, &j.tmp, &j.back, false)?,
+            }
+            j.phase += 1;
+            save_json(path, &j)?;
+            crash_point(S3_SWAP_STEP);
+        }
+        for f in &j.current_files {
+            self.client.delete(&format!("{}/{}", j.tmp, f.name))?;
+        }
+        fs::remove_file(path).map_err(|source| S3PublishError::Local {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(())
     }
 }
@@ -595,29 +692,41 @@ fn content_type(name: &str) -> &'static str {
 }
 
 fn save_journal(dir: &Path, j: &Journal) -> Result<(), S3PublishError> {
-    let path = dir.join("journal.json");
+    save_json(&dir.join("journal.json"), j)
+}
+
+fn save_json<T: Serialize>(path: &Path, j: &T) -> Result<(), S3PublishError> {
+    let path = path.to_path_buf();
+    let dir = durable::parent_of(&path).to_path_buf();
     let bytes = serde_json::to_vec_pretty(j).map_err(|e| S3PublishError::Local {
         path: path.clone(),
         source: io::Error::other(e),
     })?;
     durable::write_atomic(&path, &bytes, durable::PRIVATE_FILE_MODE, Clobber::Replace)
-        .and_then(|()| durable::sync_dir(dir))
+        .and_then(|()| durable::sync_dir(&dir))
         .map_err(|source| S3PublishError::Local { path, source })
 }
 
 fn load_journal(dir: &Path) -> Result<Journal, S3PublishError> {
-    let path = dir.join("journal.json");
-    let bad = |reason: String| S3PublishError::Journal {
-        path: path.clone(),
-        dir: dir.to_path_buf(),
-        reason,
-    };
-    let bytes = fs::read(&path).map_err(|e| bad(e.to_string()))?;
-    let j: Journal = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let j: Journal = load_json(&dir.join("journal.json"))?;
     if j.format != JOURNAL_FORMAT {
-        return Err(bad(format!("format {} is not {JOURNAL_FORMAT}", j.format)));
+        return Err(S3PublishError::Journal {
+            path: dir.join("journal.json"),
+            dir: dir.to_path_buf(),
+            reason: format!("format {} is not {JOURNAL_FORMAT}", j.format),
+        });
     }
     Ok(j)
+}
+
+fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, S3PublishError> {
+    let bad = |reason: String| S3PublishError::Journal {
+        path: path.to_path_buf(),
+        dir: durable::parent_of(path).to_path_buf(),
+        reason,
+    };
+    let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]

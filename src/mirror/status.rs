@@ -135,6 +135,79 @@ pub enum Served<'a> {
     /// One folder of leaves (`import --target` or `--share`): the units its
     /// state records, at `<dir>/<leaf>`, n-1 in `<dir>_back/<leaf>`.
     Target(&'a Path),
+    /// An `s3://` mirror: its objects are looked at with HEAD (size and
+    /// the SHA-256 stored with each object) and its index files read
+    /// with GET.
+    S3(&'a super::s3mirror::S3Mirror),
+}
+
+impl Served<'_> {
+    /// The mirror as the report names it.
+    pub fn name(&self) -> PathBuf {
+        match self {
+            Served::Mirror(p) | Served::Target(p) => p.to_path_buf(),
+            Served::S3(m) => PathBuf::from(m.location().to_string()),
+        }
+    }
+
+    fn tree(&self) -> setcheck::Tree<'_> {
+        match self {
+            Served::S3(m) => setcheck::Tree::S3(m),
+            _ => setcheck::Tree::Fs,
+        }
+    }
+
+    /// Whether the folder `dir` exists (holds an object, in a store).
+    fn exists(&self, dir: &Path) -> bool {
+        match self {
+            Served::S3(m) => m
+                .rel_of(dir)
+                .is_some_and(|rel| m.folder_exists(&rel).unwrap_or(false)),
+            _ => dir.is_dir(),
+        }
+    }
+
+    /// How to name `dir` in the report.
+    fn show(&self, dir: &Path) -> PathBuf {
+        match self {
+            Served::S3(m) => PathBuf::from(m.client().url_of(&m.rel_of(dir).unwrap_or_default())),
+            _ => dir.to_path_buf(),
+        }
+    }
+
+    /// What the folder says it serves (a store's index files are read
+    /// into a temporary folder first; a profile without index files is
+    /// judged by its record alone).
+    fn read_versions(
+        &self,
+        profile: &dyn crate::profile::Profile,
+        dir: &Path,
+    ) -> Option<Result<crate::profile::Versions, String>> {
+        let Served::S3(m) = self else {
+            return Some(profile.read_versions(dir));
+        };
+        if profile.index_files().is_empty() {
+            return None;
+        }
+        let rel = m.rel_of(dir)?;
+        let fetched = (|| {
+            let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+            for name in profile.index_files() {
+                let key = format!("{rel}/{name}");
+                match m.client().get_bytes(&key, 1 << 20) {
+                    Ok(Some(b)) => {
+                        std::fs::write(tmp.path().join(name), b).map_err(|e| e.to_string())?
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            profile
+                .read_versions(tmp.path())
+                .map_err(|e| e.replace(&tmp.path().display().to_string(), &m.client().url_of(&rel)))
+        })();
+        Some(fetched)
+    }
 }
 
 /// Looks at every slot of a mirror that is served or recorded.
@@ -163,6 +236,12 @@ pub fn status_at(
         .flat_map(|p| p.all_units().into_iter().map(move |u| (*p, u)))
         .filter_map(|(profile, (key, place))| match served {
             Served::Mirror(m) => Some((profile, key, place.dir_in(m), place.back_dir_in(m))),
+            Served::S3(m) => Some((
+                profile,
+                key,
+                place.dir_in(m.shadow_root()),
+                place.back_dir_in(m.shadow_root()),
+            )),
             Served::Target(t) => {
                 // A target holds leaves of any group: only what its state
                 // recorded is known to be there.
@@ -174,7 +253,8 @@ pub fn status_at(
         });
     for (profile, key, dir, back) in units {
         let recorded = state.served(&key);
-        if !dir.exists() && recorded.is_none() {
+        let dir_exists = served.exists(&dir);
+        if !dir_exists && recorded.is_none() {
             continue;
         }
         let mut findings = Vec::new();
@@ -184,18 +264,19 @@ pub fn status_at(
                 message: m,
             })
         };
-        let fm = if dir.is_dir() {
-            match profile.read_versions(&dir) {
-                Ok(m) => Some(m),
-                Err(e) => {
+        let fm = if dir_exists {
+            match served.read_versions(profile, &dir) {
+                Some(Ok(m)) => Some(m),
+                Some(Err(e)) => {
                     problem(e);
                     None
                 }
+                None => recorded.map(|r| r.versions()),
             }
         } else {
             problem(format!(
                 "{} is missing, but the state says it is served",
-                dir.display()
+                served.show(&dir).display()
             ));
             None
         };
@@ -211,14 +292,30 @@ pub fn status_at(
                     ));
                 }
             }
-            if !r.files.is_empty() && dir.is_dir() {
+            if !r.files.is_empty() && dir_exists {
                 let mut ok = true;
                 for f in &r.files {
                     let p = dir.join(&f.name);
-                    let result = if check_hashes {
-                        sha256_file(&p).map(|(n, h)| n == f.size && f.sha256 == h)
-                    } else {
-                        std::fs::metadata(&p).map(|m| m.len() == f.size)
+                    let result = match &served {
+                        Served::S3(m) => {
+                            let depth = if check_hashes {
+                                setcheck::Depth::Hashes
+                            } else {
+                                setcheck::Depth::Sizes
+                            };
+                            match m.check(&dir, std::slice::from_ref(f), depth) {
+                                Ok(()) => Ok(true),
+                                Err(setcheck::Mismatch {
+                                    problem: setcheck::Problem::Unreadable(e),
+                                    ..
+                                }) => Err(e),
+                                Err(_) => Ok(false),
+                            }
+                        }
+                        _ if check_hashes => {
+                            sha256_file(&p).map(|(n, h)| n == f.size && f.sha256 == h)
+                        }
+                        _ => std::fs::metadata(&p).map(|m| m.len() == f.size),
                     };
                     match result {
                         Ok(true) => {}
@@ -226,12 +323,12 @@ pub fn status_at(
                             ok = false;
                             problem(format!(
                                 "{} differs from what was imported (size or SHA-256): tampering or bit rot; re-import the bundle or roll back",
-                                p.display()
+                                served.show(&p).display()
                             ));
                         }
                         Err(e) => {
                             ok = false;
-                            problem(format!("{}: {e}", p.display()));
+                            problem(format!("{}: {e}", served.show(&p).display()));
                         }
                     }
                 }
@@ -243,7 +340,7 @@ pub fn status_at(
                 message: "not imported by gapferry (no record in the state directory)".into(),
             });
         }
-        let back_exists = back.is_dir();
+        let back_exists = served.exists(&back);
         let depth = if check_hashes {
             setcheck::Depth::Hashes
         } else {
@@ -253,7 +350,7 @@ pub fn status_at(
             .back
             .get(&key)
             .filter(|r| back_exists && !r.files.is_empty())
-            .map(|r| setcheck::check(&back, &r.files, depth));
+            .map(|r| served.tree().check(&back, &r.files, depth));
         if let Some(Err(m)) = &back_files_match {
             findings.push(Finding {
                 severity: Severity::Warning,
@@ -269,7 +366,7 @@ pub fn status_at(
                 severity: Severity::Warning,
                 message: format!(
                     "no n-1 set at {} (there is nothing to roll back to)",
-                    back.display()
+                    served.show(&back).display()
                 ),
             });
         }
@@ -287,9 +384,19 @@ pub fn status_at(
         let age_seconds = recorded
             .and_then(|r| now.duration_since(r.imported_at.time()).ok())
             .map(|d| d.as_secs());
+        let back_definition_version = match &served {
+            Served::S3(_) if back_exists => match served.read_versions(profile, &back) {
+                Some(Ok(v)) => Some(v.definition_version),
+                _ => state.back.get(&key).map(|b| b.definition_version.clone()),
+            },
+            Served::S3(_) => None,
+            _ => profile
+                .versions_on_disk(&back)
+                .map(|m| m.definition_version),
+        };
         slots.push(SlotStatus {
             slot: key.clone(),
-            dir,
+            dir: served.show(&dir),
             engine_version: fm.as_ref().map(|m| m.engine_version.clone()),
             definition_version: fm.as_ref().map(|m| m.definition_version.clone()),
             bundle_id: recorded
@@ -303,9 +410,7 @@ pub fn status_at(
             expired,
             files_match,
             back_exists,
-            back_definition_version: profile
-                .versions_on_disk(&back)
-                .map(|m| m.definition_version),
+            back_definition_version,
             back_files_match,
             findings,
         });
@@ -322,9 +427,7 @@ pub fn status_at(
     let warning_count = count(Severity::Warning);
     let problems = problem_count > 0;
     Ok(MirrorStatus {
-        mirror: match served {
-            Served::Mirror(p) | Served::Target(p) => p.to_path_buf(),
-        },
+        mirror: served.name(),
         state_dir: state_dir.to_path_buf(),
         slots,
         problems,
