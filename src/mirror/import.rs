@@ -767,7 +767,13 @@ fn plan(
         let planned = plan_unit(opts, state, accepted, unit)?;
         attempt.slots.push(SlotReport {
             slot: planned.unit.key.clone(),
-            dir: planned.dest.current(),
+            dir: match &opts.target {
+                Target::S3(m) => PathBuf::from(
+                    m.client()
+                        .url_of(&m.rel_of(&planned.dest.current()).unwrap_or_default()),
+                ),
+                _ => planned.dest.current(),
+            },
             before: planned.baseline.versions(),
             after: Some(planned.unit.versions.clone()),
             published: false,
