@@ -210,11 +210,20 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
         let swapped = match &opts.s3 {
             Some(m) => {
                 let rel = |d: &Path| m.rel_of(d).unwrap_or_default();
+                // Going back to older versions: index files first.
+                let older = match (state.back.get(key), state.served(key)) {
+                    (Some(b), Some(s)) => matches!(
+                        opts.profile.older(&b.versions(), &s.versions()),
+                        Ok(Some(_))
+                    ),
+                    _ => true,
+                };
                 m.swap(
                     key.as_str(),
                     &rel(&dest.current()),
                     &rel(&dest.back()),
                     opts.profile,
+                    older,
                 )
                 .map(|()| "copy")
                 .map_err(RollbackError::from)

@@ -212,6 +212,11 @@ struct SwapJournal {
     back_files: Vec<JFile>,
     /// 0: copy current to tmp; 1: back to current; 2: tmp to back; 3: done.
     phase: u32,
+    /// n-1 is older than the served set: the index files go into the
+    /// served folder first, so that it never announces more than its
+    /// payload holds while it goes back.
+    #[serde(default)]
+    older: bool,
 }
 
 impl S3Mirror {
@@ -591,6 +596,7 @@ impl S3Mirror {
         current: &str,
         back: &str,
         profile: &dyn Profile,
+        older: bool,
     ) -> Result<(), S3PublishError> {
         let index = profile.index_files();
         let name = unit_key.replace('/', "_");
@@ -604,6 +610,7 @@ impl S3Mirror {
             current_files: ordered(self.folder_objects(current)?, index),
             back_files: ordered(self.folder_objects(back)?, index),
             phase: 0,
+            older,
         };
         let root = self.swap_root();
         durable::ensure_private_dir(&root).map_err(|source| S3PublishError::Local {
@@ -665,8 +672,13 @@ impl S3Mirror {
                 reason: format!("it belongs to {}, not {}", j.location, self.location()),
             });
         }
-        let copy_all = |files: &[JFile], from: &str, to: &str, cond: bool| {
-            for f in files {
+        let copy_all = |files: &[JFile], from: &str, to: &str, cond: bool, index_first: bool| {
+            let order: Vec<&JFile> = if index_first {
+                files.iter().rev().collect()
+            } else {
+                files.iter().collect()
+            };
+            for f in order {
                 let src = format!("{from}/{}", f.name);
                 let dst = format!("{to}/{}", f.name);
                 let etag = if cond { f.etag.as_deref() } else { None };
@@ -685,9 +697,9 @@ impl S3Mirror {
         };
         while j.phase < 3 {
             match j.phase {
-                0 => copy_all(&j.current_files, &j.current, &j.tmp, true)?,
-                1 => copy_all(&j.back_files, &j.back, &j.current, false)?,
-                _ => copy_all(&j.current_files, &j.tmp, &j.back, false)?,
+                0 => copy_all(&j.current_files, &j.current, &j.tmp, true, false)?,
+                1 => copy_all(&j.back_files, &j.back, &j.current, false, j.older)?,
+                _ => copy_all(&j.current_files, &j.tmp, &j.back, false, false)?,
             }
             j.phase += 1;
             save_json(path, &j)?;
