@@ -1,4 +1,4 @@
-//! Fault injection for the crash tests, and nothing else.
+//! Fault injection for the crash and clock skew tests, and nothing else.
 //!
 //! The test suite kills imports at chosen points to prove that publishing
 //! and the ledger recover from any crash. Those hooks read environment
@@ -15,7 +15,9 @@
 //! the n-th time that step is reached in the process) makes the process
 //! SIGKILL itself at that point; `GAPFERRY_TEST_CRASH_AFTER_BYTES=<n>` does
 //! so once `n` payload bytes have been staged; `GAPFERRY_TEST_FORCE_FALLBACK=1`
-//! makes publishing use the two-rename fallback. Steps, in order:
+//! makes publishing use the two-rename fallback;
+//! `GAPFERRY_TEST_S3_CLOCK_OFFSET_SECS=<n>` signs S3 requests with a clock
+//! `n` seconds off (the clock skew tests). Steps, in order:
 //! [`CRASH_STEPS`], then `ledger-due` and `ledger-appended` from
 //! `mirror::session::commit`.
 
@@ -88,6 +90,19 @@ mod hooks {
         }
     }
 
+    /// Environment variable shifting the clock S3 requests are signed
+    /// with, in seconds (negative: behind).
+    pub const ENV_S3_CLOCK_OFFSET: &str = "GAPFERRY_TEST_S3_CLOCK_OFFSET_SECS";
+
+    /// The offset `GAPFERRY_TEST_S3_CLOCK_OFFSET_SECS` asks for (0 when
+    /// unset or not a number).
+    pub fn s3_clock_offset_secs() -> i64 {
+        std::env::var(ENV_S3_CLOCK_OFFSET)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Whether `GAPFERRY_TEST_FORCE_FALLBACK=1` is set.
     pub fn force_fallback() -> bool {
         std::env::var_os(ENV_FORCE_FALLBACK).is_some_and(|v| v == "1")
@@ -112,6 +127,13 @@ pub fn crash_point(_step: &str) {}
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn crash_after_bytes(_n: u64) {}
+
+/// Without the feature: S3 requests are signed with the real clock.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn s3_clock_offset_secs() -> i64 {
+    0
+}
 
 /// Without the feature: publishing uses the exchange where it can.
 #[cfg(not(feature = "fault-injection"))]

@@ -868,7 +868,7 @@ fn agent(config: &HttpConfig, tls: TlsConfig, proxy: Option<Proxy>) -> Agent {
 /// its usual places, as for OpenSSL) and every `--ca-cert` certificate.
 /// Certificates of the system store that do not parse are skipped, as
 /// they were before; `--ca-cert` ones were checked when read.
-fn tls_config(extra: &ExtraRoots) -> TlsConfig {
+pub(crate) fn tls_config(extra: &ExtraRoots) -> TlsConfig {
     let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
         .iter()
         .map(|c| Certificate::from_der(c.as_ref()).to_owned())

@@ -17,8 +17,10 @@ mod client;
 mod config;
 mod error;
 mod location;
+mod transport;
 
-pub use client::{Client, ObjectInfo, MULTIPART_THRESHOLD, PART_SIZE};
+pub use client::{Client, ObjectInfo, META_SHA256, MULTIPART_THRESHOLD, PART_SIZE};
 pub use config::Config;
 pub use error::S3Error;
 pub use location::Location;
+pub use transport::Retry;
