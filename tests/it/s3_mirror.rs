@@ -5,18 +5,16 @@
 //! endpoints polling the web endpoint throughout a series of imports, the
 //! inbox, status and the clear errors.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gapferry::mirror::s3mirror::{S3_CRASH_STEPS, S3_SWAP_STEP};
-use gapferry::s3::{Client, Config, Location};
+use gapferry::s3::Client;
 
 use crate::support::crash::{assert_success, back_of, Version, World, CRASH_AT, SLOTS};
-use crate::support::garage::Garage;
+use crate::support::garage::{Garage, BUCKET};
 
 /// One `s3://` site: a prefix in the Garage bucket and a state directory.
 struct Site<'a> {
@@ -37,7 +35,7 @@ impl<'a> Site<'a> {
     }
 
     fn url(&self) -> String {
-        format!("s3://{}/{}", self.garage.bucket(), self.prefix)
+        format!("s3://{BUCKET}/{}", self.prefix)
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -77,17 +75,7 @@ impl<'a> Site<'a> {
     }
 
     fn client(&self) -> Client {
-        let env: BTreeMap<String, String> = self.garage.env().into_iter().collect();
-        let config = Config {
-            endpoint: env["AWS_ENDPOINT_URL"].parse().unwrap(),
-            region: env["AWS_REGION"].clone(),
-            path_style: true,
-            access_key: env["AWS_ACCESS_KEY_ID"].clone(),
-            secret_key: env["AWS_SECRET_ACCESS_KEY"].clone(),
-            session_token: None,
-        };
-        let loc: Location = self.url().parse().unwrap();
-        Client::new(config, loc).unwrap()
+        self.garage.client(&self.prefix)
     }
 
     fn get(&self, rel: &str) -> Option<Vec<u8>> {
@@ -414,36 +402,32 @@ fn endpoints_polling_the_web_endpoint_only_ever_get_imported_versions() {
     let vs = w.chain(1..=5, 256 * 1024);
     let site = Site::new(&g, &w, "poll");
     site.import_ok(&vs[0]);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = AtomicBool::new(false);
     let slot = SLOTS[0];
     let manifests: Vec<Vec<u8>> = vs.iter().map(|v| v.files[0].1.clone()).collect();
     let zips: Vec<Vec<u8>> = vs.iter().map(|v| v.files[0].0.clone()).collect();
-    let poller = {
-        let stop = stop.clone();
-        let get = g.web_getter();
-        let prefix = site.prefix.clone();
-        std::thread::spawn(move || {
+    let prefix = site.prefix.clone();
+    let polls = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| {
             let mut polls = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 // As an endpoint does: the manifest, then the package.
-                let m = get(&format!("{prefix}/{slot}/manifest.json"));
-                let z = get(&format!("{prefix}/{slot}/updates.zip"));
-                let (Some(m), Some(z)) = (m, z) else {
-                    panic!("a served object was missing during an import");
-                };
+                let (ms, m) = g.web_get(&format!("{prefix}/{slot}/manifest.json"));
+                let (zs, z) = g.web_get(&format!("{prefix}/{slot}/updates.zip"));
+                assert_eq!((ms, zs), (200, 200), "a served object was missing during an import");
                 let mv = manifests.iter().position(|x| *x == m).expect("manifest.json is an imported version");
                 let zv = zips.iter().position(|x| *x == z).expect("updates.zip is an imported version");
                 assert!(mv <= zv, "manifest.json of v{} announced more than updates.zip of v{}", mv + 1, zv + 1);
                 polls += 1;
             }
             polls
-        })
-    };
-    for v in &vs[1..] {
-        site.import_ok(v);
-    }
-    stop.store(true, Ordering::Relaxed);
-    let polls = poller.join().expect("the poller saw something it must not");
+        });
+        for v in &vs[1..] {
+            site.import_ok(v);
+        }
+        stop.store(true, Ordering::Relaxed);
+        poller.join().expect("the poller saw something it must not")
+    });
     assert!(polls > 0);
     assert_eq!(site.snapshot(&all(&vs)), vec![(Some(5), Some(4)); 4]);
 }
