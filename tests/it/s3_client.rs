@@ -15,6 +15,42 @@ use sha2::{Digest, Sha256};
 
 use crate::support::garage::{Garage, BUCKET};
 
+/// A loopback server answering every request with `status` (an S3 XML
+/// error with `code`); returns its endpoint and the request counter.
+fn canned(status: u16, code: &'static str) -> (String, std::sync::Arc<AtomicU64>) {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            seen.fetch_add(1, Ordering::SeqCst);
+            let xml = format!("<Error><Code>{code}</Code><Message>canned</Message></Error>");
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xml}",
+                xml.len()
+            );
+        }
+    });
+    (endpoint, count)
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -334,6 +370,16 @@ fn wrong_credentials_name_the_object_and_the_fix() {
             c.list("").unwrap_err(),
             S3Error::Credentials { .. }
         ));
+        // A refused upload too large for the socket buffers: the store may
+        // drop the connection mid-body; the error is still the refusal.
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(24 << 20, 4);
+        let path = dir.path().join("big.zip");
+        std::fs::write(&path, &data).unwrap();
+        let err = c
+            .put_file("big.zip", &path, &sha256_hex(&data), "application/zip", &NoProgress)
+            .unwrap_err();
+        assert!(matches!(err, S3Error::Credentials { .. }), "{err}");
     }
     assert_eq!(g.client("p").head("x/manifest.json").unwrap(), None);
 }
@@ -396,4 +442,39 @@ fn a_store_that_went_away_is_unreachable_after_the_retries() {
     g.restart();
     assert!(c.head("a").unwrap().is_some(), "the data survived a restart");
     assert_eq!(c.head("b").unwrap(), None);
+}
+
+#[test]
+fn server_errors_and_throttling_are_retried_refusals_are_not() {
+    for (status, code, attempts) in [
+        (503, "SlowDown", 3),
+        (500, "InternalError", 3),
+        (429, "TooManyRequests", 3),
+        (400, "InvalidRequest", 1),
+        (404, "NoSuchBucket", 1),
+    ] {
+        let (endpoint, count) = canned(status, code);
+        let config = Config {
+            endpoint: endpoint.parse().unwrap(),
+            region: "garage".into(),
+            path_style: true,
+            access_key: "GK".into(),
+            secret_key: "s".into(),
+            session_token: None,
+        };
+        let c = Client::new(config, "s3://mirror/p".parse().unwrap())
+            .unwrap()
+            .with_retry(quick());
+        let err = c.put_bytes("a", b"a", "text/plain", false).unwrap_err();
+        assert_eq!(count.load(Ordering::SeqCst), attempts, "{status} {code}: {err}");
+        assert!(err.to_string().starts_with("s3://mirror/p/a: "), "{err}");
+        if status == 404 {
+            assert!(matches!(err, S3Error::NoBucket { .. }), "{err}");
+        } else {
+            assert!(
+                matches!(&err, S3Error::Status { status: s, .. } if *s == status),
+                "{err}"
+            );
+        }
+    }
 }
