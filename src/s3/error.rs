@@ -159,6 +159,17 @@ impl ErrorBody {
                 bucket: bucket.to_string(),
             },
             (412, _) | (_, "PreconditionFailed") => S3Error::Precondition { url },
+            (_, "InvalidDigest" | "BadDigest" | "XAmzContentChecksumMismatch") => {
+                S3Error::Mismatch {
+                    url,
+                    reason: format!(
+                        "the store refused the upload: the bytes it received do not hash to the \
+                         checksum sent ({}: {}); they were damaged on the way or the file \
+                         changed while it was read; run the import again",
+                        self.code, self.message
+                    ),
+                }
+            }
             (403, _)
             | (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") => {
                 S3Error::Credentials {
@@ -236,8 +247,11 @@ mod tests {
             classify(403, "<Error><Code>RequestTimeTooSkewed</Code></Error>"),
             S3Error::ClockSkew { .. }
         ));
-        let other = classify(400, "<Error><Code>InvalidDigest</Code><Message>m</Message></Error>");
-        assert!(other.to_string().contains("400 InvalidDigest: m"), "{other}");
+        let damaged = classify(400, "<Error><Code>InvalidDigest</Code><Message>m</Message></Error>");
+        assert!(matches!(damaged, S3Error::Mismatch { .. }), "{damaged}");
+        assert!(damaged.to_string().contains("run the import again"), "{damaged}");
+        let other = classify(400, "<Error><Code>MalformedXML</Code><Message>m</Message></Error>");
+        assert!(other.to_string().contains("400 MalformedXML: m"), "{other}");
     }
 
     #[test]

@@ -47,6 +47,7 @@ mod properties;
 mod readme;
 mod receipt;
 mod regressions;
+mod s3_client;
 mod status_rollback;
 mod trust_policy;
 mod volumes;

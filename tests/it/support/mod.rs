@@ -11,7 +11,8 @@
 //! [`crash`] is the crash and live-import world with its scenario builder
 //! ("v1, v2, v3 exported and imported", [`crash::World::chain`]);
 //! [`fetch_mock`] is the loopback upstream for `fetch`; [`win_standin`]
-//! the one for `fetch --platform windows`.
+//! the one for `fetch --platform windows`; [`garage`] a single-node
+//! Garage, the S3 store of the `s3://` mirror tests.
 //!
 //! Every test module reaches it as `crate::support`.
 
@@ -20,6 +21,7 @@
 pub mod craft;
 pub mod crash;
 pub mod fetch_mock;
+pub mod garage;
 pub mod import;
 pub mod win_standin;
 
@@ -42,6 +44,21 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_gapferry");
 pub const CRASH_AT: &str = "GAPFERRY_TEST_CRASH_AT";
 pub const CRASH_AFTER_BYTES: &str = "GAPFERRY_TEST_CRASH_AFTER_BYTES";
 pub const FORCE_FALLBACK: &str = "GAPFERRY_TEST_FORCE_FALLBACK";
+/// The test-only clock offset of S3 request signing (src/faults.rs).
+pub const S3_CLOCK_OFFSET: &str = "GAPFERRY_TEST_S3_CLOCK_OFFSET_SECS";
+
+/// S3 variables cleared for every run, so no test reaches a store it did
+/// not start ([`garage::Garage::env`] sets them).
+pub const AWS_VARS: &[&str] = &[
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+];
 
 /// Proxy variables cleared for every run, so no test ever reaches a network.
 pub const PROXY_VARS: &[&str] = &[
@@ -60,7 +77,7 @@ pub const PROXY_VARS: &[&str] = &[
 /// progress bars: stderr is a pipe anyway). Every harness starts here.
 pub fn command() -> std::process::Command {
     let mut c = std::process::Command::new(BIN);
-    for v in PROXY_VARS {
+    for v in PROXY_VARS.iter().chain(AWS_VARS) {
         c.env_remove(v);
     }
     for v in [
@@ -68,6 +85,7 @@ pub fn command() -> std::process::Command {
         CRASH_AT,
         CRASH_AFTER_BYTES,
         FORCE_FALLBACK,
+        S3_CLOCK_OFFSET,
     ] {
         c.env_remove(v);
     }
