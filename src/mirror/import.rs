@@ -546,7 +546,7 @@ fn run(
     let (mut state, mut recovered) =
         session.recover(&areas(&opts.target), &opts.publish, opts.target.tree())?;
     if let Target::S3(m) = &opts.target {
-        super::rollback::settle_s3_swaps::<ImportError>(
+        let _finished = super::rollback::settle_s3_swaps::<ImportError>(
             m,
             session.dir(),
             &mut state,

@@ -129,6 +129,9 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
     } else {
         publish::mirror_areas(&opts.mirror)
     };
+    // Units whose swap an interrupted rollback started and this run's
+    // recovery finished: that rollback's intent, not swapped again.
+    let mut finished: Vec<UnitKey> = Vec::new();
     let (tree, swaps) = match &opts.s3 {
         Some(m) => {
             m.claim()?;
@@ -139,7 +142,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
     };
     let (mut state, _) = session.recover(&areas, &opts.publish, tree)?;
     if let Some(m) = &opts.s3 {
-        settle_s3_swaps::<RollbackError>(m, state_dir, &mut state, &swaps)?;
+        finished = settle_s3_swaps::<RollbackError>(m, state_dir, &mut state, &swaps)?;
     }
     // What a folder serves: read from the folder, or for an s3:// mirror
     // from the record of what was published there.
@@ -207,6 +210,24 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
     let mut result = Ok(());
     for (((key, _), dest), forced_past) in opts.slots.iter().zip(&dests).zip(forced) {
         let before = served_by(&state, key, &dest.current());
+        if finished.contains(key) {
+            // Its swap was finished above: report it, do not swap back.
+            report.slots.push(RolledSlot {
+                slot: key.clone(),
+                dir: match &opts.s3 {
+                    Some(m) => PathBuf::from(
+                        m.client()
+                            .url_of(&m.rel_of(&dest.current()).unwrap_or_default()),
+                    ),
+                    None => dest.current(),
+                },
+                before: state.back.get(key).map(|b| b.versions()),
+                after: before,
+                method: "recovered",
+                forced_past,
+            });
+            continue;
+        }
         let swapped = match &opts.s3 {
             Some(m) => {
                 let rel = |d: &Path| m.rel_of(d).unwrap_or_default();
@@ -307,10 +328,11 @@ pub(crate) fn settle_s3_swaps<E>(
     state_dir: &super::state::StateDir,
     state: &mut State,
     swaps: &[super::s3mirror::SwapDone],
-) -> Result<(), E>
+) -> Result<Vec<UnitKey>, E>
 where
     E: From<SessionError> + From<super::s3mirror::S3PublishError>,
 {
+    let mut finished = Vec::new();
     for done in swaps {
         let key = UnitKey::from(done.unit.as_str());
         let pending = state.back.get(&key).is_some_and(|b| done.serves(&b.files));
@@ -319,7 +341,8 @@ where
             swap_state(state, &key);
             let entry = LedgerEntry {
                 reason: Some(
-                    "gapferry rollback: swapped with n-1 by an earlier run that was interrupted                      before recording it; recorded by the next run"
+                    "gapferry rollback: swapped with n-1 by an earlier run that was interrupted \
+                     before recording it; recorded by the next run"
                         .into(),
                 ),
                 slots: vec![SlotChange {
@@ -330,10 +353,11 @@ where
                 ..LedgerEntry::new(Outcome::RolledBack)
             };
             super::session::commit(state_dir, state, entry)?;
+            finished.push(key);
         }
         m.forget_swap(&done.unit)?;
     }
-    Ok(())
+    Ok(finished)
 }
 
 /// Whether the swap served newer versions in every folder it swapped (a

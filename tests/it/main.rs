@@ -48,6 +48,7 @@ mod readme;
 mod receipt;
 mod regressions;
 mod s3_client;
+mod s3_mirror;
 mod status_rollback;
 mod trust_policy;
 mod volumes;
