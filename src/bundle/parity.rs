@@ -99,7 +99,7 @@ impl Shape {
                 self.k
             ));
         }
-        if self.block == 0 || self.block % BLOCK_ALIGN != 0 || self.block > MAX_BLOCK {
+        if self.block == 0 || !self.block.is_multiple_of(BLOCK_ALIGN) || self.block > MAX_BLOCK {
             return Err(format!(
                 "parity block_size {} must be a multiple of {BLOCK_ALIGN} from {BLOCK_ALIGN} to {MAX_BLOCK}",
                 self.block

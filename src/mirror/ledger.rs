@@ -730,7 +730,7 @@ mod tests {
                     definition_version: format!("1.400.{i}.0"),
                 }),
             }],
-            ..LedgerEntry::new(if i % 2 == 0 {
+            ..LedgerEntry::new(if i.is_multiple_of(2) {
                 Outcome::Imported
             } else {
                 Outcome::Refused

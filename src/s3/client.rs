@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use base64::Engine as _;
 use jiff::Timestamp;
 use rusty_s3::actions::{
-    AbortMultipartUpload, CompleteMultipartUpload, CreateMultipartUpload, DeleteObject,
-    GetObject, HeadBucket, HeadObject, ListObjectsV2, PutObject, UploadPart,
+    AbortMultipartUpload, CompleteMultipartUpload, CreateMultipartUpload, DeleteObject, GetObject,
+    HeadBucket, HeadObject, ListObjectsV2, PutObject, UploadPart,
 };
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use sha2::{Digest, Sha256};
@@ -205,11 +205,10 @@ impl Client {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(cut_off(&url, &e)),
             };
-            out.write_all(&buf[..n])
-                .map_err(|source| S3Error::Write {
-                    url: url.clone(),
-                    source,
-                })?;
+            out.write_all(&buf[..n]).map_err(|source| S3Error::Write {
+                url: url.clone(),
+                source,
+            })?;
             total += n as u64;
         }
         out.flush().map_err(|source| S3Error::Write {
@@ -323,7 +322,9 @@ impl Client {
                     message: format!("the source of a copy to {url} does not exist"),
                 })
             }
-            Err(S3Error::Precondition { .. }) => return Err(S3Error::Precondition { url: from_url }),
+            Err(S3Error::Precondition { .. }) => {
+                return Err(S3Error::Precondition { url: from_url })
+            }
             Err(e) => return Err(self.explain(e)),
         }
         self.head(to)?.ok_or_else(|| S3Error::Mismatch {
@@ -370,7 +371,9 @@ impl Client {
             let text = String::from_utf8_lossy(&body);
             let page = ListObjectsV2::parse_response(&text).map_err(|e| S3Error::Mismatch {
                 url: url.clone(),
-                reason: format!("the store's listing cannot be read ({e}); is --s3-endpoint an S3 API?"),
+                reason: format!(
+                    "the store's listing cannot be read ({e}); is --s3-endpoint an S3 API?"
+                ),
             })?;
             for item in page.contents {
                 let Some(rel) = item.key.strip_prefix(&strip) else {
@@ -566,17 +569,15 @@ impl Client {
         let created = CreateMultipartUpload::parse_response(&String::from_utf8_lossy(&body))
             .map_err(|e| S3Error::Mismatch {
                 url: url.clone(),
-                reason: format!("the store's answer to starting a multipart upload cannot be read ({e})"),
+                reason: format!(
+                    "the store's answer to starting a multipart upload cannot be read ({e})"
+                ),
             })?;
         let upload_id = created.upload_id().to_string();
         let result = self.upload_parts(&key, &url, &upload_id, path, size, want, observer);
         if result.is_err() {
-            let abort = AbortMultipartUpload::new(
-                &self.bucket,
-                Some(&self.credentials),
-                &key,
-                &upload_id,
-            );
+            let abort =
+                AbortMultipartUpload::new(&self.bucket, Some(&self.credentials), &key, &upload_id);
             // Best effort: the upload failed already; an unfinished upload
             // left behind holds space until the store's lifecycle cleans it.
             let _ = self.request(&url, abort, Vec::new(), &Payload::None, false);
@@ -630,8 +631,13 @@ impl Client {
                 part_number,
                 upload_id,
             );
-            let resp =
-                self.expect_ok(url, action, vec![checksum_header(&digest)], &Payload::Bytes(&buf), true)?;
+            let resp = self.expect_ok(
+                url,
+                action,
+                vec![checksum_header(&digest)],
+                &Payload::Bytes(&buf),
+                true,
+            )?;
             let etag = header(&resp, "etag").ok_or_else(|| S3Error::Mismatch {
                 url: url.to_string(),
                 reason: format!("the store's answer to part {part_number} has no ETag"),
@@ -653,7 +659,13 @@ impl Client {
             etags.iter().map(String::as_str),
         );
         let body = action.clone().body();
-        let mut resp = self.expect_ok(url, action, Vec::new(), &Payload::Bytes(body.as_bytes()), false)?;
+        let mut resp = self.expect_ok(
+            url,
+            action,
+            Vec::new(),
+            &Payload::Bytes(body.as_bytes()),
+            false,
+        )?;
         // Completing may fail after its 200 status line: the error is then
         // in the body.
         let answer = read_body(&mut resp, url, 1024 * 1024)?;

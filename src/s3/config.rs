@@ -68,19 +68,18 @@ impl Config {
                 })?,
         };
         let endpoint = parse_endpoint(endpoint.trim(), &from)?;
-        let region = match region {
-            Some(r) if r.trim().is_empty() => {
-                return Err(S3Error::Config(
+        let region =
+            match region {
+                Some(r) if r.trim().is_empty() => return Err(S3Error::Config(
                     "--s3-region is empty; give the store's region (Garage's default is `garage`)"
                         .to_string(),
-                ))
-            }
-            Some(r) => r.trim().to_string(),
-            None => var("AWS_REGION")
-                .or_else(|| var("AWS_DEFAULT_REGION"))
-                .map(|r| r.trim().to_string())
-                .unwrap_or_else(|| "us-east-1".to_string()),
-        };
+                )),
+                Some(r) => r.trim().to_string(),
+                None => var("AWS_REGION")
+                    .or_else(|| var("AWS_DEFAULT_REGION"))
+                    .map(|r| r.trim().to_string())
+                    .unwrap_or_else(|| "us-east-1".to_string()),
+            };
         let access_key = var("AWS_ACCESS_KEY_ID").ok_or_else(|| missing("AWS_ACCESS_KEY_ID"))?;
         let secret_key =
             var("AWS_SECRET_ACCESS_KEY").ok_or_else(|| missing("AWS_SECRET_ACCESS_KEY"))?;
@@ -160,8 +159,7 @@ mod tests {
             ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1"),
             ("AWS_REGION", "eu-west-3"),
         ]);
-        let c = Config::from_lookup(Some("http://[::1]:3900"), Some("garage"), true, e)
-            .unwrap();
+        let c = Config::from_lookup(Some("http://[::1]:3900"), Some("garage"), true, e).unwrap();
         assert_eq!(c.endpoint.as_str(), "http://[::1]:3900/");
         assert_eq!(c.region, "garage");
         assert!(c.path_style);
@@ -191,9 +189,7 @@ mod tests {
             ("AWS_DEFAULT_REGION", "r2"),
         ]);
         assert_eq!(
-            Config::from_lookup(None, None, false, e)
-                .unwrap()
-                .region,
+            Config::from_lookup(None, None, false, e).unwrap().region,
             "r1"
         );
     }

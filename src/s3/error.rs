@@ -46,10 +46,7 @@ pub enum S3Error {
     Mismatch { url: String, reason: String },
     /// What was downloaded cannot be written where the caller wanted it.
     #[error("{url}: cannot write what was downloaded: {source}")]
-    Write {
-        url: String,
-        source: std::io::Error,
-    },
+    Write { url: String, source: std::io::Error },
     /// A local file to upload cannot be read.
     #[error("cannot read {path}: {source}")]
     Read {
@@ -170,8 +167,7 @@ impl ErrorBody {
                     ),
                 }
             }
-            (403, _)
-            | (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") => {
+            (403, _) | (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") => {
                 S3Error::Credentials {
                     url,
                     code: if self.code.is_empty() {
@@ -228,7 +224,10 @@ mod tests {
 
     #[test]
     fn answers_are_classified() {
-        let e = classify(403, "<Error><Code>InvalidAccessKeyId</Code><Message>No such key: GK1</Message></Error>");
+        let e = classify(
+            403,
+            "<Error><Code>InvalidAccessKeyId</Code><Message>No such key: GK1</Message></Error>",
+        );
         assert!(matches!(e, S3Error::Credentials { .. }), "{e}");
         assert!(e.to_string().starts_with("s3://b/k: "), "{e}");
         assert!(e.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{e}");
@@ -247,10 +246,19 @@ mod tests {
             classify(403, "<Error><Code>RequestTimeTooSkewed</Code></Error>"),
             S3Error::ClockSkew { .. }
         ));
-        let damaged = classify(400, "<Error><Code>InvalidDigest</Code><Message>m</Message></Error>");
+        let damaged = classify(
+            400,
+            "<Error><Code>InvalidDigest</Code><Message>m</Message></Error>",
+        );
         assert!(matches!(damaged, S3Error::Mismatch { .. }), "{damaged}");
-        assert!(damaged.to_string().contains("run the import again"), "{damaged}");
-        let other = classify(400, "<Error><Code>MalformedXML</Code><Message>m</Message></Error>");
+        assert!(
+            damaged.to_string().contains("run the import again"),
+            "{damaged}"
+        );
+        let other = classify(
+            400,
+            "<Error><Code>MalformedXML</Code><Message>m</Message></Error>",
+        );
         assert!(other.to_string().contains("400 MalformedXML: m"), "{other}");
     }
 

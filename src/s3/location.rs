@@ -167,8 +167,12 @@ mod tests {
             assert!(e.contains("not a valid bucket name"), "{b}: {e}");
             assert!(e.contains("3 to 63 characters"), "{b}: {e}");
         }
-        assert!(parse("s3:///p").unwrap_err().contains("bucket name is missing"));
-        assert!(parse("s3://").unwrap_err().contains("bucket name is missing"));
+        assert!(parse("s3:///p")
+            .unwrap_err()
+            .contains("bucket name is missing"));
+        assert!(parse("s3://")
+            .unwrap_err()
+            .contains("bucket name is missing"));
         assert!(parse("mirror/p").unwrap_err().contains("s3://BUCKET"));
         assert!(parse("S3://mirror").unwrap_err().contains("s3://BUCKET"));
         assert!(parse("s3://my.mirror-01").is_ok());
@@ -176,12 +180,27 @@ mod tests {
 
     #[test]
     fn bad_prefixes_are_refused() {
-        assert!(parse("s3://mirror//p").unwrap_err().contains("starts with '/'"));
-        assert!(parse("s3://mirror/a//b").unwrap_err().contains("empty segment"));
-        assert!(parse("s3://mirror/a/../b").unwrap_err().contains("\"..\" segment"));
-        assert!(parse("s3://mirror/..").unwrap_err().contains("\"..\" segment"));
-        assert!(parse("s3://mirror/./a").unwrap_err().contains("\".\" segment"));
-        assert!(parse("s3://mirror/a\nb").unwrap_err().contains("control character"));
-        assert!(parse("s3://mirror/a..b").is_ok(), "dots inside a name are fine");
+        assert!(parse("s3://mirror//p")
+            .unwrap_err()
+            .contains("starts with '/'"));
+        assert!(parse("s3://mirror/a//b")
+            .unwrap_err()
+            .contains("empty segment"));
+        assert!(parse("s3://mirror/a/../b")
+            .unwrap_err()
+            .contains("\"..\" segment"));
+        assert!(parse("s3://mirror/..")
+            .unwrap_err()
+            .contains("\"..\" segment"));
+        assert!(parse("s3://mirror/./a")
+            .unwrap_err()
+            .contains("\".\" segment"));
+        assert!(parse("s3://mirror/a\nb")
+            .unwrap_err()
+            .contains("control character"));
+        assert!(
+            parse("s3://mirror/a..b").is_ok(),
+            "dots inside a name are fine"
+        );
     }
 }

@@ -88,7 +88,7 @@ fn utf16z(s: &str) -> Vec<u8> {
 }
 
 fn pad4(v: &mut Vec<u8>) {
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
 }
@@ -230,7 +230,7 @@ fn image(p: &FakePackage) -> Vec<u8> {
         x ^= x << 5;
         b.push(x as u8);
     }
-    while b.len() % 8 != 0 {
+    while !b.len().is_multiple_of(8) {
         b.push(0);
     }
     b

@@ -134,7 +134,12 @@ api_bind_addr = "127.0.0.1:{admin_port}"
         };
         g.spawn();
         let node = g.cli(&["node", "id", "-q"]);
-        let node = node.trim().split('@').next().unwrap_or_default().to_string();
+        let node = node
+            .trim()
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         assert!(!node.is_empty(), "garage node id printed nothing");
         g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
         g.cli(&["layout", "apply", "--version", "1"]);
