@@ -96,8 +96,20 @@ impl StatusArgs {
         } else {
             "--share"
         };
+        // A store that cannot be reached still gets its metrics written
+        // (every served unit then shows as missing, so alerts fire), and
+        // then the error, naming the store and the fix.
+        let unreachable = match &s3 {
+            Some(m) => m.client().check_bucket().err(),
+            None => None,
+        };
+        if self.prometheus.is_none() {
+            if let Some(e) = unreachable {
+                return Err(e.into());
+            }
+        }
         match &s3 {
-            Some(m) => m.client().check_bucket()?,
+            Some(_) => {}
             None => super::existing_folder(
                 flag,
                 root,
@@ -121,6 +133,9 @@ impl StatusArgs {
             }
             (None, _) => status::status_at(served, &state_dir, !self.quick)?,
         };
+        if let Some(e) = unreachable {
+            return Err(e.into());
+        }
         let warnings = st
             .slots
             .iter()

@@ -538,14 +538,27 @@ fn run(
     observer: &dyn Observer,
 ) -> Result<Outcome, ImportError> {
     // Finish whatever a crashed import left before looking at anything.
-    let mut recovered_s3 = Vec::new();
+    let mut recovered_s3 = Default::default();
     if let Target::S3(m) = &opts.target {
         m.claim()?;
         recovered_s3 = m.recover(observer)?;
     }
     let (mut state, mut recovered) =
         session.recover(&areas(&opts.target), &opts.publish, opts.target.tree())?;
-    recovered.extend(recovered_s3.iter().map(|r| PathBuf::from(m_url(opts, r))));
+    if let Target::S3(m) = &opts.target {
+        super::rollback::settle_s3_swaps::<ImportError>(
+            m,
+            session.dir(),
+            &mut state,
+            &recovered_s3.swaps,
+        )?;
+        recovered.extend(
+            recovered_s3
+                .published
+                .iter()
+                .map(|r| PathBuf::from(m_url(opts, r))),
+        );
+    }
     attempt.recovered = recovered;
     let (reader, accepted) = accept(opts, session.dir(), &state, opened, attempt)?;
     let Some(plan) = plan(opts, &state, &accepted, attempt)? else {
@@ -767,7 +780,13 @@ fn plan(
         let planned = plan_unit(opts, state, accepted, unit)?;
         attempt.slots.push(SlotReport {
             slot: planned.unit.key.clone(),
-            dir: planned.dest.current(),
+            dir: match &opts.target {
+                Target::S3(m) => PathBuf::from(
+                    m.client()
+                        .url_of(&m.rel_of(&planned.dest.current()).unwrap_or_default()),
+                ),
+                _ => planned.dest.current(),
+            },
             before: planned.baseline.versions(),
             after: Some(planned.unit.versions.clone()),
             published: false,

@@ -129,15 +129,18 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
     } else {
         publish::mirror_areas(&opts.mirror)
     };
-    let tree = match &opts.s3 {
+    let (tree, swaps) = match &opts.s3 {
         Some(m) => {
             m.claim()?;
-            m.recover(&crate::progress::NoProgress)?;
-            setcheck::Tree::S3(m)
+            let r = m.recover(&crate::progress::NoProgress)?;
+            (setcheck::Tree::S3(m), r.swaps)
         }
-        None => setcheck::Tree::Fs,
+        None => (setcheck::Tree::Fs, Vec::new()),
     };
     let (mut state, _) = session.recover(&areas, &opts.publish, tree)?;
+    if let Some(m) = &opts.s3 {
+        settle_s3_swaps::<RollbackError>(m, state_dir, &mut state, &swaps)?;
+    }
     // What a folder serves: read from the folder, or for an s3:// mirror
     // from the record of what was published there.
     let served_by = |state: &State, key: &UnitKey, dir: &Path| match &opts.s3 {
@@ -207,11 +210,20 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
         let swapped = match &opts.s3 {
             Some(m) => {
                 let rel = |d: &Path| m.rel_of(d).unwrap_or_default();
+                // Going back to older versions: index files first.
+                let older = match (state.back.get(key), state.served(key)) {
+                    (Some(b), Some(s)) => matches!(
+                        opts.profile.older(&b.versions(), &s.versions()),
+                        Ok(Some(_))
+                    ),
+                    _ => true,
+                };
                 m.swap(
                     key.as_str(),
                     &rel(&dest.current()),
                     &rel(&dest.back()),
                     opts.profile,
+                    older,
                 )
                 .map(|()| "copy")
                 .map_err(RollbackError::from)
@@ -277,7 +289,51 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
         })
     };
     super::session::commit(state_dir, &mut state, entry)?;
+    if let (Some(m), Ok(())) = (&opts.s3, &result) {
+        for s in &report.slots {
+            m.forget_swap(s.slot.as_str())?;
+        }
+    }
     result.map(|()| report)
+}
+
+/// Records rollbacks in an `s3://` mirror that an interrupted run swapped
+/// in the store but did not record: the state's records of the unit and
+/// its n-1 are swapped when its n-1 record is what the folder now serves
+/// (so a swap already recorded is not swapped twice), with a ledger line;
+/// then the journals go.
+pub(crate) fn settle_s3_swaps<E>(
+    m: &super::s3mirror::S3Mirror,
+    state_dir: &super::state::StateDir,
+    state: &mut State,
+    swaps: &[super::s3mirror::SwapDone],
+) -> Result<(), E>
+where
+    E: From<SessionError> + From<super::s3mirror::S3PublishError>,
+{
+    for done in swaps {
+        let key = UnitKey::from(done.unit.as_str());
+        let pending = state.back.get(&key).is_some_and(|b| done.serves(&b.files));
+        if pending {
+            let before = state.served(&key).map(|s| s.versions());
+            swap_state(state, &key);
+            let entry = LedgerEntry {
+                reason: Some(
+                    "gapferry rollback: swapped with n-1 by an earlier run that was interrupted                      before recording it; recorded by the next run"
+                        .into(),
+                ),
+                slots: vec![SlotChange {
+                    slot: key.clone(),
+                    before,
+                    after: state.served(&key).map(|s| s.versions()),
+                }],
+                ..LedgerEntry::new(Outcome::RolledBack)
+            };
+            super::session::commit(state_dir, state, entry)?;
+        }
+        m.forget_swap(&done.unit)?;
+    }
+    Ok(())
 }
 
 /// Whether the swap served newer versions in every folder it swapped (a

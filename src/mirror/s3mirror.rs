@@ -168,10 +168,42 @@ struct Journal {
     tag: String,
 }
 
+/// What [`S3Mirror::recover`] finished.
+#[derive(Debug, Clone, Default)]
+pub struct S3Recovered {
+    /// Store folders whose interrupted publish it completed.
+    pub published: Vec<String>,
+    /// Rollbacks whose swap is done in the store.
+    pub swaps: Vec<SwapDone>,
+}
+
+/// A rollback whose swap in the store is complete.
+#[derive(Debug, Clone)]
+pub struct SwapDone {
+    pub unit: String,
+    /// (name, SHA-256) of what the unit's folder serves after the swap.
+    pub now_served: Vec<(String, String)>,
+}
+
+impl SwapDone {
+    /// Whether `files` (a state record) is what the folder now serves: if
+    /// the state's n-1 record is, the swap is not recorded yet.
+    pub fn serves(&self, files: &[ServedFile]) -> bool {
+        !files.is_empty()
+            && files.len() == self.now_served.len()
+            && files.iter().all(|f| {
+                self.now_served
+                    .iter()
+                    .any(|(n, h)| *n == f.name && f.sha256.as_str() == h)
+            })
+    }
+}
+
 /// The journal of a rollback in the store ([`S3Mirror::swap`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SwapJournal {
     format: u32,
+    unit: String,
     location: String,
     current: String,
     back: String,
@@ -180,6 +212,11 @@ struct SwapJournal {
     back_files: Vec<JFile>,
     /// 0: copy current to tmp; 1: back to current; 2: tmp to back; 3: done.
     phase: u32,
+    /// n-1 is older than the served set: the index files go into the
+    /// served folder first, so that it never announces more than its
+    /// payload holds while it goes back.
+    #[serde(default)]
+    older: bool,
 }
 
 impl S3Mirror {
@@ -404,18 +441,26 @@ impl S3Mirror {
         Ok(S3Published { rotated })
     }
 
-    /// Finishes every publish and rollback an interrupted run left, and
-    /// returns the store folders it completed.
-    pub fn recover(&self, observer: &dyn Observer) -> Result<Vec<String>, S3PublishError> {
+    /// Finishes every publish and rollback an interrupted run left: the
+    /// store folders whose publish it completed, and the rollbacks whose
+    /// swap is done in the store (the caller records them in the state,
+    /// [`SwapDone::recorded`], then calls [`S3Mirror::forget_swap`]).
+    pub fn recover(&self, observer: &dyn Observer) -> Result<S3Recovered, S3PublishError> {
+        let swaps = self.recover_swaps()?;
         let root = self.publish_root();
         let entries = match fs::read_dir(&root) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.recover_swaps(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(S3Recovered {
+                    published: Vec::new(),
+                    swaps,
+                })
+            }
             Err(source) => return Err(S3PublishError::Local { path: root, source }),
         };
         let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         dirs.sort();
-        let mut done = self.recover_swaps()?;
+        let mut done = Vec::new();
         for dir in dirs {
             if !dir.join("journal.json").exists() {
                 // Killed between moving the files in and writing the
@@ -428,7 +473,10 @@ impl S3Mirror {
             }
             done.push(self.run_journal(&dir, observer)?);
         }
-        Ok(done)
+        Ok(S3Recovered {
+            published: done,
+            swaps,
+        })
     }
 
     /// Steps 1-3 of a journaled publish, each skipped when already done.
@@ -548,11 +596,13 @@ impl S3Mirror {
         current: &str,
         back: &str,
         profile: &dyn Profile,
+        older: bool,
     ) -> Result<(), S3PublishError> {
         let index = profile.index_files();
         let name = unit_key.replace('/', "_");
         let journal = SwapJournal {
             format: JOURNAL_FORMAT,
+            unit: unit_key.to_string(),
             location: self.location().to_string(),
             current: current.to_string(),
             back: back.to_string(),
@@ -560,6 +610,7 @@ impl S3Mirror {
             current_files: ordered(self.folder_objects(current)?, index),
             back_files: ordered(self.folder_objects(back)?, index),
             phase: 0,
+            older,
         };
         let root = self.swap_root();
         durable::ensure_private_dir(&root).map_err(|source| S3PublishError::Local {
@@ -571,7 +622,7 @@ impl S3Mirror {
         self.run_swap(&path)
     }
 
-    fn recover_swaps(&self) -> Result<Vec<String>, S3PublishError> {
+    fn recover_swaps(&self) -> Result<Vec<SwapDone>, S3PublishError> {
         let root = self.swap_root();
         let Ok(entries) = fs::read_dir(&root) else {
             return Ok(Vec::new());
@@ -583,15 +634,37 @@ impl S3Mirror {
         paths.sort();
         let mut done = Vec::new();
         for p in paths {
-            let j: SwapJournal = load_json(&p)?;
             self.run_swap(&p)?;
-            done.push(j.current);
+            let j: SwapJournal = load_json(&p)?;
+            done.push(SwapDone {
+                unit: j.unit,
+                now_served: j
+                    .back_files
+                    .iter()
+                    .map(|f| (f.name.clone(), f.sha256.clone()))
+                    .collect(),
+            });
         }
         Ok(done)
     }
 
+    /// Removes the journal of a rollback whose swap is done and recorded.
+    pub fn forget_swap(&self, unit_key: &str) -> Result<(), S3PublishError> {
+        let path = self
+            .swap_root()
+            .join(format!("{}.json", unit_key.replace('/', "_")));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(S3PublishError::Local { path, source }),
+        }
+    }
+
     fn run_swap(&self, path: &Path) -> Result<(), S3PublishError> {
         let mut j: SwapJournal = load_json(path)?;
+        if j.phase >= 3 {
+            return Ok(());
+        }
         if j.location != self.location().to_string() {
             return Err(S3PublishError::Journal {
                 path: path.to_path_buf(),
@@ -599,8 +672,13 @@ impl S3Mirror {
                 reason: format!("it belongs to {}, not {}", j.location, self.location()),
             });
         }
-        let copy_all = |files: &[JFile], from: &str, to: &str, cond: bool| {
-            for f in files {
+        let copy_all = |files: &[JFile], from: &str, to: &str, cond: bool, index_first: bool| {
+            let order: Vec<&JFile> = if index_first {
+                files.iter().rev().collect()
+            } else {
+                files.iter().collect()
+            };
+            for f in order {
                 let src = format!("{from}/{}", f.name);
                 let dst = format!("{to}/{}", f.name);
                 let etag = if cond { f.etag.as_deref() } else { None };
@@ -619,9 +697,9 @@ impl S3Mirror {
         };
         while j.phase < 3 {
             match j.phase {
-                0 => copy_all(&j.current_files, &j.current, &j.tmp, true)?,
-                1 => copy_all(&j.back_files, &j.back, &j.current, false)?,
-                _ => copy_all(&j.current_files, &j.tmp, &j.back, false)?,
+                0 => copy_all(&j.current_files, &j.current, &j.tmp, true, false)?,
+                1 => copy_all(&j.back_files, &j.back, &j.current, false, j.older)?,
+                _ => copy_all(&j.current_files, &j.tmp, &j.back, false, false)?,
             }
             j.phase += 1;
             save_json(path, &j)?;
@@ -630,10 +708,8 @@ impl S3Mirror {
         for f in &j.current_files {
             self.client.delete(&format!("{}/{}", j.tmp, f.name))?;
         }
-        fs::remove_file(path).map_err(|source| S3PublishError::Local {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // The journal stays (phase 3) until the caller has recorded the
+        // swap in the state: see `forget_swap`.
         Ok(())
     }
 }
