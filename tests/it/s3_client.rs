@@ -450,7 +450,7 @@ fn a_clock_far_behind_is_reported_as_clock_skew() {
 
 #[test]
 fn a_store_that_went_away_is_unreachable_after_the_retries() {
-    let mut g = Garage::start();
+    let g = Garage::start();
     let c = g.client("p").with_retry(quick());
     c.put_bytes("a", b"a", "text/plain", false).unwrap();
     g.stop();
