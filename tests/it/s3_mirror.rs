@@ -96,12 +96,7 @@ impl<'a> Site<'a> {
             return None;
         }
         names.sort();
-        assert_eq!(
-            names,
-            ["manifest.json", "updates.zip"],
-            "{rel} in {}",
-            self.url()
-        );
+        assert_eq!(names, ["manifest.json", "updates.zip"], "{rel} in {}", self.url());
         let manifest = self.get(&format!("{rel}/manifest.json")).unwrap();
         let zip = self.get(&format!("{rel}/updates.zip")).unwrap();
         let v = versions
@@ -179,8 +174,7 @@ fn first_and_newer_imports_keep_n_minus_1_and_status_checks_the_objects() {
     site.import_ok(&vs[2]);
     assert_eq!(site.snapshot(&all(&vs)), vec![(Some(3), Some(2)); 4]);
     assert_eq!(
-        site.served_definitions("linux/production/arch_x86_64")
-            .as_deref(),
+        site.served_definitions("linux/production/arch_x86_64").as_deref(),
         Some("1.417.3.0")
     );
     // An older bundle is refused and changes nothing.
@@ -189,13 +183,8 @@ fn first_and_newer_imports_keep_n_minus_1_and_status_checks_the_objects() {
     assert_eq!(site.snapshot(&all(&vs)), vec![(Some(3), Some(2)); 4]);
     site.ledger_verify();
     // No journal, no staging left behind.
-    assert!(
-        !site.state.join("s3/publish").exists()
-            || std::fs::read_dir(site.state.join("s3/publish"))
-                .unwrap()
-                .next()
-                .is_none()
-    );
+    assert!(!site.state.join("s3/publish").exists()
+        || std::fs::read_dir(site.state.join("s3/publish")).unwrap().next().is_none());
 
     // status: healthy, by HEAD and the stored SHA-256, versions from the
     // store's manifest.json.
@@ -229,11 +218,7 @@ fn first_and_newer_imports_keep_n_minus_1_and_status_checks_the_objects() {
     .unwrap();
     let out = site.cmd(&["status"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("differs from what was imported"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("differs from what was imported"), "{}", stderr(&out));
 }
 
 #[test]
@@ -254,8 +239,7 @@ fn rollback_swaps_with_n_minus_1_in_the_store_and_back() {
     assert_eq!(snap[1], (Some(1), Some(2)));
     assert_eq!(snap[2], (Some(2), Some(1)), "mac untouched");
     assert_eq!(
-        site.served_definitions("linux/production/arch_x86_64")
-            .as_deref(),
+        site.served_definitions("linux/production/arch_x86_64").as_deref(),
         Some("1.417.1.0")
     );
     // The withdrawn bundle is refused.
@@ -296,11 +280,7 @@ fn a_kill_at_every_publish_step_leaves_complete_sets_and_the_next_run_finishes()
         let site = Site::new(&g, &w, &format!("crash-{step}"));
         site.import_ok(&vs[0]);
         let out = site.import(&vs[1], &[(CRASH_AT, step)]);
-        assert!(
-            !out.status.success(),
-            "{step}: not killed: {}",
-            stderr(&out)
-        );
+        assert!(!out.status.success(), "{step}: not killed: {}", stderr(&out));
         // Whatever the instant: every folder holds one complete version,
         // the index never ahead of its payload, n-1 only v1 or nothing.
         for (cur, back) in site.snapshot(&all(&vs)) {
@@ -309,8 +289,7 @@ fn a_kill_at_every_publish_step_leaves_complete_sets_and_the_next_run_finishes()
         }
         // The state never claims what the store does not serve.
         assert_eq!(
-            site.served_definitions("linux/production/arch_x86_64")
-                .as_deref(),
+            site.served_definitions("linux/production/arch_x86_64").as_deref(),
             Some("1.417.1.0"),
             "{step}"
         );
@@ -347,11 +326,7 @@ fn concurrent_importers_of_one_state_directory_take_turns() {
     // v3 always ends up served; v2 either went first or was refused as
     // older once v3 was in.
     assert!(b.status.success(), "{}", stderr(&b));
-    assert!(
-        matches!(a.status.code(), Some(0) | Some(4)),
-        "{}",
-        stderr(&a)
-    );
+    assert!(matches!(a.status.code(), Some(0) | Some(4)), "{}", stderr(&a));
     for (i, (cur, back)) in site.snapshot(&all(&vs)).into_iter().enumerate() {
         assert_eq!(cur, Some(3), "slot {i}");
         assert!(matches!(back, Some(1) | Some(2)), "slot {i}: {back:?}");
@@ -386,11 +361,7 @@ fn the_store_going_away_mid_import_fails_cleanly_and_the_next_run_finishes() {
     let vs = w.chain(1..=2, 8 << 20);
     let site = Site::new(&g, &w, "gone");
     site.import_ok(&vs[0]);
-    let child = site
-        .import_cmd(&vs[1].bundle, &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = site.import_cmd(&vs[1].bundle, &[]).stderr(Stdio::piped()).spawn().unwrap();
     // Wait until the publish is decided (its journal is written), then stop
     // the store.
     let publish = site.state.join("s3/publish");
@@ -402,24 +373,16 @@ fn the_store_going_away_mid_import_fails_cleanly_and_the_next_run_finishes() {
         if journaled {
             break;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no journal appeared"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(60), "no journal appeared");
         std::thread::sleep(Duration::from_millis(2));
     }
     g.stop();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("cannot reach the store"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("cannot reach the store"), "{}", stderr(&out));
     // Nothing recorded: the state still says v1.
     assert_eq!(
-        site.served_definitions("linux/production/arch_x86_64")
-            .as_deref(),
+        site.served_definitions("linux/production/arch_x86_64").as_deref(),
         Some("1.417.1.0")
     );
     g.restart();
@@ -451,25 +414,10 @@ fn endpoints_polling_the_web_endpoint_only_ever_get_imported_versions() {
                 // As an endpoint does: the manifest, then the package.
                 let (ms, m) = g.web_get(&format!("{prefix}/{slot}/manifest.json"));
                 let (zs, z) = g.web_get(&format!("{prefix}/{slot}/updates.zip"));
-                assert_eq!(
-                    (ms, zs),
-                    (200, 200),
-                    "a served object was missing during an import"
-                );
-                let mv = manifests
-                    .iter()
-                    .position(|x| *x == m)
-                    .expect("manifest.json is an imported version");
-                let zv = zips
-                    .iter()
-                    .position(|x| *x == z)
-                    .expect("updates.zip is an imported version");
-                assert!(
-                    mv <= zv,
-                    "manifest.json of v{} announced more than updates.zip of v{}",
-                    mv + 1,
-                    zv + 1
-                );
+                assert_eq!((ms, zs), (200, 200), "a served object was missing during an import");
+                let mv = manifests.iter().position(|x| *x == m).expect("manifest.json is an imported version");
+                let zv = zips.iter().position(|x| *x == z).expect("updates.zip is an imported version");
+                assert!(mv <= zv, "manifest.json of v{} announced more than updates.zip of v{}", mv + 1, zv + 1);
                 polls += 1;
             }
             polls
@@ -514,21 +462,11 @@ fn bad_credentials_a_missing_bucket_and_no_state_dir_are_named() {
     let vs = w.chain(1..=1, 1024);
     let site = Site::new(&g, &w, "errors");
     let out = site
-        .import_cmd(
-            &vs[0].bundle,
-            &[(
-                "AWS_SECRET_ACCESS_KEY",
-                "0000000000000000000000000000000000000000000000000000000000000000",
-            )],
-        )
+        .import_cmd(&vs[0].bundle, &[("AWS_SECRET_ACCESS_KEY", "0000000000000000000000000000000000000000000000000000000000000000")])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("refused the credentials"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("refused the credentials"), "{}", stderr(&out));
     assert!(!site.state.join("state.json").exists(), "nothing recorded");
 
     let out = crate::support::command()
@@ -536,12 +474,7 @@ fn bad_credentials_a_missing_bucket_and_no_state_dir_are_named() {
         .arg(&vs[0].bundle)
         .arg("--trust")
         .arg(&w.key.public)
-        .args([
-            "--mirror",
-            "s3://no-such-bucket/x",
-            "--s3-path-style",
-            "--state-dir",
-        ])
+        .args(["--mirror", "s3://no-such-bucket/x", "--s3-path-style", "--state-dir"])
         .arg(w.tmp.path().join("s2"))
         .envs(g.env())
         .output()
@@ -559,9 +492,5 @@ fn bad_credentials_a_missing_bucket_and_no_state_dir_are_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("needs --state-dir"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("needs --state-dir"), "{}", stderr(&out));
 }
