@@ -310,7 +310,7 @@ impl Client {
                 // then in the body.
                 let body = read_body(&mut resp, &url, 1024 * 1024)?;
                 let parsed = ErrorBody::parse(&body);
-                if !parsed.code.is_empty() && !body.windows(10).any(|w| w == b"CopyObject") {
+                if !parsed.code.is_empty() {
                     return Err(parsed.into_error(500, &url, &self.location.bucket));
                 }
             }
@@ -515,30 +515,20 @@ impl Client {
         headers.push(checksum_header(&digest));
         // Progress across attempts: only bytes beyond the furthest point
         // any attempt reached.
-        let sent_now = AtomicU64::new(0);
         let reported = AtomicU64::new(0);
-        let sent = |n: u64| {
-            let now = sent_now.fetch_add(n, Ordering::Relaxed) + n;
-            let before = reported.fetch_max(now, Ordering::Relaxed);
-            if now > before {
-                observer.advance(now - before);
+        let sent = |done: u64| {
+            let before = reported.fetch_max(done, Ordering::Relaxed);
+            if done > before {
+                observer.advance(done - before);
             }
         };
         let payload = Payload::File {
             path,
             len: size,
-            sent: &|n| {
-                if n == 0 {
-                    return;
-                }
-                sent(n)
-            },
+            sent: &sent,
         };
         let action = PutObject::new(&self.bucket, Some(&self.credentials), &key);
-        // A new attempt starts from the file's beginning.
-        let result = self.request(&url, action, headers, &payload, true);
-        sent_now.store(0, Ordering::Relaxed);
-        match result {
+        match self.request(&url, action, headers, &payload, true) {
             Ok(Answer::Ok(_)) => Ok(()),
             Ok(Answer::NotFound) => Err(S3Error::NoBucket {
                 url,

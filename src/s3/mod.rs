@@ -8,10 +8,12 @@
 //! DELETE and LIST. Requests are signed with AWS Signature V4
 //! (`rusty-s3`, sans-IO) and sent with the same blocking HTTP client fetch
 //! uses (`ureq`); 5xx, throttling and dropped connections are retried with
-//! backoff.
+//! backoff (`transport`, one signed request at a time, each signed right
+//! before it is sent); error answers become an [`S3Error`] naming the
+//! `s3://` object and the fix.
 //!
 //! This module only talks to the store; it never decides what goes where
-//! or in which order (that is [`crate::mirror::s3publish`]'s job).
+//! or in which order (that is [`crate::mirror::s3mirror`]'s job).
 
 mod client;
 mod config;

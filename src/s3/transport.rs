@@ -9,7 +9,7 @@
 //! refused for good (4xx other than 429).
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
@@ -64,7 +64,8 @@ pub(crate) enum Payload<'a> {
     /// Bytes in memory (`Content-Length` set from them; may be empty).
     Bytes(&'a [u8]),
     /// `len` bytes of the file at `path` from its start, re-read for every
-    /// attempt; `sent` hears of every chunk handed to the connection.
+    /// attempt; `sent` hears how many bytes of the file this attempt has
+    /// handed to the connection so far (it starts again from 0 on a retry).
     File {
         path: &'a Path,
         len: u64,
@@ -163,6 +164,12 @@ impl Transport {
             attempt += 1;
             let url = sign(&self.now());
             match self.once(&method, &url, headers, payload) {
+                Err(Failed::Local(reason)) => {
+                    return Err(S3Error::Mismatch {
+                        url: target.url.to_string(),
+                        reason,
+                    })
+                }
                 Ok(mut resp) => {
                     let status = resp.status().as_u16();
                     if (200..300).contains(&status) {
@@ -177,7 +184,7 @@ impl Transport {
                         return Err(parsed.into_error(status, target.url, target.bucket));
                     }
                 }
-                Err(e) => {
+                Err(Failed::Net(e)) => {
                     if payload.is_large() {
                         if let Some(refused) = probe.and_then(|p| p()) {
                             return Err(refused);
@@ -202,40 +209,79 @@ impl Transport {
         url: &Url,
         headers: &[(String, String)],
         payload: &Payload<'_>,
-    ) -> Result<Response<Body>, ureq::Error> {
+    ) -> Result<Response<Body>, Failed> {
         let mut builder = Request::builder().method(method.clone()).uri(url.as_str());
         for (k, v) in headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
+        let net = Failed::Net;
+        let http = |e: ureq::http::Error| Failed::Net(e.into());
         match payload {
-            Payload::None => self.agent.run(builder.body(())?),
-            Payload::Bytes(b) => self.agent.run(builder.body(*b)?),
+            Payload::None => self.agent.run(builder.body(()).map_err(http)?).map_err(net),
+            Payload::Bytes(b) => self.agent.run(builder.body(*b).map_err(http)?).map_err(net),
             Payload::File { path, len, sent } => {
-                let mut file = File::open(path)?;
-                file.seek(SeekFrom::Start(0))?;
+                let file = File::open(path)
+                    .map_err(|e| Failed::Local(format!("cannot read {}: {e}", path.display())))?;
                 let mut reader = Counting {
                     inner: file.take(*len),
+                    left: *len,
+                    done: 0,
                     sent: *sent,
+                    short: false,
                 };
                 let req = builder
                     .header("content-length", len.to_string())
-                    .body(SendBody::from_reader(&mut reader))?;
-                self.agent.run(req)
+                    .body(SendBody::from_reader(&mut reader))
+                    .map_err(http)?;
+                let result = self.agent.run(req);
+                if reader.short {
+                    return Err(Failed::Local(format!(
+                        "{} is shorter than the {len} bytes it had when it was hashed (it \
+                         changed on disk); nothing was uploaded, run the import again",
+                        path.display()
+                    )));
+                }
+                result.map_err(net)
             }
         }
     }
 }
 
-/// A reader that reports how much went through it.
+/// Why an attempt failed before the store answered.
+enum Failed {
+    /// The connection: may be retried.
+    Net(ureq::Error),
+    /// The local body (a file that shrank): never retried.
+    Local(String),
+}
+
+/// A reader that reports how much went through it, and fails (instead of
+/// ending early, which would leave the request waiting for the rest of
+/// its announced length) when the file has fewer bytes than announced.
 struct Counting<'a, R> {
     inner: R,
+    left: u64,
+    done: u64,
     sent: &'a dyn Fn(u64),
+    short: bool,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
         let n = self.inner.read(buf)?;
-        (self.sent)(n as u64);
+        if n == 0 {
+            self.short = true;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file is shorter than announced",
+            ));
+        }
+        self.left -= n as u64;
+        self.done += n as u64;
+        (self.sent)(self.done);
         Ok(n)
     }
 }
@@ -288,6 +334,35 @@ fn error_chain(e: &ureq::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_shorter_than_announced_fails_instead_of_ending() {
+        let seen = std::cell::Cell::new(0u64);
+        let note = |d: u64| seen.set(d);
+        let mut r = Counting {
+            inner: &b"abcdef"[..],
+            left: 10,
+            done: 0,
+            sent: &note,
+            short: false,
+        };
+        let mut out = Vec::new();
+        let err = r.read_to_end(&mut out).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(r.short);
+        assert_eq!((out.as_slice(), seen.get()), (&b"abcdef"[..], 6));
+        let mut exact = Counting {
+            inner: (&b"abcdef"[..]).take(4),
+            left: 4,
+            done: 0,
+            sent: &note,
+            short: false,
+        };
+        out.clear();
+        exact.read_to_end(&mut out).unwrap();
+        assert!(!exact.short);
+        assert_eq!((out.as_slice(), seen.get()), (&b"abcd"[..], 4));
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -450,7 +450,7 @@ fn a_clock_far_behind_is_reported_as_clock_skew() {
 
 #[test]
 fn a_store_that_went_away_is_unreachable_after_the_retries() {
-    let mut g = Garage::start();
+    let g = Garage::start();
     let c = g.client("p").with_retry(quick());
     c.put_bytes("a", b"a", "text/plain", false).unwrap();
     g.stop();
@@ -511,4 +511,34 @@ fn server_errors_and_throttling_are_retried_refusals_are_not() {
             );
         }
     }
+}
+
+#[test]
+fn the_binary_signs_with_the_test_clock_offset() {
+    let g = Garage::start();
+    let state = tempfile::tempdir().unwrap();
+    let status = |offset: Option<&str>| {
+        let mut c = crate::support::command();
+        c.args([
+            "status",
+            "--mirror",
+            "s3://mirror/p",
+            "--s3-path-style",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .envs(g.env());
+        if let Some(o) = offset {
+            c.env(crate::support::S3_CLOCK_OFFSET, o);
+        }
+        c.output().unwrap()
+    };
+    let skewed = status(Some("-7200"));
+    let stderr = String::from_utf8_lossy(&skewed.stderr);
+    assert_eq!(skewed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("s3://mirror/p"), "{stderr}");
+    assert!(stderr.contains("clock"), "{stderr}");
+    let fine = status(None);
+    let stderr = String::from_utf8_lossy(&fine.stderr);
+    assert!(!stderr.contains("clock"), "{stderr}");
 }

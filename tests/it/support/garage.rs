@@ -12,6 +12,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gapferry::s3::{Client, Config, Location, Retry};
@@ -34,7 +35,9 @@ pub struct Garage {
     dir: tempfile::TempDir,
     bin: PathBuf,
     conf: PathBuf,
-    child: Option<Child>,
+    /// The server process; behind a lock so a test holding clients
+    /// (which borrow the store) can still stop and restart it.
+    child: Mutex<Option<Child>>,
     pub s3_port: u16,
     pub web_port: u16,
     pub key_id: String,
@@ -125,7 +128,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             dir,
             bin,
             conf,
-            child: None,
+            child: Mutex::new(None),
             s3_port,
             web_port,
             key_id: String::new(),
@@ -222,15 +225,16 @@ api_bind_addr = "127.0.0.1:{admin_port}"
     }
 
     /// Kills the server (the store "goes away"); its data stays.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    pub fn stop(&self) {
+        let taken = self.child.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut child) = taken {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
     /// Starts the server again on the same ports and data.
-    pub fn restart(&mut self) {
+    pub fn restart(&self) {
         self.stop();
         self.spawn();
         self.wait_for_bucket();
@@ -238,7 +242,10 @@ api_bind_addr = "127.0.0.1:{admin_port}"
 
     /// Whether the server process is running.
     pub fn running(&self) -> bool {
-        self.child.is_some()
+        self.child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// The server's log (stdout and stderr), for failure messages.
@@ -246,7 +253,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -263,7 +270,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        self.child = Some(child);
+        *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
         self.poll("garage status to answer", || {
             self.run(&["status"]).map(|_| ()).ok()
         });
