@@ -417,7 +417,7 @@ fn a_prefix_belongs_to_one_state_directory() {
 
 #[test]
 fn the_store_going_away_mid_import_fails_cleanly_and_the_next_run_finishes() {
-    let mut g = Garage::start();
+    let g = Garage::start();
     let w = World::new();
     // Big enough that the upload is still running when the store goes.
     let vs = w.chain(1..=2, 8 << 20);
