@@ -136,6 +136,12 @@ impl Profile for Mde {
         &["manifest.json"]
     }
 
+    fn check_reads(&self) -> Option<&'static [&'static str]> {
+        // check_staged compares the folder's manifest.json with the signed
+        // item; updates.zip is checked by its signed SHA-256 alone.
+        Some(&["manifest.json"])
+    }
+
     fn all_units(&self) -> Vec<(UnitKey, Placement)> {
         Slot::all().map(|s| (s.key(), s.placement())).collect()
     }

@@ -525,6 +525,9 @@ struct Staged {
     staging: Staging,
     folders: Vec<Option<StagedSlot>>,
     files: Vec<Vec<ServedFile>>,
+    /// An `s3://` mirror: each staged file also goes into the store's
+    /// hidden staging folder while the bundle is read.
+    uploads: Option<super::s3mirror::Uploads>,
 }
 
 /// The phases, in order: session (recovery under the locks), accept, plan,
@@ -1009,6 +1012,10 @@ fn stage(
         staging: Staging::new(opts.publish.clone()),
         folders: plan.units.iter().map(|_| None).collect(),
         files: plan.units.iter().map(|_| Vec::new()).collect(),
+        uploads: match &opts.target {
+            Target::S3(m) => Some(m.start_uploads()),
+            _ => None,
+        },
     };
     observer.start("importing", m.total_size());
     for idx in 0..m.files.len() {
@@ -1019,6 +1026,33 @@ fn stage(
         let entry = if plan.units[i].publish {
             if staged.folders[i].is_none() {
                 staged.folders[i] = Some(staged.staging.stage(&plan.units[i].dest)?);
+            }
+            let signed = &m.files[idx];
+            if let Some(u) = staged.uploads.as_ref().filter(|_| {
+                super::s3mirror::Uploads::streams(accepted.profile(), name, signed.size)
+            }) {
+                // Straight from the bundle into the store's staging folder;
+                // completed only once every byte matched the signed hash.
+                let key = plan.units[i].unit.key.as_str();
+                let mut w = u.stream(key, name, signed.size, signed.sha256.as_str())?;
+                let url = PathBuf::from(w.url());
+                let entry = match reader.copy_file(&mut w, &url, observer) {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        return Err(match w.fail() {
+                            Some(upload) => upload.into(),
+                            None => e.into(),
+                        })
+                    }
+                };
+                w.finish(u)?;
+                attempt.bytes_written += entry.size;
+                staged.files[i].push(ServedFile {
+                    name: name.to_string(),
+                    size: entry.size,
+                    sha256: entry.sha256.clone(),
+                });
+                continue;
             }
             let folder = staged.folders[i].as_ref().expect("just staged");
             let mut file = folder.create_file(name)?;
@@ -1032,6 +1066,14 @@ fn stage(
                     other => other.into(),
                 })?;
             attempt.bytes_written += file.finish()?;
+            if let Some(u) = &staged.uploads {
+                u.send(
+                    plan.units[i].unit.key.as_str(),
+                    name,
+                    &path,
+                    entry.sha256.as_str(),
+                );
+            }
             entry
         } else {
             reader.copy_file(&mut std::io::sink(), Path::new("-"), observer)?
@@ -1082,6 +1124,12 @@ fn commit(
         .zip(&staged.files)
         .map(|(u, files)| served_slot(&u.unit, accepted, files, &now))
         .collect();
+    // Every staged file is in the store's staging folder (s3:// mirrors)
+    // before anything is decided.
+    let staged_objects = match staged.uploads.take() {
+        Some(u) => u.finish()?,
+        None => Default::default(),
+    };
     // What is about to be published, saved before the first folder moves,
     // so that a run killed mid-publish is settled by the next one.
     state.pending = Some(intent(accepted, plan, &staged, &served, &record, attempt));
@@ -1094,6 +1142,7 @@ fn commit(
         &mut staged,
         served,
         attempt,
+        &staged_objects,
         observer,
     )?;
     state.record_accepted(&m.channel, m.sequence, record);
@@ -1155,6 +1204,7 @@ fn publish_units(
     staged: &mut Staged,
     served: Vec<ServedSlot>,
     attempt: &mut Attempt,
+    staged_objects: &super::s3mirror::StagedObjects,
     observer: &dyn Observer,
 ) -> Result<(), ImportError> {
     let bundle_id = accepted.head().manifest.bundle_id.as_str();
@@ -1176,6 +1226,7 @@ fn publish_units(
                         &s.files,
                         old_set == publish::OldSet::KeepAsBack,
                         bundle_id,
+                        staged_objects,
                         observer,
                     )?;
                     (p.rotated, u.damaged.is_some())

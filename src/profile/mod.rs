@@ -189,6 +189,14 @@ pub trait Profile: fmt::Debug + Send + Sync {
         &[]
     }
 
+    /// The only files [`Profile::check_staged`] reads, when it reads only
+    /// some (None: it may read every file). Others need not be staged on
+    /// this machine: an import into object storage streams them straight
+    /// into the store's staging folder.
+    fn check_reads(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// The units a mirror of this profile can hold, for commands that walk
     /// it (status, rollback).
     fn all_units(&self) -> Vec<(UnitKey, Placement)>;

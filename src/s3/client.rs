@@ -575,6 +575,110 @@ impl Client {
         result
     }
 
+    /// Starts a multipart upload of `rel` whose whole content will hash to
+    /// `sha256_hex` (stored as its metadata) and returns its upload id.
+    /// With [`Client::upload_part`], [`Client::complete_multipart`] and
+    /// [`Client::abort_multipart`]: uploads from a stream whose length is
+    /// known but that is not a file.
+    pub fn create_multipart(
+        &self,
+        rel: &str,
+        sha256_hex: &str,
+        content_type: &str,
+    ) -> Result<String, S3Error> {
+        let key = self.location.key(rel);
+        let url = self.url_of(rel);
+        let action = CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), &key);
+        let headers = object_headers(content_type, &sha256_hex.to_ascii_lowercase());
+        let mut resp = self.expect_ok(&url, action, headers, &Payload::Bytes(&[]), false)?;
+        let body = read_body(&mut resp, &url, 1024 * 1024)?;
+        let created = CreateMultipartUpload::parse_response(&String::from_utf8_lossy(&body))
+            .map_err(|e| S3Error::Mismatch {
+                url: url.clone(),
+                reason: format!(
+                    "the store's answer to starting a multipart upload cannot be read ({e})"
+                ),
+            })?;
+        Ok(created.upload_id().to_string())
+    }
+
+    /// Uploads part `part_number` (from 1) of upload `upload_id`, with the
+    /// SHA-256 of `data` for the store to check; returns its ETag.
+    pub fn upload_part(
+        &self,
+        rel: &str,
+        upload_id: &str,
+        part_number: u16,
+        data: &[u8],
+    ) -> Result<String, S3Error> {
+        let key = self.location.key(rel);
+        let url = self.url_of(rel);
+        let digest: [u8; 32] = Sha256::digest(data).into();
+        let action = UploadPart::new(
+            &self.bucket,
+            Some(&self.credentials),
+            &key,
+            part_number,
+            upload_id,
+        );
+        let resp = self.expect_ok(
+            &url,
+            action,
+            vec![checksum_header(&digest)],
+            &Payload::Bytes(data),
+            true,
+        )?;
+        header(&resp, "etag").ok_or_else(|| S3Error::Mismatch {
+            url,
+            reason: format!("the store's answer to part {part_number} has no ETag"),
+        })
+    }
+
+    /// Completes upload `upload_id` from its parts' ETags (in part order),
+    /// then checks the object by HEAD: `size` bytes carrying `sha256_hex`.
+    pub fn complete_multipart(
+        &self,
+        rel: &str,
+        upload_id: &str,
+        etags: &[String],
+        size: u64,
+        sha256_hex: &str,
+    ) -> Result<ObjectInfo, S3Error> {
+        let key = self.location.key(rel);
+        let url = self.url_of(rel);
+        let action = CompleteMultipartUpload::new(
+            &self.bucket,
+            Some(&self.credentials),
+            &key,
+            upload_id,
+            etags.iter().map(String::as_str),
+        );
+        let body = action.clone().body();
+        let mut resp = self.expect_ok(
+            &url,
+            action,
+            Vec::new(),
+            &Payload::Bytes(body.as_bytes()),
+            false,
+        )?;
+        let answer = read_body(&mut resp, &url, 1024 * 1024)?;
+        let parsed = ErrorBody::parse(&answer);
+        if !parsed.code.is_empty() {
+            return Err(parsed.into_error(500, &url, &self.location.bucket));
+        }
+        self.check_written(rel, size, &sha256_hex.to_ascii_lowercase())
+    }
+
+    /// Abandons upload `upload_id` (best effort: the store's lifecycle
+    /// removes what is left).
+    pub fn abort_multipart(&self, rel: &str, upload_id: &str) {
+        let key = self.location.key(rel);
+        let url = self.url_of(rel);
+        let abort =
+            AbortMultipartUpload::new(&self.bucket, Some(&self.credentials), &key, upload_id);
+        let _ = self.request(&url, abort, Vec::new(), &Payload::None, false);
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn upload_parts(
         &self,

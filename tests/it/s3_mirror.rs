@@ -221,7 +221,8 @@ fn first_and_newer_imports_keep_n_minus_1_and_status_checks_the_objects() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(site.snapshot(&all(&vs)), vec![(Some(3), Some(2)); 4]);
     site.ledger_verify();
-    // No journal, no staging left behind.
+    // No staged objects, no journal, no local staging left behind.
+    assert_eq!(site.client().list(".gapferry-staging/").unwrap(), vec![]);
     assert!(
         !site.state.join("s3/publish").exists()
             || std::fs::read_dir(site.state.join("s3/publish"))
@@ -327,9 +328,21 @@ fn rollback_swaps_with_n_minus_1_in_the_store_and_back() {
 fn a_kill_at_every_publish_step_leaves_complete_sets_and_the_next_run_finishes() {
     let g = Garage::start();
     let w = World::new();
-    let vs = w.chain(1..=3, 4096);
+    // Small files are staged here and uploaded at publish; files of a part
+    // or more go straight from the bundle into the store's staging folder.
+    let small = w.chain(1..=3, 4096);
+    let big_zip = crate::support::crash::big_zip(7, 9 << 20);
+    let big: Vec<Version> = (11..=13)
+        .map(|n| w.make_version_with(n, 0, Some(&big_zip)))
+        .collect();
+    for (kind, vs) in [("small", &small), ("streamed", &big)] {
+        kill_at_every_step(&g, &w, kind, vs);
+    }
+}
+
+fn kill_at_every_step(g: &Garage, w: &World, kind: &str, vs: &[Version]) {
     for step in S3_CRASH_STEPS {
-        let site = Site::new(&g, &w, &format!("crash-{step}"));
+        let site = Site::new(g, w, &format!("crash-{kind}-{step}"));
         site.import_ok(&vs[0]);
         let out = site.import(&vs[1], &[(CRASH_AT, step)]);
         assert!(
@@ -340,33 +353,42 @@ fn a_kill_at_every_publish_step_leaves_complete_sets_and_the_next_run_finishes()
         // Whatever the instant: every served folder holds one complete
         // version, the index never ahead of its payload; n-1 only v1 (whole
         // or part-way through its copy) or nothing.
-        for (cur, back) in site.snapshot_with(&all(&vs), true) {
-            assert!(matches!(cur, Some(1) | Some(2)), "{step}: {cur:?}");
-            assert!(matches!(back, None | Some(1)), "{step}: back {back:?}");
+        let (n1, n2, n3) = (vs[0].n, vs[1].n, vs[2].n);
+        for (cur, back) in site.snapshot_with(&all(vs), true) {
+            assert!(cur == Some(n1) || cur == Some(n2), "{kind} {step}: {cur:?}");
+            assert!(
+                back.is_none() || back == Some(n1),
+                "{kind} {step}: back {back:?}"
+            );
         }
         // The state never claims what the store does not serve.
         assert_eq!(
             site.served_definitions("linux/production/arch_x86_64")
                 .as_deref(),
-            Some("1.417.1.0"),
+            Some(vs[0].definition_version().as_str()),
             "{step}"
         );
         // The next run finishes the publish and records it; importing v2
         // again publishes the units the kill never reached.
         site.import_ok(&vs[1]);
         assert_eq!(
-            site.snapshot(&all(&vs)),
-            vec![(Some(2), Some(1)); 4],
+            site.snapshot(&all(vs)),
+            vec![(Some(n2), Some(n1)); 4],
             "{step}"
         );
         site.import_ok(&vs[2]);
         assert_eq!(
-            site.snapshot(&all(&vs)),
-            vec![(Some(3), Some(2)); 4],
+            site.snapshot(&all(vs)),
+            vec![(Some(n3), Some(n2)); 4],
             "{step}"
         );
         let ledger = std::fs::read_to_string(site.state.join("ledger.jsonl")).unwrap();
         assert!(ledger.contains("interrupted"), "{step}: {ledger}");
+        assert_eq!(
+            site.client().list(".gapferry-staging/").unwrap(),
+            vec![],
+            "{step}: staged objects left behind"
+        );
         site.ledger_verify();
     }
 }
@@ -419,8 +441,9 @@ fn a_prefix_belongs_to_one_state_directory() {
 fn the_store_going_away_mid_import_fails_cleanly_and_the_next_run_finishes() {
     let g = Garage::start();
     let w = World::new();
-    // Big enough that the upload is still running when the store goes.
-    let vs = w.chain(1..=2, 8 << 20);
+    // Staged here (under one part) and big enough that the uploads after
+    // the journal are still running when the store goes.
+    let vs = w.chain(1..=2, 7 << 20);
     let site = Site::new(&g, &w, "gone");
     site.import_ok(&vs[0]);
     let child = site
@@ -602,4 +625,78 @@ fn bad_credentials_a_missing_bucket_and_no_state_dir_are_named() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_damaged_payload_streamed_into_the_store_is_never_published() {
+    let g = Garage::start();
+    let w = World::new();
+    let big_zip = crate::support::crash::big_zip(9, 9 << 20);
+    let vs: Vec<Version> = (1..=2)
+        .map(|n| w.make_version_with(n, 0, Some(&big_zip)))
+        .collect();
+    let site = Site::new(&g, &w, "damaged");
+    site.import_ok(&vs[0]);
+    // v2 with one byte of its compressed payload flipped, deep in the
+    // first zip (after the head).
+    let mut bytes = std::fs::read(&vs[1].bundle).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x40;
+    let bad = w.tmp.path().join("v2-damaged.tar.zst");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = site.import_cmd(&bad, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(site.snapshot(&all(&vs)), vec![(Some(1), None); 4]);
+    // The next run removes whatever the refused import had staged.
+    site.import_ok(&vs[1]);
+    assert_eq!(site.snapshot(&all(&vs)), vec![(Some(2), Some(1)); 4]);
+    assert_eq!(site.client().list(".gapferry-staging/").unwrap(), vec![]);
+}
+
+#[test]
+fn the_store_going_away_while_the_bundle_streams_in_changes_nothing() {
+    let g = Garage::start();
+    let w = World::new();
+    let big_zip = crate::support::crash::big_zip(5, 24 << 20);
+    let vs: Vec<Version> = (1..=2)
+        .map(|n| w.make_version_with(n, 0, Some(&big_zip)))
+        .collect();
+    let site = Site::new(&g, &w, "gone-early");
+    site.import_ok(&vs[0]);
+    let child = site
+        .import_cmd(&vs[1].bundle, &[])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the first file is in the store's staging folder (three more
+    // stream behind it), the store goes.
+    let c = site.client();
+    let t0 = Instant::now();
+    while c.list(".gapferry-staging/").unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "nothing was staged");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    g.stop();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach the store"),
+        "{}",
+        stderr(&out)
+    );
+    g.restart();
+    // Nothing was decided: the store serves v1 alone, the state says so,
+    // and no journal waits.
+    assert_eq!(site.snapshot(&all(&vs)), vec![(Some(1), None); 4]);
+    assert_eq!(
+        site.served_definitions("linux/production/arch_x86_64")
+            .as_deref(),
+        Some("1.417.1.0")
+    );
+    assert!(std::fs::read_dir(site.state.join("s3/publish"))
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true));
+    site.import_ok(&vs[1]);
+    assert_eq!(site.snapshot(&all(&vs)), vec![(Some(2), Some(1)); 4]);
+    assert_eq!(c.list(".gapferry-staging/").unwrap(), vec![]);
 }
