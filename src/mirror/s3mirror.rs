@@ -223,7 +223,7 @@ pub struct Uploads {
     /// Files streamed from the bundle ([`Uploads::stream`]) and completed.
     streamed: std::sync::Mutex<Vec<(String, String)>>,
     tx: Option<std::sync::mpsc::SyncSender<UploadJob>>,
-    handle: Option<std::thread::JoinHandle<Result<Vec<(String, String)>, S3PublishError>>>,
+    handle: Option<std::thread::JoinHandle<UploadResult>>,
     mirror: std::sync::Arc<S3Mirror>,
 }
 
@@ -334,6 +334,8 @@ const STREAM_PART: usize = 8 << 20;
 const STREAM_THREADS: usize = 2;
 
 type PartResult = Result<Vec<(u16, String)>, S3Error>;
+/// What the upload threads of [`Uploads`] did: (unit/name, staged key).
+type UploadResult = Result<Vec<(String, String)>, S3PublishError>;
 
 /// One file streamed from the bundle into the store ([`Uploads::stream`]):
 /// full parts go to [`STREAM_THREADS`] threads while the bundle reader
