@@ -834,3 +834,64 @@ fn schemas_refuse_a_renamed_or_missing_field() {
     });
     assert!(c.validate("repair.json", &repair_failed).is_err());
 }
+
+/// An `s3://` mirror's import, status and rollback reports: the same
+/// schemas, with `s3://` URLs where a folder mirror has paths.
+#[test]
+fn an_s3_mirror_reports_match_the_same_schemas() {
+    let checker = Checker::new();
+    let g = support::garage::Garage::start();
+    let w = support::crash::World::new();
+    let vs = w.chain(1..=2, 2048);
+    let state = w.tmp.path().join("s3-state");
+    let run = |args: &[&str], extra: &[&Path]| {
+        let mut c = support::command();
+        c.args(args);
+        for p in extra {
+            c.arg(p);
+        }
+        c.args([
+            "--mirror",
+            "s3://mirror/schema",
+            "--s3-path-style",
+            "--json",
+        ])
+        .arg("--state-dir")
+        .arg(&state);
+        for (k, v) in g.env() {
+            c.env(k, v);
+        }
+        Run::from_output(c.output().unwrap())
+    };
+    for v in &vs {
+        let r = run(&["import", "--trust"], &[&w.key.public, &v.bundle]);
+        let doc = checker.run("import.json", &r, 0);
+        assert!(doc["slots"][0]["dir"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3://mirror/schema/"));
+    }
+    let doc = checker.run("status.json", &run(&["status"], &[]), 0);
+    assert_eq!(doc["mirror"], "s3://mirror/schema");
+    let r = run(
+        &["rollback", "--platform", "linux", "--ring", "production"],
+        &[],
+    );
+    checker.run("rollback.json", &r, 0);
+    // Wrong credentials: the failure document, exit 1.
+    let mut c = support::command();
+    c.args([
+        "status",
+        "--mirror",
+        "s3://mirror/schema",
+        "--s3-path-style",
+        "--json",
+    ])
+    .arg("--state-dir")
+    .arg(&state);
+    for (k, v) in g.env() {
+        c.env(k, v);
+    }
+    c.env("AWS_SECRET_ACCESS_KEY", "wrong");
+    checker.failure("status", &Run::from_output(c.output().unwrap()), 1);
+}
