@@ -96,18 +96,6 @@ impl StatusArgs {
         } else {
             "--share"
         };
-        // A store that cannot be reached still gets its metrics written
-        // (every served unit then shows as missing, so alerts fire), and
-        // then the error, naming the store and the fix.
-        let unreachable = match &s3 {
-            Some(m) => m.client().check_bucket().err(),
-            None => None,
-        };
-        if self.prometheus.is_none() {
-            if let Some(e) = unreachable {
-                return Err(e.into());
-            }
-        }
         match &s3 {
             Some(_) => {}
             None => super::existing_folder(
@@ -120,6 +108,16 @@ impl StatusArgs {
             Some(d) => d.clone(),
             None => state::default_state_dir(root)?,
         };
+        // A store that cannot be reached still gets its metrics written
+        // (no unit, `gapferry_mirror_problem 1`, so alerts fire), then the
+        // error, naming the store and the fix.
+        if let Some(e) = s3.as_ref().and_then(|m| m.client().check_bucket().err()) {
+            if let Some(file) = &self.prometheus {
+                metrics::check_path(file)?;
+                metrics::write_unknown(file, served, &state_dir, !self.quick)?;
+            }
+            return Err(e.into());
+        }
         let st = match (&self.prometheus, &self.mirror) {
             (Some(file), Some(_)) => {
                 metrics::check_path(file)?;
@@ -133,9 +131,6 @@ impl StatusArgs {
             }
             (None, _) => status::status_at(served, &state_dir, !self.quick)?,
         };
-        if let Some(e) = unreachable {
-            return Err(e.into());
-        }
         let warnings = st
             .slots
             .iter()

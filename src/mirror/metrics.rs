@@ -500,35 +500,57 @@ pub fn refresh(
     state_dir: &Path,
     hashed: bool,
 ) -> Result<MirrorStatus, crate::Error> {
-    let (status, err) = match super::status::status_at(served, state_dir, hashed) {
-        Ok(s) => (s, None),
-        Err(e) => (
-            MirrorStatus {
-                mirror: served.name(),
-                state_dir: state_dir.to_path_buf(),
-                slots: Vec::new(),
-                problems: true,
-                problem_count: 1,
-                warning_count: 0,
-                trust_policy: None,
-                inbox: None,
-            },
-            Some(e),
-        ),
+    match super::status::status_at(served, state_dir, hashed) {
+        Ok(status) => {
+            write_status(path, &status, state_dir, hashed)?;
+            Ok(status)
+        }
+        Err(e) => {
+            write_unknown(path, served, state_dir, hashed)?;
+            Err(e.into())
+        }
+    }
+}
+
+/// Writes the metrics of a mirror whose status cannot be taken (an
+/// unreadable `state.json`, a store that cannot be reached): no unit and
+/// `gapferry_mirror_problem 1`, so an alert fires instead of the metrics
+/// going stale.
+pub fn write_unknown(
+    path: &Path,
+    served: super::status::Served<'_>,
+    state_dir: &Path,
+    hashed: bool,
+) -> Result<(), crate::Error> {
+    let status = MirrorStatus {
+        mirror: served.name(),
+        state_dir: state_dir.to_path_buf(),
+        slots: Vec::new(),
+        problems: true,
+        problem_count: 1,
+        warning_count: 0,
+        trust_policy: None,
+        inbox: None,
     };
+    write_status(path, &status, state_dir, hashed)
+}
+
+fn write_status(
+    path: &Path,
+    status: &MirrorStatus,
+    state_dir: &Path,
+    hashed: bool,
+) -> Result<(), crate::Error> {
     let now = SystemTime::now();
     let text = render(&Inputs {
-        status: &status,
+        status,
         ledger: ledger_view(state_dir, now),
         hashed,
         key_expiry: Vec::new(),
         now,
     });
     write(path, &text)?;
-    match err {
-        Some(e) => Err(e.into()),
-        None => Ok(status),
-    }
+    Ok(())
 }
 
 #[cfg(test)]

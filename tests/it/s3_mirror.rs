@@ -700,3 +700,47 @@ fn the_store_going_away_while_the_bundle_streams_in_changes_nothing() {
     assert_eq!(site.snapshot(&all(&vs)), vec![(Some(2), Some(1)); 4]);
     assert_eq!(c.list(".gapferry-staging/").unwrap(), vec![]);
 }
+
+#[test]
+fn status_writes_prometheus_metrics_of_an_s3_mirror_even_when_the_store_is_gone() {
+    let g = Garage::start();
+    let w = World::new();
+    let vs = w.chain(1..=2, 2048);
+    let site = Site::new(&g, &w, "metrics");
+    site.import_ok(&vs[0]);
+    site.import_ok(&vs[1]);
+    let prom = w.tmp.path().join("gapferry.prom");
+    let out = site
+        .cmd(&["status"])
+        .arg("--prometheus")
+        .arg(&prom)
+        .output()
+        .unwrap();
+    assert_success(&out, "status --prometheus");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    for line in [
+        r#"gapferry_unit_files_match{unit="linux/production/arch_x86_64"} 1"#,
+        r#"gapferry_unit_previous_files_match{unit="mac/production/arch_arm64"} 1"#,
+        "gapferry_mirror_problem 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    g.stop();
+    let out = site
+        .cmd(&["status"])
+        .arg("--prometheus")
+        .arg(&prom)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach the store"),
+        "{}",
+        stderr(&out)
+    );
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.lines().any(|l| l == "gapferry_mirror_problem 1"),
+        "{text}"
+    );
+}
