@@ -9,8 +9,10 @@
 #   bench/s3.sh                 # 1 GiB payload (8 x 128 MiB), 5 rounds
 #   bench/s3.sh --rounds 7 --no-build
 #
-# Needs garage (GAPFERRY_GARAGE or on PATH; `cargo install --locked garage
-# --no-default-features --features bundled-libs,lmdb`) and rclone
+# Needs a release build of garage (GAPFERRY_GARAGE or on PATH; `cargo
+# install --locked garage --no-default-features --features
+# bundled-libs,lmdb`, 10 to 15 minutes: the debug build .ci/run installs for
+# the tests is several times slower and would measure itself) and rclone
 # (apt-get install rclone).
 
 usage() {

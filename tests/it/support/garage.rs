@@ -69,8 +69,8 @@ pub fn garage_bin() -> PathBuf {
         panic!(
             "the S3 tests need a Garage server binary and none was found (GAPFERRY_GARAGE, \
              `garage` on PATH, ~/.cargo/bin/garage). Install it with \
-             `cargo install --locked garage --no-default-features --features bundled-libs,lmdb` \
-             (about 10 minutes), or set GAPFERRY_GARAGE=/path/to/garage"
+             `cargo install --debug --locked garage --no-default-features --features bundled-libs,lmdb` \
+             (about 5 minutes), or set GAPFERRY_GARAGE=/path/to/garage"
         )
     })
 }
