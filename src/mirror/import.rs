@@ -784,10 +784,7 @@ fn plan(
         attempt.slots.push(SlotReport {
             slot: planned.unit.key.clone(),
             dir: match &opts.target {
-                Target::S3(m) => PathBuf::from(
-                    m.client()
-                        .url_of(&m.rel_of(&planned.dest.current()).unwrap_or_default()),
-                ),
+                Target::S3(m) => m.show(&planned.dest.current()),
                 _ => planned.dest.current(),
             },
             before: planned.baseline.versions(),

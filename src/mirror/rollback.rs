@@ -206,6 +206,11 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
         }
         dests.push(dest);
     }
+    // How a folder is named in the report.
+    let shown = |dir: &Path| match &opts.s3 {
+        Some(m) => m.show(dir),
+        None => dir.to_path_buf(),
+    };
     let mut report = RollbackReport { slots: Vec::new() };
     let mut result = Ok(());
     for (((key, _), dest), forced_past) in opts.slots.iter().zip(&dests).zip(forced) {
@@ -214,13 +219,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
             // Its swap was finished above: report it, do not swap back.
             report.slots.push(RolledSlot {
                 slot: key.clone(),
-                dir: match &opts.s3 {
-                    Some(m) => PathBuf::from(
-                        m.client()
-                            .url_of(&m.rel_of(&dest.current()).unwrap_or_default()),
-                    ),
-                    None => dest.current(),
-                },
+                dir: shown(&dest.current()),
                 before: state.back.get(key).map(|b| b.versions()),
                 after: before,
                 method: "recovered",
@@ -261,13 +260,7 @@ pub fn rollback(opts: &RollbackOptions) -> Result<RollbackReport, RollbackError>
         swap_state(&mut state, key);
         report.slots.push(RolledSlot {
             slot: key.clone(),
-            dir: match &opts.s3 {
-                Some(m) => PathBuf::from(
-                    m.client()
-                        .url_of(&m.rel_of(&dest.current()).unwrap_or_default()),
-                ),
-                None => dest.current(),
-            },
+            dir: shown(&dest.current()),
             before,
             after: served_by(&state, key, &dest.current()),
             method,

@@ -692,6 +692,11 @@ impl S3Mirror {
         Some(parts.join("/"))
     }
 
+    /// `s3://bucket/prefix/<folder>` of a shadow path, for reports.
+    pub fn show(&self, dir: &Path) -> PathBuf {
+        PathBuf::from(self.client.url_of(&self.rel_of(dir).unwrap_or_default()))
+    }
+
     /// The store-relative folder of a placement and of its n-1.
     pub fn rel_of_placement(place: &Placement) -> (String, String) {
         let join = |group: &str| {

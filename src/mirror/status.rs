@@ -170,7 +170,7 @@ impl Served<'_> {
     /// How to name `dir` in the report.
     fn show(&self, dir: &Path) -> PathBuf {
         match self {
-            Served::S3(m) => PathBuf::from(m.client().url_of(&m.rel_of(dir).unwrap_or_default())),
+            Served::S3(m) => m.show(dir),
             _ => dir.to_path_buf(),
         }
     }

@@ -446,36 +446,13 @@ fn the_store_going_away_mid_import_fails_cleanly_and_the_next_run_finishes() {
     let vs = w.chain(1..=2, 7 << 20);
     let site = Site::new(&g, &w, "gone");
     site.import_ok(&vs[0]);
-    let child = site
-        .import_cmd(&vs[1].bundle, &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the publish is decided (its journal is written), then stop
-    // the store.
+    // The store goes once the publish is decided (its journal written).
     let publish = site.state.join("s3/publish");
-    let t0 = Instant::now();
-    loop {
-        let journaled = std::fs::read_dir(&publish)
+    import_until_the_store_goes(&g, &site, &vs[1], "a journal", || {
+        std::fs::read_dir(&publish)
             .map(|rd| rd.flatten().any(|e| e.path().join("journal.json").exists()))
-            .unwrap_or(false);
-        if journaled {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no journal appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    g.stop();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("cannot reach the store"),
-        "{}",
-        stderr(&out)
-    );
+            .unwrap_or(false)
+    });
     // Nothing recorded: the state still says v1.
     assert_eq!(
         site.served_definitions("linux/production/arch_x86_64")
@@ -663,27 +640,12 @@ fn the_store_going_away_while_the_bundle_streams_in_changes_nothing() {
         .collect();
     let site = Site::new(&g, &w, "gone-early");
     site.import_ok(&vs[0]);
-    let child = site
-        .import_cmd(&vs[1].bundle, &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Once the first file is in the store's staging folder (three more
-    // stream behind it), the store goes.
+    // The store goes once the first file is in its staging folder (three
+    // more stream behind it).
     let c = site.client();
-    let t0 = Instant::now();
-    while c.list(".gapferry-staging/").unwrap().is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "nothing was staged");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    g.stop();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("cannot reach the store"),
-        "{}",
-        stderr(&out)
-    );
+    import_until_the_store_goes(&g, &site, &vs[1], "a staged object", || {
+        !c.list(".gapferry-staging/").unwrap().is_empty()
+    });
     g.restart();
     // Nothing was decided: the store serves v1 alone, the state says so,
     // and no journal waits.
@@ -742,5 +704,37 @@ fn status_writes_prometheus_metrics_of_an_s3_mirror_even_when_the_store_is_gone(
     assert!(
         text.lines().any(|l| l == "gapferry_mirror_problem 1"),
         "{text}"
+    );
+}
+
+/// Imports `v` and stops the store as soon as `reached` holds (polled);
+/// the import must then fail (exit 1) saying it cannot reach the store.
+fn import_until_the_store_goes(
+    g: &Garage,
+    site: &Site<'_>,
+    v: &Version,
+    what: &str,
+    reached: impl Fn() -> bool,
+) {
+    let child = site
+        .import_cmd(&v.bundle, &[])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !reached() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{what} never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    g.stop();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach the store"),
+        "{}",
+        stderr(&out)
     );
 }
