@@ -550,27 +550,12 @@ impl Client {
         content_type: &str,
         observer: &dyn Observer,
     ) -> Result<(), S3Error> {
-        let key = self.location.key(rel);
-        let url = self.url_of(rel);
-        let action = CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), &key);
-        let headers = object_headers(content_type, want);
-        let mut resp = self.expect_ok(&url, action, headers, &Payload::Bytes(&[]), false)?;
-        let body = read_body(&mut resp, &url, 1024 * 1024)?;
-        let created = CreateMultipartUpload::parse_response(&String::from_utf8_lossy(&body))
-            .map_err(|e| S3Error::Mismatch {
-                url: url.clone(),
-                reason: format!(
-                    "the store's answer to starting a multipart upload cannot be read ({e})"
-                ),
-            })?;
-        let upload_id = created.upload_id().to_string();
-        let result = self.upload_parts(&key, &url, &upload_id, path, size, want, observer);
+        let upload_id = self.create_multipart(rel, want, content_type)?;
+        let result = self.upload_parts(rel, &upload_id, path, size, want, observer);
         if result.is_err() {
-            let abort =
-                AbortMultipartUpload::new(&self.bucket, Some(&self.credentials), &key, &upload_id);
             // Best effort: the upload failed already; an unfinished upload
             // left behind holds space until the store's lifecycle cleans it.
-            let _ = self.request(&url, abort, Vec::new(), &Payload::None, false);
+            self.abort_multipart(rel, &upload_id);
         }
         result
     }
@@ -644,6 +629,12 @@ impl Client {
         size: u64,
         sha256_hex: &str,
     ) -> Result<ObjectInfo, S3Error> {
+        self.complete_only(rel, upload_id, etags)?;
+        self.check_written(rel, size, &sha256_hex.to_ascii_lowercase())
+    }
+
+    /// Completes upload `upload_id` from its parts' ETags, in part order.
+    fn complete_only(&self, rel: &str, upload_id: &str, etags: &[String]) -> Result<(), S3Error> {
         let key = self.location.key(rel);
         let url = self.url_of(rel);
         let action = CompleteMultipartUpload::new(
@@ -661,12 +652,14 @@ impl Client {
             &Payload::Bytes(body.as_bytes()),
             false,
         )?;
+        // Completing may fail after its 200 status line: the error is then
+        // in the body.
         let answer = read_body(&mut resp, &url, 1024 * 1024)?;
         let parsed = ErrorBody::parse(&answer);
         if !parsed.code.is_empty() {
             return Err(parsed.into_error(500, &url, &self.location.bucket));
         }
-        self.check_written(rel, size, &sha256_hex.to_ascii_lowercase())
+        Ok(())
     }
 
     /// Abandons upload `upload_id` (best effort: the store's lifecycle
@@ -682,14 +675,15 @@ impl Client {
     #[allow(clippy::too_many_arguments)]
     fn upload_parts(
         &self,
-        key: &str,
-        url: &str,
+        rel: &str,
         upload_id: &str,
         path: &Path,
         size: u64,
         want: &str,
         observer: &dyn Observer,
     ) -> Result<(), S3Error> {
+        let url = self.url_of(rel);
+        let url = url.as_str();
         let read_err = |source| S3Error::Read {
             path: path.to_path_buf(),
             source,
@@ -717,25 +711,7 @@ impl Client {
                 url: url.to_string(),
                 reason: "the file needs more than 65535 parts".into(),
             })?;
-            let digest: [u8; 32] = Sha256::digest(&buf).into();
-            let action = UploadPart::new(
-                &self.bucket,
-                Some(&self.credentials),
-                key,
-                part_number,
-                upload_id,
-            );
-            let resp = self.expect_ok(
-                url,
-                action,
-                vec![checksum_header(&digest)],
-                &Payload::Bytes(&buf),
-                true,
-            )?;
-            let etag = header(&resp, "etag").ok_or_else(|| S3Error::Mismatch {
-                url: url.to_string(),
-                reason: format!("the store's answer to part {part_number} has no ETag"),
-            })?;
+            let etag = self.upload_part(rel, upload_id, part_number, &buf)?;
             etags.push(etag);
             observer.advance(buf.len() as u64);
             if (buf.len() as u64) < PART_SIZE {
@@ -745,28 +721,7 @@ impl Client {
         if total != size || hex::encode(whole.finalize()) != want {
             return Err(changed(url, path, want));
         }
-        let action = CompleteMultipartUpload::new(
-            &self.bucket,
-            Some(&self.credentials),
-            key,
-            upload_id,
-            etags.iter().map(String::as_str),
-        );
-        let body = action.clone().body();
-        let mut resp = self.expect_ok(
-            url,
-            action,
-            Vec::new(),
-            &Payload::Bytes(body.as_bytes()),
-            false,
-        )?;
-        // Completing may fail after its 200 status line: the error is then
-        // in the body.
-        let answer = read_body(&mut resp, url, 1024 * 1024)?;
-        let parsed = ErrorBody::parse(&answer);
-        if !parsed.code.is_empty() {
-            return Err(parsed.into_error(500, url, &self.location.bucket));
-        }
+        self.complete_only(rel, upload_id, &etags)?;
         Ok(())
     }
 
