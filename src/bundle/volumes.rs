@@ -750,13 +750,6 @@ pub(crate) fn write_parity(
         ));
     }
     observer.start("computing parity", layout.parity_size() * layout.n as u64);
-    let t0 = std::time::Instant::now();
-    let cpu = || -> u64 {
-        let st = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let f: Vec<&str> = st.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-    };
-    let c0 = cpu();
     // Lanes of the encoder read and encode while this thread hashes and
     // writes what they computed.
     parity::encode(
@@ -773,7 +766,6 @@ pub(crate) fn write_parity(
         observer,
     )?;
     observer.finish();
-    let t1 = t0.elapsed();
     let mut done = Vec::with_capacity(layout.k);
     for (j, (tmp, path, w, h)) in outs.into_iter().enumerate() {
         w.finish().map_err(BundleError::io(&path))?;
@@ -785,9 +777,6 @@ pub(crate) fn write_parity(
                 sha256: to_hex(&h.finalize().into()),
             },
         ));
-    }
-    if std::env::var_os("GAPFERRY_TUNE_TRACE").is_some() {
-        eprintln!("TRACE encode {:?} total {:?} cpu {}0ms", t1, t0.elapsed(), cpu() - c0);
     }
     Ok(done)
 }

@@ -23,13 +23,11 @@ pub const MAX_LANES: usize = 2;
 
 /// Threads [`encode`] should use here: one per CPU, at most [`MAX_LANES`].
 pub fn lanes() -> usize {
-    if let Some(n) = std::env::var("GAPFERRY_TUNE_LANES").ok().and_then(|v| v.parse().ok()) {
-        return n;
-    }
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_LANES)
 }
+
 /// Widest piece of a stripe one lane encodes at a time.
 const MAX_PIECE: u64 = 256 << 10;
 
@@ -43,20 +41,17 @@ struct Cut {
 }
 
 impl Cut {
-    /// `lanes` threads (at least 1) for `layout`. A piece is at most a
-    /// quarter of a block per lane (so the work areas of all lanes together
-    /// are at most one block's, and the recovery pieces in flight, two per
-    /// lane, at most K blocks), at most [`MAX_PIECE`], a multiple of
-    /// [`BLOCK_ALIGN`].
+    /// `lanes` threads (at least 1, no more than there are pieces) for
+    /// `layout`. A piece is a multiple of [`BLOCK_ALIGN`], at most
+    /// [`MAX_PIECE`] and at most `block / (2 x lanes)` (unless that is below
+    /// 64 bytes): so the coders of all lanes together need at most half the
+    /// work area of one coder of a whole block, and the recovery pieces in
+    /// flight (two per lane) are at most K blocks, as docs/FORMAT.md
+    /// promises.
     fn new(layout: &Shape, lanes: usize) -> Cut {
         let lanes = lanes.max(1);
-        if let Some(p) = std::env::var("GAPFERRY_TUNE_PIECE").ok().and_then(|v| v.parse::<u64>().ok()) {
-            let piece = p.min(layout.block);
-            return Cut { lanes, piece };
-        }
         let piece = (layout.block / (2 * lanes as u64) / BLOCK_ALIGN * BLOCK_ALIGN)
-            .min(MAX_PIECE)
-            .max(BLOCK_ALIGN)
+            .clamp(BLOCK_ALIGN, MAX_PIECE)
             .min(layout.block);
         let per_stripe = layout.block.div_ceil(piece);
         let lanes = (lanes as u64).min(layout.stripes() * per_stripe).max(1) as usize;
@@ -211,7 +206,6 @@ pub fn encode(
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::fs::File;
@@ -362,7 +356,11 @@ mod tests {
 
     #[test]
     fn pieces_stay_within_the_memory_bound() {
-        for (n, k, vs) in [(17usize, 2usize, 64u64 << 20), (3, 2, 1000), (999, 999, 4 << 30)] {
+        for (n, k, vs) in [
+            (17usize, 2usize, 64u64 << 20),
+            (3, 2, 1000),
+            (999, 999, 4 << 30),
+        ] {
             let block = crate::bundle::parity::block_size_for(vs, n, k);
             let layout = Shape {
                 n,
@@ -428,7 +426,9 @@ mod tests {
                 &mut |_, _| {
                     calls += 1;
                     if calls == 5 {
-                        return Err(BundleError::io("/parity/out")(io::Error::other("disk full")));
+                        return Err(BundleError::io("/parity/out")(io::Error::other(
+                            "disk full",
+                        )));
                     }
                     Ok(())
                 },
