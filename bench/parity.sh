@@ -132,4 +132,5 @@ echo "rebuild of two lost volumes, median of $ROUNDS:"
 printf '  gapferry repair:  %ss  (peak RSS %d MiB)\n' "$gr" $(( $(max_of "${rep_rss[@]}") / 1024 ))
 printf '  par2 repair:      %ss  (its set made with -r13 in %ss)\n' "$xr" "$peer_repair_create"
 printf '  ratio gapferry/par2: %s (goal <= 0.25)\n' "$(ratio "$gr" "$xr")"
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg) (at the start: see machine above)"
 [ "$PEER" = 1 ] || echo "(PEER=0: the peer figures above are placeholders, not measured)"
