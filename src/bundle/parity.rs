@@ -20,6 +20,7 @@ use super::BundleError;
 use crate::progress::Observer;
 
 mod encoder;
+mod highrate;
 pub use encoder::{encode, lanes, MAX_LANES};
 
 /// The erasure code of every parity volume this gapferry writes.

@@ -14,6 +14,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 
 use reed_solomon_simd::ReedSolomonEncoder;
 
+use super::highrate::HighRate;
 use super::{coder_err, read_span, BlockSink, Shape, Source, BLOCK_ALIGN};
 use crate::bundle::BundleError;
 use crate::progress::Observer;
@@ -76,6 +77,74 @@ impl Cut {
 /// stripe (`width` bytes of each wanted parity volume, back to back).
 type Piece = Result<(Vec<u8>, usize), BundleError>;
 
+/// A lane's coder: the data read straight into its own work area where
+/// [`HighRate`] fits the shape, else through `ReedSolomonEncoder` (which
+/// copies the data from a read buffer).
+enum Coder {
+    Direct(HighRate),
+    Copying {
+        enc: ReedSolomonEncoder,
+        width: usize,
+        read: Vec<u8>,
+    },
+}
+
+impl Coder {
+    fn new(layout: &Shape, width: usize, path: &std::path::Path) -> Result<Coder, BundleError> {
+        if HighRate::fits(layout.n, layout.k) {
+            return Ok(Coder::Direct(HighRate::new(layout.n, layout.k, width)));
+        }
+        let enc =
+            ReedSolomonEncoder::new(layout.n, layout.k, width).map_err(|e| coder_err(path, e))?;
+        Ok(Coder::Copying {
+            enc,
+            width,
+            read: vec![0u8; width],
+        })
+    }
+
+    fn width(&self) -> usize {
+        match self {
+            Coder::Direct(h) => h.width(),
+            Coder::Copying { width, .. } => *width,
+        }
+    }
+
+    /// Reads the piece at `start` of every data volume, encodes it and
+    /// appends the wanted recovery pieces to `out`.
+    fn encode(
+        &mut self,
+        data: &[Source<'_>],
+        start: u64,
+        wanted: &[bool],
+        out: &mut Vec<u8>,
+    ) -> Result<(), BundleError> {
+        match self {
+            Coder::Direct(h) => {
+                for (i, src) in data.iter().enumerate() {
+                    read_span(src, start, h.original_mut(i))?;
+                }
+                h.encode();
+                for (j, _) in wanted.iter().enumerate().filter(|(_, w)| **w) {
+                    out.extend_from_slice(h.recovery(j));
+                }
+            }
+            Coder::Copying { enc, read, .. } => {
+                for src in data {
+                    read_span(src, start, read)?;
+                    enc.add_original_shard(&read[..])
+                        .map_err(|e| coder_err(src.path, e))?;
+                }
+                let result = enc.encode().map_err(|e| coder_err(data[0].path, e))?;
+                for (shard, _) in result.recovery_iter().zip(wanted).filter(|(_, w)| **w) {
+                    out.extend_from_slice(shard);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One lane of [`encode`]: encodes pieces `lane`, `lane + lanes`, ... and
 /// sends them in that order. Stops quietly when the caller has stopped.
 fn encode_lane(
@@ -89,8 +158,9 @@ fn encode_lane(
 ) {
     let pieces = layout.stripes() * cut.per_stripe(layout);
     let out_len = wanted.iter().filter(|w| **w).count() * cut.piece as usize;
-    let mut coder: Option<(usize, ReedSolomonEncoder)> = None;
-    let mut read = vec![0u8; cut.piece as usize];
+    // A new coder when the width changes (the last piece of a block may be
+    // narrower): the work area is that of the piece.
+    let mut coder: Option<Coder> = None;
     // Two buffers of recovery pieces per lane: one in the channel, one
     // being filled; after that each comes back from the caller.
     let mut allocated = 0;
@@ -98,26 +168,10 @@ fn encode_lane(
     while q < pieces {
         let (start, width) = cut.span(layout, q);
         let piece = (|| -> Result<Vec<u8>, BundleError> {
-            let enc = match &mut coder {
-                Some((w, enc)) if *w == width => enc,
-                Some((w, enc)) => {
-                    enc.reset(layout.n, layout.k, width)
-                        .map_err(|e| coder_err(data[0].path, e))?;
-                    *w = width;
-                    enc
-                }
-                None => {
-                    let enc = ReedSolomonEncoder::new(layout.n, layout.k, width)
-                        .map_err(|e| coder_err(data[0].path, e))?;
-                    &mut coder.insert((width, enc)).1
-                }
+            let c = match &mut coder {
+                Some(c) if c.width() == width => c,
+                _ => coder.insert(Coder::new(layout, width, data[0].path)?),
             };
-            for src in data {
-                read_span(src, start, &mut read[..width])?;
-                enc.add_original_shard(&read[..width])
-                    .map_err(|e| coder_err(src.path, e))?;
-            }
-            let result = enc.encode().map_err(|e| coder_err(data[0].path, e))?;
             let mut buf = if allocated < 2 {
                 allocated += 1;
                 Vec::with_capacity(out_len)
@@ -129,9 +183,7 @@ fn encode_lane(
                 }
             };
             buf.clear();
-            for (shard, _) in result.recovery_iter().zip(wanted).filter(|(_, w)| **w) {
-                buf.extend_from_slice(shard);
-            }
+            c.encode(data, start, wanted, &mut buf)?;
             Ok(buf)
         })();
         let failed = piece.is_err();
