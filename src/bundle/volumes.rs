@@ -715,6 +715,12 @@ pub fn write_split(
     })
 }
 
+/// Bytes between background syncs of a parity volume: the K volumes are
+/// written side by side and all finished at the end, so their unsynced
+/// tails add up; a shorter interval than the data volumes' keeps the last
+/// wait short.
+const PARITY_SYNC_EVERY: u64 = 8 << 20;
+
 /// Computes the parity volumes of the data volumes `parts` into hidden
 /// temporary files in `dir`, synced, with their entries.
 pub(crate) fn write_parity(
@@ -745,7 +751,7 @@ pub(crate) fn write_parity(
         outs.push((
             tmp.into_temp_path(),
             path,
-            durable::SyncingWriter::new(file),
+            durable::SyncingWriter::syncing_every(file, PARITY_SYNC_EVERY),
             Sha256::new(),
         ));
     }
