@@ -2,7 +2,9 @@
 //! (docs/FORMAT.md section 10, "Parity volumes"), fast: every stripe is cut
 //! into pieces on 64-byte boundaries, small enough that a piece's work stays
 //! in the CPU caches, and up to [`MAX_LANES`] threads read and encode pieces
-//! at once while the caller hashes and writes the result, in order.
+//! at once while the caller hashes and writes the result, in order. Where
+//! the shape allows, the volumes are read straight into the coder's work
+//! area ([`super::highrate`]).
 //!
 //! It owns only the cutting and the threads; the layout, the block size and
 //! the coder's errors are [`super`]'s. It must never change a byte of the
