@@ -49,7 +49,7 @@ impl HighRate {
     }
 
     pub(super) fn new(n: usize, k: usize, width: usize) -> HighRate {
-        debug_assert!(Self::fits(n, k) && width > 0 && width % CHUNK == 0);
+        debug_assert!(Self::fits(n, k) && width > 0 && width.is_multiple_of(CHUNK));
         let m = k.next_power_of_two();
         HighRate {
             engine: DefaultEngine::new(),
