@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 use super::BundleError;
 use crate::progress::Observer;
 
+mod encoder;
+mod highrate;
+pub use encoder::{encode, lanes, MAX_LANES};
+
 /// The erasure code of every parity volume this gapferry writes.
 pub const SCHEME: &str = "reed-solomon-gf16-leopard";
 /// Most parity volumes one bundle may carry (`.p001` to `.p999`).
@@ -132,9 +136,9 @@ pub struct Source<'a> {
     pub size: u64,
 }
 
-/// Reads block `s` of `src` into `buf`, zero-padded past the volume's end.
-fn read_block(src: &Source<'_>, s: u64, buf: &mut [u8]) -> Result<(), BundleError> {
-    let start = s * buf.len() as u64;
+/// Reads `buf.len()` bytes of `src` from `start`, zero-padded past the
+/// volume's end.
+pub(super) fn read_span(src: &Source<'_>, start: u64, buf: &mut [u8]) -> Result<(), BundleError> {
     let have = src.size.saturating_sub(start).min(buf.len() as u64) as usize;
     src.file
         .read_exact_at(&mut buf[..have], start)
@@ -143,42 +147,13 @@ fn read_block(src: &Source<'_>, s: u64, buf: &mut [u8]) -> Result<(), BundleErro
     Ok(())
 }
 
-fn coder_err(path: &Path, e: reed_solomon_simd::Error) -> BundleError {
-    BundleError::io(path)(io::Error::other(format!("erasure code: {e}")))
+/// Reads block `s` of `src` into `buf`, zero-padded past the volume's end.
+fn read_block(src: &Source<'_>, s: u64, buf: &mut [u8]) -> Result<(), BundleError> {
+    read_span(src, s * buf.len() as u64, buf)
 }
 
-/// Computes the parity volumes of `data` (all `n` data volumes, in order),
-/// stripe by stripe, handing each parity block to `out(j, block)` (`j`
-/// 0-based) in order. `wanted[j]` false skips parity volume `j` (repair
-/// regenerates only the lost ones).
-pub fn encode(
-    layout: &Shape,
-    data: &[Source<'_>],
-    wanted: &[bool],
-    out: &mut BlockSink<'_>,
-    observer: &dyn Observer,
-) -> Result<(), BundleError> {
-    assert_eq!(data.len(), layout.n);
-    assert_eq!(wanted.len(), layout.k);
-    let block = layout.block as usize;
-    let mut enc = ReedSolomonEncoder::new(layout.n, layout.k, block)
-        .map_err(|e| coder_err(data[0].path, e))?;
-    let mut buf = vec![0u8; block];
-    for s in 0..layout.stripes() {
-        for src in data {
-            read_block(src, s, &mut buf)?;
-            enc.add_original_shard(&buf)
-                .map_err(|e| coder_err(src.path, e))?;
-        }
-        let result = enc.encode().map_err(|e| coder_err(data[0].path, e))?;
-        for (j, shard) in result.recovery_iter().enumerate() {
-            if wanted[j] {
-                out(j, shard)?;
-            }
-        }
-        observer.advance(layout.block * layout.n as u64);
-    }
-    Ok(())
+pub(super) fn coder_err(path: &Path, e: reed_solomon_simd::Error) -> BundleError {
+    BundleError::io(path)(io::Error::other(format!("erasure code: {e}")))
 }
 
 /// Rebuilds the data volumes missing from `data` (`None`) from the others
@@ -331,6 +306,7 @@ mod tests {
             &layout,
             &data,
             &[true; 2],
+            2,
             &mut |j, b| {
                 par[j].extend_from_slice(b);
                 Ok(())

@@ -167,6 +167,7 @@ pub fn repair(
         &layout,
         &data,
         &wanted,
+        parity::lanes(),
         &mut |j, block| {
             outs[j]
                 .as_mut()

@@ -715,6 +715,12 @@ pub fn write_split(
     })
 }
 
+/// Bytes between background syncs of a parity volume: the K volumes are
+/// written side by side and all finished at the end, so their unsynced
+/// tails add up; a shorter interval than the data volumes' keeps the last
+/// wait short.
+const PARITY_SYNC_EVERY: u64 = 8 << 20;
+
 /// Computes the parity volumes of the data volumes `parts` into hidden
 /// temporary files in `dir`, synced, with their entries.
 pub(crate) fn write_parity(
@@ -745,70 +751,29 @@ pub(crate) fn write_parity(
         outs.push((
             tmp.into_temp_path(),
             path,
-            durable::SyncingWriter::new(file),
+            durable::SyncingWriter::syncing_every(file, PARITY_SYNC_EVERY),
             Sha256::new(),
         ));
     }
     observer.start("computing parity", layout.parity_size() * layout.n as u64);
-    // Two stages: this thread reads and encodes stripe s + 1 while a writer
-    // thread hashes and writes stripe s. One stripe's parity blocks are in
-    // flight at a time (a rendezvous channel), and their buffers go back to
-    // the encoder, so memory stays the coder's work area plus K blocks.
-    let k = layout.k;
-    let block = layout.block as usize;
-    let (to_writer, from_encoder) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(0);
-    let (to_encoder, spare) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
-    let written = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> Result<Vec<_>, BundleError> {
-            let mut outs = outs;
-            for stripe in from_encoder {
-                for (j, b) in stripe.iter().enumerate() {
-                    let (_, path, w, h) = &mut outs[j];
-                    w.write_all(b).map_err(BundleError::io(&*path))?;
-                    h.update(b);
-                }
-                // The encoder may be gone after an error: nothing to return to.
-                let _ = to_encoder.send(stripe);
-            }
-            Ok(outs)
-        });
-        let mut stripe: Vec<Vec<u8>> = vec![Vec::with_capacity(block); k];
-        // Two stripes of buffers in all: one filled here, one written there.
-        let mut allocated = 1;
-        let encoded = parity::encode(
-            layout,
-            &data,
-            &vec![true; k],
-            &mut |j, b| {
-                stripe[j].clear();
-                stripe[j].extend_from_slice(b);
-                if j + 1 == k {
-                    let stopped = || {
-                        // The writer stopped on an error; it reports it.
-                        BundleError::io(dir)(io::Error::other("the parity writer stopped"))
-                    };
-                    let next = if allocated < 2 {
-                        allocated += 1;
-                        vec![Vec::with_capacity(block); k]
-                    } else {
-                        spare.recv().map_err(|_| stopped())?
-                    };
-                    let full = std::mem::replace(&mut stripe, next);
-                    to_writer.send(full).map_err(|_| stopped())?;
-                }
-                Ok(())
-            },
-            observer,
-        );
-        drop(to_writer);
-        let outs = writer.join().expect("parity writer panicked");
-        // The writer's own error first: it is why the encoder stopped.
-        let outs = outs?;
-        encoded.map(|()| outs)
-    })?;
+    // Lanes of the encoder read and encode while this thread hashes and
+    // writes what they computed.
+    parity::encode(
+        layout,
+        &data,
+        &vec![true; layout.k],
+        parity::lanes(),
+        &mut |j, b| {
+            let (_, path, w, h) = &mut outs[j];
+            w.write_all(b).map_err(BundleError::io(&*path))?;
+            h.update(b);
+            Ok(())
+        },
+        observer,
+    )?;
     observer.finish();
     let mut done = Vec::with_capacity(layout.k);
-    for (j, (tmp, path, w, h)) in written.into_iter().enumerate() {
+    for (j, (tmp, path, w, h)) in outs.into_iter().enumerate() {
         w.finish().map_err(BundleError::io(&path))?;
         done.push((
             tmp,

@@ -25,6 +25,8 @@ pub const SYNC_EVERY: u64 = 32 << 20;
 #[derive(Debug)]
 pub struct SyncingWriter {
     file: Arc<File>,
+    /// Bytes between background syncs ([`SYNC_EVERY`] unless chosen).
+    every: u64,
     since_sync: u64,
     syncer: Option<Syncer>,
 }
@@ -37,8 +39,16 @@ struct Syncer {
 
 impl SyncingWriter {
     pub fn new(file: File) -> Self {
+        Self::syncing_every(file, SYNC_EVERY)
+    }
+
+    /// A writer that syncs in the background every `every` bytes: smaller
+    /// for files written side by side whose final syncs all come at the
+    /// end (less is left for [`finish`](Self::finish) to wait for).
+    pub fn syncing_every(file: File, every: u64) -> Self {
         SyncingWriter {
             file: Arc::new(file),
+            every: every.max(1),
             since_sync: 0,
             syncer: None,
         }
@@ -46,7 +56,7 @@ impl SyncingWriter {
 
     fn wrote(&mut self, n: u64) {
         self.since_sync += n;
-        if self.since_sync < SYNC_EVERY {
+        if self.since_sync < self.every {
             return;
         }
         self.since_sync = 0;
@@ -133,6 +143,18 @@ mod tests {
         assert!(w.syncer.is_none());
         w.finish().unwrap();
         assert_eq!(std::fs::read(dir.path().join("small")).unwrap(), b"small");
+
+        let mut w =
+            SyncingWriter::syncing_every(File::create(dir.path().join("mid")).unwrap(), 4096);
+        w.write_all(&big[..4095]).unwrap();
+        assert!(w.syncer.is_none(), "no sync before the chosen interval");
+        w.write_all(&big[4095..5000]).unwrap();
+        assert!(
+            w.syncer.is_some(),
+            "a background sync after the chosen interval"
+        );
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("mid")).unwrap(), &big[..5000]);
 
         let mut w = SyncingWriter::new(File::create(dir.path().join("big")).unwrap());
         w.write_all(&big[..SYNC_EVERY as usize]).unwrap();
