@@ -20,7 +20,6 @@ use super::BundleError;
 use crate::progress::Observer;
 
 mod encoder;
-mod highrate;
 pub use encoder::{encode, lanes, MAX_LANES};
 
 /// The erasure code of every parity volume this gapferry writes.

@@ -2,9 +2,7 @@
 //! (docs/FORMAT.md section 10, "Parity volumes"), fast: every stripe is cut
 //! into pieces on 64-byte boundaries, small enough that a piece's work stays
 //! in the CPU caches, and up to [`MAX_LANES`] threads read and encode pieces
-//! at once while the caller hashes and writes the result, in order. Where
-//! the shape allows, the volumes are read straight into the coder's work
-//! area ([`super::highrate`]).
+//! at once while the caller hashes and writes the result, in order.
 //!
 //! It owns only the cutting and the threads; the layout, the block size and
 //! the coder's errors are [`super`]'s. It must never change a byte of the
@@ -16,7 +14,6 @@ use std::sync::mpsc::{Receiver, SyncSender};
 
 use reed_solomon_simd::ReedSolomonEncoder;
 
-use super::highrate::HighRate;
 use super::{coder_err, read_span, BlockSink, Shape, Source, BLOCK_ALIGN};
 use crate::bundle::BundleError;
 use crate::progress::Observer;
@@ -79,26 +76,22 @@ impl Cut {
 /// stripe (`width` bytes of each wanted parity volume, back to back).
 type Piece = Result<(Vec<u8>, usize), BundleError>;
 
-/// A lane's coder: the data read straight into its own work area where
-/// [`HighRate`] fits the shape, else through `ReedSolomonEncoder` (which
-/// copies the data from a read buffer).
-enum Coder {
-    Direct(HighRate),
-    Copying {
-        enc: ReedSolomonEncoder,
-        width: usize,
-        read: Vec<u8>,
-    },
+/// A lane's coder: `ReedSolomonEncoder` for pieces of `width` bytes, fed
+/// from one read buffer. (Reading straight into the coder's own work area
+/// would save that copy, a few per cent of the pass, but only by
+/// re-implementing the crate's encoding on its engine: the parity bytes
+/// would then depend on code the crate does not promise to keep in step.)
+struct Coder {
+    enc: ReedSolomonEncoder,
+    width: usize,
+    read: Vec<u8>,
 }
 
 impl Coder {
     fn new(layout: &Shape, width: usize, path: &std::path::Path) -> Result<Coder, BundleError> {
-        if HighRate::fits(layout.n, layout.k) {
-            return Ok(Coder::Direct(HighRate::new(layout.n, layout.k, width)));
-        }
         let enc =
             ReedSolomonEncoder::new(layout.n, layout.k, width).map_err(|e| coder_err(path, e))?;
-        Ok(Coder::Copying {
+        Ok(Coder {
             enc,
             width,
             read: vec![0u8; width],
@@ -106,10 +99,7 @@ impl Coder {
     }
 
     fn width(&self) -> usize {
-        match self {
-            Coder::Direct(h) => h.width(),
-            Coder::Copying { width, .. } => *width,
-        }
+        self.width
     }
 
     /// Reads the piece at `start` of every data volume, encodes it and
@@ -121,27 +111,15 @@ impl Coder {
         wanted: &[bool],
         out: &mut Vec<u8>,
     ) -> Result<(), BundleError> {
-        match self {
-            Coder::Direct(h) => {
-                for (i, src) in data.iter().enumerate() {
-                    read_span(src, start, h.original_mut(i))?;
-                }
-                h.encode();
-                for (j, _) in wanted.iter().enumerate().filter(|(_, w)| **w) {
-                    out.extend_from_slice(h.recovery(j));
-                }
-            }
-            Coder::Copying { enc, read, .. } => {
-                for src in data {
-                    read_span(src, start, read)?;
-                    enc.add_original_shard(&read[..])
-                        .map_err(|e| coder_err(src.path, e))?;
-                }
-                let result = enc.encode().map_err(|e| coder_err(data[0].path, e))?;
-                for (shard, _) in result.recovery_iter().zip(wanted).filter(|(_, w)| **w) {
-                    out.extend_from_slice(shard);
-                }
-            }
+        for src in data {
+            read_span(src, start, &mut self.read)?;
+            self.enc
+                .add_original_shard(&self.read[..])
+                .map_err(|e| coder_err(src.path, e))?;
+        }
+        let result = self.enc.encode().map_err(|e| coder_err(data[0].path, e))?;
+        for (shard, _) in result.recovery_iter().zip(wanted).filter(|(_, w)| **w) {
+            out.extend_from_slice(shard);
         }
         Ok(())
     }
@@ -424,7 +402,7 @@ mod tests {
             };
             for lanes in 1..=MAX_LANES {
                 let cut = Cut::new(&layout, lanes);
-                assert!(cut.piece % BLOCK_ALIGN == 0 && cut.piece <= MAX_PIECE);
+                assert!(cut.piece.is_multiple_of(BLOCK_ALIGN) && cut.piece <= MAX_PIECE);
                 assert!(cut.lanes >= 1 && cut.lanes <= lanes);
                 // Two recovery pieces per lane in flight: at most K blocks.
                 assert!(
