@@ -831,6 +831,15 @@ impl StateDir {
 /// The default state directory for the served folder `served` (the mirror
 /// root, or `--target`); see the module docs.
 pub fn default_state_dir(served: &Path) -> Result<PathBuf, StateError> {
+    if served.to_str().is_some_and(crate::s3::Location::is_s3) {
+        return Err(StateError::NoDefault {
+            reason: format!(
+                "{} is in object storage, whose state directory is always given \
+                 (the one its imports use)",
+                served.display()
+            ),
+        });
+    }
     let base = default_base()?;
     let canonical = canonical_lenient(served).map_err(|e| StateError::NoDefault {
         reason: format!("cannot resolve {}: {e}", served.display()),

@@ -602,6 +602,21 @@ fn bad_credentials_a_missing_bucket_and_no_state_dir_are_named() {
         "{}",
         stderr(&out)
     );
+
+    // Commands that find the state directory from the mirror ask for it.
+    for cmd in [["ledger", "show"], ["trust", "show"]] {
+        let out = crate::support::command()
+            .args(cmd)
+            .args(["--mirror", &site.url()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let e = stderr(&out);
+        assert!(
+            e.contains("is in object storage") && e.contains("pass --state-dir"),
+            "{cmd:?}: {e}"
+        );
+    }
 }
 
 #[test]
