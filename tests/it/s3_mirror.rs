@@ -331,10 +331,7 @@ fn a_kill_at_every_publish_step_leaves_complete_sets_and_the_next_run_finishes()
     // Small files are staged here and uploaded at publish; files of a part
     // or more go straight from the bundle into the store's staging folder.
     let small = w.chain(1..=3, 4096);
-    let big_zip = crate::support::crash::big_zip(7, 9 << 20);
-    let big: Vec<Version> = (11..=13)
-        .map(|n| w.make_version_with(n, 0, Some(&big_zip)))
-        .collect();
+    let big = big_versions(&w, 11..=13, 9 << 20);
     for (kind, vs) in [("small", &small), ("streamed", &big)] {
         kill_at_every_step(&g, &w, kind, vs);
     }
@@ -623,10 +620,7 @@ fn bad_credentials_a_missing_bucket_and_no_state_dir_are_named() {
 fn a_damaged_payload_streamed_into_the_store_is_never_published() {
     let g = Garage::start();
     let w = World::new();
-    let big_zip = crate::support::crash::big_zip(9, 9 << 20);
-    let vs: Vec<Version> = (1..=2)
-        .map(|n| w.make_version_with(n, 0, Some(&big_zip)))
-        .collect();
+    let vs = big_versions(&w, 1..=2, 9 << 20);
     let site = Site::new(&g, &w, "damaged");
     site.import_ok(&vs[0]);
     // v2 with one byte of its compressed payload flipped, deep in the
@@ -649,10 +643,7 @@ fn a_damaged_payload_streamed_into_the_store_is_never_published() {
 fn the_store_going_away_while_the_bundle_streams_in_changes_nothing() {
     let g = Garage::start();
     let w = World::new();
-    let big_zip = crate::support::crash::big_zip(5, 24 << 20);
-    let vs: Vec<Version> = (1..=2)
-        .map(|n| w.make_version_with(n, 0, Some(&big_zip)))
-        .collect();
+    let vs = big_versions(&w, 1..=2, 24 << 20);
     let site = Site::new(&g, &w, "gone-early");
     site.import_ok(&vs[0]);
     // The store goes once the first file is in its staging folder (three
@@ -752,4 +743,12 @@ fn import_until_the_store_goes(
         "{}",
         stderr(&out)
     );
+}
+
+/// Versions `ns` whose zips are about `size` bytes each (one zip made
+/// once, told apart by its comment): at least one part, so they stream
+/// straight into the store.
+fn big_versions(w: &World, ns: std::ops::RangeInclusive<u32>, size: usize) -> Vec<Version> {
+    let zip = crate::support::crash::big_zip(u64::from(*ns.start()), size);
+    ns.map(|n| w.make_version_with(n, 0, Some(&zip))).collect()
 }

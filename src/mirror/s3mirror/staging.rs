@@ -109,21 +109,6 @@ impl Uploads {
             .unwrap_or_else(|e| e.into_inner())
             .push((id, key));
     }
-
-    /// Removes what was uploaded (the import failed); errors are left for
-    /// the next run's recovery, which removes every staged object.
-    pub fn discard(mut self) {
-        drop(self.tx.take());
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-        let prefix = format!("{STAGING_PREFIX}/{}/", self.token);
-        if let Ok(list) = self.mirror.client.list(&prefix) {
-            for (key, _) in list {
-                let _ = self.mirror.client.delete(&key);
-            }
-        }
-    }
 }
 
 /// Size of the parts of a streamed upload.
@@ -369,20 +354,14 @@ impl S3Mirror {
                         job.unit.replace('/', "_"),
                         job.name
                     );
-                    let info = mirror.client.put_file(
+                    // put_file checks the object by HEAD (size, SHA-256).
+                    mirror.client.put_file(
                         &key,
                         &job.path,
                         &job.sha256,
                         content_type(&job.name),
                         &crate::progress::NoProgress,
                     )?;
-                    if info.sha256.as_deref() != Some(job.sha256.as_str()) {
-                        return Err(S3Error::Mismatch {
-                            url: mirror.client.url_of(&key),
-                            reason: "the stored SHA-256 is not the staged file's".into(),
-                        }
-                        .into());
-                    }
                     done.push((format!("{}/{}", job.unit, job.name), key));
                 }
                 Ok(done)
